@@ -1,0 +1,403 @@
+"""The typed policy model: one frozen pydantic model per kind of policy document.
+
+Data only, no I/O. Field names are the YAML keys users write, so a validation error's location is
+also the path a user sees in their file. Cross-document rules (references, duplicates, conflicts)
+live in :mod:`waypost.policies.validate`; loading from disk in :mod:`waypost.policies.loader`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Annotated, Literal, Self
+
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, model_validator
+
+from waypost.policies.types import (
+    Duration,
+    EndpointField,
+    HeaderName,
+    HostPattern,
+    Name,
+    Port,
+    RateUnit,
+)
+
+__all__ = [
+    "KINDS",
+    "AuthPolicy",
+    "Backend",
+    "Consumer",
+    "Cors",
+    "Document",
+    "Gateway",
+    "GatewayTLS",
+    "HeaderMutation",
+    "HealthCheck",
+    "IdentitySource",
+    "Limit",
+    "NodeSelector",
+    "PolicySet",
+    "RateLimitPolicy",
+    "Retries",
+    "Route",
+    "RouteMatch",
+    "Rule",
+    "Service",
+    "SourceRef",
+]
+
+HttpMethod = Literal["GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH"]
+RetryOn = Literal[
+    "5xx",
+    "gateway-error",
+    "reset",
+    "reset-before-request",
+    "connect-failure",
+    "retriable-4xx",
+    "refused-stream",
+    "retriable-status-codes",
+    "envoy-ratelimited",
+    "cancelled",
+    "deadline-exceeded",
+    "internal",
+    "resource-exhausted",
+    "unavailable",
+]
+PositiveInt = Annotated[StrictInt, Field(ge=1)]
+NonNegativeInt = Annotated[StrictInt, Field(ge=0)]
+StringMap = dict[StrictStr, StrictStr]
+
+
+class Spec(BaseModel):
+    """Base of every block: unknown keys are errors, values are immutable once loaded."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Document(Spec):
+    """Fields every policy document carries."""
+
+    kind: StrictStr
+    name: Name
+
+
+# --- Gateway -------------------------------------------------------------------------------------
+
+
+class NodeSelector(Spec):
+    """Which Envoy nodes get a Gateway: node.cluster and/or node metadata labels, all must match."""
+
+    cluster: StrictStr | None = None
+    labels: StringMap = Field(default_factory=dict)
+
+    def matches(self, node_cluster: str, node_labels: Mapping[str, str]) -> bool:
+        if self.cluster is not None and self.cluster != node_cluster:
+            return False
+        return all(node_labels.get(key) == value for key, value in self.labels.items())
+
+
+class GatewayTLS(Spec):
+    cert: StrictStr = Field(description="PEM certificate chain, relative to the policy directory.")
+    key: StrictStr = Field(description="PEM private key, relative to the policy directory.")
+    client_ca: StrictStr | None = Field(
+        default=None, description="PEM CA bundle; when set, clients must present a certificate it signed."
+    )
+
+
+class Gateway(Document):
+    kind: Literal["Gateway"] = "Gateway"
+    port: Port
+    address: StrictStr = "0.0.0.0"
+    nodes: NodeSelector | None = Field(default=None, description="Omitted: every node.")
+    tls: GatewayTLS | None = None
+
+    def selects(self, node_cluster: str, node_labels: Mapping[str, str]) -> bool:
+        return self.nodes is None or self.nodes.matches(node_cluster, node_labels)
+
+
+# --- Service -------------------------------------------------------------------------------------
+
+
+class HealthCheck(Spec):
+    path: StrictStr = Field(pattern=r"^/")
+    interval: Duration = 5000
+    timeout: Duration = 1000
+    healthy: PositiveInt = 2
+    unhealthy: PositiveInt = 3
+
+
+class CircuitBreaker(Spec):
+    max_connections: PositiveInt | None = None
+    max_pending_requests: PositiveInt | None = None
+    max_requests: PositiveInt | None = None
+    max_retries: NonNegativeInt | None = None
+
+
+class OutlierDetection(Spec):
+    consecutive_5xx: PositiveInt = 5
+    base_ejection_time: Duration = 30_000
+    interval: Duration = 10_000
+    max_ejection_percent: Annotated[StrictInt, Field(ge=0, le=100)] = 10
+
+
+class Service(Document):
+    kind: Literal["Service"] = "Service"
+    endpoints: tuple[EndpointField, ...] = Field(min_length=1)
+    protocol: Literal["http1", "http2", "grpc"] = "http1"
+    lb: Literal["round_robin", "least_request", "random", "ring_hash", "maglev"] = "round_robin"
+    connect_timeout: Duration = 5000
+    health_check: HealthCheck | None = None
+    circuit_breaker: CircuitBreaker | None = None
+    outlier_detection: OutlierDetection | None = None
+
+    @property
+    def uses_dns(self) -> bool:
+        return not all(endpoint.is_ip for endpoint in self.endpoints)
+
+
+# --- Route ---------------------------------------------------------------------------------------
+
+
+class RouteMatch(Spec):
+    prefix: StrictStr | None = Field(default=None, pattern=r"^/")
+    path: StrictStr | None = Field(default=None, pattern=r"^/")
+    regex: StrictStr | None = None
+    methods: tuple[HttpMethod, ...] = ()
+    headers: dict[HeaderName, StrictStr] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _exactly_one_path_match(self) -> Self:
+        given = [key for key in ("prefix", "path", "regex") if getattr(self, key) is not None]
+        if len(given) != 1:
+            raise ValueError(
+                "exactly one of prefix, path, regex is required" if not given else f"{' and '.join(given)}"
+                " are exclusive: give exactly one of prefix, path, regex"
+            )
+        return self
+
+    @property
+    def path_kind(self) -> Literal["path", "prefix", "regex"]:
+        if self.path is not None:
+            return "path"
+        return "prefix" if self.prefix is not None else "regex"
+
+    @property
+    def path_value(self) -> str:
+        return self.path or self.prefix or self.regex or ""
+
+
+class Backend(Spec):
+    service: Name
+    weight: Annotated[StrictInt, Field(ge=0, le=1_000_000)] = 1
+
+
+class Rewrite(Spec):
+    prefix: StrictStr = Field(pattern=r"^/")
+
+
+class Retries(Spec):
+    attempts: Annotated[StrictInt, Field(ge=0, le=20)] = 1
+    on: tuple[RetryOn, ...] = ("connect-failure", "refused-stream", "reset")
+    per_try_timeout: Duration | None = None
+
+
+class HeaderMutation(Spec):
+    add: dict[HeaderName, StrictStr] = Field(
+        default_factory=dict, description="Headers to set, replacing any value already present."
+    )
+    remove: tuple[HeaderName, ...] = ()
+
+
+class Cors(Spec):
+    origins: tuple[StrictStr, ...] = Field(min_length=1, description="Exact origins, or '*'.")
+    methods: tuple[HttpMethod, ...] = ()
+    headers: tuple[HeaderName, ...] = ()
+    expose_headers: tuple[HeaderName, ...] = ()
+    max_age: Duration | None = None
+    credentials: StrictBool = False
+
+
+class Route(Document):
+    kind: Literal["Route"] = "Route"
+    gateway: Name
+    hosts: tuple[HostPattern, ...] = Field(default=("*",), min_length=1)
+    match: RouteMatch
+    backend: Name | None = None
+    backends: tuple[Backend, ...] | None = Field(default=None, min_length=1)
+    rewrite: Rewrite | None = None
+    timeout: Duration | None = None
+    retries: Retries | None = None
+    request_headers: HeaderMutation | None = None
+    response_headers: HeaderMutation | None = None
+    cors: Cors | None = None
+    auth: Name | tuple[Name, ...] = ()
+    rate_limit: Name | tuple[Name, ...] = ()
+
+    @model_validator(mode="after")
+    def _exactly_one_backend_form(self) -> Self:
+        if (self.backend is None) == (self.backends is None):
+            raise ValueError("exactly one of backend, backends is required")
+        if self.backends is not None and sum(b.weight for b in self.backends) == 0:
+            raise ValueError("backends: at least one weight must be above 0")
+        return self
+
+    @property
+    def weighted_backends(self) -> tuple[Backend, ...]:
+        return self.backends if self.backends is not None else (Backend(service=self.backend or ""),)
+
+    @property
+    def auth_policies(self) -> tuple[str, ...]:
+        return (self.auth,) if isinstance(self.auth, str) else self.auth
+
+    @property
+    def rate_limit_policies(self) -> tuple[str, ...]:
+        return (self.rate_limit,) if isinstance(self.rate_limit, str) else self.rate_limit
+
+
+# --- AuthPolicy ----------------------------------------------------------------------------------
+
+
+class ApiKeyIdentity(Spec):
+    header: HeaderName = "x-api-key"
+
+
+class JwtIdentity(Spec):
+    issuer: StrictStr
+    audiences: tuple[StrictStr, ...] = ()
+    jwks: StrictStr = Field(description="A JWKS file relative to the policy directory, or an https:// URL.")
+    claims_to_headers: dict[StrictStr, HeaderName] = Field(default_factory=dict)
+    header: HeaderName = "authorization"
+
+
+class MtlsIdentity(Spec):
+    pass
+
+
+class CustomIdentity(Spec):
+    plugin: StrictStr = Field(pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$", description="module:function")
+    timeout: Duration = 1000
+
+
+class IdentitySource(Spec):
+    """Exactly one of the keys: the credential to look for."""
+
+    api_key: ApiKeyIdentity | None = None
+    jwt: JwtIdentity | None = None
+    mtls: MtlsIdentity | None = None
+    custom: CustomIdentity | None = None
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> Self:
+        given = [key for key in ("api_key", "jwt", "mtls", "custom") if getattr(self, key) is not None]
+        if len(given) != 1:
+            raise ValueError("each identity entry has exactly one of api_key, jwt, mtls, custom")
+        return self
+
+
+class RuleMatch(Spec):
+    roles: tuple[StrictStr, ...] = ()
+    scopes: tuple[StrictStr, ...] = ()
+    methods: tuple[HttpMethod, ...] = ()
+    paths: tuple[StrictStr, ...] = ()
+    when: StrictStr | None = Field(default=None, description="A CEL expression over request and identity.")
+
+
+class Rule(Spec):
+    allow: RuleMatch | None = None
+    deny: RuleMatch | None = None
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> Self:
+        if (self.allow is None) == (self.deny is None):
+            raise ValueError("each rule has exactly one of allow, deny")
+        return self
+
+
+class AuthPolicy(Document):
+    kind: Literal["AuthPolicy"] = "AuthPolicy"
+    identity: tuple[IdentitySource, ...] = Field(min_length=1)
+    rules: tuple[Rule, ...] = ()
+    mode: Literal["enforce", "dry_run"] = "enforce"
+
+
+# --- Consumer ------------------------------------------------------------------------------------
+
+ApiKeyHash = Annotated[StrictStr, Field(pattern=r"^sha256:[0-9a-f]{64}$")]
+
+
+class Subscription(Spec):
+    route: Name
+    status: Literal["approved", "pending", "revoked"]
+
+
+class Consumer(Document):
+    kind: Literal["Consumer"] = "Consumer"
+    plan: StrictStr | None = None
+    roles: tuple[StrictStr, ...] = ()
+    labels: StringMap = Field(default_factory=dict)
+    api_keys: tuple[ApiKeyHash, ...] = ()
+    subscriptions: tuple[Subscription, ...] | None = None
+
+
+# --- RateLimitPolicy -----------------------------------------------------------------------------
+
+
+class Limit(Spec):
+    by: StrictStr = Field(pattern=r"^(consumer|client_ip|route|header:[a-zA-Z0-9!#$%&'*+.^_`|~-]+)$")
+    requests: PositiveInt
+    per: RateUnit
+    scope: Literal["global", "local"] = "global"
+
+
+class PlanLimit(Spec):
+    requests: PositiveInt
+    per: RateUnit
+
+
+class RateLimitPolicy(Document):
+    kind: Literal["RateLimitPolicy"] = "RateLimitPolicy"
+    limits: tuple[Limit, ...] = ()
+    plans: dict[StrictStr, PlanLimit] = Field(default_factory=dict)
+    shadow: StrictBool = False
+
+
+KINDS: dict[str, type[Document]] = {
+    "Gateway": Gateway,
+    "Service": Service,
+    "Route": Route,
+    "AuthPolicy": AuthPolicy,
+    "Consumer": Consumer,
+    "RateLimitPolicy": RateLimitPolicy,
+}
+
+
+# --- The whole set ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class SourceRef:
+    """Where a document (or one of its fields) was written: for error messages only."""
+
+    path: str
+    line: int
+
+
+@dataclass(frozen=True)
+class PolicySet:
+    """A validated policy directory: every document by kind and name, plus the files they name.
+
+    ``version`` is a content hash of every input byte, identical on every replica loading the same
+    files. ``files`` maps the relative paths documents refer to (certificates, JWKS) to contents;
+    private keys are :class:`~waypost.policies.types.PrivateBytes`.
+    """
+
+    version: str
+    gateways: Mapping[str, Gateway] = field(default_factory=dict)
+    services: Mapping[str, Service] = field(default_factory=dict)
+    routes: Mapping[str, Route] = field(default_factory=dict)
+    auth_policies: Mapping[str, AuthPolicy] = field(default_factory=dict)
+    consumers: Mapping[str, Consumer] = field(default_factory=dict)
+    rate_limit_policies: Mapping[str, RateLimitPolicy] = field(default_factory=dict)
+    files: Mapping[str, bytes] = field(default_factory=dict)
+    sources: Mapping[tuple[str, str], SourceRef] = field(default_factory=dict, compare=False, repr=False)
