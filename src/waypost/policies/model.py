@@ -171,8 +171,9 @@ class RouteMatch(Spec):
         given = [key for key in ("prefix", "path", "regex") if getattr(self, key) is not None]
         if len(given) != 1:
             raise ValueError(
-                "exactly one of prefix, path, regex is required" if not given else f"{' and '.join(given)}"
-                " are exclusive: give exactly one of prefix, path, regex"
+                "exactly one of prefix, path, regex is required"
+                if not given
+                else f"{' and '.join(given)} are exclusive: give exactly one of prefix, path, regex"
             )
         return self
 

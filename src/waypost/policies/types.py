@@ -15,6 +15,7 @@ from pydantic import BeforeValidator, Field, PlainSerializer, StrictInt, StrictS
 
 __all__ = [
     "HOSTNAME_RE",
+    "RATE_UNIT_SECONDS",
     "Duration",
     "Endpoint",
     "EndpointField",
@@ -24,7 +25,6 @@ __all__ = [
     "Port",
     "PrivateBytes",
     "RateUnit",
-    "RATE_UNIT_SECONDS",
     "format_duration",
     "parse_duration",
     "parse_endpoint",
@@ -54,8 +54,11 @@ def _check_host_pattern(value: Any) -> Any:
 
 HostPattern = Annotated[StrictStr, BeforeValidator(_check_host_pattern)]
 
-_DURATION_RE = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m|h)$")
+_DURATION_RE = re.compile(r"^([0-9]+(?:\.[0-9]+)?)(ms|s|m|h)$")
 _UNIT_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000}
+# The largest protobuf Duration (10,000 years); beyond it Envoy rejects the config, and a float of
+# that many digits could overflow to infinity.
+_MAX_DURATION_MS = 315_576_000_000_000
 
 
 def parse_duration(value: Any) -> int:
@@ -66,6 +69,8 @@ def parse_duration(value: Any) -> int:
     if not match:
         raise ValueError(f"'{value}' is not a duration such as 250ms, 1s, 5m or 1h")
     millis = float(match.group(1)) * _UNIT_MS[match.group(2)]
+    if not millis <= _MAX_DURATION_MS:
+        raise ValueError(f"'{value}' is longer than 10,000 years")
     if millis != int(millis):
         raise ValueError(f"'{value}' is finer than a millisecond")
     return int(millis)
@@ -115,7 +120,7 @@ def parse_endpoint(value: Any) -> Endpoint:
     if not isinstance(value, str):
         raise ValueError("expected 'host:port'")
     host, sep, port_text = value.rpartition(":")
-    if not sep or not host or not port_text.isdigit():
+    if not sep or not host or not port_text.isascii() or not port_text.isdigit():
         raise ValueError(f"'{value}' is not 'host:port'")
     if host.startswith("[") and host.endswith("]"):
         host = host[1:-1]

@@ -1,0 +1,21 @@
+# The waypost image: the control plane (`waypost serve`), and the demo echo backend
+# (`python -m waypost.demo.echo`) that compose.yaml runs from the same image.
+# Envoy is not in it: Envoy runs from the official envoyproxy/envoy image.
+FROM python:3.11-slim
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1
+
+WORKDIR /app
+# Only what the package needs, so edits to tests or docs do not invalidate this layer.
+COPY pyproject.toml ./
+COPY src ./src
+RUN pip install . && useradd --system --uid 10001 --no-create-home waypost
+
+# A control plane needs no privileges; policies are mounted read-only.
+USER waypost
+EXPOSE 18000 9902
+ENTRYPOINT ["waypost"]
+CMD ["serve", "--policies", "/policies", "--host", "0.0.0.0"]

@@ -1,0 +1,34 @@
+# Developer entry points. `make demo` and `make test` create the virtualenv on first use.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+
+.PHONY: venv demo test lint format clean
+
+venv: $(VENV)/.installed
+
+# Re-installs whenever pyproject.toml changes (new dependency); the stamp file marks success.
+# An existing venv is kept as is: re-running `venv` over it could re-point it at another Python.
+$(VENV)/.installed: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -e '.[test]'
+	touch $@
+
+# Echo backends + waypost + Envoy on the example policies; prints curl lines, Ctrl-C stops.
+demo: venv
+	$(BIN)/python -m waypost.demo
+
+# Unit and end-to-end tests (real Envoys on loopback), two workers.
+test: venv
+	$(BIN)/pytest -n 2
+
+lint: venv
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: venv
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+clean:
+	rm -rf .demo test-artifacts .pytest_cache .ruff_cache

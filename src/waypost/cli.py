@@ -1,0 +1,188 @@
+"""The `waypost` command line: validate, render, bootstrap, serve.
+
+A thin layer: parse arguments, call one stage, print its result. Exit codes: 0 success, 1 invalid
+policy (one `path:line: Kind name: message` line per problem on stderr), 2 usage errors.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from waypost.policies.model import PolicySet
+
+__all__ = ["main"]
+
+
+def _labels(values: Sequence[str]) -> dict[str, str]:
+    labels = {}
+    for item in values:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise argparse.ArgumentTypeError(f"--label expects key=value, got '{item}'")
+        labels[key] = value
+    return labels
+
+
+def _host_port(value: str) -> tuple[str, int]:
+    from waypost.xds.bootstrap import parse_host_port
+
+    try:
+        return parse_host_port(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="waypost", description="An Envoy control plane driven by policy files."
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    validate = commands.add_parser("validate", help="check a policy directory; exit 1 listing every problem")
+    validate.add_argument("directory", type=Path)
+
+    render = commands.add_parser("render", help="print the Envoy resources one node would receive")
+    render.add_argument("directory", type=Path)
+    render.add_argument("--node-id", required=True)
+    render.add_argument("--node-cluster", required=True)
+    render.add_argument(
+        "--label", action="append", default=[], metavar="KEY=VALUE", help="node metadata label"
+    )
+    render.add_argument("--format", choices=("yaml", "json"), default="yaml")
+
+    bootstrap = commands.add_parser("bootstrap", help="print an Envoy bootstrap that connects to waypost")
+    bootstrap.add_argument("--node-id", required=True)
+    bootstrap.add_argument("--node-cluster", required=True)
+    bootstrap.add_argument("--xds", required=True, type=_host_port, metavar="HOST:PORT")
+    bootstrap.add_argument("--admin-port", type=int, default=9901)
+    bootstrap.add_argument("--admin-address", default="127.0.0.1", help="Envoy admin listen address")
+    bootstrap.add_argument(
+        "--label", action="append", default=[], metavar="KEY=VALUE", help="node metadata label"
+    )
+    bootstrap.add_argument("--delta", action="store_true", help="use incremental (delta) xDS")
+
+    serve = commands.add_parser("serve", help="serve policies to Envoy over ADS, reloading on change")
+    serve.add_argument("--policies", required=True, type=Path)
+    serve.add_argument("--host", default="0.0.0.0", help="address to listen on (default 0.0.0.0)")
+    serve.add_argument("--xds-port", type=int, default=18000)
+    serve.add_argument("--admin-port", type=int, default=9902)
+    serve.add_argument("--no-watch", action="store_true", help="load once; do not watch the directory")
+    serve.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
+    serve.add_argument("--log-format", choices=("json", "console"), help="default: json unless on a terminal")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "validate":
+            return _validate(args.directory)
+        if args.command == "render":
+            return _render(args)
+        if args.command == "bootstrap":
+            return _bootstrap(args)
+        if args.command == "serve":
+            return _serve(args)
+    except argparse.ArgumentTypeError as exc:
+        print(f"waypost: {exc}", file=sys.stderr)
+        return 2
+    return 2
+
+
+def _load(directory: Path) -> PolicySet | None:
+    from waypost.policies.diagnostics import PolicyError
+    from waypost.policies.loader import load_policies
+
+    try:
+        return load_policies(directory)
+    except PolicyError as exc:
+        for diagnostic in exc.diagnostics:
+            print(diagnostic, file=sys.stderr)
+        return None
+
+
+def _validate(directory: Path) -> int:
+    policy = _load(directory)
+    if policy is None:
+        return 1
+    counts = ", ".join(
+        f"{len(getattr(policy, attr))} {label}"
+        for attr, label in (
+            ("gateways", "gateways"),
+            ("services", "services"),
+            ("routes", "routes"),
+            ("auth_policies", "auth policies"),
+            ("consumers", "consumers"),
+            ("rate_limit_policies", "rate-limit policies"),
+        )
+    )
+    print(f"{directory}: valid ({counts}); version {policy.version[:16]}")
+    return 0
+
+
+def _render(args: argparse.Namespace) -> int:
+    from waypost.xds.compiler import compile_policy
+    from waypost.xds.render import dump_yaml, render_resources
+
+    policy = _load(args.directory)
+    if policy is None:
+        return 1
+    compiled = compile_policy(policy)
+    group = compiled.select_gateways(args.node_cluster, _labels(args.label))
+    rendered = render_resources(compiled.resources_for(group))
+    if args.format == "json":
+        print(json.dumps(rendered, indent=2))
+    else:
+        sys.stdout.write(dump_yaml(rendered))
+    return 0
+
+
+def _bootstrap(args: argparse.Namespace) -> int:
+    from waypost.xds.bootstrap import render_bootstrap
+
+    host, port = args.xds
+    sys.stdout.write(
+        render_bootstrap(
+            node_id=args.node_id,
+            node_cluster=args.node_cluster,
+            xds_host=host,
+            xds_port=port,
+            admin_port=args.admin_port,
+            admin_address=args.admin_address,
+            labels=_labels(args.label),
+            delta=args.delta,
+        )
+    )
+    return 0
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from waypost.log import configure_logging
+    from waypost.server.app import ServeOptions, serve
+
+    configure_logging(args.log_level, json=None if args.log_format is None else args.log_format == "json")
+    options = ServeOptions(
+        policies=args.policies,
+        host=args.host,
+        xds_port=args.xds_port,
+        admin_port=args.admin_port,
+        watch=not args.no_watch,
+    )
+    try:
+        import uvloop
+
+        uvloop.run(serve(options))
+    except ImportError:
+        asyncio.run(serve(options))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,308 @@
+"""Cross-document checks: the rules no single document can check on its own.
+
+The loader validates each document against its model, then hands every document to
+:func:`validate`, which finds duplicate names, dangling references, conflicting routes, Gateways
+that would bind the same socket on one node, duplicate API keys, and route regexes Envoy's RE2
+engine would refuse. Pure: no I/O; positions come from each document's :class:`Source`.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from waypost.policies.diagnostics import Diagnostic
+from waypost.policies.model import Consumer, Document, Gateway, NodeSelector, Route
+
+__all__ = ["Entry", "Loc", "Source", "regex_problem", "validate"]
+
+Loc = tuple[str | int, ...]
+"""A field path inside a document, as in pydantic: ``("backends", 1, "service")``."""
+
+
+class Source(Protocol):
+    """Where a document was written, and the line of any of its fields."""
+
+    @property
+    def path(self) -> str: ...
+
+    def line_of(self, loc: Loc) -> int:
+        """The line of the field at ``loc``, or of its nearest enclosing field that exists."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """One document of the directory.
+
+    ``document`` is None when the document failed its own validation (already reported): its name
+    still counts as defined, so references to it do not produce a second, misleading error.
+    """
+
+    kind: str
+    name: str
+    source: Source
+    document: Document | None
+
+
+def validate(entries: Sequence[Entry], *, check_references: bool = True) -> list[Diagnostic]:
+    """Every cross-document problem among ``entries``, each at the line of the offending field.
+
+    ``check_references=False`` skips dangling-reference checks: the loader passes it when a file
+    could not be parsed, since the missing target may well be in that file.
+    """
+    out: list[Diagnostic] = []
+    defined = _check_duplicate_names(entries, out)
+    valid = [entry for entry in entries if entry.document is not None]
+    if check_references:
+        _check_references(valid, defined, out)
+    _check_consumers(valid, out)
+    _check_routes(valid, out)
+    _check_gateways(valid, out)
+    return out
+
+
+def _where(entry: Entry) -> str:
+    return f"{entry.source.path}:{entry.source.line_of(('name',))}"
+
+
+def _error(entry: Entry, loc: Loc, message: str) -> Diagnostic:
+    return Diagnostic(entry.source.path, entry.source.line_of(loc), entry.kind, entry.name, message)
+
+
+def _field(loc: Loc) -> str:
+    """``("backends", 1, "service")`` -> ``backends[1].service``: how users spell a field."""
+    text = ""
+    for part in loc:
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else part)
+    return text
+
+
+# --- names and references ------------------------------------------------------------------------
+
+
+def _check_duplicate_names(entries: Sequence[Entry], out: list[Diagnostic]) -> dict[str, dict[str, Entry]]:
+    defined: dict[str, dict[str, Entry]] = {}
+    for entry in entries:
+        first = defined.setdefault(entry.kind, {}).setdefault(entry.name, entry)
+        if first is not entry:
+            out.append(
+                _error(entry, ("name",), f"duplicate {entry.kind} name, first defined at {_where(first)}")
+            )
+    return defined
+
+
+_ARTICLE = {"AuthPolicy": "an AuthPolicy"}
+
+
+def _check_references(
+    entries: Sequence[Entry], defined: dict[str, dict[str, Entry]], out: list[Diagnostic]
+) -> None:
+    def expect(entry: Entry, loc: Loc, target: str, kind: str) -> None:
+        if target not in defined.get(kind, {}):
+            article = _ARTICLE.get(kind, f"a {kind}")
+            out.append(_error(entry, loc, f"{_field(loc)} '{target}' is not {article}"))
+
+    def expect_names(entry: Entry, field: str, value: str | tuple[str, ...], kind: str) -> None:
+        if isinstance(value, str):
+            expect(entry, (field,), value, kind)
+        else:
+            for index, target in enumerate(value):
+                expect(entry, (field, index), target, kind)
+
+    for entry in entries:
+        document = entry.document
+        if isinstance(document, Route):
+            expect(entry, ("gateway",), document.gateway, "Gateway")
+            if document.backend is not None:
+                expect(entry, ("backend",), document.backend, "Service")
+            for index, backend in enumerate(document.backends or ()):
+                expect(entry, ("backends", index, "service"), backend.service, "Service")
+            expect_names(entry, "auth", document.auth, "AuthPolicy")
+            expect_names(entry, "rate_limit", document.rate_limit, "RateLimitPolicy")
+        elif isinstance(document, Consumer):
+            for index, subscription in enumerate(document.subscriptions or ()):
+                expect(entry, ("subscriptions", index, "route"), subscription.route, "Route")
+
+
+# --- per-kind rules across documents -------------------------------------------------------------
+
+
+def _check_consumers(entries: Sequence[Entry], out: list[Diagnostic]) -> None:
+    # An API key must identify exactly one caller; the same hash on two Consumers would make the
+    # identity of whoever holds that key depend on lookup order.
+    owners: dict[str, tuple[Entry, int]] = {}
+    for entry in entries:
+        document = entry.document
+        if not isinstance(document, Consumer):
+            continue
+        for index, key_hash in enumerate(document.api_keys):
+            owner, owner_index = owners.setdefault(key_hash, (entry, index))
+            if owner is entry and owner_index != index:
+                message = f"api_keys[{index}]: same key as api_keys[{owner_index}]"
+                out.append(_error(entry, ("api_keys", index), message))
+            elif owner is not entry:
+                out.append(
+                    _error(
+                        entry,
+                        ("api_keys", index),
+                        f"api_keys[{index}]: key already belongs to Consumer {owner.name} ({_where(owner)})",
+                    )
+                )
+        seen_routes: dict[str, int] = {}
+        for index, subscription in enumerate(document.subscriptions or ()):
+            first = seen_routes.setdefault(subscription.route, index)
+            if first != index:
+                out.append(
+                    _error(
+                        entry,
+                        ("subscriptions", index, "route"),
+                        f"subscriptions[{index}].route: route '{subscription.route}' is already in"
+                        f" subscriptions[{first}]",
+                    )
+                )
+
+
+# Constructs Python's `re` accepts but Envoy's RE2 engine refuses: RE2 has no backtracking, so no
+# lookaround, backreferences, atomic groups, conditionals or possessive quantifiers.
+_RE2_UNSUPPORTED_GROUPS = {
+    "(?=": "lookahead '(?='",
+    "(?!": "negative lookahead '(?!'",
+    "(?<=": "lookbehind '(?<='",
+    "(?<!": "negative lookbehind '(?<!'",
+    "(?>": "atomic group '(?>'",
+    "(?(": "conditional group '(?('",
+    "(?P=": "backreference '(?P='",
+}
+_INLINE_FLAGS_RE = re.compile(r"\(\?([aiLmsux-]+)[:)]")
+_RE2_FLAGS = frozenset("ims-")
+_BACKREF_DIGITS = frozenset("123456789")
+_COUNTED_RE = re.compile(r"\{\d*,?\d*\}$")
+
+
+def _is_quantifier(pattern: str, index: int) -> bool:
+    char = pattern[index]
+    return char in "*+?" or (char == "}" and _COUNTED_RE.search(pattern, 0, index + 1) is not None)
+
+
+def regex_problem(pattern: str) -> str | None:
+    """Why Envoy (RE2) would refuse ``pattern``, or None when it is fine."""
+    try:
+        re.compile(pattern)
+    except re.error as exc:
+        return f"invalid regular expression: {exc.msg} at position {exc.pos}"
+    except (OverflowError, RecursionError, ValueError) as exc:
+        return f"invalid regular expression: {exc}"
+    # Scan rather than search the text: `\(?=` and `[(?=]` are literals, not lookaheads.
+    index, in_class = 0, False
+    while index < len(pattern):
+        char = pattern[index]
+        following = pattern[index + 1 : index + 2]
+        if char == "\\":
+            if not in_class and following in _BACKREF_DIGITS:
+                return f"backreference '\\{following}' is not supported by Envoy's RE2 engine"
+            if not in_class and following == "Z":
+                return "'\\Z' is not supported by Envoy's RE2 engine: use '$'"
+            index += 2
+            continue
+        if in_class:
+            in_class = char != "]"
+        elif char == "[":
+            in_class = True
+            # A ']' right after '[' or '[^' is a member of the class, not its end.
+            index += 2 if following == "^" else 1
+            if pattern[index : index + 1] == "]":
+                index += 1
+            continue
+        elif char == "(" and following == "?":
+            for construct, label in _RE2_UNSUPPORTED_GROUPS.items():
+                if pattern.startswith(construct, index):
+                    return f"{label} is not supported by Envoy's RE2 engine"
+            flags = _INLINE_FLAGS_RE.match(pattern, index)
+            if flags and not set(flags.group(1)) <= _RE2_FLAGS:
+                return f"inline flags '(?{flags.group(1)}' are not supported by Envoy's RE2 engine"
+            index += 2
+            continue
+        elif following == "+" and _is_quantifier(pattern, index):
+            return f"possessive quantifier '{char}+' is not supported by Envoy's RE2 engine"
+        index += 1
+    return None
+
+
+def _check_routes(entries: Sequence[Entry], out: list[Diagnostic]) -> None:
+    # Two routes with the same gateway, host and match: only one could ever be chosen, and which
+    # one would depend on file order. Methods and headers are compared as sets.
+    claimed: dict[tuple[object, ...], Entry] = {}
+    for entry in entries:
+        route = entry.document
+        if not isinstance(route, Route):
+            continue
+        match = route.match
+        if match.regex is not None:
+            problem = regex_problem(match.regex)
+            if problem is not None:
+                out.append(_error(entry, ("match", "regex"), f"match.regex: {problem}"))
+        shape = (
+            match.path_kind,
+            match.path_value,
+            frozenset(match.methods),
+            frozenset((name.lower(), value) for name, value in match.headers.items()),
+        )
+        reported: set[int] = set()
+        for host in dict.fromkeys(route.hosts):
+            other = claimed.setdefault((route.gateway, host, *shape), entry)
+            if other is not entry and id(other) not in reported:
+                reported.add(id(other))
+                out.append(
+                    _error(
+                        entry,
+                        ("match",),
+                        f"conflicts with Route {other.name} ({_where(other)}): same gateway"
+                        f" '{route.gateway}', host '{host}' and match",
+                    )
+                )
+
+
+def _selectors_disjoint(a: NodeSelector | None, b: NodeSelector | None) -> bool:
+    """True only when no node can match both: a proof of disjointness, not a guess."""
+    if a is None or b is None:
+        return False
+    if a.cluster is not None and b.cluster is not None and a.cluster != b.cluster:
+        return True
+    return any(key in b.labels and b.labels[key] != value for key, value in a.labels.items())
+
+
+def _normal_address(address: str) -> str | None:
+    try:
+        return ipaddress.ip_address(address).compressed
+    except ValueError:
+        return None
+
+
+def _check_gateways(entries: Sequence[Entry], out: list[Diagnostic]) -> None:
+    # Two Gateways on one socket of one node would make Envoy reject the whole listener update.
+    by_socket: dict[tuple[str, int], list[tuple[Entry, Gateway]]] = {}
+    for entry in entries:
+        gateway = entry.document
+        if not isinstance(gateway, Gateway):
+            continue
+        address = _normal_address(gateway.address)
+        if address is None:
+            out.append(_error(entry, ("address",), f"address: '{gateway.address}' is not an IP address"))
+            continue
+        earlier = by_socket.setdefault((address, gateway.port), [])
+        for other, other_gateway in earlier:
+            if not _selectors_disjoint(gateway.nodes, other_gateway.nodes):
+                out.append(
+                    _error(
+                        entry,
+                        ("port",),
+                        f"port {gateway.port} on {gateway.address} is already used by Gateway"
+                        f" {other.name} ({_where(other)}) on the same nodes",
+                    )
+                )
+                break
+        earlier.append((entry, gateway))

@@ -1,0 +1,109 @@
+"""The admin HTTP endpoint: /healthz, /readyz, /metrics and /status.
+
+A deliberately small HTTP/1.1 server on asyncio streams: it answers a handful of GETs from
+operators and probes, one request per connection, and never lets a malformed request escape as
+anything but a 4xx.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from waypost.log import get_logger
+
+__all__ = ["AdminServer", "Response"]
+
+log = get_logger("waypost.admin")
+
+_REASONS = {
+    200: "OK",
+    400: "Bad Request",
+    404: "Not Found",
+    405: "Method Not Allowed",
+    503: "Service Unavailable",
+}
+
+
+@dataclass(frozen=True)
+class Response:
+    status: int
+    body: bytes
+    content_type: str = "application/json"
+
+    @classmethod
+    def json(cls, status: int, data: Any) -> Response:
+        return cls(status, json.dumps(data, indent=2, sort_keys=True).encode() + b"\n")
+
+
+Handler = Callable[[], Awaitable[Response] | Response]
+
+
+class AdminServer:
+    def __init__(self, *, ready: Callable[[], bool], status: Callable[[], dict[str, Any]]) -> None:
+        self._ready = ready
+        self._status = status
+        self._routes: dict[str, Callable[[], Response]] = {
+            "/healthz": lambda: Response.json(200, {"status": "ok"}),
+            "/readyz": self._readyz,
+            "/metrics": lambda: Response(200, generate_latest(), CONTENT_TYPE_LATEST),
+            "/status": lambda: Response.json(200, self._status()),
+        }
+        self._server: asyncio.Server | None = None
+
+    def route(self, path: str, handler: Callable[[], Response]) -> None:
+        self._routes[path] = handler
+
+    def _readyz(self) -> Response:
+        ready = self._ready()
+        return Response.json(200 if ready else 503, {"ready": ready})
+
+    async def start(self, host: str, port: int) -> int:
+        self._server = await asyncio.start_server(self._serve, host, port)
+        return int(self._server.sockets[0].getsockname()[1])
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), timeout=10)
+            response = self._dispatch(head)
+        except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, TimeoutError, ConnectionError):
+            writer.close()
+            return
+        except Exception:
+            log.exception("admin request failed")
+            response = Response.json(500, {"error": "internal error"})
+        reason = _REASONS.get(response.status, "Error")
+        writer.write(
+            f"HTTP/1.1 {response.status} {reason}\r\ncontent-type: {response.content_type}\r\n"
+            f"content-length: {len(response.body)}\r\nconnection: close\r\n\r\n".encode()
+            + response.body
+        )
+        try:
+            await writer.drain()
+        except ConnectionError:
+            pass
+        finally:
+            writer.close()
+
+    def _dispatch(self, head: bytes) -> Response:
+        request_line = head.split(b"\r\n", 1)[0].decode("latin-1")
+        parts = request_line.split(" ")
+        if len(parts) != 3 or not parts[2].startswith("HTTP/"):
+            return Response.json(400, {"error": "malformed request line"})
+        method, target = parts[0], parts[1].split("?", 1)[0]
+        handler = self._routes.get(target)
+        if handler is None:
+            return Response.json(404, {"error": f"no such page: {target}", "pages": sorted(self._routes)})
+        if method not in ("GET", "HEAD"):
+            return Response.json(405, {"error": "only GET is served here"})
+        return handler()

@@ -1,0 +1,86 @@
+"""The policy runtime: load -> compile -> prepare -> commit, all or nothing.
+
+Loading, compiling and encoding run off the event loop, so live xDS streams never stall behind a
+large reload; only the final swap runs on the loop. Any failure, from a typo in a policy file to
+a compiler bug, leaves the last good version serving and is kept for /status and /readyz.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from waypost.log import get_logger
+from waypost.metrics import POLICY_INFO, POLICY_LOADS
+from waypost.policies.diagnostics import PolicyError
+from waypost.policies.loader import load_policies
+from waypost.xds.cache import SnapshotCache
+from waypost.xds.compiler import CompiledPolicy, compile_policy
+
+__all__ = ["LoadFailure", "PolicyRuntime"]
+
+log = get_logger("waypost.policy")
+
+
+@dataclass(frozen=True)
+class LoadFailure:
+    at: float
+    errors: tuple[str, ...]
+
+
+class PolicyRuntime:
+    """Owns the reload cycle for one policy directory. Event loop only, one reload at a time."""
+
+    def __init__(self, directory: Path, cache: SnapshotCache) -> None:
+        self.directory = directory
+        self.cache = cache
+        self.last_failure: LoadFailure | None = None
+        self.applied_at: float | None = None
+        self._lock = asyncio.Lock()
+
+    @property
+    def current(self) -> CompiledPolicy | None:
+        return self.cache.compiled
+
+    async def reload(self) -> bool:
+        """Load the directory and apply it if valid and new; True when a new version went live."""
+        async with self._lock:
+            started = time.perf_counter()
+            try:
+                policy = await asyncio.to_thread(load_policies, self.directory)
+                current = self.cache.compiled
+                if current is not None and current.version == policy.version:
+                    POLICY_LOADS.labels("unchanged").inc()
+                    self.last_failure = None
+                    return False
+                compiled = await asyncio.to_thread(compile_policy, policy)
+                prepared = await asyncio.to_thread(self.cache.prepare, compiled)
+            except PolicyError as exc:
+                return self._fail([str(d) for d in exc.diagnostics])
+            except Exception as exc:  # a compiler bug must not take the serving config down with it
+                log.exception("policy compilation failed")
+                return self._fail([f"{self.directory}: internal error while compiling: {exc}"])
+            self.cache.commit(prepared)
+            self.last_failure = None
+            self.applied_at = time.time()
+            POLICY_LOADS.labels("applied").inc()
+            POLICY_INFO.info({"version": compiled.version})
+            log.info(
+                "policy applied",
+                version=compiled.version,
+                gateways=len(policy.gateways),
+                services=len(policy.services),
+                routes=len(policy.routes),
+                ms=round((time.perf_counter() - started) * 1000, 1),
+            )
+            return True
+
+    def _fail(self, errors: list[str]) -> bool:
+        self.last_failure = LoadFailure(at=time.time(), errors=tuple(errors))
+        POLICY_LOADS.labels("invalid").inc()
+        serving = self.cache.compiled.version if self.cache.compiled else None
+        for error in errors:
+            log.error("policy rejected", error=error, serving_version=serving)
+        return False

@@ -1,0 +1,222 @@
+"""The Envoy bootstrap that points an Envoy at waypost.
+
+An Envoy needs exactly one static thing to join a waypost fleet: how to reach the control plane.
+Everything else (listeners, routes, clusters, secrets) arrives over one ADS stream. This module
+renders that bootstrap as plain data (:func:`build_bootstrap`) or YAML (:func:`render_bootstrap`);
+``waypost bootstrap`` prints the latter.
+
+The node's identity is what waypost selects Gateways by: ``node.cluster`` and the labels under
+``node.metadata.labels`` (see ``Gateway.nodes`` in the policy format).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Mapping
+from typing import Any
+
+import yaml
+
+__all__ = [
+    "XDS_CLUSTER",
+    "build_bootstrap",
+    "parse_host_port",
+    "render_bootstrap",
+]
+
+XDS_CLUSTER = "waypost_xds"
+"""Name of the static cluster that carries the ADS stream to waypost."""
+
+_HTTP_PROTOCOL_OPTIONS = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
+
+# How Envoy re-opens the ADS stream after it drops (waypost restart, network blip). Envoy's own
+# default is 500ms growing to 30s; a shorter ceiling means a restarted control plane is picked up
+# within seconds, and Envoy adds jitter, so a fleet does not reconnect in lock step.
+_ADS_RETRY_BASE = "0.25s"
+_ADS_RETRY_MAX = "5s"
+
+# Envoy warns at start-up when nothing caps downstream connections; 50k is the figure of Envoy's
+# edge-proxy best practices, far above what one waypost gateway node is expected to hold.
+_MAX_DOWNSTREAM_CONNECTIONS = 50_000
+_DOWNSTREAM_CONNECTIONS = (
+    "envoy.extensions.resource_monitors.downstream_connections.v3.DownstreamConnectionsConfig"
+)
+
+
+def build_bootstrap(
+    *,
+    node_id: str,
+    node_cluster: str,
+    xds_host: str,
+    xds_port: int,
+    admin_port: int = 9901,
+    admin_address: str = "127.0.0.1",
+    labels: Mapping[str, str] | None = None,
+    delta: bool = False,
+) -> dict[str, Any]:
+    """Return an Envoy v3 bootstrap (as JSON-compatible data) that takes all config from waypost.
+
+    ``xds_host`` may be an IP address (the cluster is STATIC) or a host name (STRICT_DNS, e.g.
+    ``waypost`` inside docker compose). ``admin_port`` 0 lets Envoy pick a port (read it back
+    with ``envoy --admin-address-path``). ``delta`` selects incremental xDS (DELTA_GRPC) instead of
+    state-of-the-world.
+    """
+    if not node_id:
+        raise ValueError("node_id must not be empty")
+    if not node_cluster:
+        raise ValueError("node_cluster must not be empty")
+    if not 1 <= xds_port <= 65535:
+        raise ValueError(f"xds_port {xds_port} is not between 1 and 65535")
+    if not 0 <= admin_port <= 65535:
+        raise ValueError(f"admin_port {admin_port} is not between 0 and 65535")
+
+    host = _strip_brackets(xds_host)
+    return {
+        "node": {
+            "id": node_id,
+            "cluster": node_cluster,
+            # waypost reads the node's labels from here to match Gateway `nodes: {labels: ...}`.
+            "metadata": {"labels": {str(k): str(v) for k, v in sorted((labels or {}).items())}},
+        },
+        "admin": {
+            "address": _socket_address(_strip_brackets(admin_address), admin_port),
+            # Operators and health probes must still reach admin when the connection cap is hit.
+            "ignore_global_conn_limit": True,
+        },
+        "dynamic_resources": {
+            "ads_config": {
+                "api_type": "DELTA_GRPC" if delta else "GRPC",
+                "transport_api_version": "V3",
+                "grpc_services": [
+                    {
+                        "envoy_grpc": {
+                            "cluster_name": XDS_CLUSTER,
+                            # For xDS streams Envoy uses only the back-off of this policy: how long
+                            # to wait before re-opening a failed stream.
+                            "retry_policy": {
+                                "retry_back_off": {
+                                    "base_interval": _ADS_RETRY_BASE,
+                                    "max_interval": _ADS_RETRY_MAX,
+                                }
+                            },
+                        }
+                    }
+                ],
+                # The node (with its labels) is sent once per stream, not on every request.
+                "set_node_on_first_message_only": True,
+            },
+            "cds_config": {"ads": {}, "resource_api_version": "V3"},
+            "lds_config": {"ads": {}, "resource_api_version": "V3"},
+        },
+        "static_resources": {"clusters": [_xds_cluster(host, xds_port)]},
+        "overload_manager": {
+            "resource_monitors": [
+                {
+                    "name": "envoy.resource_monitors.global_downstream_max_connections",
+                    "typed_config": {
+                        "@type": f"type.googleapis.com/{_DOWNSTREAM_CONNECTIONS}",
+                        "max_active_downstream_connections": _MAX_DOWNSTREAM_CONNECTIONS,
+                    },
+                }
+            ]
+        },
+    }
+
+
+def render_bootstrap(
+    *,
+    node_id: str,
+    node_cluster: str,
+    xds_host: str,
+    xds_port: int,
+    admin_port: int = 9901,
+    admin_address: str = "127.0.0.1",
+    labels: Mapping[str, str] | None = None,
+    delta: bool = False,
+) -> str:
+    """:func:`build_bootstrap` as a YAML document, ready for ``envoy -c``."""
+    data = build_bootstrap(
+        node_id=node_id,
+        node_cluster=node_cluster,
+        xds_host=xds_host,
+        xds_port=xds_port,
+        admin_port=admin_port,
+        admin_address=admin_address,
+        labels=labels,
+        delta=delta,
+    )
+    header = (
+        # repr() keeps a stray newline in an id from breaking out of the comment.
+        f"# Envoy bootstrap by `waypost bootstrap`: node {node_id!r}, cluster {node_cluster!r}.\n"
+        "# Only the way to waypost is static; listeners, routes and clusters arrive over ADS.\n"
+    )
+    body: str = yaml.safe_dump(data, sort_keys=False, default_flow_style=False)
+    return header + body
+
+
+def parse_host_port(text: str) -> tuple[str, int]:
+    """Split ``HOST:PORT`` / ``[V6]:PORT`` (the ``--xds`` argument) into host and port."""
+    host, sep, port_text = text.strip().rpartition(":")
+    if not sep or not host or not port_text.isdigit():
+        raise ValueError(f"'{text}' is not HOST:PORT")
+    port = int(port_text)
+    if not 1 <= port <= 65535:
+        raise ValueError(f"'{text}': port must be between 1 and 65535")
+    bracketed = host.startswith("[") and host.endswith("]")
+    host = _strip_brackets(host)
+    # `::1:18000` is ambiguous (is 18000 part of the address?); URLs settled on brackets.
+    if ":" in host and not (bracketed and _is_ip(host)):
+        raise ValueError(f"'{text}': write an IPv6 address as [ADDRESS]:PORT")
+    return host, port
+
+
+def _xds_cluster(host: str, port: int) -> dict[str, Any]:
+    cluster: dict[str, Any] = {
+        "name": XDS_CLUSTER,
+        # An IP needs no resolver; a name (compose service, k8s Service) is re-resolved, so a
+        # control plane that moves to a new address is followed.
+        "type": "STATIC" if _is_ip(host) else "STRICT_DNS",
+        "connect_timeout": "1s",
+        "load_assignment": {
+            "cluster_name": XDS_CLUSTER,
+            "endpoints": [{"lb_endpoints": [{"endpoint": {"address": _socket_address(host, port)}}]}],
+        },
+        # ADS is gRPC, so the stream must be HTTP/2. The keepalive PINGs notice a control plane
+        # that vanished without closing the connection (host died, NAT dropped the flow), so
+        # Envoy reconnects instead of waiting on a dead stream forever.
+        "typed_extension_protocol_options": {
+            _HTTP_PROTOCOL_OPTIONS: {
+                "@type": f"type.googleapis.com/{_HTTP_PROTOCOL_OPTIONS}",
+                "explicit_http_config": {
+                    "http2_protocol_options": {
+                        "connection_keepalive": {"interval": "30s", "timeout": "5s"},
+                    }
+                },
+            }
+        },
+        # TCP keepalive as well, for middleboxes that drop idle flows below the HTTP/2 layer.
+        "upstream_connection_options": {
+            "tcp_keepalive": {"keepalive_time": 60, "keepalive_interval": 10, "keepalive_probes": 3}
+        },
+    }
+    if cluster["type"] == "STRICT_DNS":
+        # `localhost` and compose names may resolve to both families while waypost usually
+        # listens on IPv4 only; prefer v4 and fall back to v6.
+        cluster["dns_lookup_family"] = "V4_PREFERRED"
+    return cluster
+
+
+def _socket_address(address: str, port: int) -> dict[str, Any]:
+    return {"socket_address": {"address": address, "port_value": port}}
+
+
+def _strip_brackets(host: str) -> str:
+    return host[1:-1] if host.startswith("[") and host.endswith("]") else host
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True

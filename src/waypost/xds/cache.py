@@ -1,0 +1,125 @@
+"""The snapshot cache: compiled policy versions in, one snapshot per node group out.
+
+Contract: lives on one asyncio event loop and is not thread-safe; ``publish`` and
+``snapshot_for`` are called from that loop only. A published version is all or nothing: every
+snapshot is built and checked for consistency before the swap, so a failure leaves the last good
+version serving.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from envoy.config.core.v3 import base_pb2
+
+from waypost.xds.compiler import CompiledPolicy
+from waypost.xds.snapshot import ResourceEncoder, Snapshot
+
+__all__ = ["NodeInfo", "PreparedVersion", "SnapshotCache"]
+
+GroupKey = tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class NodeInfo:
+    """The identity an Envoy node announces: its id, ``node.cluster`` and metadata labels."""
+
+    id: str
+    cluster: str
+    labels: Mapping[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def from_proto(cls, node: base_pb2.Node) -> NodeInfo:
+        labels: dict[str, str] = {}
+        if "labels" in node.metadata.fields:
+            for key, value in node.metadata.fields["labels"].struct_value.fields.items():
+                if value.HasField("string_value"):
+                    labels[key] = value.string_value
+        return cls(id=node.id, cluster=node.cluster, labels=labels)
+
+
+@dataclass(frozen=True)
+class PreparedVersion:
+    """A compiled version with its snapshots built and checked, ready to be committed."""
+
+    compiled: CompiledPolicy
+    encoder: ResourceEncoder
+    snapshots: Mapping[GroupKey, Snapshot]
+
+
+class SnapshotCache:
+    """Holds the current compiled policy and the snapshots cut from it, one per node group."""
+
+    def __init__(self) -> None:
+        self._compiled: CompiledPolicy | None = None
+        self._encoder = ResourceEncoder()
+        self._snapshots: dict[GroupKey, Snapshot] = {}
+        self._watched: dict[int, NodeInfo] = {}
+        self._generation = 0
+        self._changed = asyncio.Event()
+
+    @property
+    def compiled(self) -> CompiledPolicy | None:
+        return self._compiled
+
+    @property
+    def generation(self) -> int:
+        return self._generation
+
+    def prepare(self, compiled: CompiledPolicy) -> PreparedVersion:
+        """Encode and check every snapshot ``compiled`` needs now. Pure and thread-safe: run it
+        off the event loop; raises :class:`~waypost.xds.snapshot.InconsistentSnapshot`."""
+        encoder = ResourceEncoder()
+        groups = {compiled.select_gateways(n.cluster, n.labels) for n in list(self._watched.values())}
+        # The group of every Gateway proves all of them cut cleanly, even ones no node has yet.
+        groups.add(tuple(sorted(compiled.gateways)))
+        snapshots = {group: _build(compiled, group, encoder) for group in groups}
+        return PreparedVersion(compiled=compiled, encoder=encoder, snapshots=snapshots)
+
+    def commit(self, prepared: PreparedVersion) -> None:
+        """Make a prepared version current and wake every stream. Event loop only."""
+        self._compiled, self._encoder = prepared.compiled, prepared.encoder
+        self._snapshots = dict(prepared.snapshots)
+        self._generation += 1
+        changed, self._changed = self._changed, asyncio.Event()
+        changed.set()
+
+    def publish(self, compiled: CompiledPolicy) -> None:
+        """Prepare and commit in one step; on error nothing changes."""
+        self.commit(self.prepare(compiled))
+
+    def snapshot_for(self, node: NodeInfo) -> Snapshot | None:
+        """The snapshot a node should hold now, or None before the first policy is published."""
+        if self._compiled is None:
+            return None
+        group = self._compiled.select_gateways(node.cluster, node.labels)
+        snapshot = self._snapshots.get(group)
+        if snapshot is None:
+            snapshot = self._snapshots[group] = _build(self._compiled, group, self._encoder)
+        return snapshot
+
+    def group_for(self, node: NodeInfo) -> GroupKey:
+        return () if self._compiled is None else self._compiled.select_gateways(node.cluster, node.labels)
+
+    async def wait_for_change(self, generation: int) -> None:
+        """Return once the generation has moved past ``generation``."""
+        while self._generation <= generation:
+            await self._changed.wait()
+
+    def watch(self, stream_id: int, node: NodeInfo) -> None:
+        """Tell the cache a node is connected, so publish prepares its group ahead of time."""
+        self._watched[stream_id] = node
+
+    def unwatch(self, stream_id: int) -> None:
+        self._watched.pop(stream_id, None)
+
+
+def _build(compiled: CompiledPolicy, group: GroupKey, encoder: ResourceEncoder) -> Snapshot:
+    return Snapshot.build(
+        policy_version=compiled.version,
+        group=group,
+        resources=compiled.resources_for(group),
+        encoder=encoder,
+    )

@@ -1,0 +1,103 @@
+"""Compile a validated PolicySet into Envoy resources: pure functions, model in, protobuf out.
+
+Each Gateway and each Service compiles exactly once per policy version; a node group's resources
+are then a selection of those (the Gateways its selector picks, the Services behind their Routes).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from envoy.config.cluster.v3 import cluster_pb2
+from envoy.config.endpoint.v3 import endpoint_pb2
+from envoy.config.listener.v3 import listener_pb2
+from envoy.config.route.v3 import route_pb2
+from envoy.extensions.transport_sockets.tls.v3 import secret_pb2
+from google.protobuf import message
+
+from waypost.policies.model import PolicySet, Route
+from waypost.xds.compiler.clusters import build_cluster, build_load_assignment
+from waypost.xds.compiler.features import HTTP_FEATURES
+from waypost.xds.compiler.listeners import build_listener
+from waypost.xds.compiler.names import cluster_name
+from waypost.xds.compiler.routes import build_route_configuration
+from waypost.xds.compiler.secrets import build_secrets
+from waypost.xds.types import TypeUrl
+
+__all__ = ["CompiledPolicy", "GatewayResources", "NodeResources", "compile_policy"]
+
+NodeResources = dict[TypeUrl, dict[str, message.Message]]
+"""Resources by type URL, then by resource name: everything one node group receives."""
+
+
+@dataclass(frozen=True)
+class GatewayResources:
+    """What one Gateway contributes to every node it selects."""
+
+    listener: listener_pb2.Listener
+    route_config: route_pb2.RouteConfiguration
+    secrets: tuple[secret_pb2.Secret, ...]
+    clusters: frozenset[str]
+
+
+@dataclass(frozen=True)
+class CompiledPolicy:
+    """Every Envoy resource of one policy version, ready to be cut into node groups."""
+
+    version: str
+    policy: PolicySet
+    gateways: Mapping[str, GatewayResources]
+    clusters: Mapping[str, cluster_pb2.Cluster]
+    load_assignments: Mapping[str, endpoint_pb2.ClusterLoadAssignment] = field(default_factory=dict)
+
+    def select_gateways(self, node_cluster: str, node_labels: Mapping[str, str]) -> tuple[str, ...]:
+        """The names of the Gateways a node gets; nodes with the same tuple share one snapshot."""
+        return tuple(
+            sorted(name for name, gw in self.policy.gateways.items() if gw.selects(node_cluster, node_labels))
+        )
+
+    def resources_for(self, gateway_names: tuple[str, ...]) -> NodeResources:
+        selected = [self.gateways[name] for name in gateway_names]
+        cluster_names = sorted(set().union(*(gw.clusters for gw in selected)))
+        return {
+            TypeUrl.CLUSTER: {name: self.clusters[name] for name in cluster_names},
+            TypeUrl.ENDPOINT: {
+                name: self.load_assignments[name] for name in cluster_names if name in self.load_assignments
+            },
+            TypeUrl.SECRET: {secret.name: secret for gw in selected for secret in gw.secrets},
+            TypeUrl.LISTENER: {gw.listener.name: gw.listener for gw in selected},
+            TypeUrl.ROUTE: {gw.route_config.name: gw.route_config for gw in selected},
+        }
+
+
+def compile_policy(policy: PolicySet) -> CompiledPolicy:
+    routes_by_gateway: dict[str, list[Route]] = {name: [] for name in policy.gateways}
+    for route in policy.routes.values():
+        routes_by_gateway[route.gateway].append(route)
+
+    gateways: dict[str, GatewayResources] = {}
+    for name, gateway in sorted(policy.gateways.items()):
+        routes = sorted(routes_by_gateway[name], key=lambda r: r.name)
+        features = [f for f in HTTP_FEATURES if f.applies(gateway, routes)]
+        gateways[name] = GatewayResources(
+            listener=build_listener(gateway, [f.http_filter(gateway, routes) for f in features]),
+            route_config=build_route_configuration(gateway, routes, policy.services, features),
+            secrets=build_secrets(gateway, policy.files),
+            clusters=frozenset(cluster_name(b.service) for r in routes for b in r.weighted_backends),
+        )
+
+    clusters: dict[str, cluster_pb2.Cluster] = {}
+    load_assignments: dict[str, endpoint_pb2.ClusterLoadAssignment] = {}
+    for _, service in sorted(policy.services.items()):
+        xds_cluster = build_cluster(service)
+        clusters[xds_cluster.name] = xds_cluster
+        if xds_cluster.type == cluster_pb2.Cluster.EDS:
+            load_assignments[xds_cluster.name] = build_load_assignment(service)
+    return CompiledPolicy(
+        version=policy.version,
+        policy=policy,
+        gateways=gateways,
+        clusters=clusters,
+        load_assignments=load_assignments,
+    )

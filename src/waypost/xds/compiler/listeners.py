@@ -1,0 +1,78 @@
+"""Gateway -> Envoy Listener: one HTTP connection manager fed by RDS, TLS via SDS when asked."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from envoy.config.core.v3 import address_pb2, base_pb2
+from envoy.config.listener.v3 import listener_components_pb2, listener_pb2
+from envoy.extensions.filters.http.router.v3 import router_pb2
+from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm_pb2
+from envoy.extensions.transport_sockets.tls.v3 import secret_pb2, tls_pb2
+from google.protobuf import wrappers_pb2
+
+from waypost.policies.model import Gateway
+from waypost.xds.compiler.names import listener_name, route_config_name, secret_name_ca, secret_name_cert
+from waypost.xds.compiler.pb import ads_source, pack
+
+__all__ = ["build_listener"]
+
+_HCM = hcm_pb2.HttpConnectionManager
+
+
+def build_listener(gateway: Gateway, http_filters: Sequence[hcm_pb2.HttpFilter]) -> listener_pb2.Listener:
+    hcm = _HCM(
+        stat_prefix=gateway.name,
+        codec_type=_HCM.AUTO,
+        rds=hcm_pb2.Rds(config_source=ads_source(), route_config_name=route_config_name(gateway.name)),
+        http_filters=[
+            *http_filters,
+            hcm_pb2.HttpFilter(name="envoy.filters.http.router", typed_config=pack(router_pb2.Router())),
+        ],
+        # An edge gateway: the peer address is the client, and x-forwarded-for is ours to set.
+        use_remote_address=_bool(True),
+        # Policies match normalized paths, so /a/../admin or //admin cannot slip past a rule.
+        normalize_path=_bool(True),
+        merge_slashes=True,
+        path_with_escaped_slashes_action=_HCM.UNESCAPE_AND_REDIRECT,
+        strip_any_host_port=True,
+        # Routes may remove the upstream's `server` header; Envoy must not re-add its own.
+        server_header_transformation=_HCM.PASS_THROUGH,
+    )
+    chain = listener_components_pb2.FilterChain(
+        filters=[
+            listener_components_pb2.Filter(
+                name="envoy.filters.network.http_connection_manager", typed_config=pack(hcm)
+            )
+        ]
+    )
+    if gateway.tls is not None:
+        chain.transport_socket.CopyFrom(_downstream_tls(gateway))
+    return listener_pb2.Listener(
+        name=listener_name(gateway.name),
+        address=address_pb2.Address(
+            socket_address=address_pb2.SocketAddress(address=gateway.address, port_value=gateway.port)
+        ),
+        filter_chains=[chain],
+    )
+
+
+def _downstream_tls(gateway: Gateway) -> base_pb2.TransportSocket:
+    assert gateway.tls is not None
+    common = tls_pb2.CommonTlsContext(
+        tls_certificate_sds_secret_configs=[
+            secret_pb2.SdsSecretConfig(name=secret_name_cert(gateway.name), sds_config=ads_source())
+        ],
+        alpn_protocols=["h2", "http/1.1"],
+    )
+    context = tls_pb2.DownstreamTlsContext(common_tls_context=common)
+    if gateway.tls.client_ca is not None:
+        common.validation_context_sds_secret_config.CopyFrom(
+            secret_pb2.SdsSecretConfig(name=secret_name_ca(gateway.name), sds_config=ads_source())
+        )
+        context.require_client_certificate.value = True
+    return base_pb2.TransportSocket(name="envoy.transport_sockets.tls", typed_config=pack(context))
+
+
+def _bool(value: bool) -> wrappers_pb2.BoolValue:
+    return wrappers_pb2.BoolValue(value=value)

@@ -1,0 +1,37 @@
+"""Envoy resource names. They are API: renaming one drains a listener or re-warms a cluster."""
+
+from __future__ import annotations
+
+__all__ = [
+    "cluster_name",
+    "listener_name",
+    "route_config_name",
+    "secret_name_ca",
+    "secret_name_cert",
+    "virtual_host_name",
+]
+
+
+def listener_name(gateway: str) -> str:
+    return gateway
+
+
+def route_config_name(gateway: str) -> str:
+    return gateway
+
+
+def cluster_name(service: str) -> str:
+    return service
+
+
+def virtual_host_name(gateway: str, host: str) -> str:
+    return f"{gateway}/{host}"
+
+
+def secret_name_cert(gateway: str) -> str:
+    # The slash cannot appear in a policy name, so these never collide with user-named resources.
+    return f"{gateway}/cert"
+
+
+def secret_name_ca(gateway: str) -> str:
+    return f"{gateway}/client-ca"
