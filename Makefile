@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: venv demo test lint format clean
+.PHONY: venv system-deps bench-deps demo test lint format clean
 
 venv: $(VENV)/.installed
 
@@ -14,12 +14,19 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/pip install -e '.[test]'
 	touch $@
 
+# Debian packages the tests use for real (redis-server, chromium); installs only what is missing.
+system-deps:
+	bash scripts/system-deps.sh
+
+bench-deps: system-deps
+	bash scripts/system-deps.sh bench
+
 # Echo backends + waypost + Envoy on the example policies; prints curl lines, Ctrl-C stops.
 demo: venv
 	$(BIN)/python -m waypost.demo
 
 # Unit and end-to-end tests (real Envoys on loopback), two workers.
-test: venv
+test: venv system-deps
 	$(BIN)/pytest -n 2
 
 lint: venv

@@ -6,8 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from waypost.policies import PolicyError, load_policies
-from waypost.policies.validate import regex_problem
+from waypost.policies import Diagnostic, PolicyError, load_policies
+from waypost.policies.model import Route, Service
+from waypost.policies.validate import Entry, Loc, regex_problem, validate
 
 # Valid documents every case can refer to (policies/base.yaml, lines 1-17).
 BASE = """\
@@ -314,3 +315,29 @@ def test_cross_document_checks(
 )
 def test_regex_problem(pattern: str, problem: str | None) -> None:
     assert regex_problem(pattern) == problem
+
+
+class FakeSource:
+    """Lines without files: validate() needs only a path and a line for each field."""
+
+    def __init__(self, path: str, lines: dict[Loc, int]) -> None:
+        self.path = path
+        self.lines = lines
+
+    def line_of(self, loc: Loc) -> int:
+        return self.lines.get(loc, 1)
+
+
+def test_validate_is_pure_and_works_on_any_source() -> None:
+    route = Route.model_validate({"name": "r", "gateway": "g", "match": {"prefix": "/"}, "backend": "s"})
+    service = Service.model_validate({"name": "s", "endpoints": ["10.0.0.1:80"]})
+    entries = [
+        Entry("Route", "r", FakeSource("a.yaml", {("gateway",): 3}), route),
+        Entry("Service", "s", FakeSource("a.yaml", {("name",): 9}), service),
+        Entry("Service", "s", FakeSource("b.yaml", {("name",): 2}), None),
+    ]
+    assert validate(entries) == [
+        Diagnostic("b.yaml", 2, "Service", "s", "duplicate Service name, first defined at a.yaml:9"),
+        Diagnostic("a.yaml", 3, "Route", "r", "gateway 'g' is not a Gateway"),
+    ]
+    assert validate(entries, check_references=False) == validate(entries)[:1]

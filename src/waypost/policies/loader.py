@@ -551,7 +551,7 @@ def _describe(item: _ModelError, model: type[BaseModel]) -> str:
             if isinstance(annotation, type) and issubclass(annotation, BaseModel)
             for name in annotation.model_fields
         ]
-        guess = get_close_matches(str(path[-1]), allowed, n=1, cutoff=0.75)
+        guess = get_close_matches(str(path[-1]) if path else "", allowed, n=1, cutoff=0.75)
         return f"{message} (did you mean '{guess[0]}'?)" if guess else message
     if error["loc"] and error["loc"][-1] == "[key]":
         path = path[:-1]  # an invalid key of a mapping: name the mapping, show the key
