@@ -219,15 +219,15 @@ class _References:
             return
         name = msg.DESCRIPTOR.full_name
         if name == "envoy.extensions.filters.network.http_connection_manager.v3.Rds":
-            self.route_configs.add(msg.route_config_name)  # type: ignore[attr-defined]
+            self.route_configs.add(msg.route_config_name)
         elif name == "envoy.extensions.transport_sockets.tls.v3.SdsSecretConfig":
             if msg.HasField("sds_config"):  # an SDS secret from a file path is not ours to serve
-                self.secrets.add(msg.name)  # type: ignore[attr-defined]
+                self.secrets.add(msg.name)
             return
         elif name == "envoy.config.core.v3.GrpcService.EnvoyGrpc":
-            self.clusters.add(msg.cluster_name)  # type: ignore[attr-defined]
+            self.clusters.add(msg.cluster_name)
         elif name == "envoy.config.core.v3.HttpUri":
-            self.clusters.add(msg.cluster)  # type: ignore[attr-defined]
+            self.clusters.add(msg.cluster)
         elif name == "envoy.config.route.v3.RouteConfiguration":
             assert isinstance(msg, route_pb2.RouteConfiguration)
             self.walk_route_configuration(msg)
