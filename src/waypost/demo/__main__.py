@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import ctypes
 import http.client
 import json
 import os
@@ -40,7 +39,7 @@ from typing import Any, TextIO
 import yaml
 
 import waypost
-from waypost.demo import EnvoyNotFoundError, find_envoy
+from waypost.demo import EnvoyNotFoundError, find_envoy, parent_death_signal
 from waypost.demo.echo import EchoServer, start_echo
 from waypost.xds.bootstrap import render_bootstrap
 
@@ -124,17 +123,6 @@ def check_ports_free(needs: Sequence[tuple[str, int, str]]) -> None:
 # --- child processes ----------------------------------------------------------------------------
 
 
-def _parent_death_signal() -> Callable[[], None] | None:
-    """Have Linux SIGTERM a child if the demo itself is killed hard, so nothing is orphaned."""
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        prctl = ctypes.CDLL(None, use_errno=True).prctl
-    except (OSError, AttributeError):
-        return None
-    return lambda: prctl(1, int(signal.SIGTERM))  # 1 = PR_SET_PDEATHSIG
-
-
 @dataclass
 class Child:
     name: str
@@ -171,7 +159,7 @@ def spawn(name: str, argv: Sequence[str], log_path: Path, env: Mapping[str, str]
             env=dict(env) if env is not None else None,
             # Own session: Ctrl-C reaches only the demo, which then stops the children in order.
             start_new_session=True,
-            preexec_fn=_parent_death_signal(),
+            preexec_fn=parent_death_signal(),
         )
     return Child(name, proc, log_path)
 
