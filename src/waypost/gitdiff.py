@@ -1,0 +1,260 @@
+"""``waypost diff REV_A REV_B [DIR]``: what a policy change does to each Envoy node group.
+
+This is what a reviewer reads on a policy pull request: the policy directory is materialized at
+both revisions (``git archive`` into temporary directories, so the working tree is never touched),
+each is loaded and compiled exactly as ``waypost serve`` would, and for every node group the
+Envoy resources (as ``waypost render`` prints them) are compared.
+"""
+
+from __future__ import annotations
+
+import difflib
+import io
+import subprocess
+import sys
+import tarfile
+import tempfile
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TextIO
+
+from waypost.policies.diagnostics import PolicyError
+from waypost.policies.loader import load_policies
+from waypost.policies.model import Gateway, PolicySet
+from waypost.xds.compiler import CompiledPolicy, compile_policy
+from waypost.xds.render import dump_yaml, render_resources
+
+__all__ = ["DIFF_HELP", "GroupChange", "NodeProfile", "diff_policies", "node_profiles", "run_diff"]
+
+DIFF_HELP = """\
+Compare the policy directory DIR (default: the current directory) at two git revisions and show,
+per node group, the change in the Envoy resources waypost would push.
+
+Node groups. Envoys that get the same set of Gateways share one configuration (one snapshot in
+the server). Which set a node gets depends on its node cluster and labels, matched against each
+Gateway's `nodes` selector. The groups compared here are every distinct selection those
+selectors imply, at either revision:
+  - one per selector: a node carrying exactly what a Gateway's `nodes` asks for
+    (e.g. cluster=edge, zone=a), which also gets every Gateway with a looser selector;
+  - combinations: a node satisfying several compatible selectors at once (same cluster or none,
+    no conflicting label values) when that selects a set of Gateways no single one does;
+  - "any other node": a node no selector names, which gets only the Gateways without `nodes`.
+A group is reported once per distinct (Gateways at REV_A, Gateways at REV_B) pair.
+
+Exit status: 0 when nothing changes (or without --exit-code), 1 with --exit-code when some
+node group changes, 2 on a usage error, an unknown revision or an invalid policy at either
+revision (its problems listed as REV:path:line: message).
+
+Example, in CI on a pull request:
+  waypost diff origin/main HEAD policies/ --exit-code
+"""
+
+ANY_CLUSTER = ""
+"""The node cluster of profiles no Gateway names a cluster for: matches only cluster-less
+selectors (an Envoy's cluster is never empty)."""
+
+MAX_PROFILES = 512
+"""Bound on selector combinations explored; real fleets have a handful of selectors."""
+
+
+class DiffError(Exception):
+    """A revision that cannot be read or a policy that does not load; the message says which."""
+
+
+@dataclass(frozen=True, order=True)
+class NodeProfile:
+    """A representative Envoy identity: node cluster and labels."""
+
+    cluster: str
+    labels: tuple[tuple[str, str], ...] = ()
+
+    def describe(self) -> str:
+        cluster = f"cluster={self.cluster}" if self.cluster != ANY_CLUSTER else "any cluster"
+        labels = ", ".join(f"{key}={value}" for key, value in self.labels)
+        return f"{cluster}, labels {labels}" if labels else cluster
+
+    def merge(self, other: NodeProfile) -> NodeProfile | None:
+        """A node satisfying both, or None when they conflict."""
+        if ANY_CLUSTER not in (self.cluster, other.cluster) and self.cluster != other.cluster:
+            return None
+        merged = dict(self.labels)
+        for key, value in other.labels:
+            if merged.setdefault(key, value) != value:
+                return None
+        cluster = self.cluster if self.cluster != ANY_CLUSTER else other.cluster
+        return NodeProfile(cluster, tuple(sorted(merged.items())))
+
+
+def _profile(gateway: Gateway) -> NodeProfile:
+    selector = gateway.nodes
+    if selector is None:
+        return NodeProfile(ANY_CLUSTER)
+    return NodeProfile(selector.cluster or ANY_CLUSTER, tuple(sorted(selector.labels.items())))
+
+
+def node_profiles(policies: Iterable[PolicySet]) -> list[NodeProfile]:
+    """Representative nodes for every distinct Gateway selection the policies' selectors imply."""
+    gateways = [gateway for policy in policies for gateway in policy.gateways.values()]
+    base = sorted({_profile(gateway) for gateway in gateways} | {NodeProfile(ANY_CLUSTER)})
+    profiles = set(base)
+    frontier = list(base)
+    # Merge compatible profiles until nothing new appears (the closure is small in practice:
+    # selectors mostly differ in cluster, and profiles of different clusters never merge).
+    while frontier and len(profiles) < MAX_PROFILES:
+        next_frontier = []
+        for profile in frontier:
+            for other in base:
+                merged = profile.merge(other)
+                if merged is not None and merged not in profiles:
+                    profiles.add(merged)
+                    next_frontier.append(merged)
+        frontier = next_frontier
+    return sorted(profiles)
+
+
+@dataclass(frozen=True)
+class GroupChange:
+    """One node group: what it gets at each revision, and the diff of its resources."""
+
+    profile: NodeProfile
+    gateways_a: tuple[str, ...]
+    gateways_b: tuple[str, ...]
+    diff: str
+
+    @property
+    def changed(self) -> bool:
+        return bool(self.diff)
+
+
+def _select(compiled: CompiledPolicy | None, profile: NodeProfile) -> tuple[str, ...]:
+    if compiled is None:
+        return ()
+    return compiled.select_gateways(profile.cluster, dict(profile.labels))
+
+
+def _render(compiled: CompiledPolicy | None, group: tuple[str, ...]) -> str:
+    if compiled is None or not group:
+        return ""
+    return dump_yaml(render_resources(compiled.resources_for(group)))
+
+
+def diff_policies(
+    policy_a: PolicySet | None, policy_b: PolicySet | None, *, label_a: str = "a", label_b: str = "b"
+) -> list[GroupChange]:
+    """Every node group, changed or not; a None policy is an absent directory (nothing served)."""
+    compiled_a = compile_policy(policy_a) if policy_a is not None else None
+    compiled_b = compile_policy(policy_b) if policy_b is not None else None
+    seen: set[tuple[tuple[str, ...], tuple[str, ...]]] = set()
+    changes: list[GroupChange] = []
+    rendered: dict[tuple[str, tuple[str, ...]], str] = {}
+    for profile in node_profiles(p for p in (policy_a, policy_b) if p is not None):
+        group_a, group_b = _select(compiled_a, profile), _select(compiled_b, profile)
+        if (group_a, group_b) in seen or (not group_a and not group_b):
+            continue
+        seen.add((group_a, group_b))
+        if ("a", group_a) not in rendered:
+            rendered["a", group_a] = _render(compiled_a, group_a)
+        if ("b", group_b) not in rendered:
+            rendered["b", group_b] = _render(compiled_b, group_b)
+        text = "".join(
+            difflib.unified_diff(
+                rendered["a", group_a].splitlines(keepends=True),
+                rendered["b", group_b].splitlines(keepends=True),
+                fromfile=f"{label_a} ({', '.join(group_a) or 'no gateways'})",
+                tofile=f"{label_b} ({', '.join(group_b) or 'no gateways'})",
+                n=4,
+            )
+        )
+        changes.append(GroupChange(profile, group_a, group_b, text))
+    return changes
+
+
+# --- git ----------------------------------------------------------------------------------------
+
+
+def _git(cwd: Path, *args: str) -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run(
+        ["git", *args], cwd=cwd, capture_output=True, timeout=120, stdin=subprocess.DEVNULL, check=False
+    )
+
+
+def _prefix(directory: Path) -> str:
+    """DIR's path inside its repository ('' at the top)."""
+    result = _git(directory, "rev-parse", "--show-prefix")
+    if result.returncode != 0:
+        raise DiffError(f"{directory}: not in a git checkout: {result.stderr.decode().strip()}")
+    return result.stdout.decode().strip()
+
+
+def materialize(directory: Path, rev: str, into: Path) -> bool:
+    """Write DIR as of ``rev`` under ``into``; False when DIR does not exist at ``rev``."""
+    commit = _git(directory, "rev-parse", "--verify", "--quiet", f"{rev}^{{commit}}")
+    if commit.returncode != 0:
+        raise DiffError(f"unknown revision '{rev}'")
+    prefix = _prefix(directory).rstrip("/")
+    tree = f"{rev}:{prefix}" if prefix else f"{rev}^{{tree}}"
+    if _git(directory, "cat-file", "-e", tree).returncode != 0:
+        return False
+    archive = _git(directory, "archive", "--format=tar", tree)
+    if archive.returncode != 0:
+        raise DiffError(f"git archive {tree} failed: {archive.stderr.decode().strip()}")
+    with tarfile.open(fileobj=io.BytesIO(archive.stdout)) as tar:
+        tar.extractall(into, filter="data")
+    return True
+
+
+def _load_at(directory: Path, rev: str, scratch: Path) -> PolicySet | None:
+    into = scratch / "tree"
+    into.mkdir()
+    if not materialize(directory, rev, into):
+        return None
+    try:
+        return load_policies(into)
+    except PolicyError as exc:
+        shown = f"{rev}:{_prefix(directory)}".rstrip("/") or rev
+        lines = [str(d).replace(str(into), shown, 1) for d in exc.diagnostics]
+        raise DiffError("\n".join([f"the policy at {rev} is invalid:", *lines])) from None
+
+
+def run_diff(rev_a: str, rev_b: str, directory: Path, *, exit_code: bool, stat: bool = False) -> int:
+    try:
+        with tempfile.TemporaryDirectory(prefix="waypost-diff-") as tmp:
+            (Path(tmp) / "a").mkdir()
+            (Path(tmp) / "b").mkdir()
+            policy_a = _load_at(directory, rev_a, Path(tmp) / "a")
+            policy_b = _load_at(directory, rev_b, Path(tmp) / "b")
+    except DiffError as exc:
+        print(f"waypost diff: {exc}", file=sys.stderr)
+        return 2
+    if policy_a is None and policy_b is None:
+        print(f"waypost diff: {directory} exists at neither {rev_a} nor {rev_b}", file=sys.stderr)
+        return 2
+    changes = diff_policies(policy_a, policy_b, label_a=rev_a, label_b=rev_b)
+    write_report(changes, rev_a, rev_b, sys.stdout, stat=stat)
+    changed = any(change.changed for change in changes)
+    return 1 if exit_code and changed else 0
+
+
+def write_report(
+    changes: list[GroupChange], rev_a: str, rev_b: str, out: TextIO, *, stat: bool = False
+) -> None:
+    write = out.write
+    changed = [change for change in changes if change.changed]
+    write(f"{len(changed)} of {len(changes)} node groups change between {rev_a} and {rev_b}\n")
+    for change in changes:
+        mark = "changed" if change.changed else "unchanged"
+        write(f"  {mark:9}  {change.profile.describe()}: {_gateways(change.gateways_a, change.gateways_b)}\n")
+    if stat:
+        return
+    for change in changed:
+        write(f"\n=== node group {change.profile.describe()}: ")
+        write(f"{_gateways(change.gateways_a, change.gateways_b)}\n")
+        write(change.diff)
+
+
+def _gateways(a: tuple[str, ...], b: tuple[str, ...]) -> str:
+    shown_a = ", ".join(a) or "(none)"
+    if a == b:
+        return f"gateways {shown_a}"
+    return f"gateways {shown_a} -> {', '.join(b) or '(none)'}"
