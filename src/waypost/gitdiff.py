@@ -133,10 +133,36 @@ def _select(compiled: CompiledPolicy | None, profile: NodeProfile) -> tuple[str,
     return compiled.select_gateways(profile.cluster, dict(profile.labels))
 
 
-def _render(compiled: CompiledPolicy | None, group: tuple[str, ...]) -> str:
+def _render(compiled: CompiledPolicy | None, group: tuple[str, ...]) -> dict[str, str]:
+    """Each resource of the group as YAML, keyed ``section/name`` (e.g. ``routes/public``)."""
     if compiled is None or not group:
-        return ""
-    return dump_yaml(render_resources(compiled.resources_for(group)))
+        return {}
+    rendered: dict[str, str] = {}
+    for section, items in render_resources(compiled.resources_for(group)).items():
+        for item in items:
+            name = item.get("name") or item.get("cluster_name") or "?"
+            rendered[f"{section}/{name}"] = dump_yaml(item)
+    return rendered
+
+
+def _resource_diff(a: dict[str, str], b: dict[str, str], label_a: str, label_b: str) -> str:
+    """One unified diff per resource that differs, headed by the resource's section and name,
+    so a reviewer sees "routes/public" rather than a line number in one long document."""
+    parts = []
+    for key in sorted(a.keys() | b.keys()):
+        old, new = a.get(key, ""), b.get(key, "")
+        if old == new:
+            continue
+        parts.extend(
+            difflib.unified_diff(
+                old.splitlines(keepends=True),
+                new.splitlines(keepends=True),
+                fromfile=f"{label_a}:{key}" if old else "/dev/null",
+                tofile=f"{label_b}:{key}" if new else "/dev/null",
+                n=4,
+            )
+        )
+    return "".join(parts)
 
 
 def diff_policies(
@@ -147,7 +173,7 @@ def diff_policies(
     compiled_b = compile_policy(policy_b) if policy_b is not None else None
     seen: set[tuple[tuple[str, ...], tuple[str, ...]]] = set()
     changes: list[GroupChange] = []
-    rendered: dict[tuple[str, tuple[str, ...]], str] = {}
+    rendered: dict[tuple[str, tuple[str, ...]], dict[str, str]] = {}
     for profile in node_profiles(p for p in (policy_a, policy_b) if p is not None):
         group_a, group_b = _select(compiled_a, profile), _select(compiled_b, profile)
         if (group_a, group_b) in seen or (not group_a and not group_b):
@@ -157,15 +183,7 @@ def diff_policies(
             rendered["a", group_a] = _render(compiled_a, group_a)
         if ("b", group_b) not in rendered:
             rendered["b", group_b] = _render(compiled_b, group_b)
-        text = "".join(
-            difflib.unified_diff(
-                rendered["a", group_a].splitlines(keepends=True),
-                rendered["b", group_b].splitlines(keepends=True),
-                fromfile=f"{label_a} ({', '.join(group_a) or 'no gateways'})",
-                tofile=f"{label_b} ({', '.join(group_b) or 'no gateways'})",
-                n=4,
-            )
-        )
+        text = _resource_diff(rendered["a", group_a], rendered["b", group_b], label_a, label_b)
         changes.append(GroupChange(profile, group_a, group_b, text))
     return changes
 
@@ -196,7 +214,9 @@ def materialize(directory: Path, rev: str, into: Path) -> bool:
     tree = f"{rev}:{prefix}" if prefix else f"{rev}^{{tree}}"
     if _git(directory, "cat-file", "-e", tree).returncode != 0:
         return False
-    archive = _git(directory, "archive", "--format=tar", tree)
+    # From the top: run inside a sub-directory, git archive limits itself to that directory.
+    toplevel = Path(_git(directory, "rev-parse", "--show-toplevel").stdout.decode().strip())
+    archive = _git(toplevel, "archive", "--format=tar", tree)
     if archive.returncode != 0:
         raise DiffError(f"git archive {tree} failed: {archive.stderr.decode().strip()}")
     with tarfile.open(fileobj=io.BytesIO(archive.stdout)) as tar:
