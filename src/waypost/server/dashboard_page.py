@@ -18,7 +18,7 @@ PAGE = r"""<!doctype html>
 <style>
   :root { --bg:#f4f6f9; --card:#fff; --ink:#1c2430; --muted:#66707e; --line:#e3e7ed;
           --ok:#17864b; --okbg:#e5f5ec; --bad:#c0352b; --badbg:#fbe9e7; --warn:#a66300; --warnbg:#fdf2de;
-          --c1:#2f6fdb; --c2:#d9822b; --c3:#c0352b; }
+          --c1:#2f6fdb; --c2:#d9822b; --c3:#c0352b; --c4:#9aa6b5; }
   * { box-sizing: border-box; }
   body { margin:0; font:14px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif; background:var(--bg); color:var(--ink); }
   header { background:#1c2430; color:#fff; padding:14px 24px; display:flex; align-items:baseline; gap:18px; flex-wrap:wrap; }
@@ -50,6 +50,8 @@ PAGE = r"""<!doctype html>
   .legend i { display:inline-block; width:10px; height:3px; margin-right:5px; vertical-align:middle; }
   svg text { font-size:11px; fill:var(--muted); }
   .hidden { display:none; }
+  .note { margin-left:auto; font-style:italic; }
+  .card .value.text { font-size:18px; padding-top:6px; }
 </style>
 </head>
 <body>
@@ -65,7 +67,7 @@ PAGE = r"""<!doctype html>
     <div class="card"><div class="label">Decisions / s</div><div class="value" id="c-decisions">–</div></div>
     <div class="card"><div class="label">4xx / s (auth)</div><div class="value" id="c-denied">–</div></div>
     <div class="card"><div class="label">429 / s (rate limit)</div><div class="value" id="c-limited">–</div></div>
-    <div class="card"><div class="label">Policy loaded</div><div class="value" id="c-loaded">–</div></div>
+    <div class="card"><div class="label">Policy loaded</div><div class="value text" id="c-loaded">–</div></div>
   </div>
   <section class="error hidden" id="load-error">
     <h2>Last policy change refused <span id="load-error-at"></span></h2>
@@ -77,6 +79,8 @@ PAGE = r"""<!doctype html>
       <span><i style="background:var(--c1)"></i>decisions/s</span>
       <span><i style="background:var(--c2)"></i>4xx/s</span>
       <span><i style="background:var(--c3)"></i>429/s</span>
+      <span><i style="background:var(--c4)"></i>xDS pushes/s</span>
+      <span id="absent" class="note"></span>
     </div>
     <svg id="chart" width="100%" height="160" viewBox="0 0 1000 160" preserveAspectRatio="none"></svg>
   </section>
@@ -133,7 +137,9 @@ function render(data) {
   $("c-decisions").textContent = fmt(data.now.decisions || 0);
   $("c-denied").textContent = fmt(data.now.denied || 0);
   $("c-limited").textContent = fmt(data.now.limited || 0);
-  $("c-loaded").replaceChildren(policy.applied_at ? el("small", {}, ago(policy.applied_at, now)) : "–");
+  $("c-loaded").textContent = policy.applied_at ? ago(policy.applied_at, now) : "never";
+  const absent = ["authz", "ratelimit"].filter((k) => !(data.metrics || []).some((m) => m.includes(k)));
+  $("absent").textContent = absent.length ? "no " + absent.join(" or ") + " decisions reported by this process yet" : "";
 
   const err = policy.last_error;
   $("load-error").classList.toggle("hidden", !err);
@@ -181,7 +187,7 @@ function drawChart(series, now) {
     for (const [k, v] of Object.entries(attrs)) n.setAttribute(k, v); return n; };
   svg.replaceChildren();
   const span = 600, t0 = now - span;
-  const max = Math.max(1, ...series.flatMap((p) => [p.decisions, p.denied, p.limited]));
+  const max = Math.max(1, ...series.flatMap((p) => [p.decisions, p.denied, p.limited, p.pushes]));
   const x = (t) => left + ((t - t0) / span) * (W - left - 8);
   const y = (v) => H - pad - (v / max) * (H - pad - 8);
   for (const frac of [0, 0.5, 1]) {
@@ -192,7 +198,7 @@ function drawChart(series, now) {
     const label = mk("text", { x: x(now - m * 60) - (m ? 14 : 24), y: H - 5 });
     label.textContent = m ? "-" + m + "m" : "now"; svg.append(label);
   }
-  const lines = [["decisions", "var(--c1)"], ["denied", "var(--c2)"], ["limited", "var(--c3)"]];
+  const lines = [["pushes", "var(--c4)"], ["limited", "var(--c3)"], ["denied", "var(--c2)"], ["decisions", "var(--c1)"]];
   for (const [key, color] of lines) {
     const pts = series.filter((p) => p.t >= t0).map((p) => x(p.t).toFixed(1) + "," + y(p[key]).toFixed(1));
     if (pts.length) svg.append(mk("polyline", { points: pts.join(" "), fill: "none", stroke: color,
