@@ -99,7 +99,7 @@ def _parser() -> argparse.ArgumentParser:
         "a commit with invalid policy is refused and shown on /status",
     )
 
-    from waypost.gitdiff import DIFF_HELP
+    from waypost.gitdiff_help import DIFF_HELP
 
     diff = commands.add_parser(
         "diff",

@@ -19,36 +19,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
+from google.protobuf import message
+
+from waypost.gitdiff_help import DIFF_HELP
 from waypost.policies.diagnostics import PolicyError
 from waypost.policies.loader import load_policies
 from waypost.policies.model import Gateway, PolicySet
+from waypost.progress import progress
 from waypost.xds.compiler import CompiledPolicy, compile_policy
-from waypost.xds.render import dump_yaml, render_resources
+from waypost.xds.render import SECTIONS, dump_yaml, render_resources
+from waypost.xds.types import TypeUrl
 
 __all__ = ["DIFF_HELP", "GroupChange", "NodeProfile", "diff_policies", "node_profiles", "run_diff"]
 
-DIFF_HELP = """\
-Compare the policy directory DIR (default: the current directory) at two git revisions and show,
-per node group, the change in the Envoy resources waypost would push.
-
-Node groups. Envoys that get the same set of Gateways share one configuration (one snapshot in
-the server). Which set a node gets depends on its node cluster and labels, matched against each
-Gateway's `nodes` selector. The groups compared here are every distinct selection those
-selectors imply, at either revision:
-  - one per selector: a node carrying exactly what a Gateway's `nodes` asks for
-    (e.g. cluster=edge, zone=a), which also gets every Gateway with a looser selector;
-  - combinations: a node satisfying several compatible selectors at once (same cluster or none,
-    no conflicting label values) when that selects a set of Gateways no single one does;
-  - "any other node": a node no selector names, which gets only the Gateways without `nodes`.
-A group is reported once per distinct (Gateways at REV_A, Gateways at REV_B) pair.
-
-Exit status: 0 when nothing changes (or without --exit-code), 1 with --exit-code when some
-node group changes, 2 on a usage error, an unknown revision or an invalid policy at either
-revision (its problems listed as REV:path:line: message).
-
-Example, in CI on a pull request:
-  waypost diff origin/main HEAD policies/ --exit-code
-"""
 
 ANY_CLUSTER = ""
 """The node cluster of profiles no Gateway names a cluster for: matches only cluster-less
@@ -133,36 +116,55 @@ def _select(compiled: CompiledPolicy | None, profile: NodeProfile) -> tuple[str,
     return compiled.select_gateways(profile.cluster, dict(profile.labels))
 
 
-def _render(compiled: CompiledPolicy | None, group: tuple[str, ...]) -> dict[str, str]:
-    """Each resource of the group as YAML, keyed ``section/name`` (e.g. ``routes/public``)."""
+Resources = dict[str, tuple[TypeUrl, message.Message]]
+
+
+def _resources(compiled: CompiledPolicy | None, group: tuple[str, ...]) -> Resources:
+    """The group's resources keyed ``section/name`` (e.g. ``routes/public``)."""
     if compiled is None or not group:
         return {}
-    rendered: dict[str, str] = {}
-    for section, items in render_resources(compiled.resources_for(group)).items():
-        for item in items:
-            name = item.get("name") or item.get("cluster_name") or "?"
-            rendered[f"{section}/{name}"] = dump_yaml(item)
-    return rendered
+    return {
+        f"{SECTIONS[type_url]}/{name}": (type_url, resource)
+        for type_url, by_name in compiled.resources_for(group).items()
+        for name, resource in by_name.items()
+    }
 
 
-def _resource_diff(a: dict[str, str], b: dict[str, str], label_a: str, label_b: str) -> str:
+def _yaml(entry: tuple[TypeUrl, message.Message] | None) -> str:
+    if entry is None:
+        return ""
+    type_url, resource = entry
+    # Through render_resources, so it reads exactly like `waypost render` (secrets redacted).
+    (item,) = render_resources({type_url: {"_": resource}})[SECTIONS[type_url]]
+    return dump_yaml(item)
+
+
+def _resource_diff(a: Resources, b: Resources, label_a: str, label_b: str) -> str:
     """One unified diff per resource that differs, headed by the resource's section and name,
-    so a reviewer sees "routes/public" rather than a line number in one long document."""
+    so a reviewer sees "routes/public" rather than a line number in one long document. Only
+    resources whose bytes differ are rendered: a large fleet's diff costs what the change does."""
     parts = []
     for key in sorted(a.keys() | b.keys()):
-        old, new = a.get(key, ""), b.get(key, "")
-        if old == new:
+        old, new = a.get(key), b.get(key)
+        if old is not None and new is not None and _same(old[1], new[1]):
+            continue
+        old_text, new_text = _yaml(old), _yaml(new)
+        if old_text == new_text:
             continue
         parts.extend(
             difflib.unified_diff(
-                old.splitlines(keepends=True),
-                new.splitlines(keepends=True),
+                old_text.splitlines(keepends=True),
+                new_text.splitlines(keepends=True),
                 fromfile=f"{label_a}:{key}" if old else "/dev/null",
                 tofile=f"{label_b}:{key}" if new else "/dev/null",
                 n=4,
             )
         )
     return "".join(parts)
+
+
+def _same(a: message.Message, b: message.Message) -> bool:
+    return a is b or a.SerializeToString(deterministic=True) == b.SerializeToString(deterministic=True)
 
 
 def diff_policies(
@@ -173,16 +175,16 @@ def diff_policies(
     compiled_b = compile_policy(policy_b) if policy_b is not None else None
     seen: set[tuple[tuple[str, ...], tuple[str, ...]]] = set()
     changes: list[GroupChange] = []
-    rendered: dict[tuple[str, tuple[str, ...]], dict[str, str]] = {}
+    rendered: dict[tuple[str, tuple[str, ...]], Resources] = {}
     for profile in node_profiles(p for p in (policy_a, policy_b) if p is not None):
         group_a, group_b = _select(compiled_a, profile), _select(compiled_b, profile)
         if (group_a, group_b) in seen or (not group_a and not group_b):
             continue
         seen.add((group_a, group_b))
         if ("a", group_a) not in rendered:
-            rendered["a", group_a] = _render(compiled_a, group_a)
+            rendered["a", group_a] = _resources(compiled_a, group_a)
         if ("b", group_b) not in rendered:
-            rendered["b", group_b] = _render(compiled_b, group_b)
+            rendered["b", group_b] = _resources(compiled_b, group_b)
         text = _resource_diff(rendered["a", group_a], rendered["b", group_b], label_a, label_b)
         changes.append(GroupChange(profile, group_a, group_b, text))
     return changes
@@ -242,15 +244,18 @@ def run_diff(rev_a: str, rev_b: str, directory: Path, *, exit_code: bool, stat: 
         with tempfile.TemporaryDirectory(prefix="waypost-diff-") as tmp:
             (Path(tmp) / "a").mkdir()
             (Path(tmp) / "b").mkdir()
-            policy_a = _load_at(directory, rev_a, Path(tmp) / "a")
-            policy_b = _load_at(directory, rev_b, Path(tmp) / "b")
+            with progress(f"loading {directory} at {rev_a}"):
+                policy_a = _load_at(directory, rev_a, Path(tmp) / "a")
+            with progress(f"loading {directory} at {rev_b}"):
+                policy_b = _load_at(directory, rev_b, Path(tmp) / "b")
     except DiffError as exc:
         print(f"waypost diff: {exc}", file=sys.stderr)
         return 2
     if policy_a is None and policy_b is None:
         print(f"waypost diff: {directory} exists at neither {rev_a} nor {rev_b}", file=sys.stderr)
         return 2
-    changes = diff_policies(policy_a, policy_b, label_a=rev_a, label_b=rev_b)
+    with progress("compiling and comparing node groups"):
+        changes = diff_policies(policy_a, policy_b, label_a=rev_a, label_b=rev_b)
     write_report(changes, rev_a, rev_b, sys.stdout, stat=stat)
     changed = any(change.changed for change in changes)
     return 1 if exit_code and changed else 0
