@@ -12,7 +12,7 @@ import pytest
 
 from support import REPO_ROOT
 from waypost.policies.loader import _parse
-from waypost.policies.reference import reference_markdown
+from waypost.policies.reference import NOTES, reference_markdown
 from waypost.policies.schema import policy_schema, schema_text
 
 SCHEMA_PATH = REPO_ROOT / "schema" / "waypost.schema.json"
@@ -53,6 +53,14 @@ def test_committed_reference_is_current() -> None:
     assert REFERENCE_PATH.read_text() == reference_markdown(), (
         "docs/reference.md is stale: run `waypost docs > docs/reference.md`"
     )
+
+
+def test_reference_notes_name_existing_fields() -> None:
+    definitions = policy_schema()["$defs"]
+    for block, fields in NOTES.items():
+        assert block in definitions, f"NOTES names block {block}, which the model no longer has"
+        for field in fields:
+            assert field in definitions[block]["properties"], f"NOTES names {block}.{field}"
 
 
 def test_reference_covers_every_field_of_every_kind() -> None:

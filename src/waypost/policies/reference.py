@@ -14,7 +14,7 @@ from typing import Any
 from waypost.policies.model import KINDS
 from waypost.policies.schema import policy_schema
 
-__all__ = ["reference_markdown"]
+__all__ = ["NOTES", "reference_markdown"]
 
 _HEADER = """\
 # Policy reference
@@ -35,6 +35,105 @@ Schema in [`schema/waypost.schema.json`](../schema/waypost.schema.json) (see the
 
 Kinds: {kinds}.
 """
+
+
+# What a field means, in the words of this page; fields without a note show the model's
+# `description` (of the field or of its type, e.g. Name's alphabet).
+# Keys must name fields of the model: tests/test_schema.py fails on a note for a field that no
+# longer exists, so the notes cannot outlive the fields they explain.
+NOTES: dict[str, dict[str, str]] = {
+    "Gateway": {
+        "port": "The port Envoy listens on.",
+        "address": "The address to bind.",
+        "nodes": "Which Envoys open this listener; left out, every Envoy does.",
+        "tls": "Terminate TLS; certificates reach Envoy over SDS, never as files on the Envoy host.",
+    },
+    "NodeSelector": {
+        "cluster": "The node's cluster (`waypost bootstrap --node-cluster`).",
+        "labels": "Node metadata labels (`--label key=value`); all must match.",
+    },
+    "Service": {
+        "endpoints": "`host:port` list; an IP is used as is, a host name is resolved through DNS.",
+        "protocol": "How Envoy talks to the Service.",
+        "lb": "Load balancing across endpoints.",
+        "connect_timeout": "Give up connecting after this long.",
+        "health_check": "Active health checks.",
+        "circuit_breaker": "Caps on what Envoy sends at once.",
+        "outlier_detection": "Eject endpoints that keep failing.",
+    },
+    "HealthCheck": {
+        "path": "The path Envoy GETs.",
+        "interval": "Time between checks.",
+        "timeout": "A check slower than this fails.",
+        "healthy": "Consecutive successes that bring an endpoint back.",
+        "unhealthy": "Consecutive failures that take an endpoint out.",
+    },
+    "OutlierDetection": {
+        "consecutive_5xx": "Consecutive 5xx answers that eject an endpoint.",
+        "base_ejection_time": "How long an ejection lasts; it grows on repeat offences.",
+        "interval": "Time between ejection sweeps.",
+        "max_ejection_percent": "At most this share of endpoints is ejected at once.",
+    },
+    "Route": {
+        "gateway": "The Gateway whose listener serves the route.",
+        "hosts": "`Host` names the route applies to; `*.example.com` wildcards allowed.",
+        "match": "Which requests the route takes.",
+        "backend": "The Service that gets matching requests (or use `backends`).",
+        "backends": "A weighted split over several Services (or use `backend`).",
+        "rewrite": "Replace the matched prefix before forwarding.",
+        "timeout": "The whole request, retries included; past it the client gets 504.",
+        "retries": "Retry failed attempts.",
+        "request_headers": "Headers set and removed on the way to the backend.",
+        "response_headers": "Headers set and removed on the way back to the client.",
+        "cors": "Envoy answers CORS preflights itself.",
+        "auth": "The AuthPolicy (or list of them) a caller must satisfy.",
+        "rate_limit": "The RateLimitPolicy (or list of them) that applies.",
+    },
+    "RouteMatch": {
+        "prefix": "Path prefix.",
+        "path": "Exact path.",
+        "regex": "Path regular expression (RE2).",
+        "methods": "Any of these methods; empty: any method.",
+        "headers": "Exact header values; all must match.",
+    },
+    "Backend": {"service": "A Service name.", "weight": "Relative share of requests."},
+    "Rewrite": {"prefix": "Replaces the prefix the route matched."},
+    "Retries": {
+        "attempts": "Extra attempts after the first.",
+        "on": "Which failures are retried.",
+        "per_try_timeout": "Time limit of each attempt.",
+    },
+    "HeaderMutation": {"remove": "Header names to remove."},
+    "Cors": {
+        "methods": "Allowed methods.",
+        "headers": "Allowed request headers.",
+        "expose_headers": "Response headers the browser may read.",
+        "max_age": "How long the browser may cache a preflight answer.",
+        "credentials": "Allow cookies and credentials.",
+    },
+    "AuthPolicy": {
+        "identity": "The credentials to look for, tried in order.",
+        "rules": "Allow / deny rules, first match wins.",
+        "mode": "`dry_run` logs decisions without enforcing them.",
+    },
+    "Consumer": {
+        "plan": "Selects the plan limits of RateLimitPolicies.",
+        "roles": "Roles AuthPolicy rules can require.",
+        "api_keys": "SHA-256 hashes of the Consumer's API keys, never the keys.",
+        "subscriptions": "When given, the routes this Consumer may call (only `approved` ones).",
+    },
+    "RateLimitPolicy": {
+        "limits": "Limits, each counted per `by` key.",
+        "plans": "Per-plan limits replacing the `by: consumer` limit.",
+        "shadow": "Count and report, never block.",
+    },
+    "Limit": {
+        "by": "What is counted separately: `consumer`, `client_ip`, `route` or `header:<name>`.",
+        "requests": "Requests allowed per unit.",
+        "per": "The unit.",
+        "scope": "`global`: counted across the fleet; `local`: each Envoy counts its own.",
+    },
+}
 
 
 def _anchor(name: str) -> str:
@@ -115,7 +214,7 @@ def _section(name: str, definition: dict[str, Any], level: str) -> list[str]:
             default = f"`{json.dumps(schema['default'])}`"
         notes = []
         items = schema.get("items") or {}
-        description = schema.get("description") or items.get("description")
+        description = NOTES.get(name, {}).get(field) or schema.get("description") or items.get("description")
         if description:
             notes.append(description)
         pattern = schema.get("pattern") or items.get("pattern")

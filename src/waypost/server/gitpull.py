@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 
 from waypost.log import get_logger
-from waypost.server.gitinfo import git_info, git_pull
+from waypost.server.gitinfo import GitInfo, git_info, git_pull
 from waypost.server.runtime import PolicyRuntime
 
 __all__ = ["GitPuller"]
@@ -30,6 +30,7 @@ class GitPuller:
         # A pull slower than the interval would pile up; cap it, but give slow remotes a chance.
         self._timeout = timeout if timeout is not None else max(10.0, min(120.0, interval * 4))
         self._task: asyncio.Task[None] | None = None
+        self._seen: GitInfo | None = runtime.git
 
     def start(self) -> bool:
         """Start pulling; False (with an error logged) when the directory is not in git."""
@@ -57,6 +58,12 @@ class GitPuller:
             return
         if result.changed:
             log.info("git pull", message=result.message, commit=result.after)
+        # Reload when the checkout moved: a pull, or HEAD / the dirty state changing without one
+        # (a local commit or reset leaves the files, but the commit shown as applied must follow).
+        # Once per state, so a refused commit is reported once, not at every interval.
+        info = await asyncio.to_thread(git_info, self._runtime.directory)
+        if info is not None and info != self._seen:
+            self._seen = info
             await self._runtime.reload()
 
     async def _loop(self) -> None:
