@@ -110,3 +110,94 @@ def test_dashboard_shows_a_connected_envoy_in_sync(
     screenshot.unlink(missing_ok=True)
     shot = _headless(f"{waypost.admin_url}/", tmp_path / "chrome-shot", f"--screenshot={screenshot}")
     assert screenshot.exists() and screenshot.stat().st_size > 10_000, shot.stderr[-2000:]
+
+    # A refused change shows on the page with its file:line, while the Envoy stays in sync.
+    policies = waypost.policies
+    (policies / "broken.yaml").write_text(
+        "kind: Route\nname: broken\ngateway: public\nmatch: {prefix: /x}\nbackend: nope\n"
+    )
+    wait_until(
+        lambda: waypost.status()["policy"]["last_error"], timeout=20, message="the broken file refused"
+    )
+    dom = _headless(f"{waypost.admin_url}/", tmp_path / "chrome-dom2", "--dump-dom")
+    assert '<section class="error" id="load-error">' in dom.stdout, dom.stdout
+    assert "broken.yaml:5: Route broken: backend 'nope' is not a Service" in dom.stdout
+    assert 'data-sync="in-sync"' in dom.stdout
+
+
+def test_dashboard_page_shows_nacks_as_text(tmp_path: Path) -> None:
+    """The page on a real admin server fed a status with a NACK (Envoy's own error text, which
+    may contain markup) and a refused commit; rendered by Chromium."""
+    import asyncio
+    import threading
+
+    from waypost.server.admin import AdminServer
+    from waypost.server.dashboard import Dashboard
+
+    nack = {
+        "version": "ab12cd34ef56",
+        "error": "<img src=x onerror=alert(1)> Proto constraint validation failed",
+        "at": 99.0,
+    }
+    status = {
+        "policy": {
+            "directory": "/srv/policies",
+            "version": "0123456789abcdef",
+            "applied_at": 40.0,
+            "git": {"describe": "3f2a9c1d4e5b", "commit": "3f2a9c1d4e5b" + "0" * 28},
+            "last_error": {
+                "at": 90.0,
+                "errors": ["policies/routes.yaml:7: Route r: backend 'x' is not a Service"],
+                "git": {"describe": "77aa88bb99cc"},
+            },
+        },
+        "nodes": [
+            {
+                "id": "edge-2",
+                "cluster": "edge",
+                "labels": {},
+                "gateways": ["public"],
+                "connected_since": 10.0,
+                "types": {
+                    "cds": {"acked_version": "v1", "sent_version": "v2", "in_sync": False, "last_nack": nack},
+                    "lds": {"acked_version": "v1", "sent_version": "v1", "in_sync": True, "last_nack": None},
+                },
+            }
+        ],
+        "time": 100.0,
+    }
+    ready = threading.Event()
+    stopping: list[tuple[asyncio.AbstractEventLoop, asyncio.Event]] = []
+    port: list[int] = []
+
+    def serve() -> None:
+        async def main() -> None:
+            admin = AdminServer(ready=lambda: True, status=lambda: status)
+            dashboard = Dashboard(lambda: status, interval=60)
+            dashboard.install(admin)
+            port.append(await admin.start("127.0.0.1", 0))
+            stop = asyncio.Event()
+            stopping.append((asyncio.get_running_loop(), stop))
+            ready.set()
+            await stop.wait()
+            await admin.close()
+
+        asyncio.run(main())
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    assert ready.wait(10)
+    try:
+        url = f"http://127.0.0.1:{port[0]}/"
+        dom = _headless(url, tmp_path / "chrome", "--dump-dom").stdout
+        assert 'data-sync="nacked"' in dom  # behind because Envoy rejected the push
+        assert "&lt;img src=x onerror=alert(1)&gt; Proto constraint validation failed" in dom
+        assert "<img" not in dom
+        assert "commit 3f2a9c1d4e5b · version 0123456789ab" in dom
+        assert "(commit 77aa88bb99cc)" in dom
+        ARTIFACTS.mkdir(exist_ok=True)
+        _headless(url, tmp_path / "chrome-shot", f"--screenshot={ARTIFACTS / 'dashboard-nack.png'}")
+    finally:
+        loop, stop = stopping[0]
+        loop.call_soon_threadsafe(stop.set)
+        thread.join(5)

@@ -45,6 +45,7 @@ PAGE = r"""<!doctype html>
   .empty { color:var(--muted); font-style:italic; }
   .error { background:var(--badbg); border-color:#f1c4be; }
   .error h2 { color:var(--bad); }
+  .error h2 span { text-transform:none; font-weight:400; letter-spacing:0; }
   .error pre { margin:0; white-space:pre-wrap; font:12.5px/1.5 ui-monospace,Menlo,Consolas,monospace; }
   .legend { display:flex; gap:16px; font-size:12px; color:var(--muted); margin-bottom:6px; }
   .legend i { display:inline-block; width:10px; height:3px; margin-right:5px; vertical-align:middle; }
@@ -151,6 +152,8 @@ function render(data) {
 
   const rows = nodes.map((node) => {
     const ok = inSync(node);
+    const nacked = !ok && Object.values(node.types || {}).some((t) => !t.in_sync && t.last_nack);
+    const state = ok ? ["ok", "in-sync", "in sync"] : nacked ? ["bad", "nacked", "rejected"] : ["warn", "behind", "syncing"];
     const types = el("td", { class: "types mono" });
     for (const [type, state] of Object.entries(node.types || {})) {
       const version = state.acked_version ? state.acked_version.slice(0, 8) : "—";
@@ -162,8 +165,7 @@ function render(data) {
       el("td", { class: "mono" }, node.id || "?"),
       el("td", {}, (node.cluster || "") + (labels ? " · " + labels : "")),
       el("td", {}, (node.gateways || []).join(", ") || "—"),
-      el("td", {}, el("span", { class: "badge " + (ok ? "ok" : "warn"), "data-sync": ok ? "in-sync" : "behind" },
-        ok ? "in sync" : "syncing")),
+      el("td", {}, el("span", { class: "badge " + state[0], "data-sync": state[1] }, state[2])),
       types,
       el("td", {}, node.connected_since ? ago(node.connected_since, now) : "—"));
   });
