@@ -143,7 +143,7 @@ def _resource_diff(a: Resources, b: Resources, label_a: str, label_b: str) -> st
     """One unified diff per resource that differs, headed by the resource's section and name,
     so a reviewer sees "routes/public" rather than a line number in one long document. Only
     resources whose bytes differ are rendered: a large fleet's diff costs what the change does."""
-    parts = []
+    parts: list[str] = []
     for key in sorted(a.keys() | b.keys()):
         old, new = a.get(key), b.get(key)
         if old is not None and new is not None and _same(old[1], new[1]):
