@@ -222,7 +222,10 @@ def materialize(directory: Path, rev: str, into: Path) -> bool:
     if archive.returncode != 0:
         raise DiffError(f"git archive {tree} failed: {archive.stderr.decode().strip()}")
     with tarfile.open(fileobj=io.BytesIO(archive.stdout)) as tar:
-        tar.extractall(into, filter="data")
+        if hasattr(tarfile, "data_filter"):  # Python 3.11.4+: refuse links and paths leaving `into`
+            tar.extractall(into, filter="data")
+        else:  # git archive of a tree writes only paths inside it
+            tar.extractall(into)
     return True
 
 
