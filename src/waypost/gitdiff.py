@@ -221,11 +221,14 @@ def materialize(directory: Path, rev: str, into: Path) -> bool:
     archive = _git(toplevel, "archive", "--format=tar", tree)
     if archive.returncode != 0:
         raise DiffError(f"git archive {tree} failed: {archive.stderr.decode().strip()}")
-    with tarfile.open(fileobj=io.BytesIO(archive.stdout)) as tar:
-        if hasattr(tarfile, "data_filter"):  # Python 3.11.4+: refuse links and paths leaving `into`
-            tar.extractall(into, filter="data")
-        else:  # git archive of a tree writes only paths inside it
-            tar.extractall(into)
+    try:
+        with tarfile.open(fileobj=io.BytesIO(archive.stdout)) as tar:
+            if hasattr(tarfile, "data_filter"):  # Python 3.11.4+: refuse links leaving `into`
+                tar.extractall(into, filter="data")
+            else:  # git archive of a tree writes only paths inside it
+                tar.extractall(into)
+    except tarfile.TarError as exc:  # e.g. a committed symlink pointing outside the directory
+        raise DiffError(f"cannot check out {tree}: {exc}") from None
     return True
 
 
