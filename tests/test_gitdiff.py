@@ -69,6 +69,7 @@ def test_diff_shows_only_the_groups_a_change_reaches(
     assert out.startswith(f"1 of 6 node groups change between {before} and {after}\n")
     assert "  changed    cluster=edge, labels zone=a: gateways edge, zoned-edge\n" in out
     assert "  unchanged  cluster=edge: gateways edge\n" in out
+    assert "             ~routes/zoned-edge\n" in out
     assert "=== node group cluster=edge, labels zone=a: gateways edge, zoned-edge" in out
     assert f"--- {before}:routes/zoned-edge\n+++ {after}:routes/zoned-edge\n" in out
     assert "+      timeout: 3s\n" in out
@@ -107,6 +108,7 @@ def test_diff_new_gateway_and_directory_at_the_top(repo: GitRepo, capsys: pytest
     )
     assert result.returncode == 1, result.stderr
     assert "  changed    cluster=ops: gateways (none) -> admin\n" in result.stdout
+    assert "+clusters/internal +endpoints/internal +listeners/admin +routes/admin" in result.stdout
     assert "--- /dev/null\n+++ HEAD:listeners/admin\n" in result.stdout
     assert "+++ HEAD:routes/admin\n" in result.stdout
     assert before != after

@@ -104,6 +104,8 @@ class GroupChange:
     gateways_a: tuple[str, ...]
     gateways_b: tuple[str, ...]
     diff: str
+    resources: tuple[str, ...] = ()
+    """The resources that differ, each ``+name`` (added), ``-name`` (removed) or ``~name``."""
 
     @property
     def changed(self) -> bool:
@@ -139,11 +141,12 @@ def _yaml(entry: tuple[TypeUrl, message.Message] | None) -> str:
     return dump_yaml(item)
 
 
-def _resource_diff(a: Resources, b: Resources, label_a: str, label_b: str) -> str:
+def _resource_diff(a: Resources, b: Resources, label_a: str, label_b: str) -> tuple[str, tuple[str, ...]]:
     """One unified diff per resource that differs, headed by the resource's section and name,
     so a reviewer sees "routes/public" rather than a line number in one long document. Only
     resources whose bytes differ are rendered: a large fleet's diff costs what the change does."""
     parts: list[str] = []
+    keys: list[str] = []
     for key in sorted(a.keys() | b.keys()):
         old, new = a.get(key), b.get(key)
         if old is not None and new is not None and _same(old[1], new[1]):
@@ -151,6 +154,7 @@ def _resource_diff(a: Resources, b: Resources, label_a: str, label_b: str) -> st
         old_text, new_text = _yaml(old), _yaml(new)
         if old_text == new_text:
             continue
+        keys.append(("~" if old and new else "+" if new else "-") + key)
         parts.extend(
             difflib.unified_diff(
                 old_text.splitlines(keepends=True),
@@ -160,7 +164,7 @@ def _resource_diff(a: Resources, b: Resources, label_a: str, label_b: str) -> st
                 n=4,
             )
         )
-    return "".join(parts)
+    return "".join(parts), tuple(keys)
 
 
 def _same(a: message.Message, b: message.Message) -> bool:
@@ -185,8 +189,8 @@ def diff_policies(
             rendered["a", group_a] = _resources(compiled_a, group_a)
         if ("b", group_b) not in rendered:
             rendered["b", group_b] = _resources(compiled_b, group_b)
-        text = _resource_diff(rendered["a", group_a], rendered["b", group_b], label_a, label_b)
-        changes.append(GroupChange(profile, group_a, group_b, text))
+        text, keys = _resource_diff(rendered["a", group_a], rendered["b", group_b], label_a, label_b)
+        changes.append(GroupChange(profile, group_a, group_b, text, keys))
     return changes
 
 
@@ -276,6 +280,8 @@ def write_report(
     for change in changes:
         mark = "changed" if change.changed else "unchanged"
         write(f"  {mark:9}  {change.profile.describe()}: {_gateways(change.gateways_a, change.gateways_b)}\n")
+        if change.resources:
+            write(f"             {' '.join(change.resources)}\n")
     if stat:
         return
     for change in changed:
