@@ -137,3 +137,16 @@ def test_diff_outside_git(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
     code, _, err = _diff(capsys, "HEAD~1", "HEAD", str(tmp_path / "p"))
     assert code == 2
     assert "waypost diff:" in err
+
+
+def test_a_shared_resource_diff_is_printed_once(repo: GitRepo, capsys: pytest.CaptureFixture[str]) -> None:
+    before = repo.head()
+    policy = repo.path / "policies" / "policy.yaml"
+    policy.write_text(policy.read_text().replace('"10.0.0.3:80"', '"10.0.0.3:80", "10.0.0.4:80"'))
+    after = repo.commit_all("internal: second endpoint")
+    code, out, _ = _diff(capsys, before, after, str(repo.path / "policies"), "--exit-code")
+    assert code == 1
+    # `internal` serves zone-b and mesh: every group with either changes, the diff shows once.
+    assert out.startswith("4 of 6 node groups change")
+    assert out.count(f"+++ {after}:endpoints/internal\n") == 1
+    assert "(endpoints/internal: the same change as in node group any cluster, labels zone=b)" in out

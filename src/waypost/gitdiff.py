@@ -103,13 +103,21 @@ class GroupChange:
     profile: NodeProfile
     gateways_a: tuple[str, ...]
     gateways_b: tuple[str, ...]
-    diff: str
-    resources: tuple[str, ...] = ()
-    """The resources that differ, each ``+name`` (added), ``-name`` (removed) or ``~name``."""
+    diffs: tuple[tuple[str, str], ...] = ()
+    """``(mark + resource key, unified diff)`` per resource that differs; the mark is ``+``
+    (added), ``-`` (removed) or ``~`` (changed)."""
 
     @property
     def changed(self) -> bool:
-        return bool(self.diff)
+        return bool(self.diffs)
+
+    @property
+    def resources(self) -> tuple[str, ...]:
+        return tuple(key for key, _ in self.diffs)
+
+    @property
+    def diff(self) -> str:
+        return "".join(text for _, text in self.diffs)
 
 
 def _select(compiled: CompiledPolicy | None, profile: NodeProfile) -> tuple[str, ...]:
@@ -141,12 +149,11 @@ def _yaml(entry: tuple[TypeUrl, message.Message] | None) -> str:
     return dump_yaml(item)
 
 
-def _resource_diff(a: Resources, b: Resources, label_a: str, label_b: str) -> tuple[str, tuple[str, ...]]:
+def _resource_diff(a: Resources, b: Resources, label_a: str, label_b: str) -> tuple[tuple[str, str], ...]:
     """One unified diff per resource that differs, headed by the resource's section and name,
     so a reviewer sees "routes/public" rather than a line number in one long document. Only
     resources whose bytes differ are rendered: a large fleet's diff costs what the change does."""
-    parts: list[str] = []
-    keys: list[str] = []
+    diffs: list[tuple[str, str]] = []
     for key in sorted(a.keys() | b.keys()):
         old, new = a.get(key), b.get(key)
         if old is not None and new is not None and _same(old[1], new[1]):
@@ -154,8 +161,7 @@ def _resource_diff(a: Resources, b: Resources, label_a: str, label_b: str) -> tu
         old_text, new_text = _yaml(old), _yaml(new)
         if old_text == new_text:
             continue
-        keys.append(("~" if old and new else "+" if new else "-") + key)
-        parts.extend(
+        text = "".join(
             difflib.unified_diff(
                 old_text.splitlines(keepends=True),
                 new_text.splitlines(keepends=True),
@@ -164,7 +170,8 @@ def _resource_diff(a: Resources, b: Resources, label_a: str, label_b: str) -> tu
                 n=4,
             )
         )
-    return "".join(parts), tuple(keys)
+        diffs.append((("~" if old and new else "+" if new else "-") + key, text))
+    return tuple(diffs)
 
 
 def _same(a: message.Message, b: message.Message) -> bool:
@@ -189,8 +196,8 @@ def diff_policies(
             rendered["a", group_a] = _resources(compiled_a, group_a)
         if ("b", group_b) not in rendered:
             rendered["b", group_b] = _resources(compiled_b, group_b)
-        text, keys = _resource_diff(rendered["a", group_a], rendered["b", group_b], label_a, label_b)
-        changes.append(GroupChange(profile, group_a, group_b, text, keys))
+        diffs = _resource_diff(rendered["a", group_a], rendered["b", group_b], label_a, label_b)
+        changes.append(GroupChange(profile, group_a, group_b, diffs))
     return changes
 
 
@@ -284,10 +291,18 @@ def write_report(
             write(f"             {' '.join(change.resources)}\n")
     if stat:
         return
+    # A resource shared by several groups (a Gateway's route table, a Service's cluster) changes
+    # the same way in each: its diff is printed once, and later groups point back to it.
+    shown: dict[tuple[str, str], str] = {}
     for change in changed:
-        write(f"\n=== node group {change.profile.describe()}: ")
-        write(f"{_gateways(change.gateways_a, change.gateways_b)}\n")
-        write(change.diff)
+        where = change.profile.describe()
+        write(f"\n=== node group {where}: {_gateways(change.gateways_a, change.gateways_b)}\n")
+        for key, text in change.diffs:
+            first = shown.setdefault((key, text), where)
+            if first == where:
+                write(text)
+            else:
+                write(f"({key[1:]}: the same change as in node group {first})\n")
 
 
 def _gateways(a: tuple[str, ...], b: tuple[str, ...]) -> str:
