@@ -122,8 +122,7 @@ class Dashboard:
     ) -> None:
         self._status = status
         # The env override lets the browser test see a few points within seconds.
-        env_interval = os.environ.get("WAYPOST_DASHBOARD_INTERVAL")
-        self.interval = interval or (float(env_interval) if env_interval else DEFAULT_INTERVAL)
+        self.interval = interval or _env_interval()
         self._registry = registry
         self._samples: deque[Sample] = deque(maxlen=max(2, int(window / self.interval) + 1))
         self._task: asyncio.Task[None] | None = None
@@ -176,6 +175,14 @@ class Dashboard:
                 & {AUTHZ_METRIC, RATELIMIT_METRIC}
             ),
         }
+
+
+def _env_interval() -> float:
+    try:
+        value = float(os.environ.get("WAYPOST_DASHBOARD_INTERVAL", DEFAULT_INTERVAL))
+    except ValueError:
+        return DEFAULT_INTERVAL
+    return value if value > 0 else DEFAULT_INTERVAL
 
 
 def node_in_sync(node: dict[str, Any]) -> bool:
