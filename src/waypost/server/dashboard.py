@@ -182,7 +182,7 @@ def _env_interval() -> float:
         value = float(os.environ.get("WAYPOST_DASHBOARD_INTERVAL", DEFAULT_INTERVAL))
     except ValueError:
         return DEFAULT_INTERVAL
-    return value if value > 0 else DEFAULT_INTERVAL
+    return value if 0 < value <= 3600 else DEFAULT_INTERVAL
 
 
 def node_in_sync(node: dict[str, Any]) -> bool:
