@@ -144,7 +144,16 @@ def test_dashboard_page_shows_nacks_as_text(tmp_path: Path) -> None:
             "directory": "/srv/policies",
             "version": "0123456789abcdef",
             "applied_at": 40.0,
-            "git": {"describe": "3f2a9c1d4e5b", "commit": "3f2a9c1d4e5b" + "0" * 28},
+            "git": {
+                "describe": "3f2a9c1d4e5b",
+                "commit": "3f2a9c1d4e5b" + "0" * 28,
+                "branch": "main",
+                "last_pull": {
+                    "ok": False,
+                    "at": 95.0,
+                    "message": "fatal: Not possible to fast-forward, aborting.",
+                },
+            },
             "last_error": {
                 "at": 90.0,
                 "errors": ["policies/routes.yaml:7: Route r: backend 'x' is not a Service"],
@@ -193,7 +202,9 @@ def test_dashboard_page_shows_nacks_as_text(tmp_path: Path) -> None:
         assert 'data-sync="nacked"' in dom  # behind because Envoy rejected the push
         assert "&lt;img src=x onerror=alert(1)&gt; Proto constraint validation failed" in dom
         assert "<img" not in dom
-        assert "commit 3f2a9c1d4e5b · version 0123456789ab" in dom
+        assert "commit 3f2a9c1d4e5b · version 0123456789ab · branch main" in dom
+        assert '<section class="error" id="pull-error">' in dom
+        assert "Not possible to fast-forward" in dom
         assert "(commit 77aa88bb99cc)" in dom
         ARTIFACTS.mkdir(exist_ok=True)
         _headless(url, tmp_path / "chrome-shot", f"--screenshot={ARTIFACTS / 'dashboard-nack.png'}")

@@ -70,6 +70,10 @@ PAGE = r"""<!doctype html>
     <div class="card"><div class="label">429 / s (rate limit)</div><div class="value" id="c-limited">–</div></div>
     <div class="card"><div class="label">Policy loaded</div><div class="value text" id="c-loaded">–</div></div>
   </div>
+  <section class="error hidden" id="pull-error">
+    <h2>git pull failing <span id="pull-error-at"></span></h2>
+    <pre id="pull-error-text"></pre>
+  </section>
   <section class="error hidden" id="load-error">
     <h2>Last policy change refused <span id="load-error-at"></span></h2>
     <pre id="load-error-text"></pre>
@@ -141,6 +145,14 @@ function render(data) {
   $("c-loaded").textContent = policy.applied_at ? ago(policy.applied_at, now) : "never";
   const absent = ["authz", "ratelimit"].filter((k) => !(data.metrics || []).some((m) => m.includes(k)));
   $("absent").textContent = absent.length ? "no " + absent.join(" or ") + " decisions reported by this process yet" : "";
+
+  const pull = policy.git && policy.git.last_pull;
+  $("pull-error").classList.toggle("hidden", !pull || pull.ok);
+  if (pull && !pull.ok) {
+    $("pull-error-at").textContent = pull.at ? ago(pull.at, now) : "";
+    $("pull-error-text").textContent = pull.message || "";
+  }
+  if (git && policy.git.branch) $("version").textContent += " · branch " + policy.git.branch;
 
   const err = policy.last_error;
   $("load-error").classList.toggle("hidden", !err);
