@@ -57,8 +57,9 @@ class PolicyRuntime:
         """Load the directory and apply it if valid and new; True when a new version went live."""
         async with self._lock:
             started = time.perf_counter()
-            # Read before the files: a commit landing in between shows up as "-dirty" at worst,
-            # and the next reload (the watcher sees the files change) corrects it.
+            # Read before the files: a pull landing in between leaves the previous commit shown
+            # with the new files at worst, and the reload the watcher then runs (same content,
+            # new commit) corrects it.
             git = await asyncio.to_thread(git_info, self.directory)
             try:
                 policy = await asyncio.to_thread(load_policies, self.directory)
