@@ -8,6 +8,13 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 
+# git: the policy version shown is the commit when /policies is a checkout, and
+# `serve --git-pull` pulls it. The checkout is usually a volume owned by another uid; it is this
+# container's only repository, so git may trust it (else git refuses: "dubious ownership").
+RUN apt-get update && apt-get install -y --no-install-recommends git \
+    && rm -rf /var/lib/apt/lists/*
+ENV GIT_CONFIG_COUNT=1 GIT_CONFIG_KEY_0=safe.directory GIT_CONFIG_VALUE_0=*
+
 WORKDIR /app
 # Only what the package needs, so edits to tests or docs do not invalidate this layer.
 COPY pyproject.toml ./

@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: venv system-deps bench-deps demo test lint format clean
+.PHONY: venv system-deps bench-deps demo test lint format docs clean
 
 venv: $(VENV)/.installed
 
@@ -36,6 +36,11 @@ lint: venv
 format: venv
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
+
+# The generated files: the editors' JSON Schema and the policy reference (tests fail when stale).
+docs: venv
+	$(BIN)/python -m waypost schema > schema/waypost.schema.json
+	$(BIN)/python -m waypost docs > docs/reference.md
 
 clean:
 	rm -rf .demo test-artifacts .pytest_cache .ruff_cache

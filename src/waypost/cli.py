@@ -1,4 +1,4 @@
-"""The `waypost` command line: validate, render, bootstrap, serve.
+"""The `waypost` command line: validate, render, bootstrap, serve, diff, schema, docs.
 
 A thin layer: parse arguments, call one stage, print its result. Exit codes: 0 success, 1 invalid
 policy (one `path:line: Kind name: message` line per problem on stderr), 2 usage errors.
@@ -39,6 +39,21 @@ def _host_port(value: str) -> tuple[str, int]:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def _interval(value: str) -> float:
+    from waypost.policies.types import parse_duration
+
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            seconds = parse_duration(value) / 1000
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+    if seconds <= 0:
+        raise argparse.ArgumentTypeError(f"'{value}' must be above 0")
+    return seconds
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="waypost", description="An Envoy control plane driven by policy files."
@@ -76,6 +91,30 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--no-watch", action="store_true", help="load once; do not watch the directory")
     serve.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
     serve.add_argument("--log-format", choices=("json", "console"), help="default: json unless on a terminal")
+    serve.add_argument(
+        "--git-pull",
+        type=_interval,
+        metavar="INTERVAL",
+        help="every INTERVAL (30s, 5m or seconds), `git pull --ff-only` the policy checkout; "
+        "a commit with invalid policy is refused and shown on /status",
+    )
+
+    from waypost.gitdiff_help import DIFF_HELP
+
+    diff = commands.add_parser(
+        "diff",
+        help="which node groups change between two git revisions, with a diff of their Envoy resources",
+        description=DIFF_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    diff.add_argument("rev_a", metavar="REV_A")
+    diff.add_argument("rev_b", metavar="REV_B")
+    diff.add_argument("directory", nargs="?", type=Path, default=Path("."), metavar="DIR")
+    diff.add_argument("--exit-code", action="store_true", help="exit 1 when any node group changes (for CI)")
+    diff.add_argument("--stat", action="store_true", help="only list the node groups that change")
+
+    commands.add_parser("schema", help="print the JSON Schema of policy documents (schema/*.json)")
+    commands.add_parser("docs", help="print the policy reference generated from the model (docs/)")
     return parser
 
 
@@ -90,6 +129,20 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _bootstrap(args)
         if args.command == "serve":
             return _serve(args)
+        if args.command == "diff":
+            from waypost.gitdiff import run_diff
+
+            return run_diff(args.rev_a, args.rev_b, args.directory, exit_code=args.exit_code, stat=args.stat)
+        if args.command == "schema":
+            from waypost.policies.schema import schema_text
+
+            sys.stdout.write(schema_text())
+            return 0
+        if args.command == "docs":
+            from waypost.policies.reference import reference_markdown
+
+            sys.stdout.write(reference_markdown())
+            return 0
     except argparse.ArgumentTypeError as exc:
         print(f"waypost: {exc}", file=sys.stderr)
         return 2
@@ -99,9 +152,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _load(directory: Path) -> PolicySet | None:
     from waypost.policies.diagnostics import PolicyError
     from waypost.policies.loader import load_policies
+    from waypost.progress import progress
 
     try:
-        return load_policies(directory)
+        with progress(f"loading {directory}", count_files=directory):
+            return load_policies(directory)
     except PolicyError as exc:
         for diagnostic in exc.diagnostics:
             print(diagnostic, file=sys.stderr)
@@ -123,20 +178,27 @@ def _validate(directory: Path) -> int:
             ("rate_limit_policies", "rate-limit policies"),
         )
     )
-    print(f"{directory}: valid ({counts}); version {policy.version[:16]}")
+    from waypost.server.gitinfo import git_info
+
+    git = git_info(directory)
+    commit = f" (git {git.describe})" if git is not None else ""
+    print(f"{directory}: valid ({counts}); version {policy.version[:16]}{commit}")
     return 0
 
 
 def _render(args: argparse.Namespace) -> int:
+    from waypost.progress import progress
     from waypost.xds.compiler import compile_policy
     from waypost.xds.render import dump_yaml, render_resources
 
     policy = _load(args.directory)
     if policy is None:
         return 1
-    compiled = compile_policy(policy)
+    with progress("compiling"):
+        compiled = compile_policy(policy)
     group = compiled.select_gateways(args.node_cluster, _labels(args.label))
-    rendered = render_resources(compiled.resources_for(group))
+    with progress("rendering"):
+        rendered = render_resources(compiled.resources_for(group))
     if args.format == "json":
         print(json.dumps(rendered, indent=2))
     else:
@@ -174,6 +236,7 @@ def _serve(args: argparse.Namespace) -> int:
         xds_port=args.xds_port,
         admin_port=args.admin_port,
         watch=not args.no_watch,
+        git_pull=args.git_pull,
     )
     try:
         import uvloop

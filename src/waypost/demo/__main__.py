@@ -472,7 +472,7 @@ class Demo:
         self.say()
         self.say(
             f"Envoy admin: http://{LOOPBACK}:{ENVOY_ADMIN_PORT}/config_dump   "
-            f"waypost: http://{LOOPBACK}:{WAYPOST_ADMIN_PORT}/metrics"
+            f"waypost dashboard: http://{LOOPBACK}:{WAYPOST_ADMIN_PORT}/"
         )
         self.say(f"Logs and bootstrap: {self.workdir}/. Edit a policy file and waypost reloads it live.")
         self.say("Press Ctrl-C to stop.")

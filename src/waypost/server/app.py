@@ -14,6 +14,8 @@ import grpc
 
 from waypost.log import get_logger
 from waypost.server.admin import AdminServer
+from waypost.server.dashboard import Dashboard
+from waypost.server.gitpull import GitPuller
 from waypost.server.runtime import PolicyRuntime
 from waypost.server.watch import PolicyWatcher
 from waypost.xds.ads import AdsServer
@@ -32,6 +34,8 @@ class ServeOptions:
     admin_port: int = 9902
     watch: bool = True
     debounce: float = 0.25
+    git_pull: float | None = None
+    """Seconds between ``git pull --ff-only`` of the policy checkout; None: never pull."""
 
 
 def build_status(runtime: PolicyRuntime, ads: AdsServer) -> dict[str, Any]:
@@ -45,7 +49,14 @@ def build_status(runtime: PolicyRuntime, ads: AdsServer) -> dict[str, Any]:
             "directory": str(runtime.directory),
             "version": current_version,
             "applied_at": runtime.applied_at,
-            "last_error": None if failure is None else {"at": failure.at, "errors": list(failure.errors)},
+            "git": runtime.git_status(),
+            "last_error": None
+            if failure is None
+            else {
+                "at": failure.at,
+                "errors": list(failure.errors),
+                "git": failure.git.as_dict() if failure.git else None,
+            },
         },
         "nodes": nodes,
         "time": time.time(),
@@ -77,7 +88,13 @@ async def serve(options: ServeOptions, *, stop: asyncio.Event | None = None) -> 
     await grpc_server.start()
 
     admin = AdminServer(ready=lambda: runtime.current is not None, status=lambda: build_status(runtime, ads))
+    dashboard = Dashboard(lambda: build_status(runtime, ads))
+    dashboard.install(admin)
+    dashboard.start()
     admin_port = await admin.start(options.host, options.admin_port)
+    puller = GitPuller(runtime, options.git_pull) if options.git_pull else None
+    if puller is not None:
+        puller.start()
 
     watcher = None
     if options.watch:
@@ -89,11 +106,15 @@ async def serve(options: ServeOptions, *, stop: asyncio.Event | None = None) -> 
         xds_port=xds_port,
         admin_port=admin_port,
         version=runtime.current.version if runtime.current else None,
+        git=runtime.git.describe if runtime.git else None,
     )
     try:
         await stop.wait()
     finally:
         log.info("waypost stopping")
+        if puller is not None:
+            await puller.stop()
+        await dashboard.stop()
         if watcher is not None:
             watcher.stop()
         await admin.close()

@@ -11,11 +11,14 @@ import asyncio
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from waypost.log import get_logger
 from waypost.metrics import POLICY_INFO, POLICY_LOADS
 from waypost.policies.diagnostics import PolicyError
 from waypost.policies.loader import load_policies
+from waypost.policies.model import PolicySet
+from waypost.server.gitinfo import GitInfo, git_info
 from waypost.xds.cache import SnapshotCache
 from waypost.xds.compiler import CompiledPolicy, compile_policy
 
@@ -28,6 +31,8 @@ log = get_logger("waypost.policy")
 class LoadFailure:
     at: float
     errors: tuple[str, ...]
+    git: GitInfo | None = None
+    """The commit that was refused, when the directory is in git."""
 
 
 class PolicyRuntime:
@@ -38,6 +43,10 @@ class PolicyRuntime:
         self.cache = cache
         self.last_failure: LoadFailure | None = None
         self.applied_at: float | None = None
+        self.git: GitInfo | None = None
+        """The commit of the applied version (None outside git)."""
+        self.git_pull: dict[str, Any] | None = None
+        """The last ``--git-pull`` result, written by :class:`~waypost.server.gitpull.GitPuller`."""
         self._lock = asyncio.Lock()
 
     @property
@@ -48,28 +57,35 @@ class PolicyRuntime:
         """Load the directory and apply it if valid and new; True when a new version went live."""
         async with self._lock:
             started = time.perf_counter()
+            # Read before the files: a pull landing in between leaves the previous commit shown
+            # with the new files at worst, and the reload the watcher then runs (same content,
+            # new commit) corrects it.
+            git = await asyncio.to_thread(git_info, self.directory)
             try:
                 policy = await asyncio.to_thread(load_policies, self.directory)
                 current = self.cache.compiled
                 if current is not None and current.version == policy.version:
                     POLICY_LOADS.labels("unchanged").inc()
                     self.last_failure = None
+                    if git != self.git:  # same files, new commit (e.g. one touching other paths)
+                        self._set_git(git, policy)
                     return False
                 compiled = await asyncio.to_thread(compile_policy, policy)
                 prepared = await asyncio.to_thread(self.cache.prepare, compiled)
             except PolicyError as exc:
-                return self._fail([str(d) for d in exc.diagnostics])
+                return self._fail([str(d) for d in exc.diagnostics], git)
             except Exception as exc:  # a compiler bug must not take the serving config down with it
                 log.exception("policy compilation failed")
-                return self._fail([f"{self.directory}: internal error while compiling: {exc}"])
+                return self._fail([f"{self.directory}: internal error while compiling: {exc}"], git)
             self.cache.commit(prepared)
             self.last_failure = None
             self.applied_at = time.time()
             POLICY_LOADS.labels("applied").inc()
-            POLICY_INFO.info({"version": compiled.version})
+            self._set_git(git, policy)
             log.info(
                 "policy applied",
                 version=compiled.version,
+                git=git.describe if git else None,
                 gateways=len(policy.gateways),
                 services=len(policy.services),
                 routes=len(policy.routes),
@@ -77,10 +93,29 @@ class PolicyRuntime:
             )
             return True
 
-    def _fail(self, errors: list[str]) -> bool:
-        self.last_failure = LoadFailure(at=time.time(), errors=tuple(errors))
+    def _set_git(self, git: GitInfo | None, policy: PolicySet) -> None:
+        self.git = git
+        POLICY_INFO.info({"version": policy.version, "git": git.describe if git else ""})
+
+    def git_status(self) -> dict[str, Any] | None:
+        """``policy.git`` of /status: the applied commit, and the last pull when pulling."""
+        if self.git is None and self.git_pull is None:
+            return None
+        status: dict[str, Any] = self.git.as_dict() if self.git is not None else {}
+        if self.git_pull is not None:
+            status["last_pull"] = self.git_pull
+        return status
+
+    def _fail(self, errors: list[str], git: GitInfo | None = None) -> bool:
+        self.last_failure = LoadFailure(at=time.time(), errors=tuple(errors), git=git)
         POLICY_LOADS.labels("invalid").inc()
         serving = self.cache.compiled.version if self.cache.compiled else None
         for error in errors:
-            log.error("policy rejected", error=error, serving_version=serving)
+            log.error(
+                "policy rejected",
+                error=error,
+                serving_version=serving,
+                serving_git=self.git.describe if self.git else None,
+                rejected_git=git.describe if git else None,
+            )
         return False
