@@ -1,0 +1,192 @@
+"""End to end: AuthPolicy and Consumer through a real Envoy calling waypost's ext_authz Check.
+
+One stack (echo backend, `waypost serve --authz-port`, Envoy) and many assertions: each outcome
+of the spec, JWT attacks, forged identity headers, path tricks, plugins, dry run, hot reload of
+keys and subscriptions, and finally the decision service going away (fail closed).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+import pytest
+
+from authz_support import KEYS, PLUGIN_DIR, Signer, consumers_yaml, key_hash, policy_yaml
+from support import EchoFactory, EnvoyProcess, WaypostProcess, async_wait_until, free_port, free_ports
+from support.procs import SRC_DIR
+from waypost.xds.bootstrap import AUTHZ_CLUSTER, build_bootstrap
+
+pytestmark = pytest.mark.e2e
+
+
+def start_envoy_with_authz(tmp_path: Path, envoy_bin: Path, xds_port: int, authz_port: int) -> EnvoyProcess:
+    envoy = EnvoyProcess(xds_port=xds_port, workdir=tmp_path, envoy_bin=envoy_bin, node_cluster="edge")
+    authz_cluster = build_bootstrap(
+        node_id="x", node_cluster="x", xds_host="127.0.0.1", xds_port=xds_port, authz=("127.0.0.1", authz_port)
+    )["static_resources"]["clusters"][1]
+    assert authz_cluster["name"] == AUTHZ_CLUSTER
+    envoy.bootstrap["static_resources"]["clusters"].append(authz_cluster)
+    return envoy
+
+
+@pytest.fixture
+def envoy_factory(tmp_path: Path, envoy_bin: Path, request: pytest.FixtureRequest):  # type: ignore[no-untyped-def]
+    started: list[EnvoyProcess] = []
+
+    def start(xds_port: int, authz_port: int) -> EnvoyProcess:
+        envoy = start_envoy_with_authz(tmp_path, envoy_bin, xds_port, authz_port)
+        started.append(envoy)
+        return envoy.start()
+
+    yield start
+    for envoy in started:
+        envoy.stop()
+
+
+async def test_authz_end_to_end(
+    tmp_path: Path,
+    echo_backend: EchoFactory,
+    start_waypost: Callable[..., WaypostProcess],
+    envoy_factory: Callable[[int, int], EnvoyProcess],
+) -> None:
+    backend = await echo_backend("orders")
+    signer = Signer.new()
+    port = free_port()
+    policies = tmp_path / "policies"
+    (policies / "keys").mkdir(parents=True)
+    (policies / "keys" / "jwks.json").write_text(signer.jwks())
+    (policies / "policy.yaml").write_text(policy_yaml(port, backend.address))
+    (policies / "consumers.yaml").write_text(consumers_yaml())
+    (authz_port,) = free_ports(1)
+    waypost = await asyncio.to_thread(
+        start_waypost,
+        policies,
+        args=["--authz-port", str(authz_port)],
+        env={"PYTHONPATH": os.pathsep.join([str(SRC_DIR), str(PLUGIN_DIR)])},
+    )
+    envoy = await asyncio.to_thread(envoy_factory, waypost.xds_port, authz_port)
+    await asyncio.to_thread(envoy.wait_for_listener, port)
+    base = f"http://127.0.0.1:{port}"
+
+    async with httpx.AsyncClient(trust_env=False, timeout=5) as client:
+
+        async def call(path: str, method: str = "GET", **headers: str) -> httpx.Response:
+            return await client.request(method, base + path, headers={k.replace("_", "-"): v for k, v in headers.items()})
+
+        def denial(response: httpx.Response, status: int, reason: str | None = None) -> None:
+            assert response.status_code == status, (response.status_code, response.text)
+            body = response.json()
+            assert set(body) == {"error", "reason"}, body
+            if reason is not None:
+                assert body["reason"] == reason, body
+
+        # --- 401: no credential, or a bad one, with www-authenticate ---------------------------
+        missing = await call("/v1/orders/1")
+        denial(missing, 401, "missing credentials")
+        assert 'ApiKey header="x-api-key"' in missing.headers["www-authenticate"]
+        assert "Bearer" in missing.headers["www-authenticate"]
+        bad_key = await call("/v1/orders/1", x_api_key="wrong")
+        denial(bad_key, 401, "invalid api key")
+        assert "www-authenticate" in bad_key.headers
+
+        # --- allowed: consumer header to the upstream, forged identity headers removed -----------
+        allowed = await call("/v1/orders/1", x_api_key=KEYS["acme"], x_waypost_consumer="root", x_waypost_x="1")
+        assert allowed.status_code == 200, allowed.text
+        seen = allowed.json()["headers"]
+        assert seen["x-waypost-consumer"] == "acme"
+        assert "x-waypost-x" not in seen
+        assert "x-api-key" in seen  # the credential itself is the upstream's business
+        # CONTRACT with rate limits: consumer and plan as ext_authz dynamic metadata.
+        assert seen["x-meta-consumer"] == "acme" and seen["x-meta-plan"] == "gold"
+        # A route without auth cannot be handed a forged identity either.
+        public = await call("/v1/public/x", x_waypost_consumer="root")
+        assert public.status_code == 200 and "x-waypost-consumer" not in public.json()["headers"]
+
+        # --- 403: known caller, no rule; subscriptions ------------------------------------------
+        denial(await call("/v1/orders/1", "POST", x_api_key=KEYS["acme"]), 403, "no rule allows this request")
+        denial(await call("/v1/orders/1", x_api_key=KEYS["bob"]), 403, "no rule allows this request")
+        denial(await call("/v1/payments/1", x_api_key=KEYS["acme"]), 403, "subscription pending approval")
+        denial(await call("/v1/orders/1", x_api_key=KEYS["carol"]), 403, "subscription revoked")
+
+        # --- JWT ---------------------------------------------------------------------------------
+        admin = await call("/v1/orders/1", "DELETE", authorization=f"Bearer {signer.token(roles=['admin'])}")
+        assert admin.status_code == 200, admin.text
+        assert admin.json()["headers"]["x-waypost-consumer"] == "alice"
+        assert admin.json()["headers"]["x-user-id"] == "alice"
+        reader = signer.token(sub="rita", scope="orders:read")
+        assert (await call("/v1/orders/1", authorization=f"Bearer {reader}")).status_code == 200
+        denial(await call("/v1/orders/1", "POST", authorization=f"Bearer {reader}"), 403)
+        for attack, token in signer.attacks().items():
+            response = await call("/v1/orders/1", "DELETE", authorization=f"Bearer {token}")
+            assert response.status_code == 401, (attack, response.status_code, response.text)
+            assert 'error="invalid_token"' in response.headers["www-authenticate"], attack
+
+        # --- path tricks cannot dodge the deny rule or reach a neighbour ---------------------------
+        root = signer.token(roles=["admin"])
+        for path in ("/v1/orders/admin", "//v1/orders/admin", "/v1/orders/./admin", "/v1/public/../orders/admin",
+                     "/v1/orders/admin/../admin", "/v1/orders/admin/users"):
+            response = await call(path, authorization=f"Bearer {root}")
+            assert response.status_code in (403, 404) or (
+                response.status_code in (301, 302, 307, 308)
+            ), (path, response.status_code, response.text)
+            if response.status_code == 200:
+                pytest.fail(f"{path} reached the upstream")
+        for path in ("/v1/orders/../admin", "/v1/orders/%2e%2e/admin", "/V1/ORDERS/ADMIN", "/v1/orders/%2E%2E/admin"):
+            response = await call(path, authorization=f"Bearer {root}")
+            if response.status_code == 200:
+                # Whatever Envoy made of it, the upstream never sees the admin path.
+                assert "admin" not in response.json()["path"].split("/")[:4] or "/v1/orders/admin" not in response.json()["path"], path
+            assert response.status_code != 200 or "/orders/admin" not in response.json()["path"], path
+
+        # --- custom plugins ------------------------------------------------------------------------
+        team = await call("/v1/team/1", x_team_token="let-me-in")
+        assert team.status_code == 200, team.text
+        assert team.json()["headers"]["x-waypost-consumer"] == "team-a"
+        assert team.json()["headers"]["x-waypost-team"] == "a"
+        denial(await call("/v1/team/1", x_team_token="nope"), 401, "bad team token")
+        denial(await call("/v1/team/1"), 401, "missing credentials")
+        denial(await call("/v1/crash/1", x_anything="1"), 500, "auth plugin failed")
+
+        # --- dry run: decided and logged, never blocked ----------------------------------------------
+        dry = await call("/v1/dry/1")
+        assert dry.status_code == 200 and "x-waypost-consumer" not in dry.json()["headers"]
+
+        # --- hot reload: a new key, a revoked and an approved subscription, within 2 s ---------------
+        dave_key = "dave-fresh-key"
+        extra = f"---\nkind: Consumer\nname: dave\nplan: gold\napi_keys: [\"{key_hash(dave_key)}\"]\n"
+        started = time.monotonic()
+        (policies / "consumers.yaml").write_text(
+            consumers_yaml(acme_orders="revoked", acme_payments="approved", extra=extra)
+        )
+
+        async def reloaded() -> bool:
+            return (
+                (await call("/v1/orders/1", x_api_key=dave_key)).status_code == 200
+                and (await call("/v1/orders/1", x_api_key=KEYS["acme"])).status_code == 403
+                and (await call("/v1/payments/1", x_api_key=KEYS["acme"])).status_code == 200
+            )
+
+        await async_wait_until(reloaded, timeout=5, interval=0.05)
+        assert time.monotonic() - started < 2.0
+
+    # --- metrics: every decision counted ---------------------------------------------------------------
+    allowed_count = await asyncio.to_thread(
+        waypost.metric, "waypost_authz_decisions_total", route="orders", decision="allow"
+    )
+    denied_count = await asyncio.to_thread(
+        waypost.metric, "waypost_authz_decisions_total", route="orders", decision="deny"
+    )
+    assert allowed_count and allowed_count >= 3 and denied_count and denied_count >= 10
+    assert await asyncio.to_thread(waypost.metric, "waypost_authz_decisions_total", route="dry", decision="dry_run_deny")
+
+    # --- the decision service goes away: fail closed, routes without auth unaffected -------------------
+    await asyncio.to_thread(waypost.stop)
+    async with httpx.AsyncClient(trust_env=False, timeout=5) as client:
+        down = await client.get(f"{base}/v1/orders/1", headers={"x-api-key": dave_key})
+        assert down.status_code == 503, down.text
+        assert (await client.get(f"{base}/v1/public/1")).status_code == 200
