@@ -27,7 +27,11 @@ pytestmark = pytest.mark.e2e
 def start_envoy_with_authz(tmp_path: Path, envoy_bin: Path, xds_port: int, authz_port: int) -> EnvoyProcess:
     envoy = EnvoyProcess(xds_port=xds_port, workdir=tmp_path, envoy_bin=envoy_bin, node_cluster="edge")
     authz_cluster = build_bootstrap(
-        node_id="x", node_cluster="x", xds_host="127.0.0.1", xds_port=xds_port, authz=("127.0.0.1", authz_port)
+        node_id="x",
+        node_cluster="x",
+        xds_host="127.0.0.1",
+        xds_port=xds_port,
+        authz=("127.0.0.1", authz_port),
     )["static_resources"]["clusters"][1]
     assert authz_cluster["name"] == AUTHZ_CLUSTER
     envoy.bootstrap["static_resources"]["clusters"].append(authz_cluster)
@@ -88,7 +92,9 @@ async def test_authz_end_to_end(
     async with httpx.AsyncClient(trust_env=False, timeout=5) as client:
 
         async def call(path: str, method: str = "GET", **headers: str) -> httpx.Response:
-            return await client.request(method, base + path, headers={k.replace("_", "-"): v for k, v in headers.items()})
+            return await client.request(
+                method, base + path, headers={k.replace("_", "-"): v for k, v in headers.items()}
+            )
 
         def denial(response: httpx.Response, status: int, reason: str | None = None) -> None:
             assert response.status_code == status, (response.status_code, response.text)
@@ -107,7 +113,9 @@ async def test_authz_end_to_end(
         assert "www-authenticate" in bad_key.headers
 
         # --- allowed: consumer header to the upstream, forged identity headers removed -----------
-        allowed = await call("/v1/orders/1", x_api_key=KEYS["acme"], x_waypost_consumer="root", x_waypost_x="1")
+        allowed = await call(
+            "/v1/orders/1", x_api_key=KEYS["acme"], x_waypost_consumer="root", x_waypost_x="1"
+        )
         assert allowed.status_code == 200, allowed.text
         seen = allowed.json()["headers"]
         assert seen["x-waypost-consumer"] == "acme"
@@ -175,7 +183,7 @@ async def test_authz_end_to_end(
 
         # --- hot reload: a new key, a revoked and an approved subscription, within 2 s ---------------
         dave_key = "dave-fresh-key"
-        extra = f"---\nkind: Consumer\nname: dave\nplan: gold\napi_keys: [\"{key_hash(dave_key)}\"]\n"
+        extra = f'---\nkind: Consumer\nname: dave\nplan: gold\napi_keys: ["{key_hash(dave_key)}"]\n'
         started = time.monotonic()
         (policies / "consumers.yaml").write_text(
             consumers_yaml(acme_orders="revoked", acme_payments="approved", extra=extra)
@@ -199,7 +207,9 @@ async def test_authz_end_to_end(
         waypost.metric, "waypost_authz_decisions_total", route="orders", decision="deny"
     )
     assert allowed_count and allowed_count >= 3 and denied_count and denied_count >= 10
-    assert await asyncio.to_thread(waypost.metric, "waypost_authz_decisions_total", route="dry", decision="dry_run_deny")
+    assert await asyncio.to_thread(
+        waypost.metric, "waypost_authz_decisions_total", route="dry", decision="dry_run_deny"
+    )
 
     # --- the decision service goes away: fail closed, routes without auth unaffected -------------------
     await asyncio.to_thread(waypost.stop)

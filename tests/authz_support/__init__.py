@@ -56,7 +56,7 @@ class Signer:
         now = int(time.time())
         claims = {"iss": ISSUER, "aud": "orders", "sub": "mallory", "exp": now + 300, "roles": ["admin"]}
         valid = self.token(sub="mallory", roles=["admin"])
-        head, body, sig = valid.split(".")
+        head, _, sig = valid.split(".")
         tampered_body = _b64(json.dumps({**claims, "sub": "root"}).encode())
         return {
             "alg none": _unsigned({"alg": "none", "typ": "JWT", "kid": KID}, claims),
@@ -80,7 +80,8 @@ def _unsigned(header: dict[str, Any], claims: dict[str, Any]) -> str:
 
 
 def _hs256(secret: bytes, claims: dict[str, Any]) -> str:
-    signing_input = f"{_b64(json.dumps({'alg': 'HS256', 'typ': 'JWT', 'kid': KID}).encode())}.{_b64(json.dumps(claims).encode())}"
+    header = {"alg": "HS256", "typ": "JWT", "kid": KID}
+    signing_input = f"{_b64(json.dumps(header).encode())}.{_b64(json.dumps(claims).encode())}"
     signature = hmac.new(secret, signing_input.encode(), hashlib.sha256).digest()
     return f"{signing_input}.{_b64(signature)}"
 
