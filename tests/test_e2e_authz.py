@@ -19,22 +19,25 @@ import pytest
 from authz_support import KEYS, PLUGIN_DIR, Signer, consumers_yaml, key_hash, policy_yaml
 from support import EchoFactory, EnvoyProcess, WaypostProcess, async_wait_until, free_port, free_ports
 from support.procs import SRC_DIR
-from waypost.xds.bootstrap import AUTHZ_CLUSTER, build_bootstrap
+from waypost.xds.bootstrap import AUTHZ_CLUSTER, AUTHZ_HTTP_CLUSTER, build_bootstrap
 
 pytestmark = pytest.mark.e2e
 
 
-def start_envoy_with_authz(tmp_path: Path, envoy_bin: Path, xds_port: int, authz_port: int) -> EnvoyProcess:
+def start_envoy_with_authz(
+    tmp_path: Path, envoy_bin: Path, xds_port: int, authz_port: int, http_port: int
+) -> EnvoyProcess:
     envoy = EnvoyProcess(xds_port=xds_port, workdir=tmp_path, envoy_bin=envoy_bin, node_cluster="edge")
-    authz_cluster = build_bootstrap(
+    clusters = build_bootstrap(
         node_id="x",
         node_cluster="x",
         xds_host="127.0.0.1",
         xds_port=xds_port,
         authz=("127.0.0.1", authz_port),
-    )["static_resources"]["clusters"][1]
-    assert authz_cluster["name"] == AUTHZ_CLUSTER
-    envoy.bootstrap["static_resources"]["clusters"].append(authz_cluster)
+        authz_http=("127.0.0.1", http_port),
+    )["static_resources"]["clusters"][1:]
+    assert [c["name"] for c in clusters] == [AUTHZ_CLUSTER, AUTHZ_HTTP_CLUSTER]
+    envoy.bootstrap["static_resources"]["clusters"].extend(clusters)
     return envoy
 
 
@@ -42,8 +45,8 @@ def start_envoy_with_authz(tmp_path: Path, envoy_bin: Path, xds_port: int, authz
 def envoy_factory(tmp_path: Path, envoy_bin: Path, request: pytest.FixtureRequest):  # type: ignore[no-untyped-def]
     started: list[EnvoyProcess] = []
 
-    def start(xds_port: int, authz_port: int) -> EnvoyProcess:
-        envoy = start_envoy_with_authz(tmp_path, envoy_bin, xds_port, authz_port)
+    def start(xds_port: int, authz_port: int, http_port: int) -> EnvoyProcess:
+        envoy = start_envoy_with_authz(tmp_path, envoy_bin, xds_port, authz_port, http_port)
         started.append(envoy)
         return envoy.start()
 
@@ -64,36 +67,43 @@ async def raw_get(port: int, path: str, **headers: str) -> tuple[int, str]:
     return int(raw.split(" ", 2)[1]), raw
 
 
+@pytest.mark.parametrize("transport", ["grpc", "http"])
 async def test_authz_end_to_end(
+    transport: str,
     tmp_path: Path,
     echo_backend: EchoFactory,
     start_waypost: Callable[..., WaypostProcess],
-    envoy_factory: Callable[[int, int], EnvoyProcess],
+    envoy_factory: Callable[[int, int, int], EnvoyProcess],
 ) -> None:
     backend = await echo_backend("orders")
     signer = Signer.new()
-    port = free_port()
+    port, plugins_port = free_ports(2)
     policies = tmp_path / "policies"
     (policies / "keys").mkdir(parents=True)
     (policies / "keys" / "jwks.json").write_text(signer.jwks())
-    (policies / "policy.yaml").write_text(policy_yaml(port, backend.address))
+    (policies / "policy.yaml").write_text(
+        policy_yaml(port, backend.address, auth_service=transport, plugins_port=plugins_port)
+    )
     (policies / "consumers.yaml").write_text(consumers_yaml())
-    (authz_port,) = free_ports(1)
+    authz_port, http_port = free_ports(2)
     waypost = await asyncio.to_thread(
         start_waypost,
         policies,
-        args=["--authz-port", str(authz_port)],
+        args=["--authz-port", str(authz_port), "--authz-http-port", str(http_port)],
         env={"PYTHONPATH": os.pathsep.join([str(SRC_DIR), str(PLUGIN_DIR)])},
     )
-    envoy = await asyncio.to_thread(envoy_factory, waypost.xds_port, authz_port)
+    envoy = await asyncio.to_thread(envoy_factory, waypost.xds_port, authz_port, http_port)
     await asyncio.to_thread(envoy.wait_for_listener, port)
+    await asyncio.to_thread(envoy.wait_for_listener, plugins_port)
     base = f"http://127.0.0.1:{port}"
 
     async with httpx.AsyncClient(trust_env=False, timeout=5) as client:
 
         async def call(path: str, method: str = "GET", **headers: str) -> httpx.Response:
+            on_plugins = path.startswith(("/v1/team", "/v1/crash"))
+            url = (f"http://127.0.0.1:{plugins_port}" if on_plugins else base) + path
             return await client.request(
-                method, base + path, headers={k.replace("_", "-"): v for k, v in headers.items()}
+                method, url, headers={k.replace("_", "-"): v for k, v in headers.items()}
             )
 
         def denial(response: httpx.Response, status: int, reason: str | None = None) -> None:
@@ -210,6 +220,14 @@ async def test_authz_end_to_end(
     assert await asyncio.to_thread(
         waypost.metric, "waypost_authz_decisions_total", route="dry", decision="dry_run_deny"
     )
+
+    # --- the transport under test really carried the public gateway's decisions --------------------
+    stats = await asyncio.to_thread(envoy.stats, "upstream_rq_total")
+    used = AUTHZ_HTTP_CLUSTER if transport == "http" else AUTHZ_CLUSTER
+    assert stats[f"cluster.{used}.upstream_rq_total"] > 20, stats
+    if transport == "http":
+        # gRPC only for the plugins gateway (one connection, a handful of calls).
+        assert stats[f"cluster.{AUTHZ_CLUSTER}.upstream_rq_total"] < 10, stats
 
     # --- the decision service goes away: fail closed, routes without auth unaffected -------------------
     await asyncio.to_thread(waypost.stop)

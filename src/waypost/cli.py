@@ -73,6 +73,12 @@ def _parser() -> argparse.ArgumentParser:
         metavar="HOST:PORT",
         help="the ext_authz decision service (waypost serve --authz-port, or waypost authz)",
     )
+    bootstrap.add_argument(
+        "--authz-http",
+        type=_host_port,
+        metavar="HOST:PORT",
+        help="its HTTP endpoint, for Gateways with auth_service: http (--authz-http-port / --http-port)",
+    )
 
     serve = commands.add_parser("serve", help="serve policies to Envoy over ADS, reloading on change")
     serve.add_argument("--policies", required=True, type=Path)
@@ -83,11 +89,13 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
     serve.add_argument("--log-format", choices=("json", "console"), help="default: json unless on a terminal")
     serve.add_argument("--authz-port", type=int, help="also serve the ext_authz Check service on this port")
+    serve.add_argument("--authz-http-port", type=int, help="and its HTTP endpoint (auth_service: http)")
 
     authz = commands.add_parser("authz", help="serve only the ext_authz decision service (gRPC Check)")
     authz.add_argument("--policies", required=True, type=Path)
     authz.add_argument("--host", default="0.0.0.0")
     authz.add_argument("--port", type=int, default=9191)
+    authz.add_argument("--http-port", type=int, help="also serve the HTTP endpoint (auth_service: http)")
     authz.add_argument("--admin-port", type=int, help="/healthz, /readyz, /metrics on this port")
     authz.add_argument("--workers", type=int, default=1, help="processes sharing the port (SO_REUSEPORT)")
     authz.add_argument("--no-watch", action="store_true")
@@ -185,6 +193,7 @@ def _bootstrap(args: argparse.Namespace) -> int:
             labels=_labels(args.label),
             delta=args.delta,
             authz=args.authz,
+            authz_http=args.authz_http,
         )
     )
     return 0
@@ -202,6 +211,7 @@ def _serve(args: argparse.Namespace) -> int:
         admin_port=args.admin_port,
         watch=not args.no_watch,
         authz_port=args.authz_port,
+        authz_http_port=args.authz_http_port,
     )
     try:
         import uvloop
@@ -224,6 +234,7 @@ def _authz(args: argparse.Namespace, argv: list[str]) -> int:
         policies=args.policies,
         host=args.host,
         port=args.port,
+        http_port=args.http_port,
         admin_port=args.admin_port,
         watch=not args.no_watch,
         workers=args.workers,

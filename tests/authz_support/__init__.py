@@ -111,7 +111,16 @@ subscriptions: [{{route: orders, status: revoked}}]
 {extra}"""
 
 
-def policy_yaml(port: int, backend: str, *, failure_mode: str = "closed") -> str:
+def policy_yaml(
+    port: int,
+    backend: str,
+    *,
+    failure_mode: str = "closed",
+    auth_service: str = "grpc",
+    plugins_port: int = 0,
+) -> str:
+    """The e2e policy: gateway `public` (api keys, JWT; over ``auth_service``) and gateway
+    `plugins` (custom plugins, always gRPC)."""
     return f"""
 kind: Gateway
 name: public
@@ -119,6 +128,13 @@ port: {port}
 address: 127.0.0.1
 nodes: {{cluster: edge}}
 auth_failure_mode: {failure_mode}
+auth_service: {auth_service}
+---
+kind: Gateway
+name: plugins
+port: {plugins_port or port + 1}
+address: 127.0.0.1
+nodes: {{cluster: edge}}
 ---
 kind: Service
 name: echo
@@ -149,14 +165,14 @@ backend: echo
 ---
 kind: Route
 name: team
-gateway: public
+gateway: plugins
 match: {{prefix: /v1/team}}
 backend: echo
 auth: team-auth
 ---
 kind: Route
 name: crash
-gateway: public
+gateway: plugins
 match: {{prefix: /v1/crash}}
 backend: echo
 auth: crash-auth

@@ -124,6 +124,11 @@ class Gateway(Document):
         default="closed",
         description="Auth decision service unreachable: closed answers 503, open lets requests through.",
     )
+    auth_service: Literal["grpc", "http"] = Field(
+        default="grpc",
+        description="How Envoy asks for auth decisions: gRPC Check, or the faster HTTP endpoint "
+        "(api_key and jwt policies only; gateways with mtls or custom policies keep gRPC).",
+    )
 
     def selects(self, node_cluster: str, node_labels: Mapping[str, str]) -> bool:
         return self.nodes is None or self.nodes.matches(node_cluster, node_labels)

@@ -19,6 +19,7 @@ import yaml
 
 __all__ = [
     "AUTHZ_CLUSTER",
+    "AUTHZ_HTTP_CLUSTER",
     "BOOTSTRAP_CLUSTERS",
     "XDS_CLUSTER",
     "build_bootstrap",
@@ -32,7 +33,10 @@ XDS_CLUSTER = "waypost_xds"
 AUTHZ_CLUSTER = "waypost_authz"
 """Name of the static cluster of the ext_authz decision service (`waypost bootstrap --authz`)."""
 
-BOOTSTRAP_CLUSTERS = frozenset({XDS_CLUSTER, AUTHZ_CLUSTER})
+AUTHZ_HTTP_CLUSTER = "waypost_authz_http"
+"""The same service's HTTP/1.1 endpoint (`waypost bootstrap --authz-http`), for `auth_service: http`."""
+
+BOOTSTRAP_CLUSTERS = frozenset({XDS_CLUSTER, AUTHZ_CLUSTER, AUTHZ_HTTP_CLUSTER})
 """Clusters every waypost Envoy has from its bootstrap: compiled resources may name them."""
 
 _HTTP_PROTOCOL_OPTIONS = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
@@ -62,6 +66,7 @@ def build_bootstrap(
     labels: Mapping[str, str] | None = None,
     delta: bool = False,
     authz: tuple[str, int] | None = None,
+    authz_http: tuple[str, int] | None = None,
 ) -> dict[str, Any]:
     """Return an Envoy v3 bootstrap (as JSON-compatible data) that takes all config from waypost.
 
@@ -122,6 +127,11 @@ def build_bootstrap(
             "clusters": [
                 _xds_cluster(host, xds_port),
                 *([_grpc_cluster(AUTHZ_CLUSTER, _strip_brackets(authz[0]), authz[1])] if authz else []),
+                *(
+                    [_http_cluster(AUTHZ_HTTP_CLUSTER, _strip_brackets(authz_http[0]), authz_http[1])]
+                    if authz_http
+                    else []
+                ),
             ]
         },
         "overload_manager": {
@@ -149,6 +159,7 @@ def render_bootstrap(
     labels: Mapping[str, str] | None = None,
     delta: bool = False,
     authz: tuple[str, int] | None = None,
+    authz_http: tuple[str, int] | None = None,
 ) -> str:
     """:func:`build_bootstrap` as a YAML document, ready for ``envoy -c``."""
     data = build_bootstrap(
@@ -161,6 +172,7 @@ def render_bootstrap(
         labels=labels,
         delta=delta,
         authz=authz,
+        authz_http=authz_http,
     )
     header = (
         # repr() keeps a stray newline in an id from breaking out of the comment.
@@ -189,6 +201,13 @@ def parse_host_port(text: str) -> tuple[str, int]:
 
 def _xds_cluster(host: str, port: int) -> dict[str, Any]:
     return _grpc_cluster(XDS_CLUSTER, host, port)
+
+
+def _http_cluster(name: str, host: str, port: int) -> dict[str, Any]:
+    """A plain HTTP/1.1 cluster (the decision service's fast endpoint): kept-alive connections."""
+    cluster = _grpc_cluster(name, host, port)
+    del cluster["typed_extension_protocol_options"]
+    return cluster
 
 
 def _grpc_cluster(name: str, host: str, port: int) -> dict[str, Any]:

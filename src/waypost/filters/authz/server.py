@@ -61,6 +61,7 @@ class AuthzOptions:
     policies: Path
     host: str = "0.0.0.0"
     port: int = 9191
+    http_port: int | None = None
     admin_port: int | None = None
     watch: bool = True
     workers: int = 1
@@ -71,8 +72,8 @@ def run_authz(options: AuthzOptions, argv: list[str]) -> int:
     if options.workers <= 1:
         _run_loop(_serve_one(options))
         return 0
-    if options.port == 0:
-        print("waypost authz: --workers needs a fixed --port", file=sys.stderr)
+    if options.port == 0 or options.http_port == 0:
+        print("waypost authz: --workers needs fixed ports", file=sys.stderr)
         return 2
     children = []
     child_argv = [a for a in argv]
@@ -119,6 +120,11 @@ async def _serve_one(options: AuthzOptions) -> None:
     await runtime.reload()
     core = attach_authz(runtime)
     server, port = await start_authz_grpc(core, options.host, options.port)
+    http_server = None
+    if options.http_port is not None:
+        from waypost.filters.authz.http_service import start_authz_http
+
+        http_server, _ = await start_authz_http(core, options.host, options.http_port)
     admin = None
     if options.admin_port is not None:
         admin = AdminServer(ready=lambda: core.version is not None, status=lambda: {"version": core.version})
@@ -130,6 +136,7 @@ async def _serve_one(options: AuthzOptions) -> None:
     log.info(
         "waypost authz serving",
         port=port,
+        http_port=options.http_port,
         pid=os.getpid(),
         admin_port=admin_port if admin is not None else None,
         version=core.version,
@@ -141,4 +148,6 @@ async def _serve_one(options: AuthzOptions) -> None:
             watcher.stop()
         if admin is not None:
             await admin.close()
+        if http_server is not None:
+            http_server.close()
         await server.stop(grace=0.5)
