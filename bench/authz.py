@@ -1,11 +1,13 @@
 """Benchmark: the cost of waypost ext_authz on an API-key route, side by side with no auth.
 
-One run starts an upstream (a second Envoy answering 200 itself), `waypost serve` (xDS), `waypost authz --workers W` (the gRPC
-Check service), and one Envoy (`--concurrency 1`) bootstrapped with both. Two routes share the
-upstream: `/open` (no auth) and `/keyed` (AuthPolicy with an api_key identity). `wrk` drives each
-in turn (alternating, best of ``--rounds``, since the machine is shared and noisy) and reports
-requests/s and p50/p99; the headline is the ratio keyed/open. Then direct decisions per second:
-the decision core alone in this process, and gRPC Check round trips against one worker.
+One run starts an upstream (a second Envoy answering 200 itself), `waypost serve` (xDS),
+`waypost authz --workers W` (gRPC Check and the HTTP endpoint), and one Envoy
+(`--concurrency 1`) bootstrapped with all of them. Routes share the upstream: `/open` (no auth),
+`/keyed` on a gateway asking over gRPC and `/keyed` on a gateway with `auth_service: http`
+(AuthPolicy with an api_key identity). `wrk` drives each in turn (alternating, best of
+``--rounds``: the machine is shared and noisy) and reports requests/s and p50/p99; the headline
+is the ratio keyed/open. Then direct decisions per second: the decision core alone in this
+process, and gRPC Check round trips against the workers.
 
     .venv/bin/python bench/authz.py [--workers 2] [--duration 5] [--connections 32] [--rounds 2]
 """
@@ -44,7 +46,7 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def policy(port: int, backend_port: int) -> str:
+def policy(port: int, backend_port: int, fast_port: int = 0) -> str:
     digest = hashlib.sha256(API_KEY.encode()).hexdigest()
     return f"""
 kind: Gateway
@@ -65,6 +67,19 @@ backend: echo
 kind: Route
 name: keyed
 gateway: bench
+match: {{prefix: /keyed}}
+backend: echo
+auth: keys
+---
+kind: Gateway
+name: fast
+port: {fast_port or port + 1}
+address: 127.0.0.1
+auth_service: http
+---
+kind: Route
+name: fast-keyed
+gateway: fast
 match: {{prefix: /keyed}}
 backend: echo
 auth: keys
@@ -114,7 +129,7 @@ def wait_port(port: int, timeout: float = 20.0) -> None:
             if s.connect_ex(("127.0.0.1", port)) == 0:
                 return
         time.sleep(0.05)
-    raise TimeoutError(f"port {port} did not open")
+    raise TimeoutError(f"port {port} did not open (in {timeout}s)")
 
 
 def wrk(url: str, duration: int, connections: int, headers: dict[str, str]) -> dict[str, float]:
@@ -219,10 +234,12 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="waypost-bench-authz-"))
     POLICY_DIR = work / "policies"
     POLICY_DIR.mkdir()
-    gateway_port, backend_port, xds_port, admin_port, authz_port = (free_port() for _ in range(5))
-    (POLICY_DIR / "policy.yaml").write_text(policy(gateway_port, backend_port))
+    gateway_port, fast_port, backend_port, xds_port, admin_port, authz_port, http_port = (
+        free_port() for _ in range(7)
+    )
+    (POLICY_DIR / "policy.yaml").write_text(policy(gateway_port, backend_port, fast_port))
     env = {**os.environ, "PYTHONPATH": str(SRC)}
-    quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
+    quiet = {"stdout": subprocess.DEVNULL, "stderr": open(work / "log.txt", "ab")}  # noqa: SIM115
     procs: list[subprocess.Popen[bytes]] = []
     try:
         (work / "upstream.yaml").write_text(yaml.safe_dump(upstream_bootstrap(backend_port)))
@@ -272,6 +289,8 @@ def main() -> int:
                     "127.0.0.1",
                     "--port",
                     str(authz_port),
+                    "--http-port",
+                    str(http_port),
                     "--workers",
                     str(args.workers),
                     "--no-watch",
@@ -289,9 +308,10 @@ def main() -> int:
             xds_port=xds_port,
             admin_port=0,
             authz=("127.0.0.1", authz_port),
+            authz_http=("127.0.0.1", http_port),
         )
         (work / "envoy.yaml").write_text(yaml.safe_dump(bootstrap))
-        for port in (backend_port, xds_port, authz_port):
+        for port in (backend_port, xds_port, authz_port, http_port):
             wait_port(port)
         time.sleep(0.5)  # every worker bound
         procs.append(
@@ -310,16 +330,20 @@ def main() -> int:
             )
         )
         wait_port(gateway_port)
+        wait_port(fast_port)
         base = f"http://127.0.0.1:{gateway_port}"
+        fast = f"http://127.0.0.1:{fast_port}"
         wrk(f"{base}/open/1", 1, args.connections, {})  # warm-up
         wrk(f"{base}/keyed/1", 1, args.connections, {"x-api-key": API_KEY})
+        wrk(f"{fast}/keyed/1", 1, args.connections, {"x-api-key": API_KEY})
         best: dict[str, dict[str, float]] = {}
         for _ in range(args.rounds):
-            for name, path, headers in (
-                ("no auth", "/open/1", {}),
-                ("ext_authz", "/keyed/1", {"x-api-key": API_KEY}),
+            for name, url, headers in (
+                ("no auth", f"{base}/open/1", {}),
+                ("authz grpc", f"{base}/keyed/1", {"x-api-key": API_KEY}),
+                ("authz http", f"{fast}/keyed/1", {"x-api-key": API_KEY}),
             ):
-                result = wrk(base + path, args.duration, args.connections, headers)
+                result = wrk(url, args.duration, args.connections, headers)
                 if name not in best or result["rps"] > best[name]["rps"]:
                     best[name] = result
         grpc_rate = asyncio.run(direct_grpc(authz_port))
@@ -332,7 +356,8 @@ def main() -> int:
             except subprocess.TimeoutExpired:
                 proc.kill()
     core_rate = direct_core()
-    shutil.rmtree(work, ignore_errors=True)
+    if os.environ.get("KEEP") is None:
+        shutil.rmtree(work, ignore_errors=True)
 
     print(
         f"Envoy --concurrency 1, wrk -t1 -c{args.connections} -d{args.duration}s, best of {args.rounds}; "
@@ -344,7 +369,8 @@ def main() -> int:
             f"{name:12} {result['rps']:>10.0f} {result['p50_ms']:>8.2f} {result['p99_ms']:>8.2f} "
             f"{result['non2xx']:>8.0f}"
         )
-    print(f"ratio ext_authz / no auth: {best['ext_authz']['rps'] / best['no auth']['rps']:.2f}")
+    for name in ("authz grpc", "authz http"):
+        print(f"ratio {name} / no auth: {best[name]['rps'] / best['no auth']['rps']:.2f}")
     print(
         f"direct: decision core {core_rate:,.0f} decisions/s (one core); "
         f"gRPC Check {grpc_rate:,.0f}/s over {args.workers} worker(s)"

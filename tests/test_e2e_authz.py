@@ -17,7 +17,7 @@ import httpx
 import pytest
 
 from authz_support import KEYS, PLUGIN_DIR, Signer, consumers_yaml, key_hash, policy_yaml
-from support import EchoFactory, EnvoyProcess, WaypostProcess, async_wait_until, free_port, free_ports
+from support import EchoFactory, EnvoyProcess, WaypostProcess, async_wait_until, free_ports
 from support.procs import SRC_DIR
 from waypost.xds.bootstrap import AUTHZ_CLUSTER, AUTHZ_HTTP_CLUSTER, build_bootstrap
 
