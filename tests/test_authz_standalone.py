@@ -104,9 +104,11 @@ def test_standalone_workers_both_protocols_and_reload(tmp_path: Path) -> None:
         assert http_exchange(http_port, b"GET /elsewhere HTTP/1.1\r\nhost: x\r\n\r\n").startswith(
             b"HTTP/1.1 400"
         )
-        with pytest.raises(grpc.RpcError) as caught:
-            with grpc.insecure_channel(f"127.0.0.1:{grpc_port}") as channel:
-                channel.unary_unary("/envoy.service.auth.v3.Authorization/Check")(b"\xff\xff", timeout=5)
+        with (
+            pytest.raises(grpc.RpcError) as caught,
+            grpc.insecure_channel(f"127.0.0.1:{grpc_port}") as channel,
+        ):
+            channel.unary_unary("/envoy.service.auth.v3.Authorization/Check")(b"\xff\xff", timeout=5)
         assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
 
         # A new key committed: every worker picks it up (new connections land on either worker).
