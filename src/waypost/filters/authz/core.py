@@ -31,6 +31,7 @@ from urllib.parse import unquote
 import jwt
 
 from waypost.filters.authz.cel_env import compile_expression
+from waypost.filters.authz.decision_log import DecisionLog
 from waypost.filters.authz.jwks import KeySet, RemoteKeySet, parse_jwks
 from waypost.log import get_logger
 from waypost.metrics import AUTHZ_DECISIONS
@@ -48,6 +49,7 @@ __all__ = [
 ]
 
 log = get_logger("waypost.authz")
+_decision_log = DecisionLog()
 
 CONSUMER_HEADER = "x-waypost-consumer"
 METADATA_NAMESPACE = "envoy.filters.http.ext_authz"
@@ -679,15 +681,14 @@ class AuthzCore:
         verdict = "allow" if decision.allowed else "deny"
         if plan is not None:
             plan.count("dry_run_deny" if dry_run and decision.allowed else verdict)
-        log.info(
-            "authz decision",
-            route=request.route,
-            consumer=decision.consumer,
-            decision=verdict,
-            status=decision.status,
-            reason=decision.reason,
-            dry_run=dry_run,
-            us=(time.perf_counter_ns() - started) // 1000,
+        _decision_log(
+            request.route,
+            decision.consumer,
+            verdict,
+            decision.status,
+            decision.reason,
+            dry_run,
+            (time.perf_counter_ns() - started) // 1000,
         )
         return decision
 
