@@ -231,6 +231,7 @@ def main() -> int:
         print("wrk is not installed: make bench-deps", file=sys.stderr)
         return 2
 
+    load_before = f"{os.getloadavg()[0]:.1f}"
     work = Path(tempfile.mkdtemp(prefix="waypost-bench-authz-"))
     POLICY_DIR = work / "policies"
     POLICY_DIR.mkdir()
@@ -346,6 +347,9 @@ def main() -> int:
                 result = wrk(url, args.duration, args.connections, headers)
                 if name not in best or result["rps"] > best[name]["rps"]:
                     best[name] = result
+        direct_http = wrk(
+            f"http://127.0.0.1:{http_port}/_waypost/keyed/keyed/1", args.duration, 16, {"x-api-key": API_KEY}
+        )["rps"]
         grpc_rate = asyncio.run(direct_grpc(authz_port))
     finally:
         for proc in reversed(procs):
@@ -369,11 +373,13 @@ def main() -> int:
             f"{name:12} {result['rps']:>10.0f} {result['p50_ms']:>8.2f} {result['p99_ms']:>8.2f} "
             f"{result['non2xx']:>8.0f}"
         )
+    print(f"load average before/after: {load_before} / {os.getloadavg()[0]:.1f}")
     for name in ("authz grpc", "authz http"):
         print(f"ratio {name} / no auth: {best[name]['rps'] / best['no auth']['rps']:.2f}")
     print(
         f"direct: decision core {core_rate:,.0f} decisions/s (one core); "
-        f"gRPC Check {grpc_rate:,.0f}/s over {args.workers} worker(s)"
+        f"over {args.workers} worker(s): HTTP endpoint {direct_http:,.0f}/s (wrk -c16), "
+        f"gRPC Check {grpc_rate:,.0f}/s (Python grpc.aio client, 32 in flight)"
     )
     return 0
 
