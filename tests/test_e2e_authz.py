@@ -118,6 +118,10 @@ async def test_authz_end_to_end(
         denial(missing, 401, "missing credentials")
         assert 'ApiKey header="x-api-key"' in missing.headers["www-authenticate"]
         assert "Bearer" in missing.headers["www-authenticate"]
+        # HEAD denials (no body) leave the connection to the decision service usable.
+        for _ in range(3):
+            head = await call("/v1/orders/1", "HEAD")
+            assert head.status_code == 401 and head.content == b""
         bad_key = await call("/v1/orders/1", x_api_key="wrong")
         denial(bad_key, 401, "invalid api key")
         assert "www-authenticate" in bad_key.headers

@@ -54,13 +54,20 @@ def encode_http(decision: Decision) -> bytes:
 class _Cache:
     def __init__(self) -> None:
         self.encoded: dict[Decision, bytes] = {}
+        self.head: dict[Decision, bytes] = {}
 
-    def get(self, decision: Decision) -> bytes:
-        encoded = self.encoded.get(decision)
+    def get(self, decision: Decision, *, head: bool = False) -> bytes:
+        cache = self.head if head else self.encoded
+        encoded = cache.get(decision)
         if encoded is None:
-            if len(self.encoded) >= _CACHE_LIMIT:
-                self.encoded.clear()
-            encoded = self.encoded[decision] = encode_http(decision)
+            if len(cache) >= _CACHE_LIMIT:
+                cache.clear()
+            encoded = encode_http(decision)
+            if head:
+                # Envoy forwards the client's method: an answer to HEAD carries no body, or the
+                # connection's next answer would start inside this one.
+                encoded = encoded[: len(encoded) - len(decision.body)]
+            cache[decision] = encoded
         return encoded
 
 
@@ -113,10 +120,11 @@ class AuthzHttpProtocol(asyncio.Protocol):
             return
         route, slash, path = url[len(PATH_PREFIX) :].partition("/")
         headers = self._headers
+        method = self._parser.get_method().decode("latin-1")
         request = AuthRequest(
             route=route,
             policies=(),
-            method=self._parser.get_method().decode("latin-1"),
+            method=method,
             path=slash + path,
             headers=headers,
             host=headers.get("host", ""),
@@ -125,15 +133,15 @@ class AuthzHttpProtocol(asyncio.Protocol):
         if inspect.isawaitable(decision):
             # Rare (async plugins are compiled to gRPC); Envoy does not pipeline, order is safe.
             task = asyncio.ensure_future(decision)
-            task.add_done_callback(lambda done: self._write_later(done))
+            task.add_done_callback(lambda done: self._write_later(done, method == "HEAD"))
             return
-        transport.write(self._cache.get(decision))
+        transport.write(self._cache.get(decision, head=method == "HEAD"))
 
-    def _write_later(self, done: asyncio.Future[Decision]) -> None:
+    def _write_later(self, done: asyncio.Future[Decision], head: bool) -> None:
         if self._transport is None or self._transport.is_closing():
             return
         try:
-            self._transport.write(self._cache.get(done.result()))
+            self._transport.write(self._cache.get(done.result(), head=head))
         except Exception:
             log.exception("authz decision failed")
             self._transport.close()
