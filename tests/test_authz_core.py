@@ -9,6 +9,7 @@ import sys
 import textwrap
 from pathlib import Path
 
+import jwt
 import pytest
 from envoy.extensions.filters.http.ext_authz.v3 import ext_authz_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm_pb2
@@ -252,3 +253,26 @@ def test_keys_new_prints_key_once_and_the_hash(capsys: pytest.CaptureFixture[str
 
 def test_plugin_dir_is_importable() -> None:
     assert str(PLUGIN_DIR) in sys.path
+
+
+def test_jwks_pins_algorithms_to_key_types() -> None:
+    import json
+
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    from waypost.filters.authz.jwks import RemoteKeySet, parse_jwks
+
+    rsa_jwk = json.loads(Signer.new().jwks())["keys"][0]
+    ec_jwk = json.loads(jwt.algorithms.ECAlgorithm.to_jwk(ec.generate_private_key(ec.SECP256R1()).public_key()))
+    ec_jwk["kid"] = "ec"
+    oct_jwk = {"kty": "oct", "k": "c2VjcmV0", "kid": "hs"}
+    keys = parse_jwks(json.dumps({"keys": [rsa_jwk, {**rsa_jwk, "kid": "any-rsa", "alg": None}, ec_jwk, oct_jwk]}))
+    assert keys.find("k1").algorithms == {"RS256"}  # the JWK names its alg
+    assert "PS256" in keys.find("any-rsa").algorithms and "HS256" not in keys.find("any-rsa").algorithms
+    assert keys.find("ec").algorithms == {"ES256"}
+    assert keys.find("hs") is None  # symmetric keys are never loaded
+    assert keys.find(None) is None  # no kid and several keys: ambiguous, refused
+    with pytest.raises(ValueError):
+        parse_jwks("[]")
+    remote = RemoteKeySet("http://plain.invalid/jwks.json")  # not https: never fetched, never ready
+    assert not remote.ready and remote.find("k1") is None
