@@ -263,10 +263,12 @@ def test_jwks_pins_algorithms_to_key_types() -> None:
     from waypost.filters.authz.jwks import RemoteKeySet, parse_jwks
 
     rsa_jwk = json.loads(Signer.new().jwks())["keys"][0]
-    ec_jwk = json.loads(jwt.algorithms.ECAlgorithm.to_jwk(ec.generate_private_key(ec.SECP256R1()).public_key()))
+    ec_public = ec.generate_private_key(ec.SECP256R1()).public_key()
+    ec_jwk = json.loads(jwt.algorithms.ECAlgorithm.to_jwk(ec_public))
     ec_jwk["kid"] = "ec"
     oct_jwk = {"kty": "oct", "k": "c2VjcmV0", "kid": "hs"}
-    keys = parse_jwks(json.dumps({"keys": [rsa_jwk, {**rsa_jwk, "kid": "any-rsa", "alg": None}, ec_jwk, oct_jwk]}))
+    any_rsa = {**rsa_jwk, "kid": "any-rsa", "alg": None}
+    keys = parse_jwks(json.dumps({"keys": [rsa_jwk, any_rsa, ec_jwk, oct_jwk]}))
     assert keys.find("k1").algorithms == {"RS256"}  # the JWK names its alg
     assert "PS256" in keys.find("any-rsa").algorithms and "HS256" not in keys.find("any-rsa").algorithms
     assert keys.find("ec").algorithms == {"ES256"}
