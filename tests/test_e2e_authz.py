@@ -8,6 +8,7 @@ keys and subscriptions, and finally the decision service going away (fail closed
 from __future__ import annotations
 
 import asyncio
+import ssl
 import os
 import time
 from collections.abc import Callable
@@ -16,7 +17,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from authz_support import KEYS, PLUGIN_DIR, Signer, consumers_yaml, key_hash, policy_yaml
+from authz_support import KEYS, PLUGIN_DIR, Signer, consumers_yaml, key_hash, policy_yaml, write_pki
 from support import EchoFactory, EnvoyProcess, WaypostProcess, async_wait_until, free_ports
 from support.procs import SRC_DIR
 from waypost.xds.bootstrap import AUTHZ_CLUSTER, AUTHZ_HTTP_CLUSTER, build_bootstrap
@@ -239,3 +240,63 @@ async def test_authz_end_to_end(
         down = await client.get(f"{base}/v1/orders/1", headers={"x-api-key": dave_key})
         assert down.status_code == 503, down.text
         assert (await client.get(f"{base}/v1/public/1")).status_code == 200
+
+
+async def test_mtls_identity_through_envoy(
+    tmp_path: Path,
+    echo_backend: EchoFactory,
+    start_waypost: Callable[..., WaypostProcess],
+    envoy_factory: Callable[[int, int, int], EnvoyProcess],
+) -> None:
+    backend = await echo_backend("billing")
+    policies = tmp_path / "policies"
+    pki = write_pki(policies / "certs")
+    port, authz_port, http_port = free_ports(3)
+    (policies / "policy.yaml").write_text(f"""
+kind: Gateway
+name: secure
+port: {port}
+address: 127.0.0.1
+auth_service: http   # mtls needs the peer certificate: this gateway stays on gRPC regardless
+tls: {{cert: certs/server.pem, key: certs/server-key.pem, client_ca: certs/ca.pem}}
+---
+kind: Service
+name: billing
+endpoints: ["{backend.address}"]
+---
+kind: Route
+name: billing
+gateway: secure
+match: {{prefix: /}}
+backend: billing
+auth: certs
+---
+kind: AuthPolicy
+name: certs
+identity: [{{mtls: {{}}}}]
+rules: [{{allow: {{roles: [ops]}}}}]
+---
+kind: Consumer
+name: billing
+roles: [ops]
+""")
+    waypost = await asyncio.to_thread(
+        start_waypost, policies, args=["--authz-port", str(authz_port), "--authz-http-port", str(http_port)]
+    )
+    envoy = await asyncio.to_thread(envoy_factory, waypost.xds_port, authz_port, http_port)
+    await asyncio.to_thread(envoy.wait_for_listener, port)
+
+    def client(label: str) -> httpx.AsyncClient:
+        context = ssl.create_default_context(cafile=str(pki["ca"]))
+        context.load_cert_chain(str(pki[label]), str(pki[f"{label}-key"]))
+        return httpx.AsyncClient(trust_env=False, timeout=5, verify=context)
+
+    async with client("billing") as billing:
+        response = await billing.get(
+            f"https://127.0.0.1:{port}/invoices", headers={"x-waypost-consumer": "root"}
+        )
+        assert response.status_code == 200, response.text
+        assert response.json()["headers"]["x-waypost-consumer"] == "billing"
+    async with client("stranger") as stranger:
+        response = await stranger.get(f"https://127.0.0.1:{port}/invoices")
+        assert response.status_code == 403 and response.json()["reason"] == "no rule allows this request"

@@ -217,3 +217,64 @@ identity:
 rules:
   - allow: {{roles: [nobody]}}
 """
+
+
+def write_pki(directory: Path) -> dict[str, Path]:
+    """A CA, a server certificate for 127.0.0.1, and client certificates: `billing` (DNS SAN
+    billing) and `stranger` (URI SAN spiffe://test/stranger). Returns the PEM paths by name."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.x509.oid import NameOID
+
+    directory.mkdir(parents=True, exist_ok=True)
+    now = datetime.datetime.now(datetime.UTC)
+
+    def name(cn: str) -> x509.Name:
+        return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+
+    def key_pem(key: rsa.RSAPrivateKey) -> bytes:
+        return key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+
+    ca_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    ca = (
+        x509.CertificateBuilder()
+        .subject_name(name("waypost test CA"))
+        .issuer_name(name("waypost test CA"))
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(ca_key, hashes.SHA256())
+    )
+    paths = {"ca": directory / "ca.pem"}
+    paths["ca"].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+
+    def issue(label: str, cn: str, san: list[x509.GeneralName] | None) -> None:
+        key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        builder = (
+            x509.CertificateBuilder()
+            .subject_name(name(cn))
+            .issuer_name(ca.subject)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=1))
+        )
+        if san:
+            builder = builder.add_extension(x509.SubjectAlternativeName(san), critical=False)
+        cert = builder.sign(ca_key, hashes.SHA256())
+        paths[label] = directory / f"{label}.pem"
+        paths[f"{label}-key"] = directory / f"{label}-key.pem"
+        paths[label].write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+        paths[f"{label}-key"].write_bytes(key_pem(key))
+
+    issue("server", "127.0.0.1", [x509.IPAddress(ipaddress.ip_address("127.0.0.1"))])
+    issue("billing", "billing", [x509.DNSName("billing")])
+    issue("stranger", "stranger", [x509.UniformResourceIdentifier("spiffe://test/stranger")])
+    return paths

@@ -133,7 +133,10 @@ class ExtAuthzFeature:
         headers = _credential_headers(policies)
         if headers is not None:
             # Only credentials travel to the decision service: smaller CheckRequests, less to parse.
-            config.allowed_headers.patterns.extend(string_pb2.StringMatcher(exact=h) for h in headers)
+            # Envoy wants at least one pattern; mtls-only policies need no header but `host`.
+            config.allowed_headers.patterns.extend(
+                string_pb2.StringMatcher(exact=h) for h in headers or ["host"]
+            )
         return hcm_pb2.HttpFilter(name=EXT_AUTHZ_FILTER, typed_config=pack(config))
 
     def patch_route(self, route: Route, xds_route: route_components_pb2.Route) -> None:
