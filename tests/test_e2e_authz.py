@@ -8,8 +8,8 @@ keys and subscriptions, and finally the decision service going away (fail closed
 from __future__ import annotations
 
 import asyncio
-import ssl
 import os
+import ssl
 import time
 from collections.abc import Callable
 from pathlib import Path
