@@ -82,6 +82,18 @@ def _parser() -> argparse.ArgumentParser:
         "--label", action="append", default=[], metavar="KEY=VALUE", help="node metadata label"
     )
     bootstrap.add_argument("--delta", action="store_true", help="use incremental (delta) xDS")
+    bootstrap.add_argument(
+        "--authz",
+        type=_host_port,
+        metavar="HOST:PORT",
+        help="the ext_authz decision service (waypost serve --authz-port, or waypost authz)",
+    )
+    bootstrap.add_argument(
+        "--authz-http",
+        type=_host_port,
+        metavar="HOST:PORT",
+        help="its HTTP endpoint, for Gateways with auth_service: http (--authz-http-port / --http-port)",
+    )
 
     serve = commands.add_parser("serve", help="serve policies to Envoy over ADS, reloading on change")
     serve.add_argument("--policies", required=True, type=Path)
@@ -115,6 +127,24 @@ def _parser() -> argparse.ArgumentParser:
 
     commands.add_parser("schema", help="print the JSON Schema of policy documents (schema/*.json)")
     commands.add_parser("docs", help="print the policy reference generated from the model (docs/)")
+    serve.add_argument("--authz-port", type=int, help="also serve the ext_authz Check service on this port")
+    serve.add_argument("--authz-http-port", type=int, help="and its HTTP endpoint (auth_service: http)")
+
+    authz = commands.add_parser("authz", help="serve only the ext_authz decision service (gRPC Check)")
+    authz.add_argument("--policies", required=True, type=Path)
+    authz.add_argument("--host", default="0.0.0.0")
+    authz.add_argument("--port", type=int, default=9191)
+    authz.add_argument("--http-port", type=int, help="also serve the HTTP endpoint (auth_service: http)")
+    authz.add_argument("--admin-port", type=int, help="/healthz, /readyz, /metrics on this port")
+    authz.add_argument("--workers", type=int, default=1, help="processes sharing the port (SO_REUSEPORT)")
+    authz.add_argument("--no-watch", action="store_true")
+    authz.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
+    authz.add_argument("--log-format", choices=("json", "console"))
+
+    keys = commands.add_parser("keys", help="API keys for Consumers")
+    keys_commands = keys.add_subparsers(dest="keys_command", required=True)
+    keys_new = keys_commands.add_parser("new", help="print a fresh API key once, and the line to commit")
+    keys_new.add_argument("consumer")
     return parser
 
 
@@ -143,6 +173,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             sys.stdout.write(reference_markdown())
             return 0
+        if args.command == "authz":
+            return _authz(args, list(argv if argv is not None else sys.argv[1:]))
+        if args.command == "keys":
+            return _keys_new(args.consumer)
     except argparse.ArgumentTypeError as exc:
         print(f"waypost: {exc}", file=sys.stderr)
         return 2
@@ -220,6 +254,8 @@ def _bootstrap(args: argparse.Namespace) -> int:
             admin_address=args.admin_address,
             labels=_labels(args.label),
             delta=args.delta,
+            authz=args.authz,
+            authz_http=args.authz_http,
         )
     )
     return 0
@@ -237,6 +273,8 @@ def _serve(args: argparse.Namespace) -> int:
         admin_port=args.admin_port,
         watch=not args.no_watch,
         git_pull=args.git_pull,
+        authz_port=args.authz_port,
+        authz_http_port=args.authz_http_port,
     )
     try:
         import uvloop
@@ -244,6 +282,37 @@ def _serve(args: argparse.Namespace) -> int:
         uvloop.run(serve(options))
     except ImportError:
         asyncio.run(serve(options))
+    return 0
+
+
+def _authz(args: argparse.Namespace, argv: list[str]) -> int:
+    from waypost.filters.authz.server import AuthzOptions, run_authz
+    from waypost.log import configure_logging
+
+    configure_logging(args.log_level, json=None if args.log_format is None else args.log_format == "json")
+    if args.workers < 1:
+        raise argparse.ArgumentTypeError("--workers must be at least 1")
+    # The children re-run this command line with --workers 1 (argparse keeps the last value).
+    options = AuthzOptions(
+        policies=args.policies,
+        host=args.host,
+        port=args.port,
+        http_port=args.http_port,
+        admin_port=args.admin_port,
+        watch=not args.no_watch,
+        workers=args.workers,
+    )
+    return run_authz(options, argv)
+
+
+def _keys_new(consumer: str) -> int:
+    from waypost.filters.authz.keys import new_key
+
+    key, line = new_key(consumer)
+    print(f"API key for {consumer} (shown once; hand it to the consumer, do not commit it):")
+    print(f"  {key}")
+    print(f"Add to Consumer {consumer}'s api_keys and commit:")
+    print(f'  - "{line}"')
     return 0
 
 

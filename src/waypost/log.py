@@ -7,10 +7,16 @@ import sys
 
 import structlog
 
-__all__ = ["configure_logging", "get_logger"]
+__all__ = ["configure_logging", "generation", "get_logger"]
+
+
+_generation = 0
+"""Bumped by each :func:`configure_logging`, so fast-path writers can notice a new set-up."""
 
 
 def configure_logging(level: str = "info", *, json: bool | None = None) -> None:
+    global _generation
+    _generation += 1
     as_json = not sys.stderr.isatty() if json is None else json
     renderer: structlog.typing.Processor = (
         structlog.processors.JSONRenderer() if as_json else structlog.dev.ConsoleRenderer()
@@ -31,3 +37,7 @@ def configure_logging(level: str = "info", *, json: bool | None = None) -> None:
 
 def get_logger(name: str) -> structlog.typing.FilteringBoundLogger:
     return structlog.get_logger(name)  # type: ignore[no-any-return]
+
+
+def generation() -> int:
+    return _generation

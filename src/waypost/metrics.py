@@ -5,6 +5,7 @@ from __future__ import annotations
 from prometheus_client import Counter, Gauge, Info
 
 __all__ = [
+    "AUTHZ_DECISIONS",
     "POLICY_INFO",
     "POLICY_LOADS",
     "XDS_NACKS",
@@ -23,3 +24,9 @@ XDS_PUSHES = Counter(
     "waypost_xds_pushes_total", "xDS responses sent, by type and node group.", ["type", "group"]
 )
 XDS_NACKS = Counter("waypost_xds_nacks_total", "xDS responses Envoy rejected, by type.", ["type"])
+
+AUTHZ_DECISIONS = Counter(
+    "waypost_authz_decisions_total",
+    "ext_authz decisions, by route and decision (allow, deny, dry_run_deny).",
+    ["route", "decision"],
+)

@@ -11,7 +11,16 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Annotated, Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictInt,
+    StrictStr,
+    field_validator,
+    model_validator,
+)
 
 from waypost.policies.types import (
     Duration,
@@ -111,6 +120,15 @@ class Gateway(Document):
     address: StrictStr = "0.0.0.0"
     nodes: NodeSelector | None = Field(default=None, description="Omitted: every node.")
     tls: GatewayTLS | None = None
+    auth_failure_mode: Literal["closed", "open"] = Field(
+        default="closed",
+        description="Auth decision service unreachable: closed answers 503, open lets requests through.",
+    )
+    auth_service: Literal["grpc", "http"] = Field(
+        default="grpc",
+        description="How Envoy asks for auth decisions: gRPC Check, or the faster HTTP endpoint "
+        "(api_key and jwt policies only; gateways with mtls or custom policies keep gRPC).",
+    )
 
     def selects(self, node_cluster: str, node_labels: Mapping[str, str]) -> bool:
         return self.nodes is None or self.nodes.matches(node_cluster, node_labels)
@@ -276,7 +294,9 @@ class MtlsIdentity(Spec):
 
 
 class CustomIdentity(Spec):
-    plugin: StrictStr = Field(pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$", description="module:function")
+    plugin: StrictStr = Field(
+        pattern=r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*$", description="module:function"
+    )
     timeout: Duration = 1000
 
 
@@ -302,6 +322,16 @@ class RuleMatch(Spec):
     methods: tuple[HttpMethod, ...] = ()
     paths: tuple[StrictStr, ...] = ()
     when: StrictStr | None = Field(default=None, description="A CEL expression over request and identity.")
+
+    @field_validator("when")
+    @classmethod
+    def _cel_compiles(cls, value: str | None) -> str | None:
+        # A typo in a rule must fail at load time with file:line, never at the first request.
+        if value is not None:
+            from waypost.filters.authz.cel_env import check_expression
+
+            check_expression(value)
+        return value
 
 
 class Rule(Spec):

@@ -36,6 +36,10 @@ class ServeOptions:
     debounce: float = 0.25
     git_pull: float | None = None
     """Seconds between ``git pull --ff-only`` of the policy checkout; None: never pull."""
+    authz_port: int | None = None
+    """Serve the ext_authz Check service on this port (None: not at all)."""
+    authz_http_port: int | None = None
+    """Serve the decision core's HTTP endpoint (Gateways with ``auth_service: http``) here."""
 
 
 def build_status(runtime: PolicyRuntime, ads: AdsServer) -> dict[str, Any]:
@@ -87,6 +91,19 @@ async def serve(options: ServeOptions, *, stop: asyncio.Event | None = None) -> 
     xds_port = grpc_server.add_insecure_port(f"{options.host}:{options.xds_port}")
     await grpc_server.start()
 
+    authz_server = authz_http = None
+    if options.authz_port is not None or options.authz_http_port is not None:
+        from waypost.filters.authz.http_service import start_authz_http
+        from waypost.filters.authz.server import attach_authz, start_authz_grpc
+
+        core = attach_authz(runtime)
+        if options.authz_port is not None:
+            authz_server, authz_port = await start_authz_grpc(core, options.host, options.authz_port)
+            log.info("ext_authz serving", authz_port=authz_port)
+        if options.authz_http_port is not None:
+            authz_http, http_port = await start_authz_http(core, options.host, options.authz_http_port)
+            log.info("ext_authz http serving", authz_http_port=http_port)
+
     admin = AdminServer(ready=lambda: runtime.current is not None, status=lambda: build_status(runtime, ads))
     dashboard = Dashboard(lambda: build_status(runtime, ads))
     dashboard.install(admin)
@@ -118,4 +135,8 @@ async def serve(options: ServeOptions, *, stop: asyncio.Event | None = None) -> 
         if watcher is not None:
             watcher.stop()
         await admin.close()
+        if authz_http is not None:
+            authz_http.close()
+        if authz_server is not None:
+            await authz_server.stop(grace=0.5)
         await grpc_server.stop(grace=1)

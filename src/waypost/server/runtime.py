@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -48,6 +49,17 @@ class PolicyRuntime:
         self.git_pull: dict[str, Any] | None = None
         """The last ``--git-pull`` result, written by :class:`~waypost.server.gitpull.GitPuller`."""
         self._lock = asyncio.Lock()
+        self._listeners: list[Callable[[CompiledPolicy], None]] = []
+
+    def add_listener(self, listener: Callable[[CompiledPolicy], None]) -> None:
+        """Call ``listener`` with every version applied from now on (and the current one, if any).
+
+        Listeners run on the event loop right after the commit, so decision services swap to a
+        version at the moment Envoy starts receiving it.
+        """
+        self._listeners.append(listener)
+        if self.current is not None:
+            listener(self.current)
 
     @property
     def current(self) -> CompiledPolicy | None:
@@ -78,6 +90,11 @@ class PolicyRuntime:
                 log.exception("policy compilation failed")
                 return self._fail([f"{self.directory}: internal error while compiling: {exc}"], git)
             self.cache.commit(prepared)
+            for listener in self._listeners:
+                try:
+                    listener(compiled)
+                except Exception:  # one consumer's bug must not hide the version from the others
+                    log.exception("policy listener failed", version=compiled.version)
             self.last_failure = None
             self.applied_at = time.time()
             POLICY_LOADS.labels("applied").inc()

@@ -18,6 +18,9 @@ from typing import Any
 import yaml
 
 __all__ = [
+    "AUTHZ_CLUSTER",
+    "AUTHZ_HTTP_CLUSTER",
+    "BOOTSTRAP_CLUSTERS",
     "XDS_CLUSTER",
     "build_bootstrap",
     "parse_host_port",
@@ -26,6 +29,15 @@ __all__ = [
 
 XDS_CLUSTER = "waypost_xds"
 """Name of the static cluster that carries the ADS stream to waypost."""
+
+AUTHZ_CLUSTER = "waypost_authz"
+"""Name of the static cluster of the ext_authz decision service (`waypost bootstrap --authz`)."""
+
+AUTHZ_HTTP_CLUSTER = "waypost_authz_http"
+"""The same service's HTTP/1.1 endpoint (`waypost bootstrap --authz-http`), for `auth_service: http`."""
+
+BOOTSTRAP_CLUSTERS = frozenset({XDS_CLUSTER, AUTHZ_CLUSTER, AUTHZ_HTTP_CLUSTER})
+"""Clusters every waypost Envoy has from its bootstrap: compiled resources may name them."""
 
 _HTTP_PROTOCOL_OPTIONS = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
 
@@ -53,13 +65,16 @@ def build_bootstrap(
     admin_address: str = "127.0.0.1",
     labels: Mapping[str, str] | None = None,
     delta: bool = False,
+    authz: tuple[str, int] | None = None,
+    authz_http: tuple[str, int] | None = None,
 ) -> dict[str, Any]:
     """Return an Envoy v3 bootstrap (as JSON-compatible data) that takes all config from waypost.
 
     ``xds_host`` may be an IP address (the cluster is STATIC) or a host name (STRICT_DNS, e.g.
     ``waypost`` inside docker compose). ``admin_port`` 0 lets Envoy pick a port (read it back
     with ``envoy --admin-address-path``). ``delta`` selects incremental xDS (DELTA_GRPC) instead of
-    state-of-the-world.
+    state-of-the-world. ``authz`` (host, port) adds the cluster of the ext_authz decision
+    service (`waypost serve --authz-port` or `waypost authz`), which gateways with AuthPolicies use.
     """
     if not node_id:
         raise ValueError("node_id must not be empty")
@@ -108,7 +123,17 @@ def build_bootstrap(
             "cds_config": {"ads": {}, "resource_api_version": "V3"},
             "lds_config": {"ads": {}, "resource_api_version": "V3"},
         },
-        "static_resources": {"clusters": [_xds_cluster(host, xds_port)]},
+        "static_resources": {
+            "clusters": [
+                _xds_cluster(host, xds_port),
+                *([_grpc_cluster(AUTHZ_CLUSTER, _strip_brackets(authz[0]), authz[1])] if authz else []),
+                *(
+                    [_http_cluster(AUTHZ_HTTP_CLUSTER, _strip_brackets(authz_http[0]), authz_http[1])]
+                    if authz_http
+                    else []
+                ),
+            ]
+        },
         "overload_manager": {
             "resource_monitors": [
                 {
@@ -133,6 +158,8 @@ def render_bootstrap(
     admin_address: str = "127.0.0.1",
     labels: Mapping[str, str] | None = None,
     delta: bool = False,
+    authz: tuple[str, int] | None = None,
+    authz_http: tuple[str, int] | None = None,
 ) -> str:
     """:func:`build_bootstrap` as a YAML document, ready for ``envoy -c``."""
     data = build_bootstrap(
@@ -144,6 +171,8 @@ def render_bootstrap(
         admin_address=admin_address,
         labels=labels,
         delta=delta,
+        authz=authz,
+        authz_http=authz_http,
     )
     header = (
         # repr() keeps a stray newline in an id from breaking out of the comment.
@@ -171,14 +200,25 @@ def parse_host_port(text: str) -> tuple[str, int]:
 
 
 def _xds_cluster(host: str, port: int) -> dict[str, Any]:
+    return _grpc_cluster(XDS_CLUSTER, host, port)
+
+
+def _http_cluster(name: str, host: str, port: int) -> dict[str, Any]:
+    """A plain HTTP/1.1 cluster (the decision service's fast endpoint): kept-alive connections."""
+    cluster = _grpc_cluster(name, host, port)
+    del cluster["typed_extension_protocol_options"]
+    return cluster
+
+
+def _grpc_cluster(name: str, host: str, port: int) -> dict[str, Any]:
     cluster: dict[str, Any] = {
-        "name": XDS_CLUSTER,
+        "name": name,
         # An IP needs no resolver; a name (compose service, k8s Service) is re-resolved, so a
         # control plane that moves to a new address is followed.
         "type": "STATIC" if _is_ip(host) else "STRICT_DNS",
         "connect_timeout": "1s",
         "load_assignment": {
-            "cluster_name": XDS_CLUSTER,
+            "cluster_name": name,
             "endpoints": [{"lb_endpoints": [{"endpoint": {"address": _socket_address(host, port)}}]}],
         },
         # ADS is gRPC, so the stream must be HTTP/2. The keepalive PINGs notice a control plane

@@ -13,8 +13,9 @@ import json
 from typing import Any
 
 import yaml
-from google.protobuf import json_format
+from google.protobuf import any_pb2, json_format, message, symbol_database
 
+from waypost.xds.bootstrap import AUTHZ_CLUSTER, build_bootstrap
 from waypost.xds.compiler import NodeResources
 from waypost.xds.types import TypeUrl
 
@@ -41,11 +42,50 @@ def render_resources(resources: NodeResources, *, redact: bool = True) -> dict[s
                     json_format.MessageToDict(resources[type_url][name], preserving_proto_field_name=True)
                 )
             )
+            _sort_maps(resources[type_url][name], data)
             if type_url is TypeUrl.SECRET and redact:
                 _redact_secret(data)
             items.append(data)
         rendered[section] = items
     return rendered
+
+
+def _sort_maps(msg: message.Message, data: Any) -> None:
+    """Order protobuf map entries by key: map iteration order is per process, and renders (golden
+    files above all) must not change from one run to the next."""
+    if not isinstance(data, dict):
+        return
+    if isinstance(msg, any_pb2.Any):
+        inner = _unpack_any(msg)
+        if inner is not None:
+            _sort_maps(inner, data)
+        return
+    for field, value in msg.ListFields():
+        key = field.name
+        if key not in data:
+            continue
+        if field.message_type is not None and field.message_type.GetOptions().map_entry:
+            value_field = field.message_type.fields_by_name["value"]
+            if value_field.message_type is not None:
+                for map_key, item in value.items():
+                    _sort_maps(item, data[key].get(str(map_key)))
+            data[key] = dict(sorted(data[key].items()))
+        elif field.message_type is not None:
+            if field.is_repeated:
+                for item, item_data in zip(value, data[key], strict=False):
+                    _sort_maps(item, item_data)
+            else:
+                _sort_maps(value, data[key])
+
+
+def _unpack_any(packed: any_pb2.Any) -> message.Message | None:
+    try:
+        cls = symbol_database.Default().GetSymbol(packed.TypeName())
+    except KeyError:
+        return None
+    inner = cls()
+    packed.Unpack(inner)
+    return inner
 
 
 def _redact_secret(secret: dict[str, Any]) -> None:
@@ -86,6 +126,13 @@ def static_bootstrap(resources: NodeResources, *, admin_port: int = 0) -> dict[s
             service = cluster.pop("eds_cluster_config").get("service_name") or cluster["name"]
             cluster["load_assignment"] = endpoints.get(service, {"cluster_name": cluster["name"]})
         clusters.append(cluster)
+    if any(AUTHZ_CLUSTER in json.dumps(listener) for listener in listeners):
+        # Envoys get this one from their bootstrap (`waypost bootstrap --authz`), not from CDS.
+        clusters.append(
+            build_bootstrap(
+                node_id="v", node_cluster="v", xds_host="127.0.0.1", xds_port=1, authz=("127.0.0.1", 1)
+            )["static_resources"]["clusters"][1]
+        )
     return {
         "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": admin_port}}},
         "static_resources": {

@@ -16,6 +16,7 @@ from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.route.v3 import route_pb2
 from google.protobuf import any_pb2, message, symbol_database
 
+from waypost.xds.bootstrap import BOOTSTRAP_CLUSTERS
 from waypost.xds.types import TypeUrl
 
 __all__ = [
@@ -148,6 +149,11 @@ class Snapshot:
             assert isinstance(msg, route_pb2.RouteConfiguration)
             route_refs.walk_route_configuration(msg)
         refs.merge(route_refs)
+        # Clusters from Envoy's bootstrap (the decision service) are there without CDS: never
+        # missing, and never ours to keep or remove.
+        listener_clusters -= BOOTSTRAP_CLUSTERS
+        route_refs.clusters -= BOOTSTRAP_CLUSTERS
+        refs.clusters -= BOOTSTRAP_CLUSTERS
         snapshot = cls(
             policy_version=policy_version,
             group=group,

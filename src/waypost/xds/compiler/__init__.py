@@ -76,10 +76,11 @@ def compile_policy(policy: PolicySet) -> CompiledPolicy:
     for route in policy.routes.values():
         routes_by_gateway[route.gateway].append(route)
 
+    bound_features = [f.bind(policy) if hasattr(f, "bind") else f for f in HTTP_FEATURES]
     gateways: dict[str, GatewayResources] = {}
     for name, gateway in sorted(policy.gateways.items()):
         routes = sorted(routes_by_gateway[name], key=lambda r: r.name)
-        features = [f for f in HTTP_FEATURES if f.applies(gateway, routes)]
+        features = [f for f in bound_features if f.applies(gateway, routes)]
         gateways[name] = GatewayResources(
             listener=build_listener(gateway, [f.http_filter(gateway, routes) for f in features]),
             route_config=build_route_configuration(gateway, routes, policy.services, features),

@@ -15,6 +15,7 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import http_con
 
 from waypost.policies.model import Gateway, Route
 from waypost.xds.compiler.cors import CorsFeature
+from waypost.xds.compiler.ext_authz import ExtAuthzFeature, IdentityHeadersFeature
 
 __all__ = ["HTTP_FEATURES", "HttpFeature"]
 
@@ -35,4 +36,12 @@ class HttpFeature(Protocol):
         ...
 
 
-HTTP_FEATURES: tuple[HttpFeature, ...] = (CorsFeature(),)
+HTTP_FEATURES: tuple[HttpFeature, ...] = (
+    # First, so nothing downstream (ext_authz included) ever sees a forged x-waypost-* header.
+    IdentityHeadersFeature(),
+    # Before ext_authz: Envoy answers CORS preflights without asking for credentials.
+    CorsFeature(),
+    ExtAuthzFeature(),
+)
+"""In filter-chain order. A feature with a ``bind(policy)`` method is bound to each policy
+version before use (for settings that depend on other documents than the gateway's routes)."""

@@ -67,7 +67,9 @@ def _downstream_tls(gateway: Gateway) -> base_pb2.TransportSocket:
     )
     context = tls_pb2.DownstreamTlsContext(common_tls_context=common)
     if gateway.tls.client_ca is not None:
-        common.validation_context_sds_secret_config.CopyFrom(
+        # The constructor copied `common`: set the CA on the context's own copy, or client
+        # certificates would be required but never verified against it.
+        context.common_tls_context.validation_context_sds_secret_config.CopyFrom(
             secret_pb2.SdsSecretConfig(name=secret_name_ca(gateway.name), sds_config=ads_source())
         )
         context.require_client_certificate.value = True
