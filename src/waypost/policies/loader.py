@@ -45,7 +45,7 @@ from yaml.events import (
 )
 
 from waypost.policies.diagnostics import Diagnostic, PolicyError
-from waypost.policies.model import KINDS, AuthPolicy, Document, Gateway, PolicySet, SourceRef
+from waypost.policies.model import KINDS, AuthPolicy, Document, Gateway, PolicySet, Service, SourceRef
 from waypost.policies.types import HEADER_NAME_PATTERN, NAME_PATTERN, PrivateBytes
 from waypost.policies.validate import Entry, Loc, validate
 
@@ -653,6 +653,11 @@ def _file_refs(document: Document) -> Iterator[_FileRef]:
         yield _FileRef(("tls", "key"), document.tls.key, "private key")
         if document.tls.client_ca is not None:
             yield _FileRef(("tls", "client_ca"), document.tls.client_ca, "certificate")
+    elif isinstance(document, Service) and document.tls is not None:
+        yield _FileRef(("tls", "ca"), document.tls.ca, "certificate")
+        if document.tls.cert is not None and document.tls.key is not None:
+            yield _FileRef(("tls", "cert"), document.tls.cert, "certificate")
+            yield _FileRef(("tls", "key"), document.tls.key, "private key")
     elif isinstance(document, AuthPolicy):
         for index, source in enumerate(document.identity):
             if source.jwt is not None:

@@ -79,6 +79,7 @@ def static_bootstrap(resources: NodeResources, *, admin_port: int = 0) -> dict[s
     listeners = [_inline_listener(copy.deepcopy(listener), routes) for listener in rendered["listeners"]]
     clusters = []
     for cluster in copy.deepcopy(rendered["clusters"]):
+        _strip_sds_sources(cluster.get("transport_socket", {}))
         if cluster.get("type") == "EDS":
             cluster["type"] = "STATIC"
             service = cluster.pop("eds_cluster_config").get("service_name") or cluster["name"]

@@ -7,16 +7,28 @@ comes last and is not a feature.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Protocol
+
+from envoy.config.cluster.v3 import cluster_pb2
 
 from envoy.config.route.v3 import route_components_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm_pb2
 
 from waypost.policies.model import Gateway, Route
+from waypost.xds.compiler.cache import CacheFeature
+from waypost.xds.compiler.compression import CompressionFeature
 from waypost.xds.compiler.cors import CorsFeature
+from waypost.xds.compiler.fault import FaultFeature
+from waypost.xds.compiler.observability import patch_hcm_observability, tracing_clusters
+from waypost.xds.compiler.protection import (
+    BodyLimitFeature,
+    GatewayDenyFeature,
+    RouteDenyFeature,
+    patch_hcm_limits,
+)
 
-__all__ = ["HTTP_FEATURES", "HttpFeature"]
+__all__ = ["GATEWAY_CLUSTERS", "HCM_HOOKS", "HTTP_FEATURES", "HttpFeature"]
 
 
 class HttpFeature(Protocol):
@@ -35,4 +47,24 @@ class HttpFeature(Protocol):
         ...
 
 
-HTTP_FEATURES: tuple[HttpFeature, ...] = (CorsFeature(),)
+HTTP_FEATURES: tuple[HttpFeature, ...] = (
+    # Cheap refusals first: a denied or oversized request costs nothing further.
+    GatewayDenyFeature(),
+    RouteDenyFeature(),
+    BodyLimitFeature(),
+    FaultFeature(),
+    CorsFeature(),
+    # Compressors sit before the cache, so the cache stores identity bodies and every hit is
+    # compressed for the client that asks.
+    CompressionFeature("brotli"),
+    CompressionFeature("zstd"),
+    CompressionFeature("gzip"),
+    CacheFeature(),
+)
+
+HcmHook = Callable[[Gateway, hcm_pb2.HttpConnectionManager], None]
+HCM_HOOKS: tuple[HcmHook, ...] = (patch_hcm_limits, patch_hcm_observability)
+"""Gateway features that are connection-manager settings rather than HTTP filters."""
+
+GATEWAY_CLUSTERS: tuple[Callable[[Gateway], Sequence[cluster_pb2.Cluster]], ...] = (tracing_clusters,)
+"""Clusters a Gateway needs for itself (e.g. a tracing collector), beside its Routes' Services."""
