@@ -56,6 +56,7 @@ async def test_tls_to_upstream_with_sni_ca_and_client_cert(
     client_pair = ca.issue("gateway.internal", client=True)
     policies = tmp_path / "policies"
     port = free_port()
+    client_tls = f"cert: certs/{client_pair.cert.name}, key: certs/{client_pair.key.name}"
     base = f"""
 kind: Gateway
 name: public
@@ -65,12 +66,12 @@ address: 127.0.0.1
 kind: Service
 name: payments
 endpoints: ["{backend.address}"]
-tls: {{ca: certs/ca.pem, sni: payments.internal, cert: certs/{client_pair.cert.name}, key: certs/{client_pair.key.name}}}
+tls: {{ca: certs/ca.pem, sni: payments.internal, {client_tls}}}
 ---
 kind: Service
 name: wrong-name
 endpoints: ["{backend.address}"]
-tls: {{ca: certs/ca.pem, sni: other.internal, cert: certs/{client_pair.cert.name}, key: certs/{client_pair.key.name}}}
+tls: {{ca: certs/ca.pem, sni: other.internal, {client_tls}}}
 ---
 kind: Service
 name: no-client-cert

@@ -155,7 +155,9 @@ class EchoServer:
         return f"{host}:{self.port}"
 
     async def _listen(self, port: int) -> None:
-        self._server = await asyncio.start_server(self._serve_connection, self.host, port, ssl=self.ssl_context)
+        self._server = await asyncio.start_server(
+            self._serve_connection, self.host, port, ssl=self.ssl_context
+        )
         self.port = self._server.sockets[0].getsockname()[1]
 
     async def close(self) -> None:

@@ -25,11 +25,11 @@ from waypost.policies.types import (
 
 __all__ = [
     "KINDS",
+    "AbortFault",
     "AuthPolicy",
     "Backend",
-    "Consumer",
-    "AbortFault",
     "Compression",
+    "Consumer",
     "Cors",
     "DelayFault",
     "DenyRule",
@@ -122,7 +122,8 @@ class Compression(Spec):
     algorithms: tuple[CompressionAlgorithm, ...] = Field(default=("gzip",), min_length=1)
     min_bytes: NonNegativeInt = Field(default=1024, description="Smaller responses are sent as they are.")
     content_types: tuple[StrictStr, ...] = Field(
-        default=(), description="Media types to compress; empty: Envoy's text, JSON, JS, XML and SVG defaults."
+        default=(),
+        description="Media types to compress; empty: Envoy's text, JSON, JS, XML and SVG defaults.",
     )
 
 

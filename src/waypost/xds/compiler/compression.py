@@ -51,7 +51,9 @@ class CompressionFeature:
         settings = self._settings(gateway)
         library_name, library = _LIBRARIES[self.algorithm]
         config = compressor_pb2.Compressor(
-            compressor_library=extension_pb2.TypedExtensionConfig(name=library_name, typed_config=pack(library)),
+            compressor_library=extension_pb2.TypedExtensionConfig(
+                name=library_name, typed_config=pack(library)
+            ),
             response_direction_config=compressor_pb2.Compressor.ResponseDirectionConfig(
                 common_config=compressor_pb2.Compressor.CommonDirectionConfig(
                     min_content_length=wrappers_pb2.UInt32Value(value=settings.min_bytes),

@@ -69,14 +69,18 @@ def _tracing(gateway: Gateway) -> hcm_pb2.HttpConnectionManager.Tracing:
     assert gateway.tracing is not None
     provider = opentelemetry_pb2.OpenTelemetryConfig(
         grpc_service=grpc_service_pb2.GrpcService(
-            envoy_grpc=grpc_service_pb2.GrpcService.EnvoyGrpc(cluster_name=tracing_cluster_name(gateway.name)),
+            envoy_grpc=grpc_service_pb2.GrpcService.EnvoyGrpc(
+                cluster_name=tracing_cluster_name(gateway.name)
+            ),
             timeout=duration(1000),
         ),
         service_name=gateway.tracing.service_name or gateway.name,
     )
     return hcm_pb2.HttpConnectionManager.Tracing(
         random_sampling=percent_pb2.Percent(value=gateway.tracing.sampling),
-        provider=http_tracer_pb2.Tracing.Http(name="envoy.tracers.opentelemetry", typed_config=pack(provider)),
+        provider=http_tracer_pb2.Tracing.Http(
+            name="envoy.tracers.opentelemetry", typed_config=pack(provider)
+        ),
         spawn_upstream_span=wrappers_pb2.BoolValue(value=True),
     )
 
@@ -125,7 +129,7 @@ def tracing_clusters(gateway: Gateway) -> list[cluster_pb2.Cluster]:
             http2_protocol_options=protocol_pb2.Http2ProtocolOptions()
         )
     )
-    cluster.typed_extension_protocol_options["envoy.extensions.upstreams.http.v3.HttpProtocolOptions"].CopyFrom(
-        pack(options)
-    )
+    cluster.typed_extension_protocol_options[
+        "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
+    ].CopyFrom(pack(options))
     return [cluster]

@@ -25,7 +25,13 @@ from google.protobuf import wrappers_pb2
 from waypost.policies.model import DenyRule, Gateway, Route
 from waypost.xds.compiler.pb import duration, pack
 
-__all__ = ["BodyLimitFeature", "GatewayDenyFeature", "RouteDenyFeature", "build_deny_rbac", "patch_hcm_limits"]
+__all__ = [
+    "BodyLimitFeature",
+    "GatewayDenyFeature",
+    "RouteDenyFeature",
+    "build_deny_rbac",
+    "patch_hcm_limits",
+]
 
 BUFFER_FILTER = "envoy.filters.http.buffer"
 GATEWAY_RBAC_FILTER = "envoy.filters.http.rbac"
@@ -57,7 +63,9 @@ class BodyLimitFeature:
         assert gateway.limits is not None and gateway.limits.max_request_bytes is not None
         # The buffer filter answers 413 as soon as content-length (or the bytes received) pass
         # the limit, before the upstream sees anything.
-        config = buffer_pb2.Buffer(max_request_bytes=wrappers_pb2.UInt32Value(value=gateway.limits.max_request_bytes))
+        config = buffer_pb2.Buffer(
+            max_request_bytes=wrappers_pb2.UInt32Value(value=gateway.limits.max_request_bytes)
+        )
         return hcm_pb2.HttpFilter(name=BUFFER_FILTER, typed_config=pack(config))
 
     def patch_route(self, route: Route, xds_route: route_components_pb2.Route) -> None:
@@ -74,7 +82,9 @@ def _rule_permission(rule: DenyRule) -> rbac_pb2.Permission:
         conditions.append(
             rbac_pb2.Permission(
                 or_rules=rbac_pb2.Permission.Set(
-                    rules=[rbac_pb2.Permission(url_path=path_pb2.PathMatcher(path=_regex(p))) for p in rule.paths]
+                    rules=[
+                        rbac_pb2.Permission(url_path=path_pb2.PathMatcher(path=_regex(p))) for p in rule.paths
+                    ]
                 )
             )
         )
@@ -138,5 +148,7 @@ class RouteDenyFeature:
 
     def patch_route(self, route: Route, xds_route: route_components_pb2.Route) -> None:
         if route.deny:
-            per_route = rbac_filter_pb2.RBACPerRoute(rbac=rbac_filter_pb2.RBAC(rules=build_deny_rbac(route.deny)))
+            per_route = rbac_filter_pb2.RBACPerRoute(
+                rbac=rbac_filter_pb2.RBAC(rules=build_deny_rbac(route.deny))
+            )
             xds_route.typed_per_filter_config[ROUTE_RBAC_FILTER].CopyFrom(pack(per_route))

@@ -160,7 +160,9 @@ def _build_action(route: Route, services: Mapping[str, Service]) -> rc_pb2.Route
         action.request_mirror_policies.append(
             rc_pb2.RouteAction.RequestMirrorPolicy(
                 cluster=cluster_name(route.mirror.service),
-                runtime_fraction=base_pb2.RuntimeFractionalPercent(default_value=percent(route.mirror.percent)),
+                runtime_fraction=base_pb2.RuntimeFractionalPercent(
+                    default_value=percent(route.mirror.percent)
+                ),
             )
         )
     if any(services[b.service].protocol == "grpc" for b in backends if b.service in services):
