@@ -104,14 +104,14 @@ name: chaos-abort
 gateway: public
 match: {{prefix: /chaos/abort}}
 backend: alpha
-fault: {{abort: {{status: 418, percent: 100}}}}
+fault_injection: {{abort: {{status: 418, percent: 100}}}}
 ---
 kind: Route
 name: chaos-delay
 gateway: public
 match: {{prefix: /chaos/delay}}
 backend: alpha
-fault: {{delay: {{duration: 50ms, percent: 100}}}}
+fault_injection: {{delay: {{duration: 50ms, percent: 100}}}}
 """
 
 

@@ -351,7 +351,7 @@ class Route(Document):
     cache: StrictBool = Field(default=False, description="Cache responses in Envoy per Cache-Control.")
     deny: tuple[DenyRule, ...] = ()
     mirror: Mirror | None = None
-    fault: Fault | None = None
+    fault_injection: Fault | None = None
     auth: Name | tuple[Name, ...] = ()
     rate_limit: Name | tuple[Name, ...] = ()
 

@@ -43,9 +43,31 @@ def render_resources(resources: NodeResources, *, redact: bool = True) -> dict[s
             )
             if type_url is TypeUrl.SECRET and redact:
                 _redact_secret(data)
-            items.append(data)
+            items.append(_sort_maps(data))
         rendered[section] = items
     return rendered
+
+
+# Protobuf map fields (and Struct) iterate in an order that changes from run to run; rendered
+# output must not, so their keys are sorted. Message fields keep their declaration order.
+_MAP_FIELDS = frozenset(
+    {
+        "typed_per_filter_config",
+        "policies",
+        "typed_extension_protocol_options",
+        "json_format",
+        "filter_metadata",
+    }
+)
+
+
+def _sort_maps(node: Any, in_map: bool = False) -> Any:
+    if isinstance(node, dict):
+        keys = sorted(node) if in_map else list(node)
+        return {key: _sort_maps(node[key], key in _MAP_FIELDS) for key in keys}
+    if isinstance(node, list):
+        return [_sort_maps(item) for item in node]
+    return node
 
 
 def _redact_secret(secret: dict[str, Any]) -> None:

@@ -1,4 +1,4 @@
-"""Route.fault -> Envoy's fault filter: delay and/or abort a share of a route's requests.
+"""Route.fault_injection -> Envoy's fault filter: delay and/or abort a share of a route's requests.
 
 The filter in the chain injects nothing; each faulty route carries its own HTTPFault config.
 """
@@ -39,11 +39,11 @@ class FaultFeature:
     filter_name = FILTER_NAME
 
     def applies(self, gateway: Gateway, routes: Sequence[Route]) -> bool:
-        return any(route.fault is not None for route in routes)
+        return any(route.fault_injection is not None for route in routes)
 
     def http_filter(self, gateway: Gateway, routes: Sequence[Route]) -> hcm_pb2.HttpFilter:
         return hcm_pb2.HttpFilter(name=FILTER_NAME, typed_config=pack(fault_pb2.HTTPFault()))
 
     def patch_route(self, route: Route, xds_route: route_components_pb2.Route) -> None:
-        if route.fault is not None:
-            xds_route.typed_per_filter_config[FILTER_NAME].CopyFrom(pack(build_fault(route.fault)))
+        if route.fault_injection is not None:
+            xds_route.typed_per_filter_config[FILTER_NAME].CopyFrom(pack(build_fault(route.fault_injection)))
