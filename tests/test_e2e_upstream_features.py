@@ -163,6 +163,7 @@ name: public
 port: {port}
 address: 127.0.0.1
 tracing: {{collector: "127.0.0.1:{otel_port}", service_name: edge-under-test}}
+deny: [{{paths: ["/helloworld.Greeter/Admin.*"]}}]
 ---
 kind: Service
 name: greeter
@@ -203,6 +204,9 @@ backend: gone
             with pytest.raises(grpc.aio.AioRpcError) as down:
                 await channel.unary_unary("/gone.Service/Call")(b"", timeout=5)
             assert down.value.code() == grpc.StatusCode.UNAVAILABLE
+            with pytest.raises(grpc.aio.AioRpcError) as denied:
+                await channel.unary_unary("/helloworld.Greeter/AdminReset")(b"", timeout=5)
+            assert denied.value.code() == grpc.StatusCode.PERMISSION_DENIED  # Envoy's RBAC 403
             with pytest.raises(grpc.aio.AioRpcError) as unrouted:
                 await channel.unary_unary("/unknown.Service/Call")(b"", timeout=5)
             assert unrouted.value.code() == grpc.StatusCode.UNIMPLEMENTED  # Envoy's 404

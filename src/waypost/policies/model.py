@@ -121,6 +121,9 @@ class Compression(Spec):
 
     algorithms: tuple[CompressionAlgorithm, ...] = Field(default=("gzip",), min_length=1)
     min_bytes: NonNegativeInt = Field(default=1024, description="Smaller responses are sent as they are.")
+    level: Literal["fastest", "balanced", "smallest"] = Field(
+        default="fastest", description="CPU against size; fastest suits small, dynamic API responses."
+    )
     content_types: tuple[StrictStr, ...] = Field(
         default=(),
         description="Media types to compress; empty: Envoy's text, JSON, JS, XML and SVG defaults.",

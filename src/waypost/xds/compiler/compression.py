@@ -24,11 +24,29 @@ from waypost.xds.compiler.pb import pack
 
 __all__ = ["CompressionFeature"]
 
-_LIBRARIES: dict[str, tuple[str, message.Message]] = {
-    "gzip": ("envoy.compression.gzip.compressor", gzip_pb2.Gzip()),
-    "brotli": ("envoy.compression.brotli.compressor", brotli_pb2.Brotli()),
-    "zstd": ("envoy.compression.zstd.compressor", zstd_pb2.Zstd()),
+_GZIP = gzip_pb2.Gzip
+# Per level: gzip level, brotli quality (0-11), zstd level (1-22). "fastest" is what nginx
+# defaults to for gzip (level 1): on small API responses higher levels cost CPU for little gain.
+_LEVELS = {
+    "fastest": (_GZIP.BEST_SPEED, 1, 1),
+    "balanced": (_GZIP.DEFAULT_COMPRESSION, 5, 3),
+    "smallest": (_GZIP.BEST_COMPRESSION, 11, 19),
 }
+
+
+def _library(algorithm: str, level: str) -> tuple[str, message.Message]:
+    gzip_level, brotli_quality, zstd_level = _LEVELS[level]
+    if algorithm == "gzip":
+        return "envoy.compression.gzip.compressor", gzip_pb2.Gzip(compression_level=gzip_level)
+    if algorithm == "brotli":
+        return "envoy.compression.brotli.compressor", brotli_pb2.Brotli(
+            quality=wrappers_pb2.UInt32Value(value=brotli_quality)
+        )
+    return "envoy.compression.zstd.compressor", zstd_pb2.Zstd(
+        compression_level=wrappers_pb2.UInt32Value(value=zstd_level)
+    )
+
+
 _DEFAULT = Compression()
 
 
@@ -49,7 +67,7 @@ class CompressionFeature:
 
     def http_filter(self, gateway: Gateway, routes: Sequence[Route]) -> hcm_pb2.HttpFilter:
         settings = self._settings(gateway)
-        library_name, library = _LIBRARIES[self.algorithm]
+        library_name, library = _library(self.algorithm, settings.level)
         config = compressor_pb2.Compressor(
             compressor_library=extension_pb2.TypedExtensionConfig(
                 name=library_name, typed_config=pack(library)
