@@ -76,7 +76,7 @@ RetryOn = Literal[
 PositiveInt = Annotated[StrictInt, Field(ge=1)]
 NonNegativeInt = Annotated[StrictInt, Field(ge=0)]
 StringMap = dict[StrictStr, StrictStr]
-Percent = Annotated[float, Field(ge=0, le=100, allow_inf_nan=False)]
+Percent = Annotated[float, Field(strict=True, ge=0, le=100, allow_inf_nan=False)]
 CompressionAlgorithm = Literal["gzip", "brotli", "zstd"]
 
 
