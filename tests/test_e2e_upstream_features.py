@@ -108,8 +108,12 @@ endpoints: ["{backend.address}"]
 class _Greeter(grpc.GenericRpcHandler):
     """/helloworld.Greeter/SayHello echoes the request bytes; Fail answers NOT_FOUND."""
 
+    def __init__(self) -> None:
+        self.metadata: list[dict[str, str | bytes]] = []
+
     def service(self, details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler | None:
         async def say_hello(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+            self.metadata.append(dict(context.invocation_metadata() or ()))
             return b"hello " + request
 
         async def fail(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
@@ -151,7 +155,8 @@ async def test_grpc_routing_status_mapping_and_tracing(
     start_waypost: Callable[..., WaypostProcess],
     start_envoy: Callable[..., EnvoyProcess],
 ) -> None:
-    greeter, greeter_port = await _grpc_server(_Greeter())
+    greeter_handler = _Greeter()
+    greeter, greeter_port = await _grpc_server(greeter_handler)
     collector = _Collector()
     otel, otel_port = await _grpc_server(collector)
     port, dead_port = free_port(), free_port()
@@ -218,6 +223,9 @@ backend: gone
         await async_wait_until(exported, timeout=15)
         assert any(b"helloworld.Greeter" in body for body in collector.exports)
         assert (envoy.stat("cluster.public/otel.upstream_rq_total") or 0) >= 1
+        # The trace context travels upstream (W3C traceparent), so the backend's spans join it.
+        assert len(greeter_handler.metadata) == 6
+        assert all("traceparent" in metadata for metadata in greeter_handler.metadata)
     finally:
         await greeter.stop(None)
         await otel.stop(None)
