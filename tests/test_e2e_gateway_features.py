@@ -26,8 +26,27 @@ pytestmark = pytest.mark.e2e
 APP = "https://app.example.com"
 
 
-def policy_text(port: int, alpha: EchoServer, beta: EchoServer) -> str:
+def policy_text(port: int, alpha: EchoServer, beta: EchoServer, port2: int) -> str:
     return f"""
+kind: Gateway
+name: compressing
+port: {port2}
+address: 127.0.0.1
+compression: {{algorithms: [zstd, brotli, gzip], min_bytes: 100, content_types: [application/json]}}
+---
+kind: Route
+name: everything-compressed
+gateway: compressing
+match: {{prefix: /}}
+backend: alpha
+---
+kind: Route
+name: never-compressed
+gateway: compressing
+match: {{prefix: /raw}}
+backend: alpha
+compression: false
+---
 kind: Gateway
 name: public
 port: {port}
@@ -118,6 +137,7 @@ fault_injection: {{delay: {{duration: 50ms, percent: 100}}}}
 @dataclass
 class Stack:
     port: int
+    port2: int
     alpha: EchoServer
     beta: EchoServer
     waypost: WaypostProcess
@@ -136,14 +156,15 @@ async def stack(
     start_envoy: Callable[..., EnvoyProcess],
 ) -> Stack:
     alpha, beta = await echo_backend("alpha"), await echo_backend("beta")
-    port = free_port()
+    port, port2 = free_port(), free_port()
     policies = tmp_path / "policies"
     policies.mkdir()
-    (policies / "policy.yaml").write_text(policy_text(port, alpha, beta))
+    (policies / "policy.yaml").write_text(policy_text(port, alpha, beta, port2))
     waypost = await asyncio.to_thread(start_waypost, policies)
     envoy = await asyncio.to_thread(start_envoy, xds_port=waypost.xds_port, node_cluster="edge")
     await asyncio.to_thread(envoy.wait_for_listener, port)
-    return Stack(port, alpha, beta, waypost, envoy)
+    await asyncio.to_thread(envoy.wait_for_listener, port2)
+    return Stack(port, port2, alpha, beta, waypost, envoy)
 
 
 def client() -> httpx.AsyncClient:
@@ -191,6 +212,15 @@ async def test_compression_by_accept_encoding_and_size(stack: Stack) -> None:
         plain = await http.get(f"{stack.base}/plain/big", headers={"accept-encoding": "gzip", **pad})
         assert "content-encoding" not in plain.headers
 
+        # A Gateway's `compression`: every route, the client's preferred algorithm among those
+        # enabled, its own min_bytes; `compression: false` opts a route out.
+        base2 = f"http://127.0.0.1:{stack.port2}"
+        for accept, expected in (("br", "br"), ("zstd", "zstd"), ("gzip;q=1, br;q=0.5", "gzip")):
+            response = await http.get(f"{base2}/x", headers={"accept-encoding": accept})
+            assert response.headers.get("content-encoding") == expected, (accept, response.headers)
+        raw = await http.get(f"{base2}/raw/x", headers={"accept-encoding": "gzip"})
+        assert "content-encoding" not in raw.headers
+
 
 async def test_cache_honours_cache_control(stack: Stack) -> None:
     async with client() as http:
@@ -207,6 +237,11 @@ async def test_cache_honours_cache_control(stack: Stack) -> None:
         for _ in range(2):
             assert (await http.get(f"{stack.base}/cached/b", headers=no_store)).status_code == 200
         assert [r.path for r in stack.alpha.requests].count("/cached/b") == 2
+
+        # A request with credentials is never answered from the shared cache.
+        for _ in range(2):
+            await http.get(f"{stack.base}/cached/private", headers={**cacheable, "authorization": "Bearer t"})
+        assert [r.path for r in stack.alpha.requests].count("/cached/private") == 2
 
         # Routes without `cache: true` never cache, whatever the upstream says.
         for _ in range(2):
