@@ -18,6 +18,7 @@ import pytest
 
 from support import EchoServer, EnvoyProcess, WaypostProcess, async_wait_until, free_port, start_echo
 from support.certs import TestCA
+from support.greeter_proto import descriptor_set, message_class
 
 pytestmark = pytest.mark.e2e
 
@@ -105,8 +106,11 @@ endpoints: ["{backend.address}"]
 # --- gRPC ----------------------------------------------------------------------------------------
 
 
+HelloRequest, HelloReply = message_class("HelloRequest"), message_class("HelloReply")
+
+
 class _Greeter(grpc.GenericRpcHandler):
-    """/helloworld.Greeter/SayHello echoes the request bytes; Fail answers NOT_FOUND."""
+    """/helloworld.Greeter/SayHello answers "hello <name>"; Fail answers NOT_FOUND."""
 
     def __init__(self) -> None:
         self.metadata: list[dict[str, str | bytes]] = []
@@ -114,7 +118,10 @@ class _Greeter(grpc.GenericRpcHandler):
     def service(self, details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler | None:
         async def say_hello(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
             self.metadata.append(dict(context.invocation_metadata() or ()))
-            return b"hello " + request
+            name = HelloRequest.FromString(request).name  # type: ignore[attr-defined]
+            if name == "nobody":
+                await context.abort(grpc.StatusCode.NOT_FOUND, "no such greeting")
+            return HelloReply(message=f"hello {name}").SerializeToString()
 
         async def fail(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
             await context.abort(grpc.StatusCode.NOT_FOUND, "no such greeting")
@@ -162,6 +169,7 @@ async def test_grpc_routing_status_mapping_and_tracing(
     port, dead_port = free_port(), free_port()
     policies = tmp_path / "policies"
     policies.mkdir()
+    (policies / "helloworld.pb").write_bytes(descriptor_set())
     (policies / "policy.yaml").write_text(f"""
 kind: Gateway
 name: public
@@ -186,6 +194,7 @@ name: greeter
 gateway: public
 match: {{prefix: /helloworld.Greeter/}}
 backend: greeter
+grpc_json: {{descriptor: helloworld.pb, services: [helloworld.Greeter]}}
 ---
 kind: Route
 name: gone
@@ -197,8 +206,10 @@ backend: gone
         envoy = await _start_stack(policies, start_waypost, start_envoy, port)
         async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
             say_hello = channel.unary_unary("/helloworld.Greeter/SayHello")
+            request = HelloRequest(name="waypost").SerializeToString()
             for _ in range(6):
-                assert await say_hello(b"waypost", timeout=5) == b"hello waypost"
+                reply = HelloReply.FromString(await say_hello(request, timeout=5))
+                assert reply.message == "hello waypost"  # type: ignore[attr-defined]
 
             # The upstream's own status passes through untouched.
             with pytest.raises(grpc.aio.AioRpcError) as failed:
@@ -216,6 +227,15 @@ backend: gone
                 await channel.unary_unary("/unknown.Service/Call")(b"", timeout=5)
             assert unrouted.value.code() == grpc.StatusCode.UNIMPLEMENTED  # Envoy's 404
 
+        # The same route serves JSON clients: Envoy transcodes to gRPC and back.
+        async with httpx.AsyncClient(trust_env=False, timeout=5) as client:
+            url = f"http://127.0.0.1:{port}/helloworld.Greeter/SayHello"
+            answer = await client.post(url, json={"name": "json"})
+            assert answer.status_code == 200 and answer.json() == {"message": "hello json"}
+            missing = await client.post(url, json={"name": "nobody"})
+            assert missing.status_code == 404  # gRPC NOT_FOUND, as HTTP
+            assert missing.headers["grpc-status"] == "5"
+
         # Spans reach the collector over the cluster compiled for it, named as configured.
         async def exported() -> bool:
             return any(b"edge-under-test" in body for body in collector.exports)
@@ -224,7 +244,7 @@ backend: gone
         assert any(b"helloworld.Greeter" in body for body in collector.exports)
         assert (envoy.stat("cluster.public/otel.upstream_rq_total") or 0) >= 1
         # The trace context travels upstream (W3C traceparent), so the backend's spans join it.
-        assert len(greeter_handler.metadata) == 6
+        assert len(greeter_handler.metadata) == 8
         assert all("traceparent" in metadata for metadata in greeter_handler.metadata)
     finally:
         await greeter.stop(None)

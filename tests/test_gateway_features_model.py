@@ -106,3 +106,20 @@ def test_examples_stay_valid_and_mirror_cluster_is_sent(
     assert problems(tmp_path, monkeypatch, text) == []
     compiled = compile_policy(load_policies("policies"))
     assert compiled.gateways["public"].clusters == {"orders", "shadow"}
+
+
+def test_grpc_json_descriptor_is_checked(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from support.greeter_proto import descriptor_set
+
+    (tmp_path / "policies").mkdir()
+    (tmp_path / "policies" / "api.pb").write_bytes(descriptor_set())
+    (tmp_path / "policies" / "junk.pb").write_bytes(b"\xff\xff not a descriptor")
+    ok = route("grpc_json: {descriptor: api.pb, services: [helloworld.Greeter]}\n")
+    assert problems(tmp_path, monkeypatch, ok) == []
+    missing = route("grpc_json: {descriptor: api.pb, services: [helloworld.Greeter, shop.Cart]}\n")
+    assert problems(tmp_path, monkeypatch, missing) == [
+        "policies/p.yaml:14: Route r: grpc_json.services: shop.Cart not in 'api.pb'"
+    ]
+    junk = route("grpc_json: {descriptor: junk.pb, services: [helloworld.Greeter]}\n")
+    found = problems(tmp_path, monkeypatch, junk)
+    assert len(found) == 1 and "'junk.pb' is not a protobuf descriptor set" in found[0], found

@@ -38,6 +38,7 @@ __all__ = [
     "Gateway",
     "GatewayLimits",
     "GatewayTLS",
+    "GrpcJson",
     "HeaderMutation",
     "HealthCheck",
     "IdentitySource",
@@ -335,6 +336,15 @@ class Fault(Spec):
         return self
 
 
+class GrpcJson(Spec):
+    """Serve JSON/HTTP clients from a gRPC backend: Envoy transcodes each call both ways."""
+
+    descriptor: StrictStr = Field(
+        description="FileDescriptorSet of the API (protoc --include_imports --descriptor_set_out)."
+    )
+    services: tuple[StrictStr, ...] = Field(min_length=1, description="Fully qualified gRPC services.")
+
+
 class Route(Document):
     kind: Literal["Route"] = "Route"
     gateway: Name
@@ -355,6 +365,7 @@ class Route(Document):
     deny: tuple[DenyRule, ...] = ()
     mirror: Mirror | None = None
     fault_injection: Fault | None = None
+    grpc_json: GrpcJson | None = None
     auth: Name | tuple[Name, ...] = ()
     rate_limit: Name | tuple[Name, ...] = ()
 

@@ -84,9 +84,10 @@ def compile_policy(policy: PolicySet) -> CompiledPolicy:
 
     gateways: dict[str, GatewayResources] = {}
     clusters: dict[str, cluster_pb2.Cluster] = {}
+    available = [f.with_policy(policy) if hasattr(f, "with_policy") else f for f in HTTP_FEATURES]
     for name, gateway in sorted(policy.gateways.items()):
         routes = sorted(routes_by_gateway[name], key=lambda r: r.name)
-        features = [f for f in HTTP_FEATURES if f.applies(gateway, routes)]
+        features = [f for f in available if f.applies(gateway, routes)]
         own_clusters = [c for build in GATEWAY_CLUSTERS for c in build(gateway)]
         clusters.update((c.name, c) for c in own_clusters)
         gateways[name] = GatewayResources(

@@ -19,6 +19,7 @@ from waypost.xds.compiler.cache import CacheFeature
 from waypost.xds.compiler.compression import CompressionFeature
 from waypost.xds.compiler.cors import CorsFeature
 from waypost.xds.compiler.fault import FaultFeature
+from waypost.xds.compiler.grpc_json import GrpcJsonFeature
 from waypost.xds.compiler.observability import patch_hcm_observability, tracing_clusters
 from waypost.xds.compiler.protection import (
     BodyLimitFeature,
@@ -46,6 +47,11 @@ class HttpFeature(Protocol):
         ...
 
 
+# A feature may also define `with_policy(policy) -> HttpFeature`: the compiler then uses the
+# instance it returns, for features that need more of the policy than a gateway and its routes
+# (e.g. the files a route names).
+
+
 HTTP_FEATURES: tuple[HttpFeature, ...] = (
     # Cheap refusals first: a denied or oversized request costs nothing further.
     GatewayDenyFeature(),
@@ -59,6 +65,7 @@ HTTP_FEATURES: tuple[HttpFeature, ...] = (
     CompressionFeature("zstd"),
     CompressionFeature("gzip"),
     CacheFeature(),
+    GrpcJsonFeature(),
 )
 
 HcmHook = Callable[[Gateway, hcm_pb2.HttpConnectionManager], None]
