@@ -61,6 +61,7 @@ _CORS = (
 VARIANTS: dict[str, tuple[str, str]] = {
     "bare": ("", ""),
     "features": ("access_log: true\n" + _DENY_GATEWAY, _CORS + "compression: true\n" + _DENY_ROUTE),
+    "features, no gzip": ("access_log: true\n" + _DENY_GATEWAY, _CORS + _DENY_ROUTE),
     "cors only": ("", _CORS),
     "deny only": (_DENY_GATEWAY, _DENY_ROUTE),
     "access log only": ("access_log: true\n", ""),
@@ -69,7 +70,7 @@ VARIANTS: dict[str, tuple[str, str]] = {
 
 
 def gateway_name(variant: str) -> str:
-    return variant.replace(" ", "-")
+    return variant.replace(",", "").replace(" ", "-")
 
 
 def policy(variants: dict[str, int], upstream_port: int) -> str:
@@ -236,7 +237,7 @@ def main() -> None:
         rate, cpu = statistics.median(rates[variant]), statistics.median(per_cpu[variant])
         shown = ", ".join(f"{v:.0f}" for v in rates[variant])
         print(
-            f"  {variant:16s} {rate:6.0f} req/s ({rate / bare_rate:.2f} of bare; runs {shown})   "
+            f"  {variant:17s} {rate:6.0f} req/s ({rate / bare_rate:.2f} of bare; runs {shown})   "
             f"{cpu:6.0f} req per gateway CPU-second ({cpu / bare_cpu:.2f} of bare)"
         )
     print(f"  goal: features >= 0.80 of bare; {logged} access log lines written")
