@@ -64,6 +64,8 @@ HTTP_FEATURES: tuple[HttpFeature, ...] = (
     CompressionFeature("brotli"),
     CompressionFeature("zstd"),
     CompressionFeature("gzip"),
+    # The cache answers hits itself, skipping every filter after it: it must stay after any
+    # filter that authenticates, authorizes or rate-limits a request.
     CacheFeature(),
     GrpcJsonFeature(),
 )
