@@ -26,6 +26,7 @@ import asyncio
 import contextlib
 import json
 import signal
+import ssl
 import sys
 from collections import deque
 from collections.abc import Callable, Coroutine
@@ -123,9 +124,13 @@ class _Collector:
 class EchoServer:
     """A running echo backend. Use :func:`start_echo` to make one."""
 
-    def __init__(self, name: str, host: str, *, access_log: bool = False) -> None:
+    def __init__(
+        self, name: str, host: str, *, access_log: bool = False, ssl_context: ssl.SSLContext | None = None
+    ) -> None:
         self.name = name
         self.host = host
+        self.ssl_context = ssl_context
+        """When set, the backend speaks HTTPS (TLS with this server context) instead of HTTP."""
         self.port = 0
         self.requests: list[EchoRequest] = []
         """Every request received, in arrival order (recorded before any delay or answer)."""
@@ -140,7 +145,8 @@ class EchoServer:
     @property
     def url(self) -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"http://{host}:{self.port}"
+        scheme = "https" if self.ssl_context is not None else "http"
+        return f"{scheme}://{host}:{self.port}"
 
     @property
     def address(self) -> str:
@@ -149,7 +155,9 @@ class EchoServer:
         return f"{host}:{self.port}"
 
     async def _listen(self, port: int) -> None:
-        self._server = await asyncio.start_server(self._serve_connection, self.host, port)
+        self._server = await asyncio.start_server(
+            self._serve_connection, self.host, port, ssl=self.ssl_context
+        )
         self.port = self._server.sockets[0].getsockname()[1]
 
     async def close(self) -> None:
@@ -198,7 +206,7 @@ class EchoServer:
                     request, keep_alive = collector.done.popleft()
                     if not await self._answer(request, writer, keep_alive):
                         return
-        except (ConnectionError, asyncio.IncompleteReadError):
+        except (ConnectionError, asyncio.IncompleteReadError, ssl.SSLError):
             return  # the client went away (e.g. Envoy gave up after a timeout): nothing to answer
         except asyncio.CancelledError:
             # Our own close(): end normally, because asyncio (3.11) logs a spurious error for a
@@ -278,13 +286,20 @@ class EchoServer:
 
 
 async def start_echo(
-    name: str, host: str = "127.0.0.1", port: int = 0, *, access_log: bool = False
+    name: str,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    *,
+    access_log: bool = False,
+    ssl_context: ssl.SSLContext | None = None,
 ) -> EchoServer:
     """Start an echo backend answering as ``name``; ``port`` 0 picks a free port (see ``.port``).
 
+    With ``ssl_context`` (a server-side context) it answers over HTTPS, e.g. as a TLS upstream.
+
     Raises ``OSError`` (``errno.EADDRINUSE``) when the port is taken.
     """
-    server = EchoServer(name, host, access_log=access_log)
+    server = EchoServer(name, host, access_log=access_log, ssl_context=ssl_context)
     await server._listen(port)
     return server
 

@@ -30,6 +30,8 @@ from urllib.parse import urlsplit
 
 import annotated_types
 import yaml
+from google.protobuf import descriptor_pb2
+from google.protobuf.message import DecodeError
 from pydantic import BaseModel, ValidationError
 from pydantic.fields import FieldInfo
 from yaml.events import (
@@ -45,7 +47,7 @@ from yaml.events import (
 )
 
 from waypost.policies.diagnostics import Diagnostic, PolicyError
-from waypost.policies.model import KINDS, AuthPolicy, Document, Gateway, PolicySet, SourceRef
+from waypost.policies.model import KINDS, AuthPolicy, Document, Gateway, PolicySet, Route, Service, SourceRef
 from waypost.policies.types import HEADER_NAME_PATTERN, NAME_PATTERN, PrivateBytes
 from waypost.policies.validate import Entry, Loc, validate
 
@@ -653,6 +655,13 @@ def _file_refs(document: Document) -> Iterator[_FileRef]:
         yield _FileRef(("tls", "key"), document.tls.key, "private key")
         if document.tls.client_ca is not None:
             yield _FileRef(("tls", "client_ca"), document.tls.client_ca, "certificate")
+    elif isinstance(document, Service) and document.tls is not None:
+        yield _FileRef(("tls", "ca"), document.tls.ca, "certificate")
+        if document.tls.cert is not None and document.tls.key is not None:
+            yield _FileRef(("tls", "cert"), document.tls.cert, "certificate")
+            yield _FileRef(("tls", "key"), document.tls.key, "private key")
+    elif isinstance(document, Route) and document.grpc_json is not None:
+        yield _FileRef(("grpc_json", "descriptor"), document.grpc_json.descriptor, "descriptor")
     elif isinstance(document, AuthPolicy):
         for index, source in enumerate(document.identity):
             if source.jwt is not None:
@@ -668,6 +677,8 @@ def _content_problem(what: str, shown: str, data: bytes) -> str | None:
         if not (isinstance(parsed, dict) and isinstance(parsed.get("keys"), list)):
             return f"{shown} is not a JWKS file: expected a JSON object with a 'keys' list"
         return None
+    if what == "descriptor":
+        return _descriptor_problem(shown, data)
     if b"-----BEGIN" not in data:
         return f"{shown} is not a PEM file (no '-----BEGIN' line)"
     if what == "private key" and b"PRIVATE KEY-----" not in data:
@@ -675,6 +686,27 @@ def _content_problem(what: str, shown: str, data: bytes) -> str | None:
     if what == "certificate" and b"-----BEGIN CERTIFICATE-----" not in data:
         return f"{shown} holds no PEM certificate ('-----BEGIN CERTIFICATE-----')"
     return None
+
+
+def _descriptor_problem(shown: str, data: bytes) -> str | None:
+    descriptors = descriptor_pb2.FileDescriptorSet()
+    try:
+        descriptors.ParseFromString(data)
+    except (DecodeError, RuntimeWarning, ValueError):
+        descriptors.Clear()
+    if not descriptors.file:
+        return f"{shown} is not a protobuf descriptor set (protoc --include_imports --descriptor_set_out)"
+    return None
+
+
+def _missing_grpc_services(route: Route, data: bytes) -> list[str]:
+    descriptors = descriptor_pb2.FileDescriptorSet.FromString(data)
+    defined = {
+        f"{file.package}.{service.name}" if file.package else service.name
+        for file in descriptors.file
+        for service in file.service
+    }
+    return [name for name in (route.grpc_json.services if route.grpc_json else ()) if name not in defined]
 
 
 # --- The load ------------------------------------------------------------------------------------
@@ -815,6 +847,14 @@ class _Load:
                 if problem is not None:
                     line = entry.source.line_of(ref.loc)
                     self.fail(entry.source.path, line, _at(ref.loc, problem), entry.kind, entry.name)
+                elif ref.what == "descriptor" and isinstance(entry.document, Route):
+                    # Envoy refuses a transcoder naming a service its descriptor lacks.
+                    missing = _missing_grpc_services(entry.document, self.files[ref.value])
+                    if missing:
+                        loc = ("grpc_json", "services")
+                        message = f"{', '.join(missing)} not in '{ref.value}'"
+                        line = entry.source.line_of(loc)
+                        self.fail(entry.source.path, line, _at(loc, message), entry.kind, entry.name)
 
     def read_reference(self, ref: _FileRef, cache: dict[str, bytes | str]) -> str | None:
         shown = f"'{ref.value}'"

@@ -34,17 +34,25 @@ from waypost.policies.types import (
 
 __all__ = [
     "KINDS",
+    "AbortFault",
     "AuthPolicy",
     "Backend",
+    "Compression",
     "Consumer",
     "Cors",
+    "DelayFault",
+    "DenyRule",
     "Document",
+    "Fault",
     "Gateway",
+    "GatewayLimits",
     "GatewayTLS",
+    "GrpcJson",
     "HeaderMutation",
     "HealthCheck",
     "IdentitySource",
     "Limit",
+    "Mirror",
     "NodeSelector",
     "PolicySet",
     "RateLimitPolicy",
@@ -53,7 +61,9 @@ __all__ = [
     "RouteMatch",
     "Rule",
     "Service",
+    "ServiceTLS",
     "SourceRef",
+    "Tracing",
 ]
 
 HttpMethod = Literal["GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH"]
@@ -76,6 +86,8 @@ RetryOn = Literal[
 PositiveInt = Annotated[StrictInt, Field(ge=1)]
 NonNegativeInt = Annotated[StrictInt, Field(ge=0)]
 StringMap = dict[StrictStr, StrictStr]
+Percent = Annotated[float, Field(strict=True, ge=0, le=100, allow_inf_nan=False)]
+CompressionAlgorithm = Literal["gzip", "brotli", "zstd"]
 
 
 class Spec(BaseModel):
@@ -114,6 +126,58 @@ class GatewayTLS(Spec):
     )
 
 
+class Compression(Spec):
+    """Response compression, negotiated with the client's accept-encoding."""
+
+    algorithms: tuple[CompressionAlgorithm, ...] = Field(default=("gzip",), min_length=1)
+    min_bytes: NonNegativeInt = Field(default=1024, description="Smaller responses are sent as they are.")
+    level: Literal["fastest", "balanced", "smallest"] = Field(
+        default="fastest", description="CPU against size; fastest suits small, dynamic API responses."
+    )
+    content_types: tuple[StrictStr, ...] = Field(
+        default=(),
+        description="Media types to compress; empty: Envoy's text, JSON, JS, XML and SVG defaults.",
+    )
+
+
+class DenyRule(Spec):
+    """Requests this rule matches are refused with 403 by Envoy itself (no call to waypost).
+
+    A rule matches when the path matches one of ``paths`` (if given) and every header of
+    ``headers`` matches (if given). Patterns are RE2 regular expressions matched against the
+    whole value (the path without its query string).
+    """
+
+    paths: tuple[StrictStr, ...] = ()
+    headers: dict[HeaderName, StrictStr] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _something_to_match(self) -> Self:
+        if not self.paths and not self.headers:
+            raise ValueError("a deny rule needs paths, headers or both")
+        return self
+
+
+class GatewayLimits(Spec):
+    """Request limits every route of a gateway enforces, before any upstream is involved."""
+
+    max_request_bytes: PositiveInt | None = Field(default=None, description="Larger bodies get 413.")
+    max_request_headers_kb: Annotated[StrictInt, Field(ge=1, le=8192)] | None = Field(
+        default=None, description="Larger request headers get 431 (Envoy's default is 60 KiB)."
+    )
+    methods: tuple[HttpMethod, ...] = Field(default=(), description="Allowed methods; others get 403.")
+    idle_timeout: Duration | None = Field(default=None, description="Close a connection idle this long.")
+    max_connection_duration: Duration | None = None
+
+
+class Tracing(Spec):
+    """Send OpenTelemetry spans of every request to an OTLP/gRPC collector."""
+
+    collector: EndpointField = Field(description="host:port of an OTLP gRPC collector.")
+    service_name: StrictStr | None = Field(default=None, description="Default: the Gateway's name.")
+    sampling: Percent = 100.0
+
+
 class Gateway(Document):
     kind: Literal["Gateway"] = "Gateway"
     port: Port
@@ -129,6 +193,11 @@ class Gateway(Document):
         description="How Envoy asks for auth decisions: gRPC Check, or the faster HTTP endpoint "
         "(api_key and jwt policies only; gateways with mtls or custom policies keep gRPC).",
     )
+    limits: GatewayLimits | None = None
+    deny: tuple[DenyRule, ...] = ()
+    compression: Compression | None = Field(default=None, description="Compress every route's responses.")
+    access_log: StrictBool = Field(default=False, description="One JSON line per request on Envoy's stdout.")
+    tracing: Tracing | None = None
 
     def selects(self, node_cluster: str, node_labels: Mapping[str, str]) -> bool:
         return self.nodes is None or self.nodes.matches(node_cluster, node_labels)
@@ -159,6 +228,23 @@ class OutlierDetection(Spec):
     max_ejection_percent: Annotated[StrictInt, Field(ge=0, le=100)] = 10
 
 
+class ServiceTLS(Spec):
+    """Originate TLS to the endpoints: verify them against ``ca``, optionally present a client cert."""
+
+    ca: StrictStr = Field(description="PEM CA bundle the upstream certificate must chain to.")
+    sni: StrictStr | None = Field(
+        default=None, description="Server name sent and required in the certificate's SAN."
+    )
+    cert: StrictStr | None = Field(default=None, description="PEM client certificate (mTLS).")
+    key: StrictStr | None = Field(default=None, description="PEM private key of cert.")
+
+    @model_validator(mode="after")
+    def _cert_with_key(self) -> Self:
+        if (self.cert is None) != (self.key is None):
+            raise ValueError("cert and key go together: give both or neither")
+        return self
+
+
 class Service(Document):
     kind: Literal["Service"] = "Service"
     endpoints: tuple[EndpointField, ...] = Field(min_length=1)
@@ -168,6 +254,7 @@ class Service(Document):
     health_check: HealthCheck | None = None
     circuit_breaker: CircuitBreaker | None = None
     outlier_detection: OutlierDetection | None = None
+    tls: ServiceTLS | None = None
 
     @property
     def uses_dns(self) -> bool:
@@ -237,6 +324,45 @@ class Cors(Spec):
     credentials: StrictBool = False
 
 
+class Mirror(Spec):
+    """Copy a share of requests to another Service; its answers are discarded."""
+
+    service: Name
+    percent: Percent = 100.0
+
+
+class DelayFault(Spec):
+    duration: Duration
+    percent: Percent = 100.0
+
+
+class AbortFault(Spec):
+    status: Annotated[StrictInt, Field(ge=200, le=599)]
+    percent: Percent = 100.0
+
+
+class Fault(Spec):
+    """Fault injection for chaos drills: delay and/or fail a share of requests at the gateway."""
+
+    delay: DelayFault | None = None
+    abort: AbortFault | None = None
+
+    @model_validator(mode="after")
+    def _some_fault(self) -> Self:
+        if self.delay is None and self.abort is None:
+            raise ValueError("fault needs delay, abort or both")
+        return self
+
+
+class GrpcJson(Spec):
+    """Serve JSON/HTTP clients from a gRPC backend: Envoy transcodes each call both ways."""
+
+    descriptor: StrictStr = Field(
+        description="FileDescriptorSet of the API (protoc --include_imports --descriptor_set_out)."
+    )
+    services: tuple[StrictStr, ...] = Field(min_length=1, description="Fully qualified gRPC services.")
+
+
 class Route(Document):
     kind: Literal["Route"] = "Route"
     gateway: Name
@@ -250,6 +376,14 @@ class Route(Document):
     request_headers: HeaderMutation | None = None
     response_headers: HeaderMutation | None = None
     cors: Cors | None = None
+    compression: StrictBool | None = Field(
+        default=None, description="true: compress (Gateway settings or defaults); false: never."
+    )
+    cache: StrictBool = Field(default=False, description="Cache responses in Envoy per Cache-Control.")
+    deny: tuple[DenyRule, ...] = ()
+    mirror: Mirror | None = None
+    fault_injection: Fault | None = None
+    grpc_json: GrpcJson | None = None
     auth: Name | tuple[Name, ...] = ()
     rate_limit: Name | tuple[Name, ...] = ()
 
@@ -264,6 +398,14 @@ class Route(Document):
     @property
     def weighted_backends(self) -> tuple[Backend, ...]:
         return self.backends if self.backends is not None else (Backend(service=self.backend or ""),)
+
+    @property
+    def services(self) -> tuple[str, ...]:
+        """Every Service this route sends traffic to, mirrors included."""
+        names = [b.service for b in self.weighted_backends]
+        if self.mirror is not None:
+            names.append(self.mirror.service)
+        return tuple(dict.fromkeys(names))
 
     @property
     def auth_policies(self) -> tuple[str, ...]:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from waypost.policies.diagnostics import Diagnostic
-from waypost.policies.model import Consumer, Document, Gateway, NodeSelector, Route
+from waypost.policies.model import Consumer, DenyRule, Document, Gateway, NodeSelector, Route
 
 __all__ = ["Entry", "Loc", "Source", "regex_problem", "validate"]
 
@@ -121,6 +121,8 @@ def _check_references(
                 expect(entry, ("backend",), document.backend, "Service")
             for index, backend in enumerate(document.backends or ()):
                 expect(entry, ("backends", index, "service"), backend.service, "Service")
+            if document.mirror is not None:
+                expect(entry, ("mirror", "service"), document.mirror.service, "Service")
             expect_names(entry, "auth", document.auth, "AuthPolicy")
             expect_names(entry, "rate_limit", document.rate_limit, "RateLimitPolicy")
         elif isinstance(document, Consumer):
@@ -240,6 +242,7 @@ def _check_routes(entries: Sequence[Entry], out: list[Diagnostic]) -> None:
         route = entry.document
         if not isinstance(route, Route):
             continue
+        _check_deny_patterns(entry, route.deny, out)
         match = route.match
         if match.regex is not None:
             problem = regex_problem(match.regex)
@@ -266,6 +269,17 @@ def _check_routes(entries: Sequence[Entry], out: list[Diagnostic]) -> None:
                 )
 
 
+def _check_deny_patterns(entry: Entry, rules: Sequence[DenyRule], out: list[Diagnostic]) -> None:
+    for index, rule in enumerate(rules):
+        for at, pattern in [(("paths", i), p) for i, p in enumerate(rule.paths)] + [
+            (("headers", name), p) for name, p in rule.headers.items()
+        ]:
+            problem = regex_problem(pattern)
+            if problem is not None:
+                loc = ("deny", index, *at)
+                out.append(_error(entry, loc, f"{_field(loc)}: {problem}"))
+
+
 def _selectors_disjoint(a: NodeSelector | None, b: NodeSelector | None) -> bool:
     """True only when no node can match both: a proof of disjointness, not a guess."""
     if a is None or b is None:
@@ -289,6 +303,7 @@ def _check_gateways(entries: Sequence[Entry], out: list[Diagnostic]) -> None:
         gateway = entry.document
         if not isinstance(gateway, Gateway):
             continue
+        _check_deny_patterns(entry, gateway.deny, out)
         address = _normal_address(gateway.address)
         if address is None:
             out.append(_error(entry, ("address",), f"address: '{gateway.address}' is not an IP address"))

@@ -64,7 +64,9 @@ def _sort_maps(msg: message.Message, data: Any) -> None:
         key = field.name
         if key not in data:
             continue
-        if field.message_type is not None and field.message_type.GetOptions().map_entry:
+        if field.message_type is not None and field.message_type.full_name == "google.protobuf.Struct":
+            data[key] = _sorted_json(data[key])
+        elif field.message_type is not None and field.message_type.GetOptions().map_entry:
             value_field = field.message_type.fields_by_name["value"]
             if value_field.message_type is not None:
                 for map_key, item in value.items():
@@ -86,6 +88,15 @@ def _unpack_any(packed: any_pb2.Any) -> message.Message | None:
     inner = cls()
     packed.Unpack(inner)
     return inner
+
+
+def _sorted_json(node: Any) -> Any:
+    """A Struct renders as plain JSON whose key order follows the map's: sort it all the way down."""
+    if isinstance(node, dict):
+        return {key: _sorted_json(node[key]) for key in sorted(node)}
+    if isinstance(node, list):
+        return [_sorted_json(item) for item in node]
+    return node
 
 
 def _redact_secret(secret: dict[str, Any]) -> None:
@@ -121,6 +132,7 @@ def static_bootstrap(resources: NodeResources, *, admin_port: int = 0) -> dict[s
     listeners = [_inline_listener(copy.deepcopy(listener), routes) for listener in rendered["listeners"]]
     clusters = []
     for cluster in copy.deepcopy(rendered["clusters"]):
+        _strip_sds_sources(cluster.get("transport_socket", {}))
         if cluster.get("type") == "EDS":
             cluster["type"] = "STATIC"
             service = cluster.pop("eds_cluster_config").get("service_name") or cluster["name"]

@@ -18,11 +18,12 @@ from google.protobuf import message
 
 from waypost.policies.model import PolicySet, Route
 from waypost.xds.compiler.clusters import build_cluster, build_load_assignment
-from waypost.xds.compiler.features import HTTP_FEATURES
+from waypost.xds.compiler.features import GATEWAY_CLUSTERS, HTTP_FEATURES
 from waypost.xds.compiler.listeners import build_listener
 from waypost.xds.compiler.names import cluster_name
 from waypost.xds.compiler.routes import build_route_configuration
 from waypost.xds.compiler.secrets import build_secrets
+from waypost.xds.compiler.upstream_tls import build_service_secrets, patch_cluster_tls
 from waypost.xds.types import TypeUrl
 
 __all__ = ["CompiledPolicy", "GatewayResources", "NodeResources", "compile_policy"]
@@ -50,6 +51,8 @@ class CompiledPolicy:
     gateways: Mapping[str, GatewayResources]
     clusters: Mapping[str, cluster_pb2.Cluster]
     load_assignments: Mapping[str, endpoint_pb2.ClusterLoadAssignment] = field(default_factory=dict)
+    cluster_secrets: Mapping[str, tuple[secret_pb2.Secret, ...]] = field(default_factory=dict)
+    """SDS secrets a cluster uses (upstream client certificates), by cluster name."""
 
     def select_gateways(self, node_cluster: str, node_labels: Mapping[str, str]) -> tuple[str, ...]:
         """The names of the Gateways a node gets; nodes with the same tuple share one snapshot."""
@@ -65,7 +68,10 @@ class CompiledPolicy:
             TypeUrl.ENDPOINT: {
                 name: self.load_assignments[name] for name in cluster_names if name in self.load_assignments
             },
-            TypeUrl.SECRET: {secret.name: secret for gw in selected for secret in gw.secrets},
+            TypeUrl.SECRET: {
+                **{secret.name: secret for gw in selected for secret in gw.secrets},
+                **{s.name: s for name in cluster_names for s in self.cluster_secrets.get(name, ())},
+            },
             TypeUrl.LISTENER: {gw.listener.name: gw.listener for gw in selected},
             TypeUrl.ROUTE: {gw.route_config.name: gw.route_config for gw in selected},
         }
@@ -78,21 +84,27 @@ def compile_policy(policy: PolicySet) -> CompiledPolicy:
 
     bound_features = [f.bind(policy) if hasattr(f, "bind") else f for f in HTTP_FEATURES]
     gateways: dict[str, GatewayResources] = {}
+    clusters: dict[str, cluster_pb2.Cluster] = {}
     for name, gateway in sorted(policy.gateways.items()):
         routes = sorted(routes_by_gateway[name], key=lambda r: r.name)
         features = [f for f in bound_features if f.applies(gateway, routes)]
+        own_clusters = [c for build in GATEWAY_CLUSTERS for c in build(gateway)]
+        clusters.update((c.name, c) for c in own_clusters)
         gateways[name] = GatewayResources(
             listener=build_listener(gateway, [f.http_filter(gateway, routes) for f in features]),
             route_config=build_route_configuration(gateway, routes, policy.services, features),
             secrets=build_secrets(gateway, policy.files),
-            clusters=frozenset(cluster_name(b.service) for r in routes for b in r.weighted_backends),
+            clusters=frozenset(cluster_name(s) for r in routes for s in r.services)
+            | {c.name for c in own_clusters},
         )
-
-    clusters: dict[str, cluster_pb2.Cluster] = {}
     load_assignments: dict[str, endpoint_pb2.ClusterLoadAssignment] = {}
+    cluster_secrets: dict[str, tuple[secret_pb2.Secret, ...]] = {}
     for _, service in sorted(policy.services.items()):
         xds_cluster = build_cluster(service)
+        patch_cluster_tls(service, xds_cluster, policy.files)
         clusters[xds_cluster.name] = xds_cluster
+        if service.tls is not None:
+            cluster_secrets[xds_cluster.name] = build_service_secrets(service, policy.files)
         if xds_cluster.type == cluster_pb2.Cluster.EDS:
             load_assignments[xds_cluster.name] = build_load_assignment(service)
     return CompiledPolicy(
@@ -101,4 +113,5 @@ def compile_policy(policy: PolicySet) -> CompiledPolicy:
         gateways=gateways,
         clusters=clusters,
         load_assignments=load_assignments,
+        cluster_secrets=cluster_secrets,
     )

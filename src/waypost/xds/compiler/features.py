@@ -7,17 +7,29 @@ comes last and is not a feature.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Protocol
 
+from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.route.v3 import route_components_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm_pb2
 
 from waypost.policies.model import Gateway, Route
+from waypost.xds.compiler.cache import CacheFeature
+from waypost.xds.compiler.compression import CompressionFeature
 from waypost.xds.compiler.cors import CorsFeature
 from waypost.xds.compiler.ext_authz import ExtAuthzFeature, IdentityHeadersFeature
+from waypost.xds.compiler.fault import FaultFeature
+from waypost.xds.compiler.grpc_json import GrpcJsonFeature
+from waypost.xds.compiler.observability import patch_hcm_observability, tracing_clusters
+from waypost.xds.compiler.protection import (
+    BodyLimitFeature,
+    GatewayDenyFeature,
+    RouteDenyFeature,
+    patch_hcm_limits,
+)
 
-__all__ = ["HTTP_FEATURES", "HttpFeature"]
+__all__ = ["GATEWAY_CLUSTERS", "HCM_HOOKS", "HTTP_FEATURES", "HttpFeature"]
 
 
 class HttpFeature(Protocol):
@@ -39,9 +51,31 @@ class HttpFeature(Protocol):
 HTTP_FEATURES: tuple[HttpFeature, ...] = (
     # First, so nothing downstream (ext_authz included) ever sees a forged x-waypost-* header.
     IdentityHeadersFeature(),
+    # Cheap refusals next: a denied or oversized request costs nothing further, no auth call.
+    GatewayDenyFeature(),
+    RouteDenyFeature(),
+    BodyLimitFeature(),
+    FaultFeature(),
     # Before ext_authz: Envoy answers CORS preflights without asking for credentials.
     CorsFeature(),
     ExtAuthzFeature(),
+    # Compressors sit before the cache, so the cache stores identity bodies and every hit is
+    # compressed for the client that asks.
+    CompressionFeature("brotli"),
+    CompressionFeature("zstd"),
+    CompressionFeature("gzip"),
+    # The cache answers hits itself, skipping every filter after it: it must stay after any
+    # filter that authenticates, authorizes or rate-limits a request.
+    CacheFeature(),
+    GrpcJsonFeature(),
 )
 """In filter-chain order. A feature with a ``bind(policy)`` method is bound to each policy
-version before use (for settings that depend on other documents than the gateway's routes)."""
+version before use, for settings that need more of the policy than a gateway and its routes
+(other documents, the files a route names)."""
+
+HcmHook = Callable[[Gateway, hcm_pb2.HttpConnectionManager], None]
+HCM_HOOKS: tuple[HcmHook, ...] = (patch_hcm_limits, patch_hcm_observability)
+"""Gateway features that are connection-manager settings rather than HTTP filters."""
+
+GATEWAY_CLUSTERS: tuple[Callable[[Gateway], Sequence[cluster_pb2.Cluster]], ...] = (tracing_clusters,)
+"""Clusters a Gateway needs for itself (e.g. a tracing collector), beside its Routes' Services."""

@@ -12,6 +12,7 @@ from envoy.extensions.transport_sockets.tls.v3 import secret_pb2, tls_pb2
 from google.protobuf import wrappers_pb2
 
 from waypost.policies.model import Gateway
+from waypost.xds.compiler.features import HCM_HOOKS
 from waypost.xds.compiler.names import listener_name, route_config_name, secret_name_ca, secret_name_cert
 from waypost.xds.compiler.pb import ads_source, pack
 
@@ -39,6 +40,8 @@ def build_listener(gateway: Gateway, http_filters: Sequence[hcm_pb2.HttpFilter])
         # Routes may remove the upstream's `server` header; Envoy must not re-add its own.
         server_header_transformation=_HCM.PASS_THROUGH,
     )
+    for hook in HCM_HOOKS:
+        hook(gateway, hcm)
     chain = listener_components_pb2.FilterChain(
         filters=[
             listener_components_pb2.Filter(

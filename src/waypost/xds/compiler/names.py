@@ -8,6 +8,8 @@ __all__ = [
     "route_config_name",
     "secret_name_ca",
     "secret_name_cert",
+    "secret_name_upstream_cert",
+    "tracing_cluster_name",
     "virtual_host_name",
 ]
 
@@ -35,3 +37,11 @@ def secret_name_cert(gateway: str) -> str:
 
 def secret_name_ca(gateway: str) -> str:
     return f"{gateway}/client-ca"
+
+
+def tracing_cluster_name(gateway: str) -> str:
+    return f"{gateway}/otel"
+
+
+def secret_name_upstream_cert(service: str) -> str:
+    return f"{service}/client-cert"

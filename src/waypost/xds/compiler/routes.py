@@ -20,7 +20,7 @@ from google.protobuf import wrappers_pb2
 from waypost.policies.model import Gateway, HeaderMutation, Route, RouteMatch, Service
 from waypost.xds.compiler.features import HttpFeature
 from waypost.xds.compiler.names import cluster_name, route_config_name, virtual_host_name
-from waypost.xds.compiler.pb import duration
+from waypost.xds.compiler.pb import duration, percent
 
 __all__ = ["build_route", "build_route_configuration", "host_covers", "order_routes"]
 
@@ -155,6 +155,19 @@ def _build_action(route: Route, services: Mapping[str, Service]) -> rc_pb2.Route
                 connection_properties=rc_pb2.RouteAction.HashPolicy.ConnectionProperties(source_ip=True)
             )
         )
+    if route.mirror is not None:
+        # Shadow traffic: Envoy sends the copy without waiting for it and drops its answer.
+        action.request_mirror_policies.append(
+            rc_pb2.RouteAction.RequestMirrorPolicy(
+                cluster=cluster_name(route.mirror.service),
+                runtime_fraction=base_pb2.RuntimeFractionalPercent(
+                    default_value=percent(route.mirror.percent)
+                ),
+            )
+        )
+    if any(services[b.service].protocol == "grpc" for b in backends if b.service in services):
+        # gRPC clients send their deadline in grpc-timeout; honour it (capped by `timeout` if set).
+        action.max_stream_duration.grpc_timeout_header_max.CopyFrom(duration(route.timeout or 0))
     if route.rewrite is not None:
         action.prefix_rewrite = route.rewrite.prefix
     if route.timeout is not None:
