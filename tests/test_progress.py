@@ -24,8 +24,10 @@ def test_progress_on_a_terminal_shows_step_files_and_time() -> None:
     with progress("loading policies/", count_files=EXAMPLE_POLICIES, stream=out):
         time.sleep(SHOW_AFTER + 0.3)
     text = out.getvalue()
-    assert "loading policies/ (3 files)" in text
-    assert text.endswith("s\n") and "✓ loading policies/ (3 files) " in text
+    files = count_policy_files(EXAMPLE_POLICIES)
+    assert files >= 3
+    assert f"loading policies/ ({files} files)" in text
+    assert text.endswith("s\n") and f"✓ loading policies/ ({files} files) " in text
 
 
 def test_no_progress_on_a_pipe_or_for_quick_steps() -> None:
