@@ -18,8 +18,8 @@ from envoy.service.cluster.v3 import cds_pb2_grpc
 from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
 from google.rpc import status_pb2
 
-from test_ads_protocol import Harness, handshake, policy
 from test_ads_protocol import AdsClient as SotwClient
+from test_ads_protocol import Harness, handshake, policy
 from waypost.xds.ads import AdsServer, DeltaStream
 from waypost.xds.cache import NodeInfo, SnapshotCache
 from waypost.xds.compiler import compile_policy
