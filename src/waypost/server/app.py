@@ -18,6 +18,7 @@ from waypost.server.runtime import PolicyRuntime
 from waypost.server.watch import PolicyWatcher
 from waypost.xds.ads import AdsServer
 from waypost.xds.cache import SnapshotCache
+from waypost.xds.security import XdsTls, authorize_node
 
 __all__ = ["ServeOptions", "serve"]
 
@@ -32,6 +33,8 @@ class ServeOptions:
     admin_port: int = 9902
     watch: bool = True
     debounce: float = 0.25
+    xds_tls: XdsTls | None = None
+    """TLS on the xDS port; with a client CA, mTLS and node ids checked against certificates."""
 
 
 def build_status(runtime: PolicyRuntime, ads: AdsServer) -> dict[str, Any]:
@@ -63,7 +66,8 @@ async def serve(options: ServeOptions, *, stop: asyncio.Event | None = None) -> 
     runtime = PolicyRuntime(options.policies, cache)
     await runtime.reload()  # an invalid first load still serves: not ready until a valid one
 
-    ads = AdsServer(cache)
+    mtls = options.xds_tls is not None and options.xds_tls.client_ca is not None
+    ads = AdsServer(cache, authorizer=authorize_node if mtls else None)
     grpc_server = grpc.aio.server(
         options=[
             ("grpc.keepalive_time_ms", 30_000),
@@ -73,7 +77,12 @@ async def serve(options: ServeOptions, *, stop: asyncio.Event | None = None) -> 
         ]
     )
     ads.add_to(grpc_server)
-    xds_port = grpc_server.add_insecure_port(f"{options.host}:{options.xds_port}")
+    if options.xds_tls is not None:
+        xds_port = grpc_server.add_secure_port(
+            f"{options.host}:{options.xds_port}", options.xds_tls.server_credentials()
+        )
+    else:
+        xds_port = grpc_server.add_insecure_port(f"{options.host}:{options.xds_port}")
     await grpc_server.start()
 
     admin = AdminServer(ready=lambda: runtime.current is not None, status=lambda: build_status(runtime, ads))
@@ -87,6 +96,7 @@ async def serve(options: ServeOptions, *, stop: asyncio.Event | None = None) -> 
         "waypost serving",
         policies=str(options.policies),
         xds_port=xds_port,
+        xds_security="mtls" if mtls else "tls" if options.xds_tls else "plaintext",
         admin_port=admin_port,
         version=runtime.current.version if runtime.current else None,
     )
