@@ -37,7 +37,8 @@ def fleet_policy(
         docs.append(f'kind: Service\nname: gamma\nendpoints: ["{gamma.address}"]')
     for gateway, cluster in GROUPS.items():
         docs.append(
-            f"kind: Gateway\nname: {gateway}\nport: {ports[gateway]}\naddress: 127.0.0.1\nnodes: {{cluster: {cluster}}}"
+            f"kind: Gateway\nname: {gateway}\nport: {ports[gateway]}\naddress: 127.0.0.1\n"
+            f"nodes: {{cluster: {cluster}}}"
         )
         routes = [("a", "alpha"), ("b", "beta")] + ([("g", "gamma")] if gamma is not None else [])
         for prefix, backend in routes:
@@ -112,7 +113,9 @@ async def test_fleet_targeting_protocols_removal_and_restart(
             alpha,
             beta,
             gamma,
-            extra_private="kind: Route\nname: private-new\ngateway: private\nmatch: {prefix: /new}\nbackend: alpha",
+            extra_private=(
+                "kind: Route\nname: private-new\ngateway: private\nmatch: {prefix: /new}\nbackend: alpha"
+            ),
         )
     )
     await async_wait_until(lambda: _is(answer(ports["private"], "/new/1"), (200, "alpha")), timeout=10)
