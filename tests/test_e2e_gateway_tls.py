@@ -18,7 +18,10 @@ from support.pki import Issued, TestCA
 
 pytestmark = pytest.mark.e2e
 
-LISTENER_STATS = "^listener_manager\\.(listener_added|listener_modified|listener_removed|total_listeners_draining|lds\\.update_success)$"
+LISTENER_STATS = (
+    "^listener_manager\\.(listener_added|listener_modified|listener_removed"
+    "|total_listeners_draining|lds\\.update_success)$"
+)
 
 
 def served_serial(port: int) -> int:
