@@ -108,3 +108,4 @@ async def serve(options: ServeOptions, *, stop: asyncio.Event | None = None) -> 
             watcher.stop()
         await admin.close()
         await grpc_server.stop(grace=1)
+        ads.close()

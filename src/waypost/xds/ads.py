@@ -23,8 +23,10 @@ type version a SotW stream would send, so /status reads the same for both protoc
 from __future__ import annotations
 
 import asyncio
+import collections
 import itertools
 import time
+import weakref
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol
@@ -141,11 +143,42 @@ class DeltaTypeState(TypeState):
     """The node started this type with ``initial_resource_versions`` (a reconnect)."""
 
 
+class _Inbox:
+    """A single-consumer queue: what a stream's loop waits on. Far lighter than ``asyncio.Queue``
+    (three deques and a future per stream), which matters at thousands of streams."""
+
+    __slots__ = ("_items", "_waiter")
+
+    def __init__(self) -> None:
+        self._items: collections.deque[object] = collections.deque()
+        self._waiter: asyncio.Future[None] | None = None
+
+    def put_nowait(self, item: object) -> None:
+        self._items.append(item)
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def get(self) -> object:
+        while not self._items:
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+        return self._items.popleft()
+
+
 class StreamRegistry:
     """Every connected stream, for /status and metrics. Single event loop; not thread-safe."""
 
     def __init__(self) -> None:
         self._streams: dict[int, XdsStream] = {}
+
+    def notify_all(self) -> None:
+        """Tell every stream the watcher moved on (one watcher task for all, not one each)."""
+        for stream in self._streams.values():
+            stream.notify()
 
     def add(self, stream: XdsStream) -> None:
         self._streams[stream.stream_id] = stream
@@ -158,6 +191,19 @@ class StreamRegistry:
 
 
 _stream_ids = itertools.count(1)
+
+_NAME_SETS: weakref.WeakValueDictionary[frozenset[str], frozenset[str]] = weakref.WeakValueDictionary()
+
+
+def _shared(names: frozenset[str]) -> frozenset[str]:
+    """One frozenset object per distinct set of names: a fleet's streams mostly subscribe to and
+    hold the same names, and a 50-name set costs kilobytes per stream otherwise."""
+    if not names:
+        return frozenset()
+    shared = _NAME_SETS.get(names)
+    if shared is None:
+        _NAME_SETS[names] = shared = names
+    return shared
 
 
 class XdsStream:
@@ -186,13 +232,12 @@ class XdsStream:
         self._registry = registry
         self._authorize = authorize
         self._nonces = itertools.count(1)
-        self._queue: asyncio.Queue[object] = asyncio.Queue()
+        self._queue = _Inbox()
         self._gate_blocked_since: float | None = None
         self._gate_warned = False
 
     async def run(self, requests: AsyncIterator[Any]) -> AsyncIterator[bytes]:
         reader = asyncio.create_task(self._read(requests))
-        changes: asyncio.Task[None] | None = None
         XDS_STREAMS.labels(self.protocol).inc()
         try:
             while True:
@@ -203,16 +248,12 @@ class XdsStream:
                     raise item
                 if isinstance(item, self.request_type):
                     if self.node is None:
-                        node = self._identify(item)
-                        self._start(node)
-                        changes = asyncio.create_task(self._follow_changes())
+                        self._start(self._identify(item))
                     self._on_request(item)
                 for response in self._due_responses():
                     yield response
         finally:
             reader.cancel()
-            if changes is not None:
-                changes.cancel()
             XDS_STREAMS.labels(self.protocol).dec()
             self._watcher.unwatch(self.stream_id)
             self._registry.remove(self)
@@ -251,12 +292,9 @@ class XdsStream:
             log.debug("xds stream read ended", error=str(exc), stream=self.stream_id)
         self._queue.put_nowait(_CLOSED)
 
-    async def _follow_changes(self) -> None:
-        generation = self._watcher.generation
-        while True:
-            await self._watcher.wait_for_change(generation)
-            generation = self._watcher.generation
-            self._queue.put_nowait(_CHANGED)
+    def notify(self) -> None:
+        """The watcher has a new generation: recompute what is due (from the registry)."""
+        self._queue.put_nowait(_CHANGED)
 
     # --- requests --------------------------------------------------------------------------------
 
@@ -449,7 +487,7 @@ class SotwStream(XdsStream):
             # would be churn. Treat it as sent and acked; the normal rules take over from here.
             state.sent_version = state.acked_version = request.version_info
             state.sent_subscription = _subscription(type_url, request)
-            state.sent_names = frozenset(request.resource_names)
+            state.sent_names = _shared(frozenset(request.resource_names))
         state.subscription = _subscription(type_url, request)
 
     def _on_ack(self, state: TypeState, request: discovery_pb2.DiscoveryRequest) -> None:
@@ -471,7 +509,7 @@ class SotwStream(XdsStream):
         payload = _encode_response(version, resources, type_url, nonce)
         state.sent_version, state.sent_nonce = version, nonce
         state.sent_subscription = state.subscription
-        state.sent_names = frozenset(r.name for r in resources)
+        state.sent_names = _shared(frozenset(r.name for r in resources))
         state.inflight.append((nonce, version, snapshot))
         return payload, len(resources)
 
@@ -499,7 +537,7 @@ class DeltaStream(XdsStream):
             self.types[type_url] = state
             state.known = dict(request.initial_resource_versions)
             state.resumed = bool(state.known)
-            state.sent_names = frozenset(state.known)
+            state.sent_names = _shared(frozenset(state.known))
             # The first request of a wildcard type naming nothing subscribes to everything.
             state.wildcard = type_url in WILDCARD_TYPES and not subscribe
         if "*" in subscribe:
@@ -513,8 +551,8 @@ class DeltaStream(XdsStream):
             # The node drops what it unsubscribes from on its own; no removal is due for it.
             for name in unsubscribe - state.explicit:
                 state.known.pop(name, None)
-            state.sent_names = frozenset(state.known)
-        state.subscription = None if state.wildcard else frozenset(state.explicit)
+            state.sent_names = _shared(frozenset(state.known))
+        state.subscription = None if state.wildcard else _shared(frozenset(state.explicit))
 
         if request.response_nonce:
             position = next(
@@ -561,7 +599,7 @@ class DeltaStream(XdsStream):
         # A name still subscribed but gone has now been reported; do not report it again.
         state.told_absent.update(name for name in removed if name in state.explicit)
         state.sent_version, state.sent_nonce = version, nonce
-        state.sent_names = frozenset(known)
+        state.sent_names = _shared(frozenset(known))
         state.inflight.append((nonce, version, snapshot))
         return payload, len(changed)
 
@@ -578,7 +616,7 @@ def _subscription(type_url: TypeUrl, request: discovery_pb2.DiscoveryRequest) ->
     names = frozenset(request.resource_names)
     if type_url in WILDCARD_TYPES and (not names or "*" in names):
         return None
-    return names
+    return _shared(names)
 
 
 def _encode_response(version: str, resources: list[EncodedResource], type_url: TypeUrl, nonce: str) -> bytes:
@@ -635,6 +673,19 @@ class AdsServer:
         self.watcher = watcher
         self.registry = registry or StreamRegistry()
         self.authorizer = authorizer
+        self._follower: asyncio.Task[None] | None = None
+
+    def close(self) -> None:
+        """Stop following the watcher (the gRPC server is stopping)."""
+        if self._follower is not None:
+            self._follower.cancel()
+
+    async def _follow_changes(self) -> None:
+        generation = self.watcher.generation
+        while True:
+            await self.watcher.wait_for_change(generation)
+            generation = self.watcher.generation
+            self.registry.notify_all()
 
     def add_to(self, server: grpc.aio.Server) -> None:
         services = {ADS_SERVICE: (None, "StreamAggregatedResources", "DeltaAggregatedResources")}
@@ -669,6 +720,9 @@ class AdsServer:
                 def authorize(node: NodeInfo) -> str | None:
                     return authorizer(context, node)
 
+            if self._follower is None or self._follower.done():
+                # Started with the first stream: the server's event loop is running by then.
+                self._follower = asyncio.get_running_loop().create_task(self._follow_changes())
             stream = kind(self.watcher, self.registry, only=only, authorize=authorize)
             try:
                 async for response in stream.run(requests):
