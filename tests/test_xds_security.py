@@ -174,3 +174,13 @@ async def test_mtls_xds_serves_only_the_node_ids_a_certificate_names(
         with pytest.raises(grpc.aio.AioRpcError) as info:
             await asyncio.wait_for(call.read(), 10)
         assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+
+
+def test_cli_serve_tls_flag_mistakes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from waypost.cli import main
+
+    assert main(["serve", "--policies", str(tmp_path), "--xds-ca", str(tmp_path / "ca.pem")]) == 2
+    assert "--xds-cert and --xds-key go together" in capsys.readouterr().err
+    missing = ["--xds-cert", str(tmp_path / "nope.pem"), "--xds-key", str(tmp_path / "nope-key.pem")]
+    assert main(["serve", "--policies", str(tmp_path), *missing]) == 2
+    assert "no such file" in capsys.readouterr().err
