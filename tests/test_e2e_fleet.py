@@ -180,3 +180,41 @@ async def _all_in_sync(waypost: WaypostProcess, count: int = 2) -> bool:
     status = await asyncio.to_thread(waypost.status)
     nodes = status["nodes"]
     return len(nodes) == count and all(t["in_sync"] for n in nodes for t in n["types"].values())
+
+
+async def test_envoy_on_the_per_type_services(
+    tmp_path: Path, echo_backend: EchoFactory, start_waypost: Callable[..., WaypostProcess], envoy_bin: Path
+) -> None:
+    """Clusters over the delta ClusterDiscoveryService and listeners over the SotW
+    ListenerDiscoveryService, each its own stream; routes and endpoints (which the compiled
+    resources source from ADS) over ADS."""
+    alpha = await echo_backend("alpha")
+    (port,) = free_ports(1)
+    policies = tmp_path / "policies"
+    policies.mkdir()
+    (policies / "p.yaml").write_text(
+        f"kind: Gateway\nname: public\nport: {port}\naddress: 127.0.0.1\n---\n"
+        f'kind: Service\nname: alpha\nendpoints: ["{alpha.address}"]\n---\n'
+        "kind: Route\nname: a\ngateway: public\nmatch: {prefix: /}\nbackend: alpha\n"
+    )
+    waypost = await asyncio.to_thread(start_waypost, policies)
+    envoy = EnvoyProcess(xds_port=waypost.xds_port, workdir=tmp_path, envoy_bin=envoy_bin, node_id="plain-1")
+    dynamic = envoy.bootstrap["dynamic_resources"]
+    for key, api_type in (("cds_config", "DELTA_GRPC"), ("lds_config", "GRPC")):
+        dynamic[key] = {
+            "resource_api_version": "V3",
+            "api_config_source": {
+                "api_type": api_type,
+                "transport_api_version": "V3",
+                "grpc_services": [{"envoy_grpc": {"cluster_name": "waypost_xds"}}],
+            },
+        }
+    try:
+        await asyncio.to_thread(envoy.start)
+        await asyncio.to_thread(envoy.wait_for_listener, port)
+        assert await answer(port, "/x") == (200, "alpha")
+        status = await asyncio.to_thread(waypost.status)
+        streams = {(n["service"], n["protocol"]) for n in status["nodes"] if n["id"] == "plain-1"}
+        assert streams == {("cds", "delta"), ("lds", "sotw"), ("ads", "sotw")}, status["nodes"]
+    finally:
+        envoy.stop()
