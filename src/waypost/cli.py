@@ -93,6 +93,16 @@ def _parser() -> argparse.ArgumentParser:
         type=_host_port,
         metavar="HOST:PORT",
         help="its HTTP endpoint, for Gateways with auth_service: http (--authz-http-port / --http-port)",
+        "--xds-tls-ca",
+        metavar="PATH",
+        help="CA file (on the Envoy host) to verify waypost's xDS cert; enables TLS",
+    )
+    bootstrap.add_argument(
+        "--xds-client-cert", metavar="PATH", help="client certificate Envoy presents (mTLS)"
+    )
+    bootstrap.add_argument("--xds-client-key", metavar="PATH", help="private key of --xds-client-cert")
+    bootstrap.add_argument(
+        "--xds-sni", metavar="NAME", help="SNI and expected name of waypost's cert (default: the --xds host)"
     )
 
     serve = commands.add_parser("serve", help="serve policies to Envoy over ADS, reloading on change")
@@ -100,6 +110,16 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default="0.0.0.0", help="address to listen on (default 0.0.0.0)")
     serve.add_argument("--xds-port", type=int, default=18000)
     serve.add_argument("--admin-port", type=int, default=9902)
+    serve.add_argument(
+        "--xds-cert", type=Path, metavar="PATH", help="serve xDS over TLS with this certificate"
+    )
+    serve.add_argument("--xds-key", type=Path, metavar="PATH", help="private key of --xds-cert")
+    serve.add_argument(
+        "--xds-ca",
+        type=Path,
+        metavar="PATH",
+        help="require client certs from this CA (mTLS); node id must match",
+    )
     serve.add_argument("--no-watch", action="store_true", help="load once; do not watch the directory")
     serve.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
     serve.add_argument("--log-format", choices=("json", "console"), help="default: json unless on a terminal")
@@ -244,8 +264,8 @@ def _bootstrap(args: argparse.Namespace) -> int:
     from waypost.xds.bootstrap import render_bootstrap
 
     host, port = args.xds
-    sys.stdout.write(
-        render_bootstrap(
+    try:
+        text = render_bootstrap(
             node_id=args.node_id,
             node_cluster=args.node_cluster,
             xds_host=host,
@@ -256,8 +276,14 @@ def _bootstrap(args: argparse.Namespace) -> int:
             delta=args.delta,
             authz=args.authz,
             authz_http=args.authz_http,
+            xds_tls_ca=args.xds_tls_ca,
+            xds_client_cert=args.xds_client_cert,
+            xds_client_key=args.xds_client_key,
+            xds_sni=args.xds_sni,
         )
-    )
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    sys.stdout.write(text)
     return 0
 
 
@@ -266,6 +292,16 @@ def _serve(args: argparse.Namespace) -> int:
     from waypost.server.app import ServeOptions, serve
 
     configure_logging(args.log_level, json=None if args.log_format is None else args.log_format == "json")
+    xds_tls = None
+    if args.xds_cert is not None or args.xds_key is not None or args.xds_ca is not None:
+        from waypost.xds.security import XdsTls
+
+        if args.xds_cert is None or args.xds_key is None:
+            raise argparse.ArgumentTypeError("--xds-cert and --xds-key go together (and --xds-ca needs both)")
+        for path in (args.xds_cert, args.xds_key, args.xds_ca):
+            if path is not None and not path.is_file():
+                raise argparse.ArgumentTypeError(f"{path}: no such file")
+        xds_tls = XdsTls(cert=args.xds_cert, key=args.xds_key, client_ca=args.xds_ca)
     options = ServeOptions(
         policies=args.policies,
         host=args.host,
@@ -275,6 +311,7 @@ def _serve(args: argparse.Namespace) -> int:
         git_pull=args.git_pull,
         authz_port=args.authz_port,
         authz_http_port=args.authz_http_port,
+        xds_tls=xds_tls,
     )
     try:
         import uvloop

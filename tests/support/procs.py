@@ -394,6 +394,7 @@ class EnvoyProcess(ManagedProcess):
         log_level: str = "warning",
         concurrency: int = 1,
         args: Sequence[str] = (),
+        bootstrap_options: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__(workdir)
         self.envoy_bin = Path(envoy_bin) if envoy_bin is not None else find_envoy()
@@ -405,6 +406,7 @@ class EnvoyProcess(ManagedProcess):
             admin_port=0,
             labels=labels,
             delta=delta,
+            **dict(bootstrap_options or {}),
         )
         self.node_id = node_id
         self.bootstrap_path = self.dir / "bootstrap.yaml"

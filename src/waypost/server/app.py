@@ -20,6 +20,7 @@ from waypost.server.runtime import PolicyRuntime
 from waypost.server.watch import PolicyWatcher
 from waypost.xds.ads import AdsServer
 from waypost.xds.cache import SnapshotCache
+from waypost.xds.security import XdsTls, authorize_node
 
 __all__ = ["ServeOptions", "serve"]
 
@@ -40,6 +41,8 @@ class ServeOptions:
     """Serve the ext_authz Check service on this port (None: not at all)."""
     authz_http_port: int | None = None
     """Serve the decision core's HTTP endpoint (Gateways with ``auth_service: http``) here."""
+    xds_tls: XdsTls | None = None
+    """TLS on the xDS port; with a client CA, mTLS and node ids checked against certificates."""
 
 
 def build_status(runtime: PolicyRuntime, ads: AdsServer) -> dict[str, Any]:
@@ -78,7 +81,8 @@ async def serve(options: ServeOptions, *, stop: asyncio.Event | None = None) -> 
     runtime = PolicyRuntime(options.policies, cache)
     await runtime.reload()  # an invalid first load still serves: not ready until a valid one
 
-    ads = AdsServer(cache)
+    mtls = options.xds_tls is not None and options.xds_tls.client_ca is not None
+    ads = AdsServer(cache, authorizer=authorize_node if mtls else None)
     grpc_server = grpc.aio.server(
         options=[
             ("grpc.keepalive_time_ms", 30_000),
@@ -88,7 +92,12 @@ async def serve(options: ServeOptions, *, stop: asyncio.Event | None = None) -> 
         ]
     )
     ads.add_to(grpc_server)
-    xds_port = grpc_server.add_insecure_port(f"{options.host}:{options.xds_port}")
+    if options.xds_tls is not None:
+        xds_port = grpc_server.add_secure_port(
+            f"{options.host}:{options.xds_port}", options.xds_tls.server_credentials()
+        )
+    else:
+        xds_port = grpc_server.add_insecure_port(f"{options.host}:{options.xds_port}")
     await grpc_server.start()
 
     authz_server = authz_http = None
@@ -121,6 +130,7 @@ async def serve(options: ServeOptions, *, stop: asyncio.Event | None = None) -> 
         "waypost serving",
         policies=str(options.policies),
         xds_port=xds_port,
+        xds_security="mtls" if mtls else "tls" if options.xds_tls else "plaintext",
         admin_port=admin_port,
         version=runtime.current.version if runtime.current else None,
         git=runtime.git.describe if runtime.git else None,
@@ -140,3 +150,4 @@ async def serve(options: ServeOptions, *, stop: asyncio.Event | None = None) -> 
         if authz_server is not None:
             await authz_server.stop(grace=0.5)
         await grpc_server.stop(grace=1)
+        ads.close()

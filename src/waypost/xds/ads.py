@@ -1,10 +1,10 @@
-"""The ADS server: state-of-the-world xDS over one gRPC stream per Envoy node.
+"""The xDS server: state-of-the-world and delta (incremental) xDS, over ADS and per type.
 
 Protocol rules this module keeps (xDS protocol doc, "ACK/NACK and resource type instance version"):
 
 * Every response carries a fresh nonce. A request echoing the latest nonce of its type is an ACK
   (no ``error_detail``) or a NACK (``error_detail`` set); a request echoing an older nonce is
-  stale and ignored.
+  stale and ignored (delta streams still apply its subscription changes: they are deltas).
 * A NACKed version is never sent again to that node; the node stays on its last acked version
   until the policy changes.
 * Push order (:data:`~waypost.xds.types.PUSH_ORDER`): listeners and routes of a new version wait
@@ -13,19 +13,27 @@ Protocol rules this module keeps (xDS protocol doc, "ACK/NACK and resource type 
   ever meets a route naming a cluster its Envoy does not have.
 * Responses are assembled from bytes encoded once per policy version (:mod:`.snapshot`), never
   re-serialized per stream.
+
+The rules above live in :class:`XdsStream`; :class:`SotwStream` and :class:`DeltaStream` only
+differ in how a request changes what the node holds and how a response is assembled. A delta
+resource's version is its content digest and a response's ``system_version_info`` is the same
+type version a SotW stream would send, so /status reads the same for both protocols.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import itertools
 import time
-from collections.abc import AsyncIterator, Mapping
+import weakref
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, ClassVar, Protocol
 
 import grpc
 from envoy.service.discovery.v3 import discovery_pb2
+from google.protobuf import message
 
 from waypost.log import get_logger
 from waypost.metrics import XDS_NACKS, XDS_PUSHES, XDS_STREAMS
@@ -33,18 +41,51 @@ from waypost.xds.cache import NodeInfo
 from waypost.xds.snapshot import EncodedResource, Snapshot, encode_field, version_of
 from waypost.xds.types import PUSH_ORDER, WILDCARD_TYPES, TypeUrl
 
-__all__ = ["AdsServer", "ConfigWatcher", "NackRecord", "SotwStream", "StreamRegistry"]
+__all__ = [
+    "AdsServer",
+    "ConfigWatcher",
+    "DeltaStream",
+    "DeltaTypeState",
+    "NackRecord",
+    "NodeAuthorizer",
+    "SotwStream",
+    "StreamRegistry",
+    "TypeState",
+    "XdsStream",
+]
 
 log = get_logger("waypost.xds")
 
 ADS_SERVICE = "envoy.service.discovery.v3.AggregatedDiscoveryService"
 CONTROL_PLANE = encode_field(6, encode_field(1, b"waypost"))
+DELTA_CONTROL_PLANE = encode_field(7, encode_field(1, b"waypost"))
 GATE_TIMEOUT_S = 5.0
 """How long listeners and routes wait for cluster warming before going out anyway."""
+
+# The per-type services, for Envoys (or other xDS clients) that do not use ADS: service name ->
+# (resource type, SotW method, delta method).
+PER_TYPE_SERVICES: dict[str, tuple[TypeUrl, str, str]] = {
+    "envoy.service.cluster.v3.ClusterDiscoveryService": (TypeUrl.CLUSTER, "StreamClusters", "DeltaClusters"),
+    "envoy.service.endpoint.v3.EndpointDiscoveryService": (
+        TypeUrl.ENDPOINT,
+        "StreamEndpoints",
+        "DeltaEndpoints",
+    ),
+    "envoy.service.listener.v3.ListenerDiscoveryService": (
+        TypeUrl.LISTENER,
+        "StreamListeners",
+        "DeltaListeners",
+    ),
+    "envoy.service.route.v3.RouteDiscoveryService": (TypeUrl.ROUTE, "StreamRoutes", "DeltaRoutes"),
+    "envoy.service.secret.v3.SecretDiscoveryService": (TypeUrl.SECRET, "StreamSecrets", "DeltaSecrets"),
+}
 
 _CHANGED = object()
 _TICK = object()
 _CLOSED = object()
+
+NodeAuthorizer = Callable[[NodeInfo], str | None]
+"""Decides whether a stream may serve a node: None to allow, or the reason it may not."""
 
 
 class ConfigWatcher(Protocol):
@@ -81,51 +122,122 @@ class TypeState:
     sent_names: frozenset[str] = frozenset()
     acked_version: str | None = None
     acked_snapshot: Snapshot | None = None
-    inflight: list[tuple[str, Snapshot]] = field(default_factory=list)
-    """Snapshots sent since the last ACK, oldest first, with their nonces."""
+    inflight: list[tuple[str, str, Snapshot]] = field(default_factory=list)
+    """(nonce, version, snapshot) of responses sent since the last ACK, oldest first."""
     nacked_version: str | None = None
     last_nack: NackRecord | None = None
+
+
+@dataclass
+class DeltaTypeState(TypeState):
+    """A delta stream's view of one type: which resources, at which version, the node holds."""
+
+    known: dict[str, str] = field(default_factory=dict)
+    """Resource name -> version (digest) the node holds, as far as this stream has told it."""
+    wildcard: bool = False
+    explicit: set[str] = field(default_factory=set)
+    """Names subscribed by name (kept apart from the wildcard, which may be dropped later)."""
+    told_absent: set[str] = field(default_factory=set)
+    """Subscribed names already reported as not existing, so they are reported once."""
+    resumed: bool = False
+    """The node started this type with ``initial_resource_versions`` (a reconnect)."""
+
+
+class _Inbox:
+    """A single-consumer queue: what a stream's loop waits on. Far lighter than ``asyncio.Queue``
+    (three deques and a future per stream), which matters at thousands of streams."""
+
+    __slots__ = ("_items", "_waiter")
+
+    def __init__(self) -> None:
+        self._items: collections.deque[object] = collections.deque()
+        self._waiter: asyncio.Future[None] | None = None
+
+    def put_nowait(self, item: object) -> None:
+        self._items.append(item)
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def get(self) -> object:
+        while not self._items:
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+        return self._items.popleft()
 
 
 class StreamRegistry:
     """Every connected stream, for /status and metrics. Single event loop; not thread-safe."""
 
     def __init__(self) -> None:
-        self._streams: dict[int, SotwStream] = {}
+        self._streams: dict[int, XdsStream] = {}
 
-    def add(self, stream: SotwStream) -> None:
+    def notify_all(self) -> None:
+        """Tell every stream the watcher moved on (one watcher task for all, not one each)."""
+        for stream in self._streams.values():
+            stream.notify()
+
+    def add(self, stream: XdsStream) -> None:
         self._streams[stream.stream_id] = stream
 
-    def remove(self, stream: SotwStream) -> None:
+    def remove(self, stream: XdsStream) -> None:
         self._streams.pop(stream.stream_id, None)
 
-    def streams(self) -> list[SotwStream]:
+    def streams(self) -> list[XdsStream]:
         return list(self._streams.values())
 
 
 _stream_ids = itertools.count(1)
 
+_NAME_SETS: weakref.WeakValueDictionary[frozenset[str], frozenset[str]] = weakref.WeakValueDictionary()
 
-class SotwStream:
-    """One state-of-the-world ADS stream: reads requests, decides and assembles responses."""
 
-    protocol = "sotw"
+def _shared(names: frozenset[str]) -> frozenset[str]:
+    """One frozenset object per distinct set of names: a fleet's streams mostly subscribe to and
+    hold the same names, and a 50-name set costs kilobytes per stream otherwise."""
+    if not names:
+        return frozenset()
+    shared = _NAME_SETS.get(names)
+    if shared is None:
+        _NAME_SETS[names] = shared = names
+    return shared
 
-    def __init__(self, watcher: ConfigWatcher, registry: StreamRegistry) -> None:
+
+class XdsStream:
+    """One xDS stream, either protocol: the node handshake, change following, push-order gating,
+    cluster retention, ACK/NACK bookkeeping and /status. Subclasses say how a request updates a
+    type's state (:meth:`_on_request`) and how a response is assembled (:meth:`_respond`)."""
+
+    protocol: ClassVar[str]
+    request_type: ClassVar[type[message.Message]]
+
+    def __init__(
+        self,
+        watcher: ConfigWatcher,
+        registry: StreamRegistry,
+        *,
+        only: TypeUrl | None = None,
+        authorize: NodeAuthorizer | None = None,
+    ) -> None:
         self.stream_id = next(_stream_ids)
         self.node: NodeInfo | None = None
         self.connected_at = time.time()
         self.types: dict[TypeUrl, TypeState] = {}
+        self.only = only
+        """The one type a per-type (non-ADS) stream serves; None on ADS."""
         self._watcher = watcher
         self._registry = registry
+        self._authorize = authorize
         self._nonces = itertools.count(1)
-        self._queue: asyncio.Queue[object] = asyncio.Queue()
+        self._queue = _Inbox()
         self._gate_blocked_since: float | None = None
         self._gate_warned = False
 
-    async def run(self, requests: AsyncIterator[discovery_pb2.DiscoveryRequest]) -> AsyncIterator[bytes]:
+    async def run(self, requests: AsyncIterator[Any]) -> AsyncIterator[bytes]:
         reader = asyncio.create_task(self._read(requests))
-        changes: asyncio.Task[None] | None = None
         XDS_STREAMS.labels(self.protocol).inc()
         try:
             while True:
@@ -134,26 +246,30 @@ class SotwStream:
                     return
                 if isinstance(item, BaseException):
                     raise item
-                if isinstance(item, discovery_pb2.DiscoveryRequest):
+                if isinstance(item, self.request_type):
                     if self.node is None:
-                        if not item.HasField("node") or not item.node.id:
-                            raise _StreamError(
-                                grpc.StatusCode.INVALID_ARGUMENT, "first request must carry node.id"
-                            )
-                        self._start(NodeInfo.from_proto(item.node))
-                        changes = asyncio.create_task(self._follow_changes())
+                        self._start(self._identify(item))
                     self._on_request(item)
                 for response in self._due_responses():
                     yield response
         finally:
             reader.cancel()
-            if changes is not None:
-                changes.cancel()
             XDS_STREAMS.labels(self.protocol).dec()
             self._watcher.unwatch(self.stream_id)
             self._registry.remove(self)
             if self.node is not None:
                 log.info("xds stream closed", node=self.node.id, stream=self.stream_id)
+
+    def _identify(self, request: Any) -> NodeInfo:
+        if not request.HasField("node") or not request.node.id:
+            raise _StreamError(grpc.StatusCode.INVALID_ARGUMENT, "first request must carry node.id")
+        node = NodeInfo.from_proto(request.node)
+        if self._authorize is not None:
+            refusal = self._authorize(node)
+            if refusal is not None:
+                log.warning("xds stream refused", node=node.id, reason=refusal)
+                raise _StreamError(grpc.StatusCode.PERMISSION_DENIED, refusal)
+        return node
 
     def _start(self, node: NodeInfo) -> None:
         self.node = node
@@ -168,7 +284,7 @@ class SotwStream:
             stream=self.stream_id,
         )
 
-    async def _read(self, requests: AsyncIterator[discovery_pb2.DiscoveryRequest]) -> None:
+    async def _read(self, requests: AsyncIterator[Any]) -> None:
         try:
             async for request in requests:
                 self._queue.put_nowait(request)
@@ -176,67 +292,51 @@ class SotwStream:
             log.debug("xds stream read ended", error=str(exc), stream=self.stream_id)
         self._queue.put_nowait(_CLOSED)
 
-    async def _follow_changes(self) -> None:
-        generation = self._watcher.generation
-        while True:
-            await self._watcher.wait_for_change(generation)
-            generation = self._watcher.generation
-            self._queue.put_nowait(_CHANGED)
+    def notify(self) -> None:
+        """The watcher has a new generation: recompute what is due (from the registry)."""
+        self._queue.put_nowait(_CHANGED)
 
     # --- requests --------------------------------------------------------------------------------
 
-    def _on_request(self, request: discovery_pb2.DiscoveryRequest) -> None:
+    def _on_request(self, request: Any) -> None:
+        raise NotImplementedError
+
+    def _type_of(self, raw: str) -> TypeUrl | None:
+        """The type a request is about, or None when this stream does not serve it."""
+        if not raw and self.only is not None:
+            return self.only  # per-type services may leave the type implicit
         try:
-            type_url = TypeUrl(request.type_url)
+            type_url = TypeUrl(raw)
         except ValueError:
-            log.debug("xds request for a type waypost does not serve", type_url=request.type_url)
-            return
-        state = self.types.setdefault(type_url, TypeState())
-        if request.response_nonce:
-            if request.response_nonce != state.sent_nonce:
-                return  # stale: Envoy has not seen our latest response yet, its next request will
-            if request.HasField("error_detail"):
-                self._on_nack(type_url, state, request)
-            else:
-                self._on_ack(state, request)
-        elif request.version_info and state.sent_version is None:
-            # A reconnecting Envoy tells us what it holds; if that is still current, resending it
-            # would be churn. Treat it as sent and acked; the normal rules take over from here.
-            state.sent_version = state.acked_version = request.version_info
-            state.sent_subscription = _subscription(type_url, request)
-            state.sent_names = frozenset(request.resource_names)
-        state.subscription = _subscription(type_url, request)
+            log.debug("xds request for a type waypost does not serve", type_url=raw)
+            return None
+        if self.only is not None and type_url != self.only:
+            log.debug("xds request for another type on a per-type stream", type_url=raw)
+            return None
+        return type_url
 
-    def _on_ack(self, state: TypeState, request: discovery_pb2.DiscoveryRequest) -> None:
-        state.acked_version = request.version_info
-        for nonce, snapshot in state.inflight:
-            if nonce == request.response_nonce:
-                state.acked_snapshot = snapshot
-        state.inflight.clear()
-
-    def _on_nack(self, type_url: TypeUrl, state: TypeState, request: discovery_pb2.DiscoveryRequest) -> None:
-        assert state.sent_version is not None and self.node is not None
-        state.inflight.clear()
-        if state.nacked_version == state.sent_version:
-            return
-        state.nacked_version = state.sent_version
-        state.last_nack = NackRecord(
-            version=state.sent_version, message=request.error_detail.message, at=time.time()
-        )
+    def _record_nack(
+        self, type_url: TypeUrl, state: TypeState, version: str, error: str, kept: str | None
+    ) -> None:
+        assert self.node is not None
+        if state.nacked_version == version:
+            return  # logged and counted already
+        state.nacked_version = version
+        state.last_nack = NackRecord(version=version, message=error, at=time.time())
         XDS_NACKS.labels(type_url.short).inc()
         log.warning(
             "envoy rejected config",
             node=self.node.id,
             type=type_url.short,
-            rejected_version=state.sent_version,
-            kept_version=request.version_info or None,
-            error=request.error_detail.message,
+            protocol=self.protocol,
+            rejected_version=version,
+            kept_version=kept or None,
+            error=error,
         )
 
     # --- responses -------------------------------------------------------------------------------
 
     def _due_responses(self) -> list[bytes]:
-        assert self.node is not None or not self.types
         if self.node is None:
             return []
         snapshot = self._watcher.snapshot_for(self.node)
@@ -249,29 +349,30 @@ class SotwStream:
                 continue  # Envoy has not asked for this type yet
             if type_url in (TypeUrl.LISTENER, TypeUrl.ROUTE) and not self._clusters_settled(snapshot):
                 continue
-            resources = self._desired(type_url, snapshot)
-            version = version_of(resources)
-            if state.sent_subscription == state.subscription and version in (
-                state.sent_version,
-                state.nacked_version,
-            ):
+            sent = self._respond(type_url, state, snapshot)
+            if sent is None:
                 continue
-            nonce = str(next(self._nonces))
-            responses.append(_encode_response(version, resources, type_url, nonce))
-            state.sent_version, state.sent_nonce = version, nonce
-            state.sent_subscription = state.subscription
-            state.sent_names = frozenset(r.name for r in resources)
-            state.inflight.append((nonce, snapshot))
+            payload, count = sent
+            responses.append(payload)
             XDS_PUSHES.labels(type_url.short, ",".join(snapshot.group)).inc()
             log.debug(
                 "xds push",
                 node=self.node.id,
                 type=type_url.short,
-                version=version,
-                resources=len(resources),
-                nonce=nonce,
+                protocol=self.protocol,
+                version=state.sent_version,
+                resources=count,
+                nonce=state.sent_nonce,
             )
         return responses
+
+    def _respond(self, type_url: TypeUrl, state: TypeState, snapshot: Snapshot) -> tuple[bytes, int] | None:
+        """The response (and its resource count) ``type_url`` needs now, with ``state`` updated
+        as sent; None when the node is up to date."""
+        raise NotImplementedError
+
+    def _next_nonce(self) -> str:
+        return str(next(self._nonces))
 
     def _desired(self, type_url: TypeUrl, snapshot: Snapshot) -> list[EncodedResource]:
         by_name: dict[str, EncodedResource] = dict(snapshot.resources[type_url])
@@ -291,7 +392,7 @@ class SotwStream:
             state = self.types.get(ref_type)
             if state is None:
                 continue
-            held = [state.acked_snapshot, *(s for _, s in state.inflight)]
+            held = [state.acked_snapshot, *(s for _, _, s in state.inflight)]
             for old in held:
                 if old is None or old is snapshot:
                     continue
@@ -352,17 +453,170 @@ class SotwStream:
             "gateways": list(snapshot.group) if snapshot else [],
             "policy_version": snapshot.policy_version if snapshot else None,
             "protocol": self.protocol,
+            "service": "ads" if self.only is None else self.only.short,
             "stream": self.stream_id,
             "connected_since": self.connected_at,
             "types": types,
         }
 
 
+class SotwStream(XdsStream):
+    """One state-of-the-world stream: every response carries the whole set for its type."""
+
+    protocol = "sotw"
+    request_type = discovery_pb2.DiscoveryRequest
+
+    def _on_request(self, request: discovery_pb2.DiscoveryRequest) -> None:
+        type_url = self._type_of(request.type_url)
+        if type_url is None:
+            return
+        state = self.types.setdefault(type_url, TypeState())
+        if request.response_nonce:
+            if request.response_nonce != state.sent_nonce:
+                return  # stale: Envoy has not seen our latest response yet, its next request will
+            if request.HasField("error_detail"):
+                state.inflight.clear()
+                assert state.sent_version is not None
+                self._record_nack(
+                    type_url, state, state.sent_version, request.error_detail.message, request.version_info
+                )
+            else:
+                self._on_ack(state, request)
+        elif request.version_info and state.sent_version is None:
+            # A reconnecting Envoy tells us what it holds; if that is still current, resending it
+            # would be churn. Treat it as sent and acked; the normal rules take over from here.
+            state.sent_version = state.acked_version = request.version_info
+            state.sent_subscription = _subscription(type_url, request)
+            state.sent_names = _shared(frozenset(request.resource_names))
+        state.subscription = _subscription(type_url, request)
+
+    def _on_ack(self, state: TypeState, request: discovery_pb2.DiscoveryRequest) -> None:
+        state.acked_version = request.version_info
+        for nonce, _, snapshot in state.inflight:
+            if nonce == request.response_nonce:
+                state.acked_snapshot = snapshot
+        state.inflight.clear()
+
+    def _respond(self, type_url: TypeUrl, state: TypeState, snapshot: Snapshot) -> tuple[bytes, int] | None:
+        resources = self._desired(type_url, snapshot)
+        version = version_of(resources)
+        if state.sent_subscription == state.subscription and version in (
+            state.sent_version,
+            state.nacked_version,
+        ):
+            return None
+        nonce = self._next_nonce()
+        payload = _encode_response(version, resources, type_url, nonce)
+        state.sent_version, state.sent_nonce = version, nonce
+        state.sent_subscription = state.subscription
+        state.sent_names = _shared(frozenset(r.name for r in resources))
+        state.inflight.append((nonce, version, snapshot))
+        return payload, len(resources)
+
+
+class DeltaStream(XdsStream):
+    """One delta (incremental) stream: responses carry only resources the node lacks or holds at
+    another version, and the names it should drop.
+
+    A resource's version is its digest, so a reconnecting node's ``initial_resource_versions``
+    are compared byte-exactly with what it should hold: equal means nothing is sent.
+    """
+
+    protocol = "delta"
+    request_type = discovery_pb2.DeltaDiscoveryRequest
+
+    def _on_request(self, request: discovery_pb2.DeltaDiscoveryRequest) -> None:
+        type_url = self._type_of(request.type_url)
+        if type_url is None:
+            return
+        state = self.types.get(type_url)
+        subscribe = set(request.resource_names_subscribe)
+        unsubscribe = set(request.resource_names_unsubscribe)
+        if not isinstance(state, DeltaTypeState):
+            state = DeltaTypeState()
+            self.types[type_url] = state
+            state.known = dict(request.initial_resource_versions)
+            state.resumed = bool(state.known)
+            state.sent_names = _shared(frozenset(state.known))
+            # The first request of a wildcard type naming nothing subscribes to everything.
+            state.wildcard = type_url in WILDCARD_TYPES and not subscribe
+        if "*" in subscribe:
+            state.wildcard = True
+        if "*" in unsubscribe:
+            state.wildcard = False
+        state.explicit |= subscribe - {"*"}
+        state.explicit -= unsubscribe
+        state.told_absent -= subscribe  # a fresh subscription asks again
+        if not state.wildcard:
+            # The node drops what it unsubscribes from on its own; no removal is due for it.
+            for name in unsubscribe - state.explicit:
+                state.known.pop(name, None)
+            state.sent_names = _shared(frozenset(state.known))
+        state.subscription = None if state.wildcard else _shared(frozenset(state.explicit))
+
+        if request.response_nonce:
+            position = next(
+                (i for i, (nonce, _, _) in enumerate(state.inflight) if nonce == request.response_nonce),
+                None,
+            )
+            if position is None:
+                return  # stale or unknown nonce: nothing to acknowledge
+            _, version, snapshot = state.inflight[position]
+            del state.inflight[: position + 1]
+            if request.HasField("error_detail"):
+                self._record_nack(type_url, state, version, request.error_detail.message, state.acked_version)
+            else:
+                state.acked_version, state.acked_snapshot = version, snapshot
+
+    def _respond(self, type_url: TypeUrl, state: TypeState, snapshot: Snapshot) -> tuple[bytes, int] | None:
+        assert isinstance(state, DeltaTypeState)
+        desired = {r.name: r for r in self._desired(type_url, snapshot)}
+        version = version_of(desired.values())
+        known = state.known
+        changed = [r for name, r in sorted(desired.items()) if known.get(name) != r.digest]
+        removed = sorted(name for name in known if name not in desired)
+        absent = sorted(
+            name
+            for name in state.explicit
+            if name not in desired and name not in known and name not in state.told_absent
+        )
+        if not changed and not removed and not absent:
+            if state.sent_version is not None:
+                return None
+            if state.resumed:
+                # A reconnect whose node already holds exactly this: nothing to send, all acked.
+                state.sent_version = state.acked_version = version
+                return None
+            # A fresh subscription to an empty set still needs an answer, or Envoy waits for its
+            # initial fetch timeout before it goes live.
+        nonce = self._next_nonce()
+        payload = _encode_delta_response(version, changed, [*removed, *absent], type_url, nonce)
+        for resource in changed:
+            known[resource.name] = resource.digest
+        for name in removed:
+            del known[name]
+        state.told_absent.update(absent)
+        # A name still subscribed but gone has now been reported; do not report it again.
+        state.told_absent.update(name for name in removed if name in state.explicit)
+        state.sent_version, state.sent_nonce = version, nonce
+        state.sent_names = _shared(frozenset(known))
+        state.inflight.append((nonce, version, snapshot))
+        return payload, len(changed)
+
+    def status(self) -> dict[str, Any]:
+        result = super().status()
+        for type_url, state in self.types.items():
+            if isinstance(state, DeltaTypeState):
+                result["types"][type_url.short]["wildcard"] = state.wildcard
+                result["types"][type_url.short]["resources"] = len(state.known)
+        return result
+
+
 def _subscription(type_url: TypeUrl, request: discovery_pb2.DiscoveryRequest) -> frozenset[str] | None:
     names = frozenset(request.resource_names)
     if type_url in WILDCARD_TYPES and (not names or "*" in names):
         return None
-    return names
+    return _shared(names)
 
 
 def _encode_response(version: str, resources: list[EncodedResource], type_url: TypeUrl, nonce: str) -> bytes:
@@ -377,38 +631,106 @@ def _encode_response(version: str, resources: list[EncodedResource], type_url: T
     )
 
 
+def _encode_delta_response(
+    version: str, resources: list[EncodedResource], removed: list[str], type_url: TypeUrl, nonce: str
+) -> bytes:
+    return b"".join(
+        (
+            encode_field(1, version.encode()),
+            *(r.delta_entry for r in resources),
+            encode_field(4, type_url.encode()),
+            encode_field(5, nonce.encode()),
+            *(encode_field(6, name.encode()) for name in removed),
+            DELTA_CONTROL_PLANE,
+        )
+    )
+
+
 class _StreamError(Exception):
     def __init__(self, code: grpc.StatusCode, message: str) -> None:
         super().__init__(message)
         self.code = code
 
 
-class AdsServer:
-    """Registers the ADS gRPC service on a ``grpc.aio.Server``."""
+Authorizer = Callable[[grpc.aio.ServicerContext, NodeInfo], str | None]
+"""Per RPC: given the call's context (its TLS peer) and the node it claims, None or a refusal."""
 
-    def __init__(self, watcher: ConfigWatcher, registry: StreamRegistry | None = None) -> None:
+
+class AdsServer:
+    """Registers ADS (SotW and delta) and the per-type xDS services on a ``grpc.aio.Server``.
+
+    ``authorizer``, when given, is asked on every stream's first request whether the peer may
+    receive config for the node it names (see :mod:`waypost.xds.security`).
+    """
+
+    def __init__(
+        self,
+        watcher: ConfigWatcher,
+        registry: StreamRegistry | None = None,
+        *,
+        authorizer: Authorizer | None = None,
+    ) -> None:
         self.watcher = watcher
         self.registry = registry or StreamRegistry()
+        self.authorizer = authorizer
+        self._follower: asyncio.Task[None] | None = None
+
+    def close(self) -> None:
+        """Stop following the watcher (the gRPC server is stopping)."""
+        if self._follower is not None:
+            self._follower.cancel()
+
+    async def _follow_changes(self) -> None:
+        generation = self.watcher.generation
+        while True:
+            await self.watcher.wait_for_change(generation)
+            generation = self.watcher.generation
+            self.registry.notify_all()
 
     def add_to(self, server: grpc.aio.Server) -> None:
-        handlers: Mapping[str, grpc.RpcMethodHandler] = {
-            "StreamAggregatedResources": grpc.stream_stream_rpc_method_handler(
-                self._stream_sotw,
-                request_deserializer=discovery_pb2.DiscoveryRequest.FromString,
-                response_serializer=_identity,
-            ),
-        }
-        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(ADS_SERVICE, handlers),))
+        services = {ADS_SERVICE: (None, "StreamAggregatedResources", "DeltaAggregatedResources")}
+        services.update(PER_TYPE_SERVICES)  # type: ignore[arg-type]
+        generic = []
+        for service, (only, sotw_method, delta_method) in services.items():
+            handlers: Mapping[str, grpc.RpcMethodHandler] = {
+                sotw_method: grpc.stream_stream_rpc_method_handler(
+                    self._handler(SotwStream, only),
+                    request_deserializer=discovery_pb2.DiscoveryRequest.FromString,
+                    response_serializer=_identity,
+                ),
+                delta_method: grpc.stream_stream_rpc_method_handler(
+                    self._handler(DeltaStream, only),
+                    request_deserializer=discovery_pb2.DeltaDiscoveryRequest.FromString,
+                    response_serializer=_identity,
+                ),
+            }
+            generic.append(grpc.method_handlers_generic_handler(service, handlers))
+        server.add_generic_rpc_handlers(tuple(generic))
 
-    async def _stream_sotw(
-        self, requests: AsyncIterator[discovery_pb2.DiscoveryRequest], context: grpc.aio.ServicerContext
-    ) -> AsyncIterator[bytes]:
-        stream = SotwStream(self.watcher, self.registry)
-        try:
-            async for response in stream.run(requests):
-                yield response
-        except _StreamError as exc:
-            await context.abort(exc.code, str(exc))
+    def _handler(
+        self, kind: type[XdsStream], only: TypeUrl | None
+    ) -> Callable[[AsyncIterator[Any], grpc.aio.ServicerContext], AsyncIterator[bytes]]:
+        async def handle(
+            requests: AsyncIterator[Any], context: grpc.aio.ServicerContext
+        ) -> AsyncIterator[bytes]:
+            authorize: NodeAuthorizer | None = None
+            if self.authorizer is not None:
+                authorizer = self.authorizer
+
+                def authorize(node: NodeInfo) -> str | None:
+                    return authorizer(context, node)
+
+            if self._follower is None or self._follower.done():
+                # Started with the first stream: the server's event loop is running by then.
+                self._follower = asyncio.get_running_loop().create_task(self._follow_changes())
+            stream = kind(self.watcher, self.registry, only=only, authorize=authorize)
+            try:
+                async for response in stream.run(requests):
+                    yield response
+            except _StreamError as exc:
+                await context.abort(exc.code, str(exc))
+
+        return handle
 
 
 def _identity(payload: bytes) -> bytes:

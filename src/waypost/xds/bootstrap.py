@@ -67,6 +67,10 @@ def build_bootstrap(
     delta: bool = False,
     authz: tuple[str, int] | None = None,
     authz_http: tuple[str, int] | None = None,
+    xds_tls_ca: str | None = None,
+    xds_client_cert: str | None = None,
+    xds_client_key: str | None = None,
+    xds_sni: str | None = None,
 ) -> dict[str, Any]:
     """Return an Envoy v3 bootstrap (as JSON-compatible data) that takes all config from waypost.
 
@@ -75,6 +79,11 @@ def build_bootstrap(
     with ``envoy --admin-address-path``). ``delta`` selects incremental xDS (DELTA_GRPC) instead of
     state-of-the-world. ``authz`` (host, port) adds the cluster of the ext_authz decision
     service (`waypost serve --authz-port` or `waypost authz`), which gateways with AuthPolicies use.
+
+    ``xds_tls_ca`` (a path on the Envoy host) makes Envoy reach waypost over TLS and verify its
+    certificate against that CA and the name ``xds_sni`` (default: ``xds_host``; an IP address is
+    matched as an IP SAN). ``xds_client_cert``/``xds_client_key`` make Envoy present a client
+    certificate, for a waypost serving mTLS (``waypost serve --xds-ca``).
     """
     if not node_id:
         raise ValueError("node_id must not be empty")
@@ -85,7 +94,17 @@ def build_bootstrap(
     if not 0 <= admin_port <= 65535:
         raise ValueError(f"admin_port {admin_port} is not between 0 and 65535")
 
+    if (xds_client_cert is None) != (xds_client_key is None):
+        raise ValueError("xds_client_cert and xds_client_key go together")
+    if xds_client_cert is not None and xds_tls_ca is None:
+        raise ValueError("a client certificate needs xds_tls_ca: waypost's certificate must be verified")
+    if xds_sni is not None and xds_tls_ca is None:
+        raise ValueError("xds_sni needs xds_tls_ca")
+
     host = _strip_brackets(xds_host)
+    xds_cluster = _xds_cluster(host, xds_port)
+    if xds_tls_ca is not None:
+        xds_cluster["transport_socket"] = _xds_tls(host, xds_tls_ca, xds_client_cert, xds_client_key, xds_sni)
     return {
         "node": {
             "id": node_id,
@@ -125,7 +144,7 @@ def build_bootstrap(
         },
         "static_resources": {
             "clusters": [
-                _xds_cluster(host, xds_port),
+                xds_cluster,
                 *([_grpc_cluster(AUTHZ_CLUSTER, _strip_brackets(authz[0]), authz[1])] if authz else []),
                 *(
                     [_http_cluster(AUTHZ_HTTP_CLUSTER, _strip_brackets(authz_http[0]), authz_http[1])]
@@ -160,6 +179,10 @@ def render_bootstrap(
     delta: bool = False,
     authz: tuple[str, int] | None = None,
     authz_http: tuple[str, int] | None = None,
+    xds_tls_ca: str | None = None,
+    xds_client_cert: str | None = None,
+    xds_client_key: str | None = None,
+    xds_sni: str | None = None,
 ) -> str:
     """:func:`build_bootstrap` as a YAML document, ready for ``envoy -c``."""
     data = build_bootstrap(
@@ -173,6 +196,10 @@ def render_bootstrap(
         delta=delta,
         authz=authz,
         authz_http=authz_http,
+        xds_tls_ca=xds_tls_ca,
+        xds_client_cert=xds_client_cert,
+        xds_client_key=xds_client_key,
+        xds_sni=xds_sni,
     )
     header = (
         # repr() keeps a stray newline in an id from breaking out of the comment.
@@ -244,6 +271,32 @@ def _grpc_cluster(name: str, host: str, port: int) -> dict[str, Any]:
         # listens on IPv4 only; prefer v4 and fall back to v6.
         cluster["dns_lookup_family"] = "V4_PREFERRED"
     return cluster
+
+
+_UPSTREAM_TLS = "envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext"
+
+
+def _xds_tls(
+    host: str, ca: str, client_cert: str | None, client_key: str | None, sni: str | None
+) -> dict[str, Any]:
+    name = sni or host
+    # A trusted CA alone checks the chain, not whose certificate it is: pin the expected name.
+    san_type = "IP_ADDRESS" if sni is None and _is_ip(host) else "DNS"
+    common: dict[str, Any] = {
+        "alpn_protocols": ["h2"],  # gRPC
+        "validation_context": {
+            "trusted_ca": {"filename": ca},
+            "match_typed_subject_alt_names": [{"san_type": san_type, "matcher": {"exact": name}}],
+        },
+    }
+    if client_cert is not None and client_key is not None:
+        common["tls_certificates"] = [
+            {"certificate_chain": {"filename": client_cert}, "private_key": {"filename": client_key}}
+        ]
+    context: dict[str, Any] = {"@type": f"type.googleapis.com/{_UPSTREAM_TLS}", "common_tls_context": common}
+    if san_type == "DNS":
+        context["sni"] = name
+    return {"name": "envoy.transport_sockets.tls", "typed_config": context}
 
 
 def _socket_address(address: str, port: int) -> dict[str, Any]:

@@ -57,18 +57,27 @@ class EncodedResource:
     """The resource as a serialized ``google.protobuf.Any``."""
     sotw_entry: bytes
     """``DiscoveryResponse.resources`` (field 2) holding this resource: appended as is."""
+    delta_entry: bytes
+    """``DeltaDiscoveryResponse.resources`` (field 2): a ``Resource`` with name, version (the
+    digest) and the resource, appended as is by every delta stream."""
 
     @classmethod
     def encode(cls, type_url: TypeUrl, name: str, msg: message.Message) -> EncodedResource:
         body = msg.SerializeToString(deterministic=True)
         any_bytes = encode_field(1, type_url.encode()) + encode_field(2, body)
+        digest = hashlib.sha256(body).hexdigest()
+        # Resource: version = 1, resource = 2, name = 3 (ascending, as deterministic output has it).
+        delta_resource = (
+            encode_field(1, digest.encode()) + encode_field(2, any_bytes) + encode_field(3, name.encode())
+        )
         return cls(
             name=name,
             type_url=type_url,
-            digest=hashlib.sha256(body).hexdigest(),
+            digest=digest,
             body=body,
             any_bytes=any_bytes,
             sotw_entry=encode_field(2, any_bytes),
+            delta_entry=encode_field(2, delta_resource),
         )
 
 

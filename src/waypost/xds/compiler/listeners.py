@@ -68,13 +68,16 @@ def _downstream_tls(gateway: Gateway) -> base_pb2.TransportSocket:
         ],
         alpn_protocols=["h2", "http/1.1"],
     )
-    context = tls_pb2.DownstreamTlsContext(common_tls_context=common)
     if gateway.tls.client_ca is not None:
         # The constructor copied `common`: set the CA on the context's own copy, or client
         # certificates would be required but never verified against it.
         context.common_tls_context.validation_context_sds_secret_config.CopyFrom(
             secret_pb2.SdsSecretConfig(name=secret_name_ca(gateway.name), sds_config=ads_source())
         )
+    # Built after `common` is complete: the constructor copies it, later edits would be lost
+    # (and require_client_certificate without a validation context lets every client in).
+    context = tls_pb2.DownstreamTlsContext(common_tls_context=common)
+    if gateway.tls.client_ca is not None:
         context.require_client_certificate.value = True
     return base_pb2.TransportSocket(name="envoy.transport_sockets.tls", typed_config=pack(context))
 
