@@ -93,6 +93,8 @@ def _parser() -> argparse.ArgumentParser:
         type=_host_port,
         metavar="HOST:PORT",
         help="its HTTP endpoint, for Gateways with auth_service: http (--authz-http-port / --http-port)",
+    )
+    bootstrap.add_argument(
         "--xds-tls-ca",
         metavar="PATH",
         help="CA file (on the Envoy host) to verify waypost's xDS cert; enables TLS",
