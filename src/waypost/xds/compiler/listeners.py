@@ -69,9 +69,7 @@ def _downstream_tls(gateway: Gateway) -> base_pb2.TransportSocket:
         alpn_protocols=["h2", "http/1.1"],
     )
     if gateway.tls.client_ca is not None:
-        # The constructor copied `common`: set the CA on the context's own copy, or client
-        # certificates would be required but never verified against it.
-        context.common_tls_context.validation_context_sds_secret_config.CopyFrom(
+        common.validation_context_sds_secret_config.CopyFrom(
             secret_pb2.SdsSecretConfig(name=secret_name_ca(gateway.name), sds_config=ads_source())
         )
     # Built after `common` is complete: the constructor copies it, later edits would be lost
