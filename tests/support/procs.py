@@ -412,6 +412,7 @@ class EnvoyProcess(ManagedProcess):
         log_level: str = "warning",
         concurrency: int = 1,
         args: Sequence[str] = (),
+        ratelimit_port: int | None = None,
     ) -> None:
         super().__init__(workdir)
         self.envoy_bin = Path(envoy_bin) if envoy_bin is not None else find_envoy()
@@ -423,6 +424,7 @@ class EnvoyProcess(ManagedProcess):
             admin_port=0,
             labels=labels,
             delta=delta,
+            ratelimit_port=ratelimit_port,
         )
         self.node_id = node_id
         self.bootstrap_path = self.dir / "bootstrap.yaml"

@@ -111,6 +111,11 @@ class Gateway(Document):
     address: StrictStr = "0.0.0.0"
     nodes: NodeSelector | None = Field(default=None, description="Omitted: every node.")
     tls: GatewayTLS | None = None
+    trusted_hops: Annotated[StrictInt, Field(ge=0, le=10)] = Field(
+        default=0,
+        description="Proxies in front of this gateway that append to x-forwarded-for; the client "
+        "address (rate limits by client_ip) is the one they saw. 0: the peer address.",
+    )
 
     def selects(self, node_cluster: str, node_labels: Mapping[str, str]) -> bool:
         return self.nodes is None or self.nodes.matches(node_cluster, node_labels)

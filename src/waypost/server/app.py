@@ -12,6 +12,7 @@ from typing import Any
 
 import grpc
 
+from waypost.filters.ratelimit.server import RateLimitOptions, RunningRateLimit, start_ratelimit
 from waypost.log import get_logger
 from waypost.server.admin import AdminServer
 from waypost.server.runtime import PolicyRuntime
@@ -32,6 +33,8 @@ class ServeOptions:
     admin_port: int = 9902
     watch: bool = True
     debounce: float = 0.25
+    ratelimit: RateLimitOptions | None = None
+    """Also answer Envoy's RateLimitService (``--ratelimit-port``)."""
 
 
 def build_status(runtime: PolicyRuntime, ads: AdsServer) -> dict[str, Any]:
@@ -76,6 +79,12 @@ async def serve(options: ServeOptions, *, stop: asyncio.Event | None = None) -> 
     xds_port = grpc_server.add_insecure_port(f"{options.host}:{options.xds_port}")
     await grpc_server.start()
 
+    ratelimit: RunningRateLimit | None = None
+    if options.ratelimit is not None:
+        ratelimit = await start_ratelimit(
+            options.ratelimit, lambda: runtime.current.policy if runtime.current is not None else None
+        )
+
     admin = AdminServer(ready=lambda: runtime.current is not None, status=lambda: build_status(runtime, ads))
     admin_port = await admin.start(options.host, options.admin_port)
 
@@ -98,3 +107,5 @@ async def serve(options: ServeOptions, *, stop: asyncio.Event | None = None) -> 
             watcher.stop()
         await admin.close()
         await grpc_server.stop(grace=1)
+        if ratelimit is not None:
+            await ratelimit.stop()

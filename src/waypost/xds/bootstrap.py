@@ -18,6 +18,8 @@ from typing import Any
 import yaml
 
 __all__ = [
+    "BOOTSTRAP_CLUSTERS",
+    "RATELIMIT_CLUSTER",
     "XDS_CLUSTER",
     "build_bootstrap",
     "parse_host_port",
@@ -26,6 +28,13 @@ __all__ = [
 
 XDS_CLUSTER = "waypost_xds"
 """Name of the static cluster that carries the ADS stream to waypost."""
+
+RATELIMIT_CLUSTER = "waypost_ratelimit"
+"""Static cluster to waypost's rate-limit service (same host as xDS, ``ratelimit_port``). It lives
+in the bootstrap, like the xDS cluster, because only the node knows how it reaches waypost."""
+
+BOOTSTRAP_CLUSTERS = frozenset({XDS_CLUSTER, RATELIMIT_CLUSTER})
+"""Clusters an Envoy has from its bootstrap: listeners may name them without CDS carrying them."""
 
 _HTTP_PROTOCOL_OPTIONS = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
 
@@ -53,13 +62,15 @@ def build_bootstrap(
     admin_address: str = "127.0.0.1",
     labels: Mapping[str, str] | None = None,
     delta: bool = False,
+    ratelimit_port: int | None = None,
 ) -> dict[str, Any]:
     """Return an Envoy v3 bootstrap (as JSON-compatible data) that takes all config from waypost.
 
     ``xds_host`` may be an IP address (the cluster is STATIC) or a host name (STRICT_DNS, e.g.
     ``waypost`` inside docker compose). ``admin_port`` 0 lets Envoy pick a port (read it back
     with ``envoy --admin-address-path``). ``delta`` selects incremental xDS (DELTA_GRPC) instead of
-    state-of-the-world.
+    state-of-the-world. ``ratelimit_port`` adds the cluster to waypost's rate-limit service (on
+    ``xds_host``), needed by Gateways whose Routes have global rate limits.
     """
     if not node_id:
         raise ValueError("node_id must not be empty")
@@ -71,6 +82,11 @@ def build_bootstrap(
         raise ValueError(f"admin_port {admin_port} is not between 0 and 65535")
 
     host = _strip_brackets(xds_host)
+    static_clusters = [_xds_cluster(host, xds_port)]
+    if ratelimit_port is not None:
+        if not 1 <= ratelimit_port <= 65535:
+            raise ValueError(f"ratelimit_port {ratelimit_port} is not between 1 and 65535")
+        static_clusters.append(_xds_cluster(host, ratelimit_port, name=RATELIMIT_CLUSTER))
     return {
         "node": {
             "id": node_id,
@@ -108,7 +124,7 @@ def build_bootstrap(
             "cds_config": {"ads": {}, "resource_api_version": "V3"},
             "lds_config": {"ads": {}, "resource_api_version": "V3"},
         },
-        "static_resources": {"clusters": [_xds_cluster(host, xds_port)]},
+        "static_resources": {"clusters": static_clusters},
         "overload_manager": {
             "resource_monitors": [
                 {
@@ -133,6 +149,7 @@ def render_bootstrap(
     admin_address: str = "127.0.0.1",
     labels: Mapping[str, str] | None = None,
     delta: bool = False,
+    ratelimit_port: int | None = None,
 ) -> str:
     """:func:`build_bootstrap` as a YAML document, ready for ``envoy -c``."""
     data = build_bootstrap(
@@ -144,6 +161,7 @@ def render_bootstrap(
         admin_address=admin_address,
         labels=labels,
         delta=delta,
+        ratelimit_port=ratelimit_port,
     )
     header = (
         # repr() keeps a stray newline in an id from breaking out of the comment.
@@ -170,15 +188,15 @@ def parse_host_port(text: str) -> tuple[str, int]:
     return host, port
 
 
-def _xds_cluster(host: str, port: int) -> dict[str, Any]:
+def _xds_cluster(host: str, port: int, *, name: str = XDS_CLUSTER) -> dict[str, Any]:
     cluster: dict[str, Any] = {
-        "name": XDS_CLUSTER,
+        "name": name,
         # An IP needs no resolver; a name (compose service, k8s Service) is re-resolved, so a
         # control plane that moves to a new address is followed.
         "type": "STATIC" if _is_ip(host) else "STRICT_DNS",
         "connect_timeout": "1s",
         "load_assignment": {
-            "cluster_name": XDS_CLUSTER,
+            "cluster_name": name,
             "endpoints": [{"lb_endpoints": [{"endpoint": {"address": _socket_address(host, port)}}]}],
         },
         # ADS is gRPC, so the stream must be HTTP/2. The keepalive PINGs notice a control plane

@@ -15,6 +15,7 @@ from typing import Any
 import yaml
 from google.protobuf import json_format
 
+from waypost.xds.bootstrap import RATELIMIT_CLUSTER
 from waypost.xds.compiler import NodeResources
 from waypost.xds.types import TypeUrl
 
@@ -84,6 +85,9 @@ def static_bootstrap(resources: NodeResources, *, admin_port: int = 0) -> dict[s
             service = cluster.pop("eds_cluster_config").get("service_name") or cluster["name"]
             cluster["load_assignment"] = endpoints.get(service, {"cluster_name": cluster["name"]})
         clusters.append(cluster)
+    if _RATELIMIT_FILTER in json.dumps(rendered["listeners"]):
+        # The rate-limit cluster comes from the real bootstrap; validation needs a stand-in.
+        clusters.append(_bootstrap_cluster(RATELIMIT_CLUSTER))
     return {
         "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": admin_port}}},
         "static_resources": {
@@ -119,3 +123,34 @@ def _strip_sds_sources(node: Any) -> None:
     elif isinstance(node, list):
         for value in node:
             _strip_sds_sources(value)
+
+
+_RATELIMIT_FILTER = "envoy.filters.http.ratelimit"
+
+
+def _bootstrap_cluster(name: str) -> dict[str, Any]:
+    return {
+        "name": name,
+        "type": "STATIC",
+        "connect_timeout": "1s",
+        "typed_extension_protocol_options": {
+            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+                "explicit_http_config": {"http2_protocol_options": {}},
+            }
+        },
+        "load_assignment": {
+            "cluster_name": name,
+            "endpoints": [
+                {
+                    "lb_endpoints": [
+                        {
+                            "endpoint": {
+                                "address": {"socket_address": {"address": "127.0.0.1", "port_value": 1}}
+                            }
+                        }
+                    ]
+                }
+            ],
+        },
+    }

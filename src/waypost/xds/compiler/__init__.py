@@ -18,7 +18,7 @@ from google.protobuf import message
 
 from waypost.policies.model import PolicySet, Route
 from waypost.xds.compiler.clusters import build_cluster, build_load_assignment
-from waypost.xds.compiler.features import HTTP_FEATURES
+from waypost.xds.compiler.features import bind_features
 from waypost.xds.compiler.listeners import build_listener
 from waypost.xds.compiler.names import cluster_name
 from waypost.xds.compiler.routes import build_route_configuration
@@ -76,10 +76,11 @@ def compile_policy(policy: PolicySet) -> CompiledPolicy:
     for route in policy.routes.values():
         routes_by_gateway[route.gateway].append(route)
 
+    registry = bind_features(policy)
     gateways: dict[str, GatewayResources] = {}
     for name, gateway in sorted(policy.gateways.items()):
         routes = sorted(routes_by_gateway[name], key=lambda r: r.name)
-        features = [f for f in HTTP_FEATURES if f.applies(gateway, routes)]
+        features = [f for f in registry if f.applies(gateway, routes)]
         gateways[name] = GatewayResources(
             listener=build_listener(gateway, [f.http_filter(gateway, routes) for f in features]),
             route_config=build_route_configuration(gateway, routes, policy.services, features),

@@ -13,10 +13,11 @@ from typing import Protocol
 from envoy.config.route.v3 import route_components_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm_pb2
 
-from waypost.policies.model import Gateway, Route
+from waypost.policies.model import Gateway, PolicySet, Route
 from waypost.xds.compiler.cors import CorsFeature
+from waypost.xds.compiler.ratelimit import GlobalRateLimitFeature, LocalRateLimitFeature
 
-__all__ = ["HTTP_FEATURES", "HttpFeature"]
+__all__ = ["HTTP_FEATURES", "HttpFeature", "bind_features"]
 
 
 class HttpFeature(Protocol):
@@ -35,4 +36,16 @@ class HttpFeature(Protocol):
         ...
 
 
-HTTP_FEATURES: tuple[HttpFeature, ...] = (CorsFeature(),)
+# Local limits run before the global ones: a request a local bucket refuses costs no RLS call.
+HTTP_FEATURES: tuple[HttpFeature, ...] = (CorsFeature(), LocalRateLimitFeature(), GlobalRateLimitFeature())
+
+
+def bind_features(policy: PolicySet) -> tuple[HttpFeature, ...]:
+    """The registry with each feature that reads other documents (``with_policy``) bound to ``policy``.
+
+    A Route names its RateLimitPolicy; the feature needs the policy's content to patch the route.
+    """
+    return tuple(
+        f.with_policy(policy) if hasattr(f, "with_policy") else f  # type: ignore[attr-defined]
+        for f in HTTP_FEATURES
+    )
