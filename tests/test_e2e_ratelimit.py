@@ -194,3 +194,85 @@ async def test_global_local_shadow_and_reload(
     assert response.status_code == 200
     assert response.headers["ratelimit-limit"] == "20"
     assert int(response.headers["ratelimit-remaining"]) == 20 - 12
+
+
+async def test_redis_shared_across_replicas_and_outage(
+    echo_backend: EchoFactory,
+    tmp_policies: Callable[..., Path],
+    start_waypost: Callable[..., WaypostProcess],
+    start_envoy: Callable[..., EnvoyProcess],
+    start_redis: Callable[[], RedisProcess],
+) -> None:
+    echo = await echo_backend("echo")
+    redis = await asyncio.to_thread(start_redis)
+    port_a, port_b = free_port(), free_port()
+    # Two gateways, one per Envoy node, both routes under the same global limit.
+    policies = tmp_policies(
+        None,
+        files={
+            "a.yaml": policy_text(port_a, echo).replace(
+                "address: 127.0.0.1", "address: 127.0.0.1\nnodes: {cluster: a}"
+            ),
+            "b.yaml": f"""
+                kind: Gateway
+                name: second
+                port: {port_b}
+                address: 127.0.0.1
+                nodes: {{cluster: b}}
+                ---
+                kind: Route
+                name: tenants-b
+                gateway: second
+                match: {{prefix: /tenants}}
+                backend: echo
+                rate_limit: per-tenant
+            """,
+        },
+    )
+
+    def start_two() -> tuple[WaypostProcess, WaypostProcess, EnvoyProcess, EnvoyProcess]:
+        rls_a, rls_b = free_port(), free_port()
+        redis_args = ["--redis", redis.url]
+        waypost_a = start_waypost(policies, args=["--ratelimit-port", str(rls_a), *redis_args])
+        waypost_b = start_waypost(policies, args=["--ratelimit-port", str(rls_b), *redis_args])
+        envoy_a = start_envoy(
+            xds_port=waypost_a.xds_port, ratelimit_port=rls_a, node_id="a", node_cluster="a"
+        )
+        envoy_b = start_envoy(
+            xds_port=waypost_b.xds_port, ratelimit_port=rls_b, node_id="b", node_cluster="b"
+        )
+        envoy_a.wait_for_listener(port_a)
+        envoy_b.wait_for_listener(port_b)
+        return waypost_a, waypost_b, envoy_a, envoy_b
+
+    waypost_a, waypost_b, _, _ = await asyncio.to_thread(start_two)
+    tenant = {"x-tenant": "acme"}
+
+    # One limit of 10/minute holds across both Envoys and both waypost replicas.
+    for n in range(10):
+        response = await get(port_a if n % 2 else port_b, "/tenants", tenant)
+        assert response.status_code == 200, response.text
+    assert (await get(port_a, "/tenants", tenant)).status_code == 429
+    assert (await get(port_b, "/tenants", tenant)).status_code == 429
+
+    # Redis dies: fail open (the over-limit tenant passes again), the outage shows in /metrics.
+    await asyncio.to_thread(redis.stop)
+    for _ in range(3):
+        assert (await get(port_a, "/tenants", tenant)).status_code == 200
+    assert await asyncio.to_thread(waypost_a.metric, "waypost_ratelimit_store_up") == 0
+    assert await asyncio.to_thread(waypost_a.metric, "waypost_ratelimit_store_outages_total") == 1
+    assert (await asyncio.to_thread(waypost_a.metric, "waypost_ratelimit_store_errors_total") or 0) >= 3
+    assert "rate-limit store unreachable" in waypost_a.log_text()
+
+    # Redis is back (empty): limiting resumes by itself, shared again.
+    await asyncio.to_thread(redis.restart)
+
+    async def counting() -> bool:
+        return "ratelimit-remaining" in (await get(port_b, "/tenants", tenant)).headers
+
+    await async_wait_until(counting, timeout=10, interval=0.2)
+    statuses = [(await get(port_a if n % 2 else port_b, "/tenants", tenant)).status_code for n in range(12)]
+    assert statuses.count(429) >= 2 and statuses[-1] == 429, statuses
+    assert await asyncio.to_thread(waypost_a.metric, "waypost_ratelimit_store_up") == 1
+    assert await asyncio.to_thread(waypost_b.metric, "waypost_ratelimit_store_outages_total") == 0
+    assert waypost_a.log_text().count("rate-limit store unreachable") == 1

@@ -130,6 +130,9 @@ class RedisStore:
 
     def __init__(self, url: str, algorithm: Algorithm = "fixed", *, timeout: float = 0.5) -> None:
         import redis.asyncio as aioredis
+        from redis.asyncio.retry import Retry
+        from redis.backoff import NoBackoff
+        from redis.exceptions import ConnectionError as RedisConnectionError
 
         self.algorithm = algorithm
         self.url = url
@@ -137,7 +140,11 @@ class RedisStore:
             url,
             socket_timeout=timeout,
             socket_connect_timeout=timeout,
-            # A dead Redis must fail fast; retries would multiply the latency of every decision.
+            # One immediate retry on a broken connection: after a Redis restart the pooled
+            # connections are dead, and the first use of each should reconnect, not fail a decision.
+            # A dead Redis refuses the reconnect at once; a timeout is not retried (fail fast).
+            retry=Retry(NoBackoff(), 1),
+            retry_on_error=[RedisConnectionError],
             retry_on_timeout=False,
             health_check_interval=0,
         )
