@@ -236,9 +236,10 @@ async def test_redis_unreachable_fails_open_or_closed(tmp_path: Path) -> None:
         await limiter.store.close()
 
 
-async def test_rls_over_grpc(tmp_path: Path) -> None:
+@pytest.mark.parametrize("grpcio", [False, True], ids=["h2server", "grpcio"])
+async def test_rls_over_grpc(tmp_path: Path, grpcio: bool) -> None:
     policy = load(tmp_path)
-    running = await start_ratelimit(RateLimitOptions(port=0, host="127.0.0.1"), lambda: policy)
+    running = await start_ratelimit(RateLimitOptions(port=0, host="127.0.0.1", grpcio=grpcio), lambda: policy)
     try:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel:
             stub = rls_pb2_grpc.RateLimitServiceStub(channel)
@@ -254,6 +255,11 @@ async def test_rls_over_grpc(tmp_path: Path) -> None:
                 ],
             )
             responses = [await stub.ShouldRateLimit(request) for _ in range(4)]
+            # Many concurrent calls on one connection (streams interleave; flow control holds).
+            burst = await asyncio.gather(
+                *(stub.ShouldRateLimit(rls_pb2.RateLimitRequest(domain="waypost")) for _ in range(300))
+            )
+            assert all(r.overall_code == rls_pb2.RateLimitResponse.OK for r in burst)
             assert [r.overall_code for r in responses[:3]] == [rls_pb2.RateLimitResponse.OK] * 3
             last = responses[3]
             assert last.overall_code == rls_pb2.RateLimitResponse.OVER_LIMIT

@@ -110,6 +110,11 @@ def _ratelimit_arguments(parser: argparse.ArgumentParser, *, port_flag: str, req
     parser.add_argument(
         "--ratelimit-algorithm", choices=("fixed", "sliding"), default="fixed", help="window algorithm"
     )
+    parser.add_argument(
+        "--ratelimit-grpcio",
+        action="store_true",
+        help="serve the RLS with grpcio's server (slower) instead of waypost's lean HTTP/2 server",
+    )
 
 
 def _ratelimit_options(args: argparse.Namespace) -> RateLimitOptions | None:
@@ -123,6 +128,7 @@ def _ratelimit_options(args: argparse.Namespace) -> RateLimitOptions | None:
         redis=args.redis,
         fail_closed=args.ratelimit_fail_closed,
         algorithm=args.ratelimit_algorithm,
+        grpcio=args.ratelimit_grpcio,
     )
 
 

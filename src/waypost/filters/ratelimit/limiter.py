@@ -7,7 +7,6 @@ check a consumer's quota in the call it already makes (:func:`check_consumer_quo
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -20,7 +19,7 @@ from waypost.filters.ratelimit.metrics import (
     RATELIMIT_STORE_OUTAGES,
     RATELIMIT_STORE_UP,
 )
-from waypost.filters.ratelimit.store import CounterStore, StoreUnavailable
+from waypost.filters.ratelimit.store import Count, CounterStore, StoreUnavailable
 from waypost.filters.ratelimit.table import LimitRule, RateLimitTable, build_table
 from waypost.log import get_logger
 from waypost.policies.model import PolicySet
@@ -30,6 +29,13 @@ __all__ = ["DescriptorResult", "Limiter", "Verdict", "check_consumer_quota"]
 log = get_logger("waypost.ratelimit")
 
 Entries = Sequence[tuple[str, str]]
+_Planned = tuple[int, LimitRule, int, str]
+"""(descriptor index, rule, requests allowed, unit) of one counted descriptor."""
+
+# Bound once: a labels() lookup per decision costs more than the decision's arithmetic.
+_DECIDED_OK = RATELIMIT_DECISIONS.labels("ok")
+_DECIDED_OVER = RATELIMIT_DECISIONS.labels("over_limit")
+_DECIDED_SHADOW = RATELIMIT_DECISIONS.labels("shadow_over_limit")
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,51 +88,77 @@ class Limiter:
         return table
 
     async def decide(self, descriptors: Sequence[Entries], hits: int = 1) -> Verdict:
-        table = self.table
-        plan: list[tuple[int, LimitRule, int, str]] = []  # (descriptor index, rule, requests, counter)
-        counters: list[tuple[str, int]] = []
-        for index, entries in enumerate(descriptors):
-            found = _resolve(table, entries) if table is not None else None
-            if found is not None:
-                rule, requests, window, counter = found
-                plan.append((index, rule, requests, counter))
-                counters.append((counter, window))
-        results = [_UNCOUNTED] * len(descriptors)
+        plan, counters = self._plan(descriptors)
         if not counters:
-            RATELIMIT_DECISIONS.labels("ok").inc()
-            return Verdict(True, tuple(results))
+            _DECIDED_OK.inc()
+            return Verdict(True, (_UNCOUNTED,) * len(descriptors))
         try:
             counts = await self.store.hit(counters, hits)
         except StoreUnavailable as exc:
-            return self._store_failed(exc, results)
+            return self._store_failed(exc, len(descriptors))
+        return self._finish(plan, counts, len(descriptors))
+
+    def decide_now(self, descriptors: Sequence[Entries], hits: int = 1) -> Verdict | None:
+        """:meth:`decide` without awaiting, for a store that counts synchronously (in process);
+        None when the store needs I/O (then await :meth:`decide`)."""
+        hit_now = getattr(self.store, "hit_sync", None)
+        if hit_now is None:
+            return None
+        plan, counters = self._plan(descriptors)
+        if not counters:
+            _DECIDED_OK.inc()
+            return Verdict(True, (_UNCOUNTED,) * len(descriptors))
+        return self._finish(plan, hit_now(counters, hits), len(descriptors))
+
+    def _plan(self, descriptors: Sequence[Entries]) -> tuple[list[_Planned], list[tuple[str, int]]]:
+        table = self.table
+        plan: list[_Planned] = []
+        counters: list[tuple[str, int]] = []
+        if table is None:
+            return plan, counters
+        for index, entries in enumerate(descriptors):
+            found = _resolve(table, entries)
+            if found is not None:
+                rule, requests, window, unit, counter = found
+                plan.append((index, rule, requests, unit))
+                counters.append((counter, window))
+        return plan, counters
+
+    def _finish(self, plan: list[_Planned], counts: Sequence[Count], size: int) -> Verdict:
         if self._store_down:
             self._store_down = False
             RATELIMIT_STORE_UP.set(1)
             log.warning("rate-limit store is back; limiting resumes")
+        results = [_UNCOUNTED] * size
         allowed = True
         shadow_over = False
-        for (index, rule, requests, _), count in zip(plan, counts, strict=True):
+        for (index, rule, requests, unit), count in zip(plan, counts, strict=True):
             over = count.used > requests
-            if over and rule.shadow:
-                shadow_over = True
-                RATELIMIT_SHADOW_DENIALS.labels(rule.policy).inc()
-                log.info("rate limit would deny (shadow)", policy=rule.policy, by=rule.by, limit=requests)
-            elif over:
-                allowed = False
-                RATELIMIT_OVER_LIMIT.labels(rule.policy).inc()
+            if over:
+                if rule.shadow:
+                    shadow_over = True
+                    RATELIMIT_SHADOW_DENIALS.labels(rule.policy).inc()
+                    log.info("rate limit would deny (shadow)", policy=rule.policy, by=rule.by, limit=requests)
+                else:
+                    allowed = False
+                    RATELIMIT_OVER_LIMIT.labels(rule.policy).inc()
             results[index] = DescriptorResult(
                 over_limit=over and not rule.shadow,
                 limit=requests,
-                unit=_unit(rule, requests),
+                unit=unit,
                 remaining=max(0, requests - int(count.used)),
                 reset=count.reset,
             )
-        RATELIMIT_DECISIONS.labels(
-            "ok" if allowed and not shadow_over else "over_limit" if not allowed else "shadow_over_limit"
-        ).inc()
+        if not allowed:
+            _DECIDED_OVER.inc()
+        elif shadow_over:
+            _DECIDED_SHADOW.inc()
+        else:
+            _DECIDED_OK.inc()
         return Verdict(allowed, tuple(results), headers=rate_limit_headers(results, allowed))
 
-    def _store_failed(self, exc: StoreUnavailable, results: list[DescriptorResult]) -> Verdict:
+    def _store_failed(self, exc: StoreUnavailable, size: int) -> Verdict:
+        results = (_UNCOUNTED,) * size
         RATELIMIT_STORE_ERRORS.inc()
         if not self._store_down:
             # Once per outage: a dead Redis under load must not flood the log.
@@ -140,16 +172,12 @@ class Limiter:
             )
         RATELIMIT_DECISIONS.labels("store_error").inc()
         if self.fail_closed:
-            return Verdict(False, tuple(results), headers=(("retry-after", "1"),), store_error=True)
-        return Verdict(True, tuple(results), store_error=True)
+            return Verdict(False, results, headers=(("retry-after", "1"),), store_error=True)
+        return Verdict(True, results, store_error=True)
 
 
-def _unit(rule: LimitRule, requests: int) -> str:
-    return rule.unit
-
-
-def _resolve(table: RateLimitTable, entries: Entries) -> tuple[LimitRule, int, int, str] | None:
-    """(rule, requests, window seconds, counter) for one descriptor, or None when nothing counts it."""
+def _resolve(table: RateLimitTable, entries: Entries) -> tuple[LimitRule, int, int, str, str] | None:
+    """(rule, requests, window seconds, unit, counter) for one descriptor; None: nothing counts it."""
     if not entries or entries[0][0] != d.LIMIT_KEY:
         return None
     rule = table.rules.get(entries[0][1])
@@ -164,10 +192,10 @@ def _resolve(table: RateLimitTable, entries: Entries) -> tuple[LimitRule, int, i
             values.append(value)
     if plan is not None and plan in rule.plans:
         chosen = rule.plans[plan]
-        return rule, chosen.requests, chosen.window, f"{chosen.counter}|{'|'.join(values)}"
+        return rule, chosen.requests, chosen.window, chosen.unit, f"{chosen.counter}|{'|'.join(values)}"
     if rule.requests is None:
         return None
-    return rule, rule.requests, rule.window, f"{rule.counter}|{'|'.join(values)}"
+    return rule, rule.requests, rule.window, rule.unit, f"{rule.counter}|{'|'.join(values)}"
 
 
 def rate_limit_headers(results: Sequence[DescriptorResult], allowed: bool) -> tuple[tuple[str, str], ...]:
@@ -215,7 +243,3 @@ async def check_consumer_quota(
     if not descriptors:
         return Verdict(True, ())
     return await limiter.decide(descriptors, hits)
-
-
-def now() -> float:
-    return time.time()

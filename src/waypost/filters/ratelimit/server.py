@@ -15,6 +15,7 @@ from pathlib import Path
 
 import grpc
 
+from waypost.filters.ratelimit.h2server import H2RateLimitServer, start_h2_server
 from waypost.filters.ratelimit.limiter import Limiter
 from waypost.filters.ratelimit.metrics import RATELIMIT_STORE_UP
 from waypost.filters.ratelimit.service import RateLimitService
@@ -35,16 +36,21 @@ class RateLimitOptions:
     """``redis://host:port/db``: counters shared by every replica; None keeps them in process."""
     fail_closed: bool = False
     algorithm: Algorithm = "fixed"
+    grpcio: bool = False
+    """Serve with grpcio's aio server instead of the lean HTTP/2 server (see :mod:`h2server`)."""
 
 
 @dataclass
 class RunningRateLimit:
-    server: grpc.aio.Server
+    server: grpc.aio.Server | H2RateLimitServer
     port: int
     limiter: Limiter
 
     async def stop(self) -> None:
-        await self.server.stop(grace=1)
+        if isinstance(self.server, H2RateLimitServer):
+            await self.server.stop()
+        else:
+            await self.server.stop(grace=1)
         await self.limiter.store.close()
 
 
@@ -59,6 +65,27 @@ async def start_ratelimit(
 ) -> RunningRateLimit:
     limiter = Limiter(policy_source, make_store(options), fail_closed=options.fail_closed)
     RATELIMIT_STORE_UP.set(1)
+    service = RateLimitService(limiter)
+    running: RunningRateLimit
+    if not options.grpcio:
+        h2 = await start_h2_server(service.answer, options.host, options.port)
+        running = RunningRateLimit(server=h2, port=h2.port, limiter=limiter)
+    else:
+        running = await _start_grpcio(service, options, limiter)
+    log.info(
+        "rate-limit service listening",
+        port=running.port,
+        server="grpcio" if options.grpcio else "h2",
+        store="redis" if options.redis else "memory",
+        algorithm=options.algorithm,
+        fail_closed=options.fail_closed,
+    )
+    return running
+
+
+async def _start_grpcio(
+    service: RateLimitService, options: RateLimitOptions, limiter: Limiter
+) -> RunningRateLimit:
     server = grpc.aio.server(
         options=[
             ("grpc.keepalive_time_ms", 30_000),
@@ -66,16 +93,9 @@ async def start_ratelimit(
             ("grpc.keepalive_permit_without_calls", 1),
         ]
     )
-    RateLimitService(limiter).add_to(server)
+    service.add_to(server)
     port = server.add_insecure_port(f"{options.host}:{options.port}")
     await server.start()
-    log.info(
-        "rate-limit service listening",
-        port=port,
-        store="redis" if options.redis else "memory",
-        algorithm=options.algorithm,
-        fail_closed=options.fail_closed,
-    )
     return RunningRateLimit(server=server, port=port, limiter=limiter)
 
 

@@ -7,6 +7,8 @@ response. Bad input never raises: an unknown domain or descriptor is simply not 
 
 from __future__ import annotations
 
+from collections.abc import Awaitable
+
 import grpc
 from envoy.config.core.v3 import base_pb2
 from envoy.service.ratelimit.v3 import rls_pb2
@@ -49,6 +51,16 @@ class RateLimitService:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "malformed RateLimitRequest")
             raise  # unreachable: abort raises
         return await self.decide_bytes(parsed)
+
+    def answer(self, request: rls_pb2.RateLimitRequest) -> bytes | Awaitable[bytes]:
+        """The serialized response, inline when the store counts in process, else awaitable."""
+        if request.domain != d.DOMAIN:
+            return _OK_EMPTY
+        descriptors = [[(e.key, e.value) for e in desc.entries] for desc in request.descriptors]
+        verdict = self.limiter.decide_now(descriptors, request.hits_addend or 1)
+        if verdict is not None:
+            return encode_verdict(verdict).SerializeToString()
+        return self.decide_bytes(request)
 
     async def decide_bytes(self, request: rls_pb2.RateLimitRequest) -> bytes:
         if request.domain != d.DOMAIN:

@@ -67,6 +67,10 @@ class MemoryStore:
     async def hit(self, counters: Sequence[tuple[str, int]], hits: int) -> list[Count]:
         return self.hit_now(counters, hits, self._time())
 
+    def hit_sync(self, counters: Sequence[tuple[str, int]], hits: int) -> list[Count]:
+        """:meth:`hit` without a coroutine: the RLS answers in-process decisions inline."""
+        return self.hit_now(counters, hits, self._time())
+
     def hit_now(self, counters: Sequence[tuple[str, int]], hits: int, now: float) -> list[Count]:
         self._ops += 1
         if self._ops >= 50_000:
