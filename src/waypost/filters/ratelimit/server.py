@@ -63,7 +63,10 @@ def make_store(options: RateLimitOptions) -> CounterStore:
 async def start_ratelimit(
     options: RateLimitOptions, policy_source: Callable[[], PolicySet | None]
 ) -> RunningRateLimit:
-    limiter = Limiter(policy_source, make_store(options), fail_closed=options.fail_closed)
+    store = make_store(options)
+    if isinstance(store, RedisStore):
+        await store.prepare()
+    limiter = Limiter(policy_source, store, fail_closed=options.fail_closed)
     RATELIMIT_STORE_UP.set(1)
     service = RateLimitService(limiter)
     running: RunningRateLimit

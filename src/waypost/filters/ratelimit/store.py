@@ -179,6 +179,13 @@ class RedisStore:
             out.append(Count(used, start + window - now))
         return out
 
+    async def prepare(self) -> None:
+        """Load the script up front, so even the first decisions are one EVALSHA each."""
+        try:
+            await self._redis.script_load(_SCRIPT)
+        except Exception:  # Redis down at start: the first decision reports it (fail open/closed)
+            return
+
     async def ping(self) -> bool:
         try:
             return bool(await self._redis.ping())
