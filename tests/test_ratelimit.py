@@ -13,6 +13,7 @@ from pathlib import Path
 
 import grpc
 import pytest
+import redis
 from envoy.extensions.common.ratelimit.v3 import ratelimit_pb2 as common_pb2
 from envoy.service.ratelimit.v3 import rls_pb2, rls_pb2_grpc
 
@@ -352,3 +353,21 @@ def test_waypost_ratelimit_alone_with_hot_reload(tmp_path: Path) -> None:
         proc.terminate()
         proc.wait(10)
         log.close()
+
+
+async def test_redis_store_survives_script_flush_restart_and_uses_its_db(redis_server: RedisProcess) -> None:
+    store = RedisStore(redis_server.url.replace("/0", "/3"))
+    try:
+        await store.prepare()
+        assert (await store.hit([("x", 60)], 1))[0].used == 1
+        client = redis_server.client()
+        client.script_flush()  # NOSCRIPT next time: the store loads it again by itself
+        assert (await store.hit([("x", 60)], 1))[0].used == 2
+        client.close()
+        with redis.Redis(host="127.0.0.1", port=redis_server.port, db=3) as db3:
+            assert any(k.startswith(b"wp:{x}:") for k in db3.keys("*"))
+        await asyncio.to_thread(redis_server.restart)
+        # The idle connection died with the old server: one transparent reconnect, no error.
+        assert (await store.hit([("x", 60)], 1))[0].used == 1
+    finally:
+        await store.close()

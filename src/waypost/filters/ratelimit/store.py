@@ -9,11 +9,16 @@ counter atomically and lets windows expire by themselves (PEXPIRE). Redis keys a
 
 from __future__ import annotations
 
+import asyncio
+import collections
+import contextlib
+import hashlib
 import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import Literal, Protocol, cast
+from urllib.parse import unquote, urlsplit
 
 __all__ = [
     "Algorithm",
@@ -129,30 +134,137 @@ return out
 """
 
 
+class _RespError(Exception):
+    """An error reply from Redis (``-ERR ...``, ``-NOSCRIPT ...``)."""
+
+
+class _ConnectionLost(Exception):
+    pass
+
+
+def _command(*args: bytes | str | int) -> bytes:
+    parts = [b"*%d\r\n" % len(args)]
+    for arg in args:
+        data = arg if isinstance(arg, bytes) else str(arg).encode()
+        parts.append(b"$%d\r\n%s\r\n" % (len(data), data))
+    return b"".join(parts)
+
+
+def _parse(buf: bytearray, pos: int) -> tuple[object, int] | None:
+    """One RESP2 reply at ``pos``: (value, next position), or None if it is not complete yet."""
+    end = buf.find(b"\r\n", pos)
+    if end < 0:
+        return None
+    kind, line = buf[pos], bytes(buf[pos + 1 : end])
+    pos = end + 2
+    if kind == 0x3A:  # ':' integer
+        return int(line), pos
+    if kind == 0x2B:  # '+' simple string
+        return line, pos
+    if kind == 0x2D:  # '-' error
+        return _RespError(line.decode(errors="replace")), pos
+    if kind == 0x24:  # '$' bulk string
+        size = int(line)
+        if size < 0:
+            return None, pos
+        if len(buf) < pos + size + 2:
+            return None
+        return bytes(buf[pos : pos + size]), pos + size + 2
+    if kind == 0x2A:  # '*' array
+        items = []
+        for _ in range(int(line)):
+            parsed = _parse(buf, pos)
+            if parsed is None:
+                return None
+            item, pos = parsed
+            items.append(item)
+        return items, pos
+    raise _ConnectionLost(f"unexpected RESP reply type {chr(kind)!r}")
+
+
+class _Resp(asyncio.Protocol):
+    """One pipelined Redis connection: replies come back in request order (RESP2)."""
+
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
+        self.waiters: collections.deque[asyncio.Future[object]] = collections.deque()
+        self.buffer = bytearray()
+        self.lost = False
+        self.used = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)
+
+    def call(self, command: bytes) -> asyncio.Future[object]:
+        future: asyncio.Future[object] = asyncio.get_running_loop().create_future()
+        if self.lost or self.transport is None:
+            future.set_exception(_ConnectionLost("connection closed"))
+            return future
+        self.waiters.append(future)
+        self.transport.write(command)
+        return future
+
+    def data_received(self, data: bytes) -> None:
+        buf = self.buffer
+        buf += data
+        pos = 0
+        try:
+            while self.waiters:
+                parsed = _parse(buf, pos)
+                if parsed is None:
+                    break
+                value, pos = parsed
+                future = self.waiters.popleft()
+                if not future.done():
+                    future.set_result(value)
+        except (_ConnectionLost, ValueError) as exc:
+            self.abort(str(exc))
+            return
+        del buf[:pos]
+
+    def abort(self, reason: str) -> None:
+        self.lost = True
+        if self.transport is not None:
+            self.transport.abort()
+        self._fail(reason)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.lost = True
+        self._fail(f"connection lost: {exc}" if exc else "connection closed by Redis")
+
+    def _fail(self, reason: str) -> None:
+        while self.waiters:
+            future = self.waiters.popleft()
+            if not future.done():
+                future.set_exception(_ConnectionLost(reason))
+
+
 class RedisStore:
-    """Counters in Redis, shared by every waypost replica pointing at it."""
+    """Counters in Redis, shared by every waypost replica pointing at it.
+
+    One connection, pipelined (concurrent decisions share it; Redis answers in order), spoken in
+    plain RESP: a decision is one EVALSHA write and one reply, no pool checkout, no per-call
+    objects beyond a future. A lost connection is re-opened on the next decision; while Redis
+    refuses connections, decisions fail fast for 100 ms between attempts.
+    """
 
     def __init__(self, url: str, algorithm: Algorithm = "fixed", *, timeout: float = 0.5) -> None:
-        import redis.asyncio as aioredis
-        from redis.asyncio.retry import Retry
-        from redis.backoff import NoBackoff
-        from redis.exceptions import ConnectionError as RedisConnectionError
-
+        parsed = urlsplit(url)
+        if parsed.scheme != "redis":
+            raise ValueError(f"{url}: only redis://HOST:PORT/DB URLs are supported")
         self.algorithm = algorithm
         self.url = url
-        self._redis = aioredis.Redis.from_url(
-            url,
-            socket_timeout=timeout,
-            socket_connect_timeout=timeout,
-            # One immediate retry on a broken connection: after a Redis restart the pooled
-            # connections are dead, and the first use of each should reconnect, not fail a decision.
-            # A dead Redis refuses the reconnect at once; a timeout is not retried (fail fast).
-            retry=Retry(NoBackoff(), 1),
-            retry_on_error=[RedisConnectionError],
-            retry_on_timeout=False,
-            health_check_interval=0,
-        )
-        self._script = self._redis.register_script(_SCRIPT)
+        self._host = parsed.hostname or "127.0.0.1"
+        self._port = parsed.port or 6379
+        self._password = unquote(parsed.password) if parsed.password else None
+        self._username = unquote(parsed.username) if parsed.username else None
+        self._db = int(parsed.path.lstrip("/") or 0)
+        self._timeout = timeout
+        self._sha = hashlib.sha1(_SCRIPT.encode()).hexdigest()
+        self._evalsha = (b"EVALSHA", self._sha.encode())
+        self._conn: _Resp | None = None
+        self._connecting: asyncio.Future[_Resp] | None = None
+        self._retry_at = 0.0
 
     @staticmethod
     def redis_key(counter: str) -> str:
@@ -160,37 +272,101 @@ class RedisStore:
         return "wp:{" + counter.replace("{", "(").replace("}", ")") + "}"
 
     async def hit(self, counters: Sequence[tuple[str, int]], hits: int) -> list[Count]:
-        from redis.exceptions import RedisError
-
         keys = [self.redis_key(c) for c, _ in counters]
         args = [hits, 1 if self.algorithm == "sliding" else 0, *(w for _, w in counters)]
-        try:
-            # EVALSHA; redis-py falls back to EVAL (loading the script) once after a NOSCRIPT.
-            raw = await self._script(keys=keys, args=args)
-        except (RedisError, OSError) as exc:
-            raise StoreUnavailable(f"{type(exc).__name__}: {exc}") from exc
-        now = int(raw[0]) / 1000.0
+        command = _command(*self._evalsha, len(keys), *keys, *args)
+        raw = await self._call(command)
+        if isinstance(raw, _RespError) and str(raw).startswith("NOSCRIPT"):
+            # Redis restarted or flushed its scripts: load it (EVAL) and carry on.
+            raw = await self._call(_command(b"EVAL", _SCRIPT, len(keys), *keys, *args))
+        if isinstance(raw, _RespError) or not isinstance(raw, list):
+            raise StoreUnavailable(f"unexpected reply from Redis: {raw!r}")
+        now = int(raw[0]) / 1000.0  # type: ignore[call-overload]
         out = []
         sliding = self.algorithm == "sliding"
         for i, (_, window) in enumerate(counters):
-            current, previous = int(raw[1 + 2 * i]), int(raw[2 + 2 * i])
+            current, previous = int(raw[1 + 2 * i]), int(raw[2 + 2 * i])  # type: ignore[call-overload]
             start = math.floor(now / window) * window
             used = _sliding(current, previous, now - start, window) if sliding else current
             out.append(Count(used, start + window - now))
         return out
 
-    async def prepare(self) -> None:
-        """Load the script up front, so even the first decisions are one EVALSHA each."""
-        try:
-            await self._redis.script_load(_SCRIPT)
-        except Exception:  # Redis down at start: the first decision reports it (fail open/closed)
-            return
+    async def _call(self, command: bytes) -> object:
+        for attempt in (0, 1):
+            conn = await self._connection()
+            reused = conn.used
+            conn.used = True
+            future = conn.call(command)
+            loop = asyncio.get_running_loop()
+            timer = loop.call_later(self._timeout, self._expire, conn, future)
+            try:
+                return await future
+            except _ConnectionLost as exc:
+                # A connection Redis closed while idle (a restart) gets one fresh retry.
+                if attempt == 0 and reused:
+                    continue
+                raise StoreUnavailable(str(exc)) from exc
+            finally:
+                timer.cancel()
+        raise AssertionError("unreachable")
 
-    async def ping(self) -> bool:
+    def _expire(self, conn: _Resp, future: asyncio.Future[object]) -> None:
+        if not future.done():
+            # Replies are matched by order: after a timeout the connection cannot be trusted.
+            conn.abort(f"no reply from Redis within {self._timeout}s")
+
+    async def _connection(self) -> _Resp:
+        conn = self._conn
+        if conn is not None and not conn.lost:
+            return conn
+        if self._connecting is not None:
+            return await asyncio.shield(self._connecting)
+        loop = asyncio.get_running_loop()
+        if loop.time() < self._retry_at:
+            raise StoreUnavailable(f"Redis at {self._host}:{self._port} unreachable (retrying shortly)")
+        self._connecting = loop.create_future()
         try:
-            return bool(await self._redis.ping())
-        except Exception:
-            return False
+            conn = await self._open()
+        except BaseException as exc:
+            self._retry_at = loop.time() + 0.1
+            error = StoreUnavailable(f"cannot connect to Redis at {self._host}:{self._port}: {exc}")
+            self._connecting.set_exception(error)
+            self._connecting.exception()  # retrieved: waiters get it, nobody else must
+            self._connecting = None
+            raise error from exc
+        self._conn = conn
+        self._connecting.set_result(conn)
+        self._connecting = None
+        return conn
+
+    async def _open(self) -> _Resp:
+        loop = asyncio.get_running_loop()
+        _, conn = await asyncio.wait_for(
+            loop.create_connection(_Resp, self._host, self._port), timeout=self._timeout
+        )
+        setup = []
+        if self._password is not None:
+            setup.append(
+                _command(b"AUTH", self._username, self._password)
+                if self._username
+                else _command(b"AUTH", self._password)
+            )
+        if self._db:
+            setup.append(_command(b"SELECT", self._db))
+        setup.append(_command(b"SCRIPT", b"LOAD", _SCRIPT))
+        for command in setup:
+            reply = await asyncio.wait_for(conn.call(command), timeout=self._timeout)
+            if isinstance(reply, _RespError):
+                conn.abort(str(reply))
+                raise StoreUnavailable(f"Redis refused the connection setup: {reply}")
+        return conn
+
+    async def prepare(self) -> None:
+        """Connect and load the script up front, so even the first decisions are one EVALSHA each."""
+        with contextlib.suppress(StoreUnavailable):  # Redis down at start: decisions report it
+            await self._connection()
 
     async def close(self) -> None:
-        await self._redis.aclose()
+        if self._conn is not None and self._conn.transport is not None:
+            self._conn.transport.close()
+        self._conn = None
