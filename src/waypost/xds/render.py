@@ -44,9 +44,28 @@ def render_resources(resources: NodeResources, *, redact: bool = True) -> dict[s
             )
             if type_url is TypeUrl.SECRET and redact:
                 _redact_secret(data)
-            items.append(data)
+            items.append(_sort_maps(data))
         rendered[section] = items
     return rendered
+
+
+# Protobuf map fields iterate in a per-process hash order; rendered output must be stable.
+_MAP_FIELDS = frozenset({"typed_per_filter_config", "typed_extension_protocol_options", "filter_metadata"})
+
+
+def _sort_maps(data: Any) -> Any:
+    if isinstance(data, dict):
+        return {
+            key: (
+                {k: _sort_maps(v) for k, v in sorted(value.items())}
+                if key in _MAP_FIELDS and isinstance(value, dict)
+                else _sort_maps(value)
+            )
+            for key, value in data.items()
+        }
+    if isinstance(data, list):
+        return [_sort_maps(item) for item in data]
+    return data
 
 
 def _redact_secret(secret: dict[str, Any]) -> None:
