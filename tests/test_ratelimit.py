@@ -22,6 +22,7 @@ from support.procs import SRC_DIR
 from support.redis import RedisProcess, find_redis_server
 from waypost.filters.ratelimit.limiter import Limiter, check_consumer_quota
 from waypost.filters.ratelimit.server import RateLimitOptions, start_ratelimit
+from waypost.filters.ratelimit.service import encode_verdict, encode_verdict_bytes
 from waypost.filters.ratelimit.store import MemoryStore, RedisStore
 from waypost.filters.ratelimit.table import build_table
 from waypost.policies.loader import load_policies
@@ -371,3 +372,14 @@ async def test_redis_store_survives_script_flush_restart_and_uses_its_db(redis_s
         assert (await store.hit([("x", 60)], 1))[0].used == 1
     finally:
         await store.close()
+
+
+async def test_hand_encoded_response_equals_protobuf(tmp_path: Path) -> None:
+    policy = load(tmp_path)
+    limiter = Limiter(lambda: policy, MemoryStore())
+    descriptors = [consumer("acme"), [("limit", "standard/1"), ("header", "t" * 200)], [("nope", "x")]]
+    for _ in range(5):
+        verdict = await limiter.decide(descriptors, hits=40)
+        expected = encode_verdict(verdict)
+        assert rls_pb2.RateLimitResponse.FromString(encode_verdict_bytes(verdict)) == expected
+    assert not verdict.allowed
