@@ -135,10 +135,26 @@ async def test_global_local_shadow_and_reload(
     start_envoy: Callable[..., EnvoyProcess],
 ) -> None:
     echo = await echo_backend("echo")
-    port = free_port()
-    policies = tmp_policies(None, files={"all.yaml": policy_text(port, echo)})
+    port, proxied_port = free_port(), free_port()
+    # A second gateway behind one trusted proxy: the client is the x-forwarded-for entry it added.
+    proxied = f"""
+        kind: Gateway
+        name: proxied
+        port: {proxied_port}
+        address: 127.0.0.1
+        trusted_hops: 1
+        ---
+        kind: Route
+        name: proxied-local
+        gateway: proxied
+        match: {{prefix: /local}}
+        backend: echo
+        rate_limit: per-ip
+    """
+    policies = tmp_policies(None, files={"all.yaml": policy_text(port, echo), "proxied.yaml": proxied})
     waypost, envoy = await asyncio.to_thread(start_stack, start_waypost, start_envoy, policies)
     await asyncio.to_thread(envoy.wait_for_listener, port)
+    await asyncio.to_thread(envoy.wait_for_listener, proxied_port)
 
     # Global, 10/minute per tenant: ten pass with counting-down headers, the 11th is a 429.
     for n in range(1, 11):
@@ -170,6 +186,11 @@ async def test_global_local_shadow_and_reload(
     assert local_denied.headers["retry-after"] == "60"
     # Another client address has its own bucket.
     assert (await get(port, "/local", source="127.0.0.2")).status_code == 200
+    # Behind a trusted proxy, each forwarded client address has its own bucket.
+    for _ in range(3):
+        assert (await get(proxied_port, "/local", {"x-forwarded-for": "10.0.0.1"})).status_code == 200
+    assert (await get(proxied_port, "/local", {"x-forwarded-for": "10.0.0.1"})).status_code == 429
+    assert (await get(proxied_port, "/local", {"x-forwarded-for": "10.0.0.2"})).status_code == 200
     assert await asyncio.to_thread(decisions, waypost) == before
 
     # Shadow: never blocks, reports the would-be denials.

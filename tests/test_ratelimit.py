@@ -383,3 +383,12 @@ async def test_hand_encoded_response_equals_protobuf(tmp_path: Path) -> None:
         expected = encode_verdict(verdict)
         assert rls_pb2.RateLimitResponse.FromString(encode_verdict_bytes(verdict)) == expected
     assert not verdict.allowed
+
+
+def test_trusted_hops_is_validated_with_file_and_line(tmp_path: Path) -> None:
+    from waypost.policies.diagnostics import PolicyError
+
+    with pytest.raises(PolicyError) as excinfo:
+        load(tmp_path, POLICY.replace("port: 8080", "port: 8080\ntrusted_hops: -1"))
+    message = "\n".join(str(d) for d in excinfo.value.diagnostics)
+    assert "all.yaml:5" in message and "trusted_hops" in message, message
