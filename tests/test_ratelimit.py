@@ -186,6 +186,12 @@ def test_memory_store_fixed_and_sliding_windows() -> None:
         sliding.hit_now([("k", 60)], 1, 150.0)
     # 15 s into the next window, 3/4 of the previous window's 10 still weigh in.
     assert sliding.hit_now([("k", 60)], 1, 195.0)[0].used == pytest.approx(1 + 7.5)
+    # Idle counters go away (checked every 50,000 hits), each after two of its own windows.
+    store = MemoryStore()
+    store.hit_now([("per-second", 1), ("per-day", 86400)], 1, 1000.0)
+    for i in range(50_000):
+        store.hit_now([("busy", 60)], 1, 1010.0 + i / 10_000)
+    assert "per-second" not in store._counters and "per-day" in store._counters
 
 
 async def test_redis_store_atomic_one_round_trip_expiring(redis_server: RedisProcess) -> None:

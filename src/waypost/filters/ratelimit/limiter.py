@@ -7,6 +7,7 @@ check a consumer's quota in the call it already makes (:func:`check_consumer_quo
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -75,6 +76,7 @@ class Limiter:
         self.fail_closed = fail_closed
         self._table: RateLimitTable | None = None
         self._store_down = False
+        self._shadow_logged: dict[str, float] = {}
 
     @property
     def table(self) -> RateLimitTable | None:
@@ -138,7 +140,7 @@ class Limiter:
                 if rule.shadow:
                     shadow_over = True
                     RATELIMIT_SHADOW_DENIALS.labels(rule.policy).inc()
-                    log.info("rate limit would deny (shadow)", policy=rule.policy, by=rule.by, limit=requests)
+                    self._log_shadow(rule, requests)
                 else:
                     allowed = False
                     RATELIMIT_OVER_LIMIT.labels(rule.policy).inc()
@@ -156,6 +158,13 @@ class Limiter:
         else:
             _DECIDED_OK.inc()
         return Verdict(allowed, tuple(results), headers=rate_limit_headers(results, allowed))
+
+    def _log_shadow(self, rule: LimitRule, requests: int) -> None:
+        # At most one line per policy per second: the metric has the exact count.
+        now = time.monotonic()
+        if now - self._shadow_logged.get(rule.policy, -1.0) >= 1.0:
+            self._shadow_logged[rule.policy] = now
+            log.info("rate limit would deny (shadow)", policy=rule.policy, by=rule.by, limit=requests)
 
     def _store_failed(self, exc: StoreUnavailable, size: int) -> Verdict:
         results = (_UNCOUNTED,) * size

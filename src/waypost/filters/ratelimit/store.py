@@ -64,7 +64,7 @@ class MemoryStore:
 
     def __init__(self, algorithm: Algorithm = "fixed") -> None:
         self.algorithm = algorithm
-        # counter -> [window start, count, previous window's count]
+        # counter -> [window start, count, previous window's count, window length]
         self._counters: dict[str, list[float]] = {}
         self._ops = 0
         self._time = time.time
@@ -87,7 +87,7 @@ class MemoryStore:
             start = math.floor(now / window) * window
             entry = table.get(key)
             if entry is None:
-                entry = table[key] = [start, 0, 0]
+                entry = table[key] = [start, 0, 0, window]
             elif entry[0] != start:
                 entry[2] = entry[1] if entry[0] == start - window else 0
                 entry[0] = start
@@ -98,9 +98,9 @@ class MemoryStore:
         return out
 
     def _sweep(self, now: float) -> None:
-        # Windows expire by themselves: drop counters idle for two windows (the longest is a day).
+        # Windows expire by themselves: a counter idle for two of its windows counts nothing more.
         self._ops = 0
-        stale = [k for k, e in self._counters.items() if e[0] < now - 2 * 86400 or (e[1] == 0 and e[2] == 0)]
+        stale = [k for k, e in self._counters.items() if e[0] + 2 * e[3] <= now]
         for key in stale:
             del self._counters[key]
 
