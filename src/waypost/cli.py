@@ -232,7 +232,12 @@ def _serve(args: argparse.Namespace) -> int:
         watch=not args.no_watch,
         ratelimit=_ratelimit_options(args),
     )
-    _run(serve(options))
+    try:
+        import uvloop
+
+        uvloop.run(serve(options))
+    except ImportError:
+        asyncio.run(serve(options))
     return 0
 
 
