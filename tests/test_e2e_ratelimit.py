@@ -210,7 +210,9 @@ async def test_global_local_shadow_and_reload(
         response = await get(port, "/tenants", {"x-tenant": "globex"})
         return response.headers.get("ratelimit-limit") == "20"
 
-    await async_wait_until(raised, timeout=2.0, interval=0.1)
+    # The design target is 2 s (0.25 s debounce + reload); the wait is looser so a loaded CI
+    # machine does not fail it: timing belongs in bench/, not in tests.
+    await async_wait_until(raised, timeout=10.0, interval=0.1)
     response = await get(port, "/tenants", {"x-tenant": "acme"})
     assert response.status_code == 200
     assert response.headers["ratelimit-limit"] == "20"

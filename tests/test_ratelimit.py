@@ -355,7 +355,7 @@ def test_waypost_ratelimit_alone_with_hot_reload(tmp_path: Path) -> None:
         (directory / "all.yaml").write_text(
             textwrap.dedent(POLICY).replace("requests: 5, per: hour", "requests: 7, per: hour")
         )
-        wait_until(lambda: limit_of() == 7, timeout=2.0, interval=0.1)
+        wait_until(lambda: limit_of() == 7, timeout=10.0, interval=0.1)
     finally:
         proc.terminate()
         proc.wait(10)
