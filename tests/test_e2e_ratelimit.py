@@ -107,6 +107,21 @@ async def get(
         return await client.get(f"http://127.0.0.1:{port}{path}", headers=headers)
 
 
+async def warm_up(port: int) -> None:
+    """Wait until Envoy's connection to the RLS is up and answering (a tenant of its own).
+
+    The first call also opens Envoy's HTTP/2 connection to waypost; on a loaded machine that can
+    take longer than the filter's timeout, and a request Envoy let through uncounted would shift
+    every count after it.
+    """
+
+    async def answered() -> bool:
+        response = await get(port, "/tenants", {"x-tenant": "warm-up"})
+        return "ratelimit-limit" in response.headers
+
+    await async_wait_until(answered, timeout=15, interval=0.2)
+
+
 def decisions(waypost: WaypostProcess) -> float:
     return sum(
         waypost.metric("waypost_ratelimit_decisions_total", result=result) or 0.0
@@ -155,6 +170,7 @@ async def test_global_local_shadow_and_reload(
     waypost, envoy = await asyncio.to_thread(start_stack, start_waypost, start_envoy, policies)
     await asyncio.to_thread(envoy.wait_for_listener, port)
     await asyncio.to_thread(envoy.wait_for_listener, proxied_port)
+    await warm_up(port)
 
     # Global, 10/minute per tenant: ten pass with counting-down headers, the 11th is a 429.
     for n in range(1, 11):
@@ -271,6 +287,8 @@ async def test_redis_shared_across_replicas_and_outage(
         return waypost_a, waypost_b, envoy_a, envoy_b
 
     waypost_a, waypost_b, _, _ = await asyncio.to_thread(start_two)
+    await warm_up(port_a)
+    await warm_up(port_b)
     tenant = {"x-tenant": "acme"}
 
     # One limit of 10/minute holds across both Envoys and both waypost replicas.
