@@ -10,11 +10,12 @@ import argparse
 import asyncio
 import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from waypost.filters.ratelimit.server import RateLimitOptions
     from waypost.policies.model import PolicySet
 
 __all__ = ["main"]
@@ -106,6 +107,9 @@ def _parser() -> argparse.ArgumentParser:
     bootstrap.add_argument(
         "--xds-sni", metavar="NAME", help="SNI and expected name of waypost's cert (default: the --xds host)"
     )
+    bootstrap.add_argument(
+        "--ratelimit-port", type=int, help="waypost's rate-limit service port (on the --xds host)"
+    )
 
     serve = commands.add_parser("serve", help="serve policies to Envoy over ADS, reloading on change")
     serve.add_argument("--policies", required=True, type=Path)
@@ -167,7 +171,56 @@ def _parser() -> argparse.ArgumentParser:
     keys_commands = keys.add_subparsers(dest="keys_command", required=True)
     keys_new = keys_commands.add_parser("new", help="print a fresh API key once, and the line to commit")
     keys_new.add_argument("consumer")
+    _ratelimit_arguments(serve, port_flag="--ratelimit-port", required=False)
+
+    ratelimit = commands.add_parser("ratelimit", help="run only the rate-limit service (Envoy RLS)")
+    ratelimit.add_argument("--policies", required=True, type=Path)
+    ratelimit.add_argument("--host", default="0.0.0.0", help="address to listen on (default 0.0.0.0)")
+    ratelimit.add_argument("--admin-port", type=int, default=9903, help="/metrics, /readyz")
+    ratelimit.add_argument("--no-watch", action="store_true", help="load once; do not watch the directory")
+    ratelimit.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
+    ratelimit.add_argument("--log-format", choices=("json", "console"))
+    _ratelimit_arguments(ratelimit, port_flag="--port", required=True)
     return parser
+
+
+def _ratelimit_arguments(parser: argparse.ArgumentParser, *, port_flag: str, required: bool) -> None:
+    parser.add_argument(
+        port_flag,
+        dest="ratelimit_port",
+        type=int,
+        required=required,
+        help="gRPC port of the rate-limit service",
+    )
+    parser.add_argument("--redis", metavar="URL", help="redis://HOST:PORT/DB: counters shared by replicas")
+    parser.add_argument(
+        "--ratelimit-fail-closed",
+        action="store_true",
+        help="deny (429) while the counter store is unreachable (default: allow)",
+    )
+    parser.add_argument(
+        "--ratelimit-algorithm", choices=("fixed", "sliding"), default="fixed", help="window algorithm"
+    )
+    parser.add_argument(
+        "--ratelimit-grpcio",
+        action="store_true",
+        help="serve the RLS with grpcio's server (slower) instead of waypost's lean HTTP/2 server",
+    )
+
+
+def _ratelimit_options(args: argparse.Namespace) -> RateLimitOptions | None:
+    from waypost.filters.ratelimit.server import RateLimitOptions
+
+    if args.ratelimit_port is None:
+        return None
+    return RateLimitOptions(
+        port=args.ratelimit_port,
+        host=args.host,
+        redis=args.redis,
+        fail_closed=args.ratelimit_fail_closed,
+        algorithm=args.ratelimit_algorithm,
+        grpcio=args.ratelimit_grpcio,
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -199,6 +252,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _authz(args, list(argv if argv is not None else sys.argv[1:]))
         if args.command == "keys":
             return _keys_new(args.consumer)
+        if args.command == "ratelimit":
+            return _ratelimit(args)
     except argparse.ArgumentTypeError as exc:
         print(f"waypost: {exc}", file=sys.stderr)
         return 2
@@ -282,6 +337,7 @@ def _bootstrap(args: argparse.Namespace) -> int:
             xds_client_cert=args.xds_client_cert,
             xds_client_key=args.xds_client_key,
             xds_sni=args.xds_sni,
+            ratelimit_port=args.ratelimit_port,
         )
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
@@ -314,6 +370,7 @@ def _serve(args: argparse.Namespace) -> int:
         authz_port=args.authz_port,
         authz_http_port=args.authz_http_port,
         xds_tls=xds_tls,
+        ratelimit=_ratelimit_options(args),
     )
     try:
         import uvloop
@@ -353,6 +410,32 @@ def _keys_new(consumer: str) -> int:
     print(f"Add to Consumer {consumer}'s api_keys and commit:")
     print(f'  - "{line}"')
     return 0
+
+
+def _ratelimit(args: argparse.Namespace) -> int:
+    from waypost.filters.ratelimit.server import StandaloneOptions, serve_ratelimit
+    from waypost.log import configure_logging
+
+    configure_logging(args.log_level, json=None if args.log_format is None else args.log_format == "json")
+    rl = _ratelimit_options(args)
+    assert rl is not None
+    _run(
+        serve_ratelimit(
+            StandaloneOptions(
+                policies=args.policies, ratelimit=rl, admin_port=args.admin_port, watch=not args.no_watch
+            )
+        )
+    )
+    return 0
+
+
+def _run(main: Coroutine[Any, Any, None]) -> None:
+    try:
+        import uvloop
+    except ImportError:
+        asyncio.run(main)
+    else:
+        uvloop.run(main)
 
 
 if __name__ == "__main__":

@@ -395,6 +395,7 @@ class EnvoyProcess(ManagedProcess):
         concurrency: int = 1,
         args: Sequence[str] = (),
         bootstrap_options: Mapping[str, Any] | None = None,
+        ratelimit_port: int | None = None,
     ) -> None:
         super().__init__(workdir)
         self.envoy_bin = Path(envoy_bin) if envoy_bin is not None else find_envoy()
@@ -407,6 +408,7 @@ class EnvoyProcess(ManagedProcess):
             labels=labels,
             delta=delta,
             **dict(bootstrap_options or {}),
+            ratelimit_port=ratelimit_port,
         )
         self.node_id = node_id
         self.bootstrap_path = self.dir / "bootstrap.yaml"

@@ -198,6 +198,11 @@ class Gateway(Document):
     compression: Compression | None = Field(default=None, description="Compress every route's responses.")
     access_log: StrictBool = Field(default=False, description="One JSON line per request on Envoy's stdout.")
     tracing: Tracing | None = None
+    trusted_hops: Annotated[StrictInt, Field(ge=0, le=10)] = Field(
+        default=0,
+        description="Proxies in front of this gateway that append to x-forwarded-for; the client "
+        "address (rate limits by client_ip) is the one they saw. 0: the peer address.",
+    )
 
     def selects(self, node_cluster: str, node_labels: Mapping[str, str]) -> bool:
         return self.nodes is None or self.nodes.matches(node_cluster, node_labels)

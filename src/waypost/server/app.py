@@ -12,6 +12,7 @@ from typing import Any
 
 import grpc
 
+from waypost.filters.ratelimit.server import RateLimitOptions, RunningRateLimit, start_ratelimit
 from waypost.log import get_logger
 from waypost.server.admin import AdminServer
 from waypost.server.dashboard import Dashboard
@@ -43,6 +44,8 @@ class ServeOptions:
     """Serve the decision core's HTTP endpoint (Gateways with ``auth_service: http``) here."""
     xds_tls: XdsTls | None = None
     """TLS on the xDS port; with a client CA, mTLS and node ids checked against certificates."""
+    ratelimit: RateLimitOptions | None = None
+    """Also answer Envoy's RateLimitService (``--ratelimit-port``)."""
 
 
 def build_status(runtime: PolicyRuntime, ads: AdsServer) -> dict[str, Any]:
@@ -112,6 +115,11 @@ async def serve(options: ServeOptions, *, stop: asyncio.Event | None = None) -> 
         if options.authz_http_port is not None:
             authz_http, http_port = await start_authz_http(core, options.host, options.authz_http_port)
             log.info("ext_authz http serving", authz_http_port=http_port)
+    ratelimit: RunningRateLimit | None = None
+    if options.ratelimit is not None:
+        ratelimit = await start_ratelimit(
+            options.ratelimit, lambda: runtime.current.policy if runtime.current is not None else None
+        )
 
     admin = AdminServer(ready=lambda: runtime.current is not None, status=lambda: build_status(runtime, ads))
     dashboard = Dashboard(lambda: build_status(runtime, ads))
@@ -151,3 +159,5 @@ async def serve(options: ServeOptions, *, stop: asyncio.Event | None = None) -> 
             await authz_server.stop(grace=0.5)
         await grpc_server.stop(grace=1)
         ads.close()
+        if ratelimit is not None:
+            await ratelimit.stop()

@@ -21,6 +21,7 @@ __all__ = [
     "AUTHZ_CLUSTER",
     "AUTHZ_HTTP_CLUSTER",
     "BOOTSTRAP_CLUSTERS",
+    "RATELIMIT_CLUSTER",
     "XDS_CLUSTER",
     "build_bootstrap",
     "parse_host_port",
@@ -36,8 +37,13 @@ AUTHZ_CLUSTER = "waypost_authz"
 AUTHZ_HTTP_CLUSTER = "waypost_authz_http"
 """The same service's HTTP/1.1 endpoint (`waypost bootstrap --authz-http`), for `auth_service: http`."""
 
-BOOTSTRAP_CLUSTERS = frozenset({XDS_CLUSTER, AUTHZ_CLUSTER, AUTHZ_HTTP_CLUSTER})
-"""Clusters every waypost Envoy has from its bootstrap: compiled resources may name them."""
+RATELIMIT_CLUSTER = "waypost_ratelimit"
+"""Static cluster to waypost's rate-limit service (same host as xDS, ``ratelimit_port``). It lives
+in the bootstrap, like the xDS cluster, because only the node knows how it reaches waypost."""
+
+BOOTSTRAP_CLUSTERS = frozenset({XDS_CLUSTER, AUTHZ_CLUSTER, AUTHZ_HTTP_CLUSTER, RATELIMIT_CLUSTER})
+"""Clusters every waypost Envoy has from its bootstrap: compiled resources may name them without
+CDS carrying them."""
 
 _HTTP_PROTOCOL_OPTIONS = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
 
@@ -71,6 +77,7 @@ def build_bootstrap(
     xds_client_cert: str | None = None,
     xds_client_key: str | None = None,
     xds_sni: str | None = None,
+    ratelimit_port: int | None = None,
 ) -> dict[str, Any]:
     """Return an Envoy v3 bootstrap (as JSON-compatible data) that takes all config from waypost.
 
@@ -84,6 +91,8 @@ def build_bootstrap(
     certificate against that CA and the name ``xds_sni`` (default: ``xds_host``; an IP address is
     matched as an IP SAN). ``xds_client_cert``/``xds_client_key`` make Envoy present a client
     certificate, for a waypost serving mTLS (``waypost serve --xds-ca``).
+    ``ratelimit_port`` adds the cluster to waypost's rate-limit service (on ``xds_host``), needed
+    by Gateways whose Routes have global rate limits.
     """
     if not node_id:
         raise ValueError("node_id must not be empty")
@@ -105,6 +114,17 @@ def build_bootstrap(
     xds_cluster = _xds_cluster(host, xds_port)
     if xds_tls_ca is not None:
         xds_cluster["transport_socket"] = _xds_tls(host, xds_tls_ca, xds_client_cert, xds_client_key, xds_sni)
+    static_clusters = [xds_cluster]
+    if authz:
+        static_clusters.append(_grpc_cluster(AUTHZ_CLUSTER, _strip_brackets(authz[0]), authz[1]))
+    if authz_http:
+        static_clusters.append(
+            _http_cluster(AUTHZ_HTTP_CLUSTER, _strip_brackets(authz_http[0]), authz_http[1])
+        )
+    if ratelimit_port is not None:
+        if not 1 <= ratelimit_port <= 65535:
+            raise ValueError(f"ratelimit_port {ratelimit_port} is not between 1 and 65535")
+        static_clusters.append(_grpc_cluster(RATELIMIT_CLUSTER, host, ratelimit_port))
     return {
         "node": {
             "id": node_id,
@@ -142,17 +162,7 @@ def build_bootstrap(
             "cds_config": {"ads": {}, "resource_api_version": "V3"},
             "lds_config": {"ads": {}, "resource_api_version": "V3"},
         },
-        "static_resources": {
-            "clusters": [
-                xds_cluster,
-                *([_grpc_cluster(AUTHZ_CLUSTER, _strip_brackets(authz[0]), authz[1])] if authz else []),
-                *(
-                    [_http_cluster(AUTHZ_HTTP_CLUSTER, _strip_brackets(authz_http[0]), authz_http[1])]
-                    if authz_http
-                    else []
-                ),
-            ]
-        },
+        "static_resources": {"clusters": static_clusters},
         "overload_manager": {
             "resource_monitors": [
                 {
@@ -183,6 +193,7 @@ def render_bootstrap(
     xds_client_cert: str | None = None,
     xds_client_key: str | None = None,
     xds_sni: str | None = None,
+    ratelimit_port: int | None = None,
 ) -> str:
     """:func:`build_bootstrap` as a YAML document, ready for ``envoy -c``."""
     data = build_bootstrap(
@@ -200,6 +211,7 @@ def render_bootstrap(
         xds_client_cert=xds_client_cert,
         xds_client_key=xds_client_key,
         xds_sni=xds_sni,
+        ratelimit_port=ratelimit_port,
     )
     header = (
         # repr() keeps a stray newline in an id from breaking out of the comment.

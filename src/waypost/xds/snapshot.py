@@ -184,7 +184,11 @@ class Snapshot:
             (TypeUrl.ROUTE, refs.route_configs),
             (TypeUrl.SECRET, refs.secrets),
         ):
-            missing = sorted(set(wanted) - set(self.resources[type_url]))
+            carried = set(self.resources[type_url])
+            if type_url is TypeUrl.CLUSTER:
+                # Static clusters of every waypost bootstrap (xDS, rate-limit service): Envoy has them.
+                carried |= BOOTSTRAP_CLUSTERS
+            missing = sorted(set(wanted) - carried)
             if missing:
                 problems.append(f"{type_url.short}: {', '.join(missing)} referenced but not present")
         eds_missing = sorted(refs.eds_clusters - set(self.resources[TypeUrl.ENDPOINT]))

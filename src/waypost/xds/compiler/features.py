@@ -28,6 +28,7 @@ from waypost.xds.compiler.protection import (
     RouteDenyFeature,
     patch_hcm_limits,
 )
+from waypost.xds.compiler.ratelimit import GlobalRateLimitFeature, LocalRateLimitFeature
 
 __all__ = ["GATEWAY_CLUSTERS", "HCM_HOOKS", "HTTP_FEATURES", "HttpFeature"]
 
@@ -59,6 +60,10 @@ HTTP_FEATURES: tuple[HttpFeature, ...] = (
     # Before ext_authz: Envoy answers CORS preflights without asking for credentials.
     CorsFeature(),
     ExtAuthzFeature(),
+    # After ext_authz, whose dynamic metadata (consumer, plan) keys the limits; local buckets
+    # before global ones, so a request a local bucket refuses costs no call to waypost.
+    LocalRateLimitFeature(),
+    GlobalRateLimitFeature(),
     # Compressors sit before the cache, so the cache stores identity bodies and every hit is
     # compressed for the client that asks.
     CompressionFeature("brotli"),

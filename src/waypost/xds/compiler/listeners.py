@@ -32,6 +32,9 @@ def build_listener(gateway: Gateway, http_filters: Sequence[hcm_pb2.HttpFilter])
         ],
         # An edge gateway: the peer address is the client, and x-forwarded-for is ours to set.
         use_remote_address=_bool(True),
+        # Trusted proxies in front (Gateway.trusted_hops) decide which x-forwarded-for entry is the
+        # client: what `client_ip` rate limits key on.
+        xff_num_trusted_hops=gateway.trusted_hops,
         # Policies match normalized paths, so /a/../admin or //admin cannot slip past a rule.
         normalize_path=_bool(True),
         merge_slashes=True,

@@ -1,0 +1,346 @@
+"""Benchmark: rate-limit decisions per core, Redis round trips, and Envoy with a global limit.
+
+Three figures, measured side by side in one run (the machine is shared; ratios matter):
+
+1. ``ShouldRateLimit`` over gRPC against ``waypost ratelimit`` (one process, one event loop),
+   in-process store and Redis store: decisions per second of the server's own CPU time
+   (utime + stime from /proc), so the load generator's CPU does not count against it. Also the
+   decision core alone (decode, decide, encode; no transport) in this process.
+2. Redis round trips per decision: EVALSHA calls (INFO commandstats) / decisions.
+3. Requests/s through Envoy (``--concurrency 1``, ``wrk``) on a route with a global limit that is
+   never reached vs a bare route, alternating runs, same Envoy, same backend.
+
+    .venv/bin/python bench/ratelimit.py [--seconds 5] [--rounds 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import re
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import grpc
+import redis
+import yaml
+from envoy.extensions.common.ratelimit.v3 import ratelimit_pb2 as common_pb2
+from envoy.service.ratelimit.v3 import rls_pb2
+
+from waypost.demo import find_envoy
+from waypost.filters.ratelimit.limiter import Limiter
+from waypost.filters.ratelimit.service import RateLimitService
+from waypost.filters.ratelimit.store import MemoryStore
+from waypost.policies.loader import load_policies
+from waypost.xds.bootstrap import build_bootstrap
+
+SRC = Path(__file__).resolve().parents[1] / "src"
+METHOD = "/envoy.service.ratelimit.v3.RateLimitService/ShouldRateLimit"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def policy_text(gateway_port: int, echo_port: int) -> str:
+    return f"""
+kind: Gateway
+name: bench
+port: {gateway_port}
+address: 127.0.0.1
+---
+kind: Service
+name: echo
+endpoints: ["127.0.0.1:{echo_port}"]
+---
+kind: Route
+name: bare
+gateway: bench
+match: {{prefix: /bare}}
+backend: echo
+---
+kind: Route
+name: limited
+gateway: bench
+match: {{prefix: /limited}}
+backend: echo
+rate_limit: never-reached
+---
+kind: RateLimitPolicy
+name: never-reached
+limits:
+  - {{by: header:x-tenant, requests: 1000000000, per: second}}
+"""
+
+
+def request_bytes(tenants: int = 1000) -> list[bytes]:
+    return [
+        rls_pb2.RateLimitRequest(
+            domain="waypost",
+            descriptors=[
+                common_pb2.RateLimitDescriptor(
+                    entries=[
+                        common_pb2.RateLimitDescriptor.Entry(key="limit", value="never-reached/0"),
+                        common_pb2.RateLimitDescriptor.Entry(key="header", value=f"tenant-{i}"),
+                    ]
+                )
+            ],
+        ).SerializeToString()
+        for i in range(tenants)
+    ]
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def spawn(argv: list[str], log: Path) -> subprocess.Popen[bytes]:
+    env = dict(os.environ, PYTHONPATH=str(SRC), PYTHONUNBUFFERED="1")
+    return subprocess.Popen(argv, env=env, stdout=log.open("ab"), stderr=subprocess.STDOUT)
+
+
+def wait_port(port: int, timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise TimeoutError(f"port {port} never opened")
+
+
+async def drive(port: int, seconds: float, concurrency: int = 64) -> int:
+    requests = request_bytes()
+    done = 0
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+        call = channel.unary_unary(METHOD)
+        stop = time.monotonic() + seconds
+
+        async def worker(offset: int) -> None:
+            nonlocal done
+            i = offset
+            while time.monotonic() < stop:
+                await call(requests[i % len(requests)])
+                i += 1
+                done += 1
+
+        await asyncio.gather(*(worker(k) for k in range(concurrency)))
+    return done
+
+
+def grpc_decisions(
+    policies: Path, work: Path, seconds: float, redis_url: str | None, extra: tuple[str, ...] = ()
+) -> tuple[float, float, int]:
+    """(decisions per server CPU second, decisions per wall second, every decision made, warm-up included)."""
+    port, admin = free_port(), free_port()
+    argv = [sys.executable, "-m", "waypost", "ratelimit", "--policies", str(policies), "--port", str(port)]
+    argv += ["--admin-port", str(admin), "--host", "127.0.0.1", "--no-watch", "--log-level", "warning"]
+    if redis_url:
+        argv += ["--redis", redis_url]
+    argv += extra
+    proc = spawn(argv, work / "ratelimit.log")
+    try:
+        wait_port(port)
+        warm = asyncio.run(drive(port, 1.0))  # warm up (script load, connections)
+        cpu0, t0 = cpu_seconds(proc.pid), time.perf_counter()
+        count = asyncio.run(drive(port, seconds))
+        cpu, wall = cpu_seconds(proc.pid) - cpu0, time.perf_counter() - t0
+    finally:
+        proc.terminate()
+        proc.wait(10)
+    return count / cpu, count / wall, warm + count
+
+
+def decision_core(policies: Path, seconds: float) -> float:
+    policy = load_policies(policies)
+    service = RateLimitService(Limiter(lambda: policy, MemoryStore()))
+    requests = [rls_pb2.RateLimitRequest.FromString(b) for b in request_bytes()]
+    raw = request_bytes()
+
+    # CPU time, not wall time: the machine is shared, and this is a per-core figure.
+    n, stop, t0 = 0, time.monotonic() + seconds, time.process_time()
+    while time.monotonic() < stop:
+        for i in range(1000):
+            service.answer(rls_pb2.RateLimitRequest.FromString(raw[i]))
+        n += 1000
+    assert requests
+    return n / (time.process_time() - t0)
+
+
+def wrk(port: int, path: str, seconds: float) -> float:
+    done = subprocess.run(
+        ["wrk", "-t1", "-c32", f"-d{seconds:g}s", "-H", "x-tenant: bench", f"http://127.0.0.1:{port}{path}"],
+        capture_output=True,
+        text=True,
+    )
+    out = done.stdout
+    if done.returncode != 0:
+        raise RuntimeError(f"wrk failed: {done.stdout}{done.stderr}")
+    match = re.search(r"Requests/sec:\s+([\d.]+)", out)
+    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    if non2xx:
+        raise RuntimeError(f"{path}: {non2xx.group(1)} non-2xx responses\n{out}")
+    assert match, out
+    return float(match.group(1))
+
+
+def envoy_ratio(work: Path, seconds: float, rounds: int) -> tuple[float, float]:
+    gateway, echo_port, xds, admin, rls = (free_port() for _ in range(5))
+    policies = work / "envoy-policies"
+    policies.mkdir()
+    (policies / "all.yaml").write_text(policy_text(gateway, echo_port))
+    procs = [
+        spawn(
+            [sys.executable, "-m", "waypost.demo.echo", "--name", "echo", "--port", str(echo_port)],
+            work / "echo.log",
+        ),
+        spawn(
+            [
+                sys.executable,
+                "-m",
+                "waypost",
+                "serve",
+                "--policies",
+                str(policies),
+                "--xds-port",
+                str(xds),
+                "--admin-port",
+                str(admin),
+                "--host",
+                "127.0.0.1",
+                "--ratelimit-port",
+                str(rls),
+                "--no-watch",
+                "--log-level",
+                "warning",
+            ],
+            work / "waypost.log",
+        ),
+    ]
+    bootstrap = build_bootstrap(
+        node_id="bench",
+        node_cluster="edge",
+        xds_host="127.0.0.1",
+        xds_port=xds,
+        admin_port=0,
+        ratelimit_port=rls,
+    )
+    (work / "bootstrap.yaml").write_text(yaml.safe_dump(bootstrap))
+    try:
+        wait_port(xds)
+        wait_port(rls)
+        procs.append(
+            spawn(
+                [
+                    str(find_envoy()),
+                    "-c",
+                    str(work / "bootstrap.yaml"),
+                    "--concurrency",
+                    "1",
+                    "--use-dynamic-base-id",
+                    "-l",
+                    "error",
+                ],
+                work / "envoy.log",
+            )
+        )
+        wait_port(gateway)
+        time.sleep(0.5)
+        wrk(gateway, "/bare", 1)
+        wrk(gateway, "/limited", 1)
+        bare, limited = [], []
+        for _ in range(rounds):
+            bare.append(wrk(gateway, "/bare", seconds))
+            limited.append(wrk(gateway, "/limited", seconds))
+    finally:
+        for proc in reversed(procs):
+            proc.terminate()
+            proc.wait(10)
+    return statistics.median(bare), statistics.median(limited)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument("--rounds", type=int, default=2)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        policies = work / "policies"
+        policies.mkdir()
+        (policies / "all.yaml").write_text(policy_text(free_port(), free_port()))
+
+        core = decision_core(policies, args.seconds)
+        print(f"decision core (decode+decide+encode, in-process store): {core:,.0f} decisions/s")
+        per_cpu, per_wall, _ = grpc_decisions(policies, work, args.seconds, None)
+        print(
+            f"RLS gRPC (waypost's HTTP/2 server), in-process store: {per_cpu:,.0f} decisions per server "
+            f"CPU-second ({per_wall:,.0f}/s wall)"
+        )
+        per_cpu, per_wall, _ = grpc_decisions(policies, work, args.seconds, None, ("--ratelimit-grpcio",))
+        print(
+            f"RLS gRPC (grpcio aio server), in-process store: {per_cpu:,.0f} decisions per server "
+            f"CPU-second ({per_wall:,.0f}/s wall)"
+        )
+
+        redis_bin = shutil.which("redis-server")
+        if redis_bin:
+            redis_port = free_port()
+            server = spawn(
+                [
+                    redis_bin,
+                    "--port",
+                    str(redis_port),
+                    "--bind",
+                    "127.0.0.1",
+                    "--save",
+                    "",
+                    "--appendonly",
+                    "no",
+                ],
+                work / "redis.log",
+            )
+            try:
+                wait_port(redis_port)
+                client = redis.Redis(port=redis_port)
+                client.config_resetstat()
+                per_cpu, per_wall, decided = grpc_decisions(
+                    policies, work, args.seconds, f"redis://127.0.0.1:{redis_port}/0"
+                )
+                stats = client.info("commandstats")
+                # Every command a client sent (the script's inner INCRBYs are counted separately).
+                sent = sum(
+                    v["calls"]
+                    for k, v in stats.items()
+                    if k in ("cmdstat_evalsha", "cmdstat_eval", "cmdstat_script")
+                ) + sum(v["calls"] for k, v in stats.items() if k in ("cmdstat_multi", "cmdstat_exec"))
+                print(
+                    f"RLS gRPC, Redis store: {per_cpu:,.0f} decisions per server CPU-second "
+                    f"({per_wall:,.0f}/s wall); {sent / max(1, decided):.3f} Redis commands sent per decision"
+                )
+            finally:
+                server.terminate()
+                server.wait(10)
+        else:
+            print("redis-server not installed: Redis figures skipped")
+
+        bare, limited = envoy_ratio(work, args.seconds, args.rounds)
+        print(
+            f"Envoy --concurrency 1, wrk -c32: bare {bare:,.0f} req/s, global limit (never reached) "
+            f"{limited:,.0f} req/s, ratio {limited / bare:.2f}"
+        )
+
+
+if __name__ == "__main__":
+    main()

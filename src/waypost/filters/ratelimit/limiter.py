@@ -1,0 +1,254 @@
+"""The rate-limit decision: descriptors in, a verdict with its headers out.
+
+Transport-free, so the RLS gRPC service and (later) the ext_authz service share it: the latter can
+check a consumer's quota in the call it already makes (:func:`check_consumer_quota`) and answer
+429 itself, sparing Envoy a second Python call.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from waypost.filters.ratelimit import descriptors as d
+from waypost.filters.ratelimit.metrics import (
+    RATELIMIT_DECISIONS,
+    RATELIMIT_OVER_LIMIT,
+    RATELIMIT_SHADOW_DENIALS,
+    RATELIMIT_STORE_ERRORS,
+    RATELIMIT_STORE_OUTAGES,
+    RATELIMIT_STORE_UP,
+)
+from waypost.filters.ratelimit.store import Count, CounterStore, StoreUnavailable
+from waypost.filters.ratelimit.table import LimitRule, RateLimitTable, build_table
+from waypost.log import get_logger
+from waypost.policies.model import PolicySet
+
+__all__ = ["DescriptorResult", "Limiter", "Verdict", "check_consumer_quota"]
+
+log = get_logger("waypost.ratelimit")
+
+Entries = Sequence[tuple[str, str]]
+_Planned = tuple[int, LimitRule, int, str]
+"""(descriptor index, rule, requests allowed, unit) of one counted descriptor."""
+
+# Bound once: a labels() lookup per decision costs more than the decision's arithmetic.
+_DECIDED_OK = RATELIMIT_DECISIONS.labels("ok")
+_DECIDED_OVER = RATELIMIT_DECISIONS.labels("over_limit")
+_DECIDED_SHADOW = RATELIMIT_DECISIONS.labels("shadow_over_limit")
+
+
+@dataclass(frozen=True, slots=True)
+class DescriptorResult:
+    over_limit: bool
+    """Over the limit and enforced (shadow denials are False here)."""
+    limit: int
+    unit: str
+    remaining: int
+    reset: float
+    counted: bool = True
+
+
+_UNCOUNTED = DescriptorResult(False, 0, "minute", 0, 0.0, counted=False)
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    allowed: bool
+    results: tuple[DescriptorResult, ...]
+    headers: tuple[tuple[str, str], ...] = field(default=())
+    store_error: bool = False
+
+
+class Limiter:
+    """Counts descriptors against the current policy's limits; swaps tables on a new version."""
+
+    def __init__(
+        self,
+        policy_source: Callable[[], PolicySet | None],
+        store: CounterStore,
+        *,
+        fail_closed: bool = False,
+    ) -> None:
+        self._source = policy_source
+        self.store = store
+        self.fail_closed = fail_closed
+        self._table: RateLimitTable | None = None
+        self._store_down = False
+        self._shadow_logged: dict[str, float] = {}
+
+    @property
+    def table(self) -> RateLimitTable | None:
+        policy = self._source()
+        if policy is None:
+            return None
+        table = self._table
+        if table is None or table.version != policy.version:
+            # Rebuilt on the first call after a reload: cheap (one entry per limit).
+            table = self._table = build_table(policy)
+        return table
+
+    async def decide(self, descriptors: Sequence[Entries], hits: int = 1) -> Verdict:
+        plan, counters = self._plan(descriptors)
+        if not counters:
+            _DECIDED_OK.inc()
+            return Verdict(True, (_UNCOUNTED,) * len(descriptors))
+        try:
+            counts = await self.store.hit(counters, hits)
+        except StoreUnavailable as exc:
+            return self._store_failed(exc, len(descriptors))
+        return self._finish(plan, counts, len(descriptors))
+
+    def decide_now(self, descriptors: Sequence[Entries], hits: int = 1) -> Verdict | None:
+        """:meth:`decide` without awaiting, for a store that counts synchronously (in process);
+        None when the store needs I/O (then await :meth:`decide`)."""
+        hit_now = getattr(self.store, "hit_sync", None)
+        if hit_now is None:
+            return None
+        plan, counters = self._plan(descriptors)
+        if not counters:
+            _DECIDED_OK.inc()
+            return Verdict(True, (_UNCOUNTED,) * len(descriptors))
+        return self._finish(plan, hit_now(counters, hits), len(descriptors))
+
+    def _plan(self, descriptors: Sequence[Entries]) -> tuple[list[_Planned], list[tuple[str, int]]]:
+        table = self.table
+        plan: list[_Planned] = []
+        counters: list[tuple[str, int]] = []
+        if table is None:
+            return plan, counters
+        for index, entries in enumerate(descriptors):
+            found = _resolve(table, entries)
+            if found is not None:
+                rule, requests, window, unit, counter = found
+                plan.append((index, rule, requests, unit))
+                counters.append((counter, window))
+        return plan, counters
+
+    def _finish(self, plan: list[_Planned], counts: Sequence[Count], size: int) -> Verdict:
+        if self._store_down:
+            self._store_down = False
+            RATELIMIT_STORE_UP.set(1)
+            log.warning("rate-limit store is back; limiting resumes")
+        results = [_UNCOUNTED] * size
+        allowed = True
+        shadow_over = False
+        for (index, rule, requests, unit), count in zip(plan, counts, strict=True):
+            over = count.used > requests
+            if over:
+                if rule.shadow:
+                    shadow_over = True
+                    RATELIMIT_SHADOW_DENIALS.labels(rule.policy).inc()
+                    self._log_shadow(rule, requests)
+                else:
+                    allowed = False
+                    RATELIMIT_OVER_LIMIT.labels(rule.policy).inc()
+            results[index] = DescriptorResult(
+                over_limit=over and not rule.shadow,
+                limit=requests,
+                unit=unit,
+                remaining=max(0, requests - int(count.used)),
+                reset=count.reset,
+            )
+        if not allowed:
+            _DECIDED_OVER.inc()
+        elif shadow_over:
+            _DECIDED_SHADOW.inc()
+        else:
+            _DECIDED_OK.inc()
+        return Verdict(allowed, tuple(results), headers=rate_limit_headers(results, allowed))
+
+    def _log_shadow(self, rule: LimitRule, requests: int) -> None:
+        # At most one line per policy per second: the metric has the exact count.
+        now = time.monotonic()
+        if now - self._shadow_logged.get(rule.policy, -1.0) >= 1.0:
+            self._shadow_logged[rule.policy] = now
+            log.info("rate limit would deny (shadow)", policy=rule.policy, by=rule.by, limit=requests)
+
+    def _store_failed(self, exc: StoreUnavailable, size: int) -> Verdict:
+        results = (_UNCOUNTED,) * size
+        RATELIMIT_STORE_ERRORS.inc()
+        if not self._store_down:
+            # Once per outage: a dead Redis under load must not flood the log.
+            self._store_down = True
+            RATELIMIT_STORE_UP.set(0)
+            RATELIMIT_STORE_OUTAGES.inc()
+            log.error(
+                "rate-limit store unreachable",
+                error=str(exc),
+                mode="fail closed" if self.fail_closed else "fail open",
+            )
+        RATELIMIT_DECISIONS.labels("store_error").inc()
+        if self.fail_closed:
+            return Verdict(False, results, headers=(("retry-after", "1"),), store_error=True)
+        return Verdict(True, results, store_error=True)
+
+
+def _resolve(table: RateLimitTable, entries: Entries) -> tuple[LimitRule, int, int, str, str] | None:
+    """(rule, requests, window seconds, unit, counter) for one descriptor; None: nothing counts it."""
+    if not entries or entries[0][0] != d.LIMIT_KEY:
+        return None
+    rule = table.rules.get(entries[0][1])
+    if rule is None:
+        return None
+    values = []
+    plan = None
+    for key, value in entries[1:]:
+        if key == d.PLAN_KEY:
+            plan = value
+        else:
+            values.append(value)
+    if plan is not None and plan in rule.plans:
+        chosen = rule.plans[plan]
+        return rule, chosen.requests, chosen.window, chosen.unit, f"{chosen.counter}|{'|'.join(values)}"
+    if rule.requests is None:
+        return None
+    return rule, rule.requests, rule.window, rule.unit, f"{rule.counter}|{'|'.join(values)}"
+
+
+def rate_limit_headers(results: Sequence[DescriptorResult], allowed: bool) -> tuple[tuple[str, str], ...]:
+    """``ratelimit-limit/remaining/reset`` of the tightest counted limit; ``retry-after`` on a 429."""
+    counted = [r for r in results if r.counted]
+    if not counted:
+        return ()
+    if not allowed:
+        # The caller may retry once every exceeded limit has reset.
+        over = [r for r in counted if r.over_limit]
+        tightest = max(over, key=lambda r: r.reset)
+    else:
+        tightest = min(counted, key=lambda r: (r.remaining, -r.reset))
+    reset = str(max(1, int(tightest.reset + 0.999)))
+    headers = [
+        ("ratelimit-limit", str(tightest.limit)),
+        ("ratelimit-remaining", str(tightest.remaining)),
+        ("ratelimit-reset", reset),
+    ]
+    if not allowed:
+        headers.append(("retry-after", reset))
+    return tuple(headers)
+
+
+async def check_consumer_quota(
+    limiter: Limiter, route: str, consumer: str, plan: str | None = None, hits: int = 1
+) -> Verdict:
+    """Count one request of ``consumer`` on ``route`` against the route's consumer limits.
+
+    For the ext_authz service: it knows the consumer already, so it can answer 429 itself with
+    ``verdict.headers`` (the same headers the RLS path sets) and Envoy needs no second call. The
+    counters are the ones the RLS path uses, so both paths share one quota.
+    """
+    table = limiter.table
+    if table is None:
+        return Verdict(True, ())
+    descriptors: list[list[tuple[str, str]]] = []
+    for policy in table.route_policies.get(route, ()):
+        for limit_value, rule in table.rules.items():
+            if rule.policy == policy and rule.by == "consumer":
+                entries = [(d.LIMIT_KEY, limit_value), (d.CONSUMER_KEY, consumer)]
+                if plan is not None:
+                    entries.append((d.PLAN_KEY, plan))
+                descriptors.append(entries)
+    if not descriptors:
+        return Verdict(True, ())
+    return await limiter.decide(descriptors, hits)
