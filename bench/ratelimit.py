@@ -8,7 +8,8 @@ Three figures, measured side by side in one run (the machine is shared; ratios m
    decision core alone (decode, decide, encode; no transport) in this process.
 2. Redis round trips per decision: EVALSHA calls (INFO commandstats) / decisions.
 3. Requests/s through Envoy (``--concurrency 1``, ``wrk``) on a route with a global limit that is
-   never reached vs a bare route, alternating runs, same Envoy, same backend.
+   never reached, and on a route with API-key auth (HTTP ext_authz) plus a consumer limit never
+   reached, vs a bare route: alternating runs, same Envoy, same backend.
 
     .venv/bin/python bench/ratelimit.py [--seconds 5] [--rounds 2]
 """
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import hashlib
 import os
 import re
 import shutil
@@ -45,6 +47,9 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 METHOD = "/envoy.service.ratelimit.v3.RateLimitService/ShouldRateLimit"
 
 
+BENCH_KEY = "bench-api-key"
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -57,6 +62,7 @@ kind: Gateway
 name: bench
 port: {gateway_port}
 address: 127.0.0.1
+auth_service: http
 ---
 kind: Service
 name: echo
@@ -79,6 +85,28 @@ kind: RateLimitPolicy
 name: never-reached
 limits:
   - {{by: header:x-tenant, requests: 1000000000, per: second}}
+---
+kind: Route
+name: auth-limited
+gateway: bench
+match: {{prefix: /auth-limited}}
+backend: echo
+auth: bench-keys
+rate_limit: per-consumer
+---
+kind: AuthPolicy
+name: bench-keys
+identity:
+  - api_key: {{header: x-api-key}}
+---
+kind: RateLimitPolicy
+name: per-consumer
+limits:
+  - {{by: consumer, requests: 1000000000, per: second}}
+---
+kind: Consumer
+name: bench
+api_keys: ["sha256:{hashlib.sha256(BENCH_KEY.encode()).hexdigest()}"]
 """
 
 
@@ -180,7 +208,17 @@ def decision_core(policies: Path, seconds: float) -> float:
 
 def wrk(port: int, path: str, seconds: float) -> float:
     done = subprocess.run(
-        ["wrk", "-t1", "-c32", f"-d{seconds:g}s", "-H", "x-tenant: bench", f"http://127.0.0.1:{port}{path}"],
+        [
+            "wrk",
+            "-t1",
+            "-c32",
+            f"-d{seconds:g}s",
+            "-H",
+            "x-tenant: bench",
+            "-H",
+            f"x-api-key: {BENCH_KEY}",
+            f"http://127.0.0.1:{port}{path}",
+        ],
         capture_output=True,
         text=True,
     )
@@ -195,8 +233,8 @@ def wrk(port: int, path: str, seconds: float) -> float:
     return float(match.group(1))
 
 
-def envoy_ratio(work: Path, seconds: float, rounds: int) -> tuple[float, float]:
-    gateway, echo_port, xds, admin, rls = (free_port() for _ in range(5))
+def envoy_ratio(work: Path, seconds: float, rounds: int) -> tuple[float, float, float]:
+    gateway, echo_port, xds, admin, rls, authz_http = (free_port() for _ in range(6))
     policies = work / "envoy-policies"
     policies.mkdir()
     (policies / "all.yaml").write_text(policy_text(gateway, echo_port))
@@ -221,6 +259,8 @@ def envoy_ratio(work: Path, seconds: float, rounds: int) -> tuple[float, float]:
                 "127.0.0.1",
                 "--ratelimit-port",
                 str(rls),
+                "--authz-http-port",
+                str(authz_http),
                 "--no-watch",
                 "--log-level",
                 "warning",
@@ -235,6 +275,7 @@ def envoy_ratio(work: Path, seconds: float, rounds: int) -> tuple[float, float]:
         xds_port=xds,
         admin_port=0,
         ratelimit_port=rls,
+        authz_http=("127.0.0.1", authz_http),
     )
     (work / "bootstrap.yaml").write_text(yaml.safe_dump(bootstrap))
     try:
@@ -259,15 +300,17 @@ def envoy_ratio(work: Path, seconds: float, rounds: int) -> tuple[float, float]:
         time.sleep(0.5)
         wrk(gateway, "/bare", 1)
         wrk(gateway, "/limited", 1)
-        bare, limited = [], []
+        wrk(gateway, "/auth-limited", 1)
+        bare, limited, auth_limited = [], [], []
         for _ in range(rounds):
             bare.append(wrk(gateway, "/bare", seconds))
             limited.append(wrk(gateway, "/limited", seconds))
+            auth_limited.append(wrk(gateway, "/auth-limited", seconds))
     finally:
         for proc in reversed(procs):
             proc.terminate()
             proc.wait(10)
-    return statistics.median(bare), statistics.median(limited)
+    return statistics.median(bare), statistics.median(limited), statistics.median(auth_limited)
 
 
 def main() -> None:
@@ -335,10 +378,11 @@ def main() -> None:
         else:
             print("redis-server not installed: Redis figures skipped")
 
-        bare, limited = envoy_ratio(work, args.seconds, args.rounds)
+        bare, limited, auth_limited = envoy_ratio(work, args.seconds, args.rounds)
         print(
             f"Envoy --concurrency 1, wrk -c32: bare {bare:,.0f} req/s, global limit (never reached) "
-            f"{limited:,.0f} req/s, ratio {limited / bare:.2f}"
+            f"{limited:,.0f} req/s, ratio {limited / bare:.2f}; API-key auth (HTTP ext_authz) + "
+            f"consumer limit {auth_limited:,.0f} req/s, ratio {auth_limited / bare:.2f}"
         )
 
 
