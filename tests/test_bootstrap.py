@@ -168,6 +168,8 @@ def test_compose_bootstrap_is_up_to_date() -> None:
         admin_address="0.0.0.0",
         admin_port=9901,
         labels={"env": "compose"},
+        authz=("waypost", 9191),
+        ratelimit_port=9192,
     )
     assert committed == expected
 

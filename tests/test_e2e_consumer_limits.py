@@ -98,7 +98,9 @@ async def test_consumer_limit_plan_and_isolation(
     async with httpx.AsyncClient(trust_env=False, timeout=5) as client:
 
         async def call(consumer: str) -> httpx.Response:
-            return await client.get(f"http://127.0.0.1:{port}/orders/1", headers={"x-api-key": KEYS[consumer]})
+            return await client.get(
+                f"http://127.0.0.1:{port}/orders/1", headers={"x-api-key": KEYS[consumer]}
+            )
 
         # Envoy's first calls open its connections to both services; wait until an answer carries
         # the limit headers so that no request slips through uncounted (filters fail open).

@@ -51,6 +51,10 @@ LOOPBACK = "127.0.0.1"
 XDS_PORT = 18000  # `waypost serve` defaults
 WAYPOST_ADMIN_PORT = 9902
 ENVOY_ADMIN_PORT = 9901  # Envoy's customary admin port
+AUTHZ_PORT = 9191  # ext_authz decisions (`waypost serve --authz-port`)
+RATELIMIT_PORT = 9192  # rate-limit decisions (`waypost serve --ratelimit-port`)
+ACME_KEY = "demo-acme-key"  # policies/partners.yaml holds their hashes
+TRIAL_KEY = "demo-trial-key"
 
 STARTUP_TIMEOUT = 60.0
 WEIGHTED_SAMPLES = 40
@@ -215,6 +219,8 @@ class Example:
     expect_response_headers: dict[str, str | None] = field(default_factory=dict)
     expect_upstream_attempts: int | None = None
     """How many times the backend must have received this request (retries)."""
+    repeat: int = 1
+    """Send the request this many times; the last answer is the one checked (rate limits)."""
 
     def curl(self, port: int) -> str:
         argv = ["curl", "-si" if self.show_headers else "-s"]
@@ -226,6 +232,8 @@ class Example:
             argv += ["-d", self.body]
         argv.append(f"http://{LOOPBACK}:{port}{self.path}")
         line = shlex.join(argv)
+        if self.repeat > 1:
+            line = f"for i in $(seq {self.repeat}); do {line}; echo; done"
         if self.expect_status != 200:
             line += "   # -> " + str(self.expect_status)
         return line
@@ -324,6 +332,30 @@ EXAMPLES = [
         expect_upstream_attempts=3,
     ),
     Example("no route: anything else is a 404", "GET", "/nothing/here", expect_status=404),
+    Example(
+        "partner-orders: no API key gets 401 from waypost's ext_authz service",
+        "GET",
+        "/partner/orders/7",
+        expect_status=401,
+    ),
+    Example(
+        "partner-orders: acme's key passes; the backend learns the caller, a forged header is dropped",
+        "GET",
+        "/partner/orders/7",
+        headers={"x-api-key": ACME_KEY, "x-waypost-consumer": "someone-else"},
+        expect_backend="orders",
+        expect_path="/orders/7",
+        expect_upstream_headers={"x-waypost-consumer": "acme"},
+    ),
+    Example(
+        "partner-quota: the trial plan allows 2 requests a minute; the third gets 429",
+        "GET",
+        "/partner/orders/7",
+        headers={"x-api-key": TRIAL_KEY},
+        show_headers=True,
+        expect_status=429,
+        repeat=3,
+    ),
 ]
 
 WEIGHTED_PATH = "/api/search?q=shoes"
@@ -364,6 +396,8 @@ class Demo:
                 (LOOPBACK, XDS_PORT, "waypost xDS"),
                 (LOOPBACK, WAYPOST_ADMIN_PORT, "waypost admin"),
                 (LOOPBACK, ENVOY_ADMIN_PORT, "Envoy admin"),
+                (LOOPBACK, AUTHZ_PORT, "waypost ext_authz"),
+                (LOOPBACK, RATELIMIT_PORT, "waypost rate limit"),
             ]
         )
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -392,6 +426,10 @@ class Demo:
                     str(XDS_PORT),
                     "--admin-port",
                     str(WAYPOST_ADMIN_PORT),
+                    "--authz-port",
+                    str(AUTHZ_PORT),
+                    "--ratelimit-port",
+                    str(RATELIMIT_PORT),
                 ],
                 self.workdir / "waypost.log",
                 env,
@@ -411,6 +449,8 @@ class Demo:
                 xds_host=LOOPBACK,
                 xds_port=XDS_PORT,
                 admin_port=ENVOY_ADMIN_PORT,
+                authz=(LOOPBACK, AUTHZ_PORT),
+                ratelimit_port=RATELIMIT_PORT,
             )
         )
         self.children.append(
@@ -431,6 +471,14 @@ class Demo:
             return True
 
         await self._wait(through_gateway, f"Envoy to route through the gateway on port {plan.gateway_port}")
+
+        def limits_answered() -> bool:
+            # Envoy's first calls open its connections to the decision services; until an answer
+            # carries the rate-limit headers, a request could pass uncounted (filters fail open).
+            reply = http_request(plan.gateway_port, "GET", "/partner/orders/ready", {"x-api-key": ACME_KEY})
+            return reply.status == 200 and "ratelimit-limit" in reply.headers
+
+        await self._wait(limits_answered, "Envoy to reach waypost's ext_authz and rate-limit services")
         self.say(
             f"envoy: node {NODE_ID!r} (cluster {NODE_CLUSTER!r}), admin http://{LOOPBACK}:{ENVOY_ADMIN_PORT}"
         )
@@ -459,9 +507,7 @@ class Demo:
     def print_examples(self) -> None:
         port = self.plan.gateway_port
         self.say()
-        self.say(
-            f"The gateway is up on http://{LOOPBACK}:{port}. Try the routes of {self.policies}/routes.yaml:"
-        )
+        self.say(f"The gateway is up on http://{LOOPBACK}:{port}. Try the routes of {self.policies}/:")
         for example in EXAMPLES:
             self.say()
             self.say(f"  # {example.title}")
@@ -507,9 +553,10 @@ class Demo:
             )
             self.say(f"$ {example.curl(port)}")
             try:
-                reply = await asyncio.to_thread(
-                    http_request, port, example.method, example.path, example.headers, example.body
-                )
+                for _ in range(example.repeat):
+                    reply = await asyncio.to_thread(
+                        http_request, port, example.method, example.path, example.headers, example.body
+                    )
             except (OSError, http.client.HTTPException) as exc:
                 problems = [f"request failed: {exc}"]
             else:
