@@ -65,6 +65,7 @@ identity:
       jwks: keys/jwks.json
       claims_to_headers: {{sub: x-user-id, iss: x-issuer}}
 rules:
+  - allow: {{roles: [root]}}
   - deny: {{paths: ["/v1/orders/admin"]}}
   - allow: {{roles: [admin]}}
   - allow: {{methods: [GET], scopes: ["orders:read"]}}
@@ -132,6 +133,11 @@ async def test_jwt_policy_enforced_natively(
         "scope, POST": ("POST", "/v1/orders/1", {"authorization": bearer(signer.token(scope="orders:read"))}),
         "no role": ("DELETE", "/v1/orders/1", {"authorization": bearer(signer.token(roles=["reader"]))}),
         "deny rule first": ("GET", "/v1/orders/admin/users", {"authorization": bearer(admin)}),
+        "allow rule before the deny": (
+            "GET",
+            "/v1/orders/admin",
+            {"authorization": bearer(signer.token(sub="ops", roles=["root"]))},
+        ),
         "roles list": (
             "DELETE",
             "/v1/orders/1",

@@ -38,7 +38,9 @@ allowed``); an unsigned ``alg: none`` token says ``invalid token: malformed`` (w
 not allowed``); a token with several defects may be refused for another of them. A non-string
 ``sub`` is refused natively as ``no subject`` (waypost admits it under its text form). A token
 whose ``iat`` lies in the future (beyond the leeway) is admitted natively (Envoy checks ``exp``
-and ``nbf``, as the spec asks); PyJWT, under waypost's decision service, refuses it.
+and ``nbf``, as the spec asks); PyJWT, under waypost's decision service, refuses it. ``roles``,
+``scope`` or ``scp`` claims of unusual JSON types (an object, a list of numbers, ``scp`` as a
+string) match only their string members natively.
 """
 
 from __future__ import annotations
