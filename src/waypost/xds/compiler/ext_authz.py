@@ -27,6 +27,7 @@ from envoy.type.v3 import http_status_pb2
 
 from waypost.policies.model import AuthPolicy, Gateway, PolicySet, Route
 from waypost.xds.bootstrap import AUTHZ_CLUSTER, AUTHZ_HTTP_CLUSTER
+from waypost.xds.compiler.jwt_native import native_routes
 from waypost.xds.compiler.pb import duration, pack
 
 __all__ = [
@@ -80,6 +81,8 @@ class ExtAuthzFeature:
 
     def __init__(self, policy: PolicySet | None = None) -> None:
         self.auth_policies: Mapping[str, AuthPolicy] = policy.auth_policies if policy is not None else {}
+        # Routes Envoy enforces itself (jwt_authn + rbac, see jwt_native): never a Check call.
+        self._native: frozenset[str] = frozenset(native_routes(policy)) if policy is not None else frozenset()
         self._http_gateways: frozenset[str] = frozenset()
         if policy is not None:
             self._http_gateways = frozenset(
@@ -102,12 +105,13 @@ class ExtAuthzFeature:
         return ExtAuthzFeature(policy)
 
     def applies(self, gateway: Gateway, routes: Sequence[Route]) -> bool:
-        return _needs_authz(routes)
+        return _needs_authz([r for r in routes if r.name not in self._native])
 
     def http_filter(self, gateway: Gateway, routes: Sequence[Route]) -> hcm_pb2.HttpFilter:
         policies = [
             self.auth_policies[name]
             for route in routes
+            if route.name not in self._native
             for name in route.auth_policies
             if name in self.auth_policies
         ]
@@ -140,7 +144,9 @@ class ExtAuthzFeature:
         return hcm_pb2.HttpFilter(name=EXT_AUTHZ_FILTER, typed_config=pack(config))
 
     def patch_route(self, route: Route, xds_route: route_components_pb2.Route) -> None:
-        if route.auth_policies and route.gateway in self._http_gateways:
+        if route.name in self._native:
+            per_route = ext_authz_pb2.ExtAuthzPerRoute(disabled=True)
+        elif route.auth_policies and route.gateway in self._http_gateways:
             # HTTP mode carries no context extensions: the route's name travels in the path.
             policies = [self.auth_policies[p] for p in route.auth_policies if p in self.auth_policies]
             per_route = ext_authz_pb2.ExtAuthzPerRoute(

@@ -21,6 +21,7 @@ from waypost.xds.compiler.cors import CorsFeature
 from waypost.xds.compiler.ext_authz import ExtAuthzFeature, IdentityHeadersFeature
 from waypost.xds.compiler.fault import FaultFeature
 from waypost.xds.compiler.grpc_json import GrpcJsonFeature
+from waypost.xds.compiler.jwt_native import JwtAuthnFeature, NativeRbacFeature, patch_hcm_native_replies
 from waypost.xds.compiler.observability import patch_hcm_observability, tracing_clusters
 from waypost.xds.compiler.protection import (
     BodyLimitFeature,
@@ -59,6 +60,9 @@ HTTP_FEATURES: tuple[HttpFeature, ...] = (
     FaultFeature(),
     # Before ext_authz: Envoy answers CORS preflights without asking for credentials.
     CorsFeature(),
+    # JWT-only policies Envoy enforces itself: verify, then authorize; no ext_authz call there.
+    JwtAuthnFeature(),
+    NativeRbacFeature(),
     ExtAuthzFeature(),
     # After ext_authz, whose dynamic metadata (consumer, plan) keys the limits; local buckets
     # before global ones, so a request a local bucket refuses costs no call to waypost.
@@ -79,7 +83,7 @@ version before use, for settings that need more of the policy than a gateway and
 (other documents, the files a route names)."""
 
 HcmHook = Callable[[Gateway, hcm_pb2.HttpConnectionManager], None]
-HCM_HOOKS: tuple[HcmHook, ...] = (patch_hcm_limits, patch_hcm_observability)
+HCM_HOOKS: tuple[HcmHook, ...] = (patch_hcm_limits, patch_hcm_observability, patch_hcm_native_replies)
 """Gateway features that are connection-manager settings rather than HTTP filters."""
 
 GATEWAY_CLUSTERS: tuple[Callable[[Gateway], Sequence[cluster_pb2.Cluster]], ...] = (tracing_clusters,)
