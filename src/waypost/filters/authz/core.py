@@ -256,7 +256,8 @@ def _jwt_source(spec: Any, keys: KeySet | RemoteKeySet, index: _Index) -> Source
                 audience=audiences,
                 issuer=spec.issuer,
                 leeway=JWT_LEEWAY_S,
-                options={"require": ["exp", "iss"], "verify_aud": audiences is not None},
+                # `iat` is informational (RFC 7519): validity is exp and nbf, as Envoy's jwt_authn has it.
+                options={"require": ["exp", "iss"], "verify_aud": audiences is not None, "verify_iat": False},
             )
         except jwt.ExpiredSignatureError:
             return _Failure(401, "invalid token: expired", challenge_error=True)

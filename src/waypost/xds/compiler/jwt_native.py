@@ -36,9 +36,8 @@ Known differences, all on tokens that are refused either way with the same statu
 ``alg`` does not fit the key says ``invalid token: unknown signing key`` (waypost: ``algorithm not
 allowed``); an unsigned ``alg: none`` token says ``invalid token: malformed`` (waypost: ``algorithm
 not allowed``); a token with several defects may be refused for another of them. A non-string
-``sub`` is refused natively as ``no subject`` (waypost admits it under its text form). A token
-whose ``iat`` lies in the future (beyond the leeway) is admitted natively (Envoy checks ``exp``
-and ``nbf``, as the spec asks); PyJWT, under waypost's decision service, refuses it. ``roles``,
+``sub`` is refused natively as ``no subject`` (waypost admits it under its text form). Both paths
+check ``exp`` and ``nbf`` and ignore ``iat``, as the spec asks. ``roles``,
 ``scope`` or ``scp`` claims of unusual JSON types (an object, a list of numbers, ``scp`` as a
 string) match only their string members natively.
 """
