@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from envoy.config.cluster.v3 import circuit_breaker_pb2, cluster_pb2, outlier_detection_pb2
 from envoy.config.core.v3 import address_pb2, health_check_pb2, protocol_pb2
 from envoy.config.endpoint.v3 import endpoint_components_pb2, endpoint_pb2
@@ -10,10 +12,11 @@ from envoy.type.v3 import http_pb2
 from google.protobuf import wrappers_pb2
 
 from waypost.policies.model import Service
+from waypost.policies.types import Endpoint
 from waypost.xds.compiler.names import cluster_name
 from waypost.xds.compiler.pb import ads_source, duration, pack
 
-__all__ = ["build_cluster", "build_load_assignment"]
+__all__ = ["build_cluster", "build_load_assignment", "load_assignment"]
 
 _LB_POLICY = {
     "round_robin": cluster_pb2.Cluster.ROUND_ROBIN,
@@ -65,8 +68,13 @@ def build_cluster(service: Service) -> cluster_pb2.Cluster:
 
 
 def build_load_assignment(service: Service) -> endpoint_pb2.ClusterLoadAssignment:
+    return load_assignment(cluster_name(service.name), service.endpoints)
+
+
+def load_assignment(name: str, endpoints: Iterable[Endpoint]) -> endpoint_pb2.ClusterLoadAssignment:
+    """One locality holding ``endpoints``: the shape every waypost cluster uses."""
     return endpoint_pb2.ClusterLoadAssignment(
-        cluster_name=cluster_name(service.name),
+        cluster_name=name,
         endpoints=[
             endpoint_components_pb2.LocalityLbEndpoints(
                 lb_endpoints=[
@@ -79,7 +87,7 @@ def build_load_assignment(service: Service) -> endpoint_pb2.ClusterLoadAssignmen
                             )
                         )
                     )
-                    for endpoint in service.endpoints
+                    for endpoint in endpoints
                 ]
             )
         ],

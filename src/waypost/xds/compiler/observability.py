@@ -13,8 +13,7 @@ from __future__ import annotations
 
 from envoy.config.accesslog.v3 import accesslog_pb2
 from envoy.config.cluster.v3 import cluster_pb2
-from envoy.config.core.v3 import address_pb2, grpc_service_pb2, protocol_pb2, substitution_format_string_pb2
-from envoy.config.endpoint.v3 import endpoint_components_pb2, endpoint_pb2
+from envoy.config.core.v3 import grpc_service_pb2, protocol_pb2, substitution_format_string_pb2
 from envoy.config.trace.v3 import http_tracer_pb2, opentelemetry_pb2
 from envoy.extensions.access_loggers.stream.v3 import stream_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm_pb2
@@ -23,6 +22,7 @@ from envoy.type.v3 import percent_pb2
 from google.protobuf import struct_pb2, wrappers_pb2
 
 from waypost.policies.model import Gateway
+from waypost.xds.compiler.clusters import load_assignment
 from waypost.xds.compiler.names import tracing_cluster_name
 from waypost.xds.compiler.pb import duration, pack
 
@@ -103,24 +103,7 @@ def tracing_clusters(gateway: Gateway) -> list[cluster_pb2.Cluster]:
         name=name,
         connect_timeout=duration(1000),
         type=cluster_pb2.Cluster.STATIC if collector.is_ip else cluster_pb2.Cluster.STRICT_DNS,
-        load_assignment=endpoint_pb2.ClusterLoadAssignment(
-            cluster_name=name,
-            endpoints=[
-                endpoint_components_pb2.LocalityLbEndpoints(
-                    lb_endpoints=[
-                        endpoint_components_pb2.LbEndpoint(
-                            endpoint=endpoint_components_pb2.Endpoint(
-                                address=address_pb2.Address(
-                                    socket_address=address_pb2.SocketAddress(
-                                        address=collector.host, port_value=collector.port
-                                    )
-                                )
-                            )
-                        )
-                    ]
-                )
-            ],
-        ),
+        load_assignment=load_assignment(name, [collector]),
     )
     if not collector.is_ip:
         cluster.dns_lookup_family = cluster_pb2.Cluster.V4_PREFERRED
