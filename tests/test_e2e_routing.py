@@ -119,9 +119,18 @@ async def get_json(client: httpx.AsyncClient, url: str, **kwargs: object) -> tup
 async def test_routing_matches_rewrites_and_mutates_headers(stack: Stack) -> None:
     async with httpx.AsyncClient(trust_env=False, timeout=5) as client:
         status, body, headers = await get_json(
-            client, f"{stack.base}/v1/orders/7", headers={"x-debug": "1", "x-gateway": "forged"}
+            client,
+            f"{stack.base}/v1/orders/7",
+            headers={
+                "x-debug": "1",
+                "x-gateway": "forged",
+                "x-waypost-consumer": "admin",
+                "x-waypost-x": "1",
+            },
         )
         assert status == 200 and body["backend"] == "alpha"
+        # No AuthPolicy on this gateway, yet identity headers still cannot be forged.
+        assert not [name for name in body["headers"] if name.startswith("x-waypost-")]
         assert body["path"] == "/orders/7"  # rewrite
         assert body["headers"]["x-gateway"] == "waypost"  # add replaces a client's value
         assert "x-debug" not in body["headers"]

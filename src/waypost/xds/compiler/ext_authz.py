@@ -51,12 +51,15 @@ def _needs_authz(routes: Sequence[Route]) -> bool:
 
 
 class IdentityHeadersFeature:
-    """Strip client-sent ``x-waypost-*`` request headers before anything else sees the request."""
+    """Strip client-sent ``x-waypost-*`` request headers before anything else sees the request.
+
+    On every gateway, with or without auth: a backend that trusts ``x-waypost-consumer`` must not
+    be reachable with a forged one through a gateway that happens to have no AuthPolicy."""
 
     filter_name = HEADER_MUTATION_FILTER
 
     def applies(self, gateway: Gateway, routes: Sequence[Route]) -> bool:
-        return _needs_authz(routes)
+        return True
 
     def http_filter(self, gateway: Gateway, routes: Sequence[Route]) -> hcm_pb2.HttpFilter:
         strip = mutation_rules_pb2.HeaderMutation(
