@@ -349,7 +349,6 @@ def _serve(args: argparse.Namespace) -> int:
     from waypost.log import configure_logging
     from waypost.server.app import ServeOptions, serve
 
-    configure_logging(args.log_level, json=None if args.log_format is None else args.log_format == "json")
     xds_tls = None
     if args.xds_cert is not None or args.xds_key is not None or args.xds_ca is not None:
         from waypost.xds.security import XdsTls
@@ -372,6 +371,8 @@ def _serve(args: argparse.Namespace) -> int:
         xds_tls=xds_tls,
         ratelimit=_ratelimit_options(args),
     )
+    # Only once the arguments are known good: a usage error leaves logging as it was.
+    configure_logging(args.log_level, json=None if args.log_format is None else args.log_format == "json")
     try:
         import uvloop
 

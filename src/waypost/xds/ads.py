@@ -26,7 +26,7 @@ import asyncio
 import itertools
 import time
 import weakref
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol
 
@@ -79,9 +79,6 @@ PER_TYPE_SERVICES: dict[str, tuple[TypeUrl, str, str]] = {
     "envoy.service.secret.v3.SecretDiscoveryService": (TypeUrl.SECRET, "StreamSecrets", "DeltaSecrets"),
 }
 
-_CHANGED = object()
-_TICK = object()
-_CLOSED = object()
 
 NodeAuthorizer = Callable[[NodeInfo], str | None]
 """Decides whether a stream may serve a node: None to allow, or the reason it may not."""
@@ -140,33 +137,6 @@ class DeltaTypeState(TypeState):
     """Subscribed names already reported as not existing, so they are reported once."""
     resumed: bool = False
     """The node started this type with ``initial_resource_versions`` (a reconnect)."""
-
-
-class _Inbox:
-    """A single-consumer queue: what a stream's loop waits on. Far lighter than ``asyncio.Queue``
-    (three deques and a future per stream), which matters at thousands of streams. A list, not a
-    deque: it holds a handful of items at most, and an empty list is a tenth of an empty deque."""
-
-    __slots__ = ("_items", "_waiter")
-
-    def __init__(self) -> None:
-        self._items: list[object] = []
-        self._waiter: asyncio.Future[None] | None = None
-
-    def put_nowait(self, item: object) -> None:
-        self._items.append(item)
-        waiter = self._waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
-
-    async def get(self) -> object:
-        while not self._items:
-            self._waiter = asyncio.get_running_loop().create_future()
-            try:
-                await self._waiter
-            finally:
-                self._waiter = None
-        return self._items.pop(0)
 
 
 class StreamRegistry:
@@ -232,33 +202,55 @@ class XdsStream:
         self._registry = registry
         self._authorize = authorize
         self._nonces = itertools.count(1)
-        self._queue = _Inbox()
+        self._context: grpc.aio.ServicerContext | None = None
+        self._write_lock = asyncio.Lock()
+        self._closed = False
+        self._push: asyncio.Task[None] | None = None
+        """A pending push of a policy change; None when none is scheduled."""
         self._gate_blocked_since: float | None = None
         self._gate_warned = False
 
-    async def run(self, requests: AsyncIterator[Any]) -> AsyncIterator[bytes]:
-        reader = asyncio.create_task(self._read(requests))
+    async def serve(self, requests: AsyncIterator[Any], context: grpc.aio.ServicerContext) -> None:
+        """Answer the stream's requests on this coroutine, writing responses with ``context``.
+
+        No reader task and no response generator per stream: at thousands of streams each costs
+        kilobytes. Policy changes arrive through :meth:`notify`, which pushes from a short-lived
+        task; one lock keeps every stream's writes in the order their state was decided.
+        """
+        self._context = context
         XDS_STREAMS.labels(self.protocol).inc()
+        incoming = aiter(requests)
         try:
             while True:
-                item = await self._queue.get()
-                if item is _CLOSED:
+                try:
+                    request = await anext(incoming)
+                except StopAsyncIteration:
                     return
-                if isinstance(item, BaseException):
-                    raise item
-                if isinstance(item, self.request_type):
-                    if self.node is None:
-                        self._start(self._identify(item))
-                    self._on_request(item)
-                for response in self._due_responses():
-                    yield response
+                except Exception as exc:  # the peer went away mid-message; end the stream quietly
+                    log.debug("xds stream read ended", error=str(exc), stream=self.stream_id)
+                    return
+                if self.node is None:
+                    self._start(self._identify(request))
+                self._on_request(request)
+                await self._flush()
         finally:
-            reader.cancel()
+            self._closed = True
+            if self._push is not None:
+                self._push.cancel()
             XDS_STREAMS.labels(self.protocol).dec()
             self._watcher.unwatch(self.stream_id)
             self._registry.remove(self)
             if self.node is not None:
                 log.info("xds stream closed", node=self.node.id, stream=self.stream_id)
+
+    async def _flush(self) -> None:
+        """Write whatever is due now. Deciding and writing happen under one lock, so responses
+        leave in the order their nonces were handed out."""
+        async with self._write_lock:
+            if self._closed or self._context is None:
+                return
+            for response in self._due_responses():
+                await self._context.write(response)
 
     def _identify(self, request: Any) -> NodeInfo:
         if not request.HasField("node") or not request.node.id:
@@ -284,17 +276,20 @@ class XdsStream:
             stream=self.stream_id,
         )
 
-    async def _read(self, requests: AsyncIterator[Any]) -> None:
-        try:
-            async for request in requests:
-                self._queue.put_nowait(request)
-        except Exception as exc:  # the peer went away mid-message; end the stream quietly
-            log.debug("xds stream read ended", error=str(exc), stream=self.stream_id)
-        self._queue.put_nowait(_CLOSED)
-
     def notify(self) -> None:
-        """The watcher has a new generation: recompute what is due (from the registry)."""
-        self._queue.put_nowait(_CHANGED)
+        """The watcher moved on (or a gate timer fired): push what is due, once, soon."""
+        if self._closed or self._context is None or self.node is None:
+            return
+        if self._push is None or self._push.done():
+            self._push = asyncio.get_running_loop().create_task(self._push_changes())
+
+    async def _push_changes(self) -> None:
+        try:
+            await self._flush()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # the stream ended between the change and the write
+            log.debug("xds push after a change failed", error=str(exc), stream=self.stream_id)
 
     # --- requests --------------------------------------------------------------------------------
 
@@ -421,7 +416,7 @@ class XdsStream:
         now = time.monotonic()
         if self._gate_blocked_since is None:
             self._gate_blocked_since = now
-            asyncio.get_running_loop().call_later(GATE_TIMEOUT_S, self._queue.put_nowait, _TICK)
+            asyncio.get_running_loop().call_later(GATE_TIMEOUT_S, self.notify)
             return False
         if now - self._gate_blocked_since < GATE_TIMEOUT_S:
             return False
@@ -709,10 +704,8 @@ class AdsServer:
 
     def _handler(
         self, kind: type[XdsStream], only: TypeUrl | None
-    ) -> Callable[[AsyncIterator[Any], grpc.aio.ServicerContext], AsyncIterator[bytes]]:
-        async def handle(
-            requests: AsyncIterator[Any], context: grpc.aio.ServicerContext
-        ) -> AsyncIterator[bytes]:
+    ) -> Callable[[AsyncIterator[Any], grpc.aio.ServicerContext], Awaitable[None]]:
+        async def handle(requests: AsyncIterator[Any], context: grpc.aio.ServicerContext) -> None:
             authorize: NodeAuthorizer | None = None
             if self.authorizer is not None:
                 authorizer = self.authorizer
@@ -725,8 +718,7 @@ class AdsServer:
                 self._follower = asyncio.get_running_loop().create_task(self._follow_changes())
             stream = kind(self.watcher, self.registry, only=only, authorize=authorize)
             try:
-                async for response in stream.run(requests):
-                    yield response
+                await stream.serve(requests, context)
             except _StreamError as exc:
                 await context.abort(exc.code, str(exc))
 
