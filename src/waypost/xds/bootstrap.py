@@ -11,9 +11,10 @@ The node's identity is what waypost selects Gateways by: ``node.cluster`` and th
 
 from __future__ import annotations
 
+import functools
 import ipaddress
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import Any, ParamSpec
 
 import yaml
 
@@ -44,6 +45,8 @@ in the bootstrap, like the xDS cluster, because only the node knows how it reach
 BOOTSTRAP_CLUSTERS = frozenset({XDS_CLUSTER, AUTHZ_CLUSTER, AUTHZ_HTTP_CLUSTER, RATELIMIT_CLUSTER})
 """Clusters every waypost Envoy has from its bootstrap: compiled resources may name them without
 CDS carrying them."""
+
+P = ParamSpec("P")
 
 _HTTP_PROTOCOL_OPTIONS = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
 
@@ -177,49 +180,26 @@ def build_bootstrap(
     }
 
 
-def render_bootstrap(
-    *,
-    node_id: str,
-    node_cluster: str,
-    xds_host: str,
-    xds_port: int,
-    admin_port: int = 9901,
-    admin_address: str = "127.0.0.1",
-    labels: Mapping[str, str] | None = None,
-    delta: bool = False,
-    authz: tuple[str, int] | None = None,
-    authz_http: tuple[str, int] | None = None,
-    xds_tls_ca: str | None = None,
-    xds_client_cert: str | None = None,
-    xds_client_key: str | None = None,
-    xds_sni: str | None = None,
-    ratelimit_port: int | None = None,
-) -> str:
-    """:func:`build_bootstrap` as a YAML document, ready for ``envoy -c``."""
-    data = build_bootstrap(
-        node_id=node_id,
-        node_cluster=node_cluster,
-        xds_host=xds_host,
-        xds_port=xds_port,
-        admin_port=admin_port,
-        admin_address=admin_address,
-        labels=labels,
-        delta=delta,
-        authz=authz,
-        authz_http=authz_http,
-        xds_tls_ca=xds_tls_ca,
-        xds_client_cert=xds_client_cert,
-        xds_client_key=xds_client_key,
-        xds_sni=xds_sni,
-        ratelimit_port=ratelimit_port,
-    )
-    header = (
-        # repr() keeps a stray newline in an id from breaking out of the comment.
-        f"# Envoy bootstrap by `waypost bootstrap`: node {node_id!r}, cluster {node_cluster!r}.\n"
-        "# Only the way to waypost is static; listeners, routes and clusters arrive over ADS.\n"
-    )
-    body: str = yaml.safe_dump(data, sort_keys=False, default_flow_style=False)
-    return header + body
+def _as_yaml(build: Callable[P, dict[str, Any]]) -> Callable[P, str]:
+    """``build``'s bootstrap as a YAML document with a comment header; same arguments."""
+
+    @functools.wraps(build)
+    def render(*args: P.args, **kwargs: P.kwargs) -> str:
+        data = build(*args, **kwargs)
+        node = data["node"]
+        header = (
+            # repr() keeps a stray newline in an id from breaking out of the comment.
+            f"# Envoy bootstrap by `waypost bootstrap`: node {node['id']!r}, cluster {node['cluster']!r}.\n"
+            "# Only the way to waypost is static; listeners, routes and clusters arrive over ADS.\n"
+        )
+        body: str = yaml.safe_dump(data, sort_keys=False, default_flow_style=False)
+        return header + body
+
+    render.__doc__ = ":func:`build_bootstrap` as a YAML document, ready for ``envoy -c``."
+    return render
+
+
+render_bootstrap = _as_yaml(build_bootstrap)
 
 
 def parse_host_port(text: str) -> tuple[str, int]:
