@@ -17,7 +17,7 @@ import httpx
 import pytest
 
 from support import EchoServer, EnvoyProcess, WaypostProcess, async_wait_until, free_port, start_echo
-from support.certs import TestCA
+from support.pki import TestCA
 from support.greeter_proto import descriptor_set, message_class
 
 pytestmark = pytest.mark.e2e
@@ -37,10 +37,10 @@ async def _start_stack(
 
 @pytest.fixture
 async def https_backend(tmp_path: Path) -> AsyncIterator[tuple[EchoServer, TestCA]]:
-    ca = TestCA(tmp_path / "policies" / "certs")
-    server_pair = ca.issue("payments.internal")
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH, cafile=str(ca.cert))
-    context.load_cert_chain(server_pair.cert, server_pair.key)
+    ca = TestCA.create(tmp_path / "policies" / "certs", name="ca")
+    server_pair = ca.issue("payments.internal", dns=["payments.internal"])
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH, cafile=str(ca.cert_path))
+    context.load_cert_chain(server_pair.cert_path, server_pair.key_path)
     context.verify_mode = ssl.CERT_REQUIRED  # the gateway must present its client certificate
     server = await start_echo("payments", ssl_context=context)
     yield server, ca
@@ -54,10 +54,10 @@ async def test_tls_to_upstream_with_sni_ca_and_client_cert(
     start_envoy: Callable[..., EnvoyProcess],
 ) -> None:
     backend, ca = https_backend
-    client_pair = ca.issue("gateway.internal", client=True)
+    client_pair = ca.issue("gateway.internal", dns=["gateway.internal"], client=True)
     policies = tmp_path / "policies"
     port = free_port()
-    client_tls = f"cert: certs/{client_pair.cert.name}, key: certs/{client_pair.key.name}"
+    client_tls = f"cert: certs/{client_pair.cert_path.name}, key: certs/{client_pair.key_path.name}"
     base = f"""
 kind: Gateway
 name: public
