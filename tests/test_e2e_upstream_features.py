@@ -17,8 +17,8 @@ import httpx
 import pytest
 
 from support import EchoServer, EnvoyProcess, WaypostProcess, async_wait_until, free_port, start_echo
-from support.pki import TestCA
 from support.greeter_proto import descriptor_set, message_class
+from support.pki import TestCA
 
 pytestmark = pytest.mark.e2e
 
