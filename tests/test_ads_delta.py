@@ -20,6 +20,7 @@ from google.rpc import status_pb2
 
 from test_ads_protocol import AdsClient as SotwClient
 from test_ads_protocol import Harness, handshake, policy
+from test_ads_protocol import server as server  # the same in-process ADS fixture, shared
 from waypost.xds.ads import AdsServer, DeltaStream
 from waypost.xds.cache import NodeInfo, SnapshotCache
 from waypost.xds.compiler import compile_policy
@@ -106,20 +107,6 @@ class DeltaClient:
 
 def delta_names(response: discovery_pb2.DeltaDiscoveryResponse) -> list[str]:
     return sorted(r.name for r in response.resources)
-
-
-@pytest.fixture
-async def server() -> AsyncIterator[Harness]:
-    cache = SnapshotCache()
-    ads = AdsServer(cache)
-    grpc_server = grpc.aio.server()
-    ads.add_to(grpc_server)
-    port = grpc_server.add_insecure_port("127.0.0.1:0")
-    await grpc_server.start()
-    channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
-    yield Harness(cache, channel, ads)
-    await channel.close()
-    await grpc_server.stop(grace=None)
 
 
 async def delta_handshake(client: DeltaClient) -> dict[str, discovery_pb2.DeltaDiscoveryResponse]:
