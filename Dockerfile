@@ -17,9 +17,10 @@ ENV GIT_CONFIG_COUNT=1 GIT_CONFIG_KEY_0=safe.directory GIT_CONFIG_VALUE_0=*
 
 WORKDIR /app
 # Only what the package needs, so edits to tests or docs do not invalidate this layer.
-COPY pyproject.toml ./
+COPY pyproject.toml requirements.lock ./
 COPY src ./src
-RUN pip install . && useradd --system --uid 10001 --no-create-home waypost
+RUN pip install --require-hashes --no-deps -r requirements.lock && pip install --no-deps . \
+    && useradd --system --uid 10001 --no-create-home waypost
 
 # A control plane needs no privileges; policies are mounted read-only.
 USER waypost
