@@ -49,7 +49,8 @@ identity: [{{api_key: {{}}}}]
 kind: AuthPolicy
 name: tokens
 identity:
-  - jwt: {{issuer: "{issuer}", audiences: [orders], jwks: keys/jwks.json, claims_to_headers: {{sub: x-user-id}}}}
+  - jwt:
+      {{issuer: "{issuer}", audiences: [orders], jwks: keys/jwks.json, claims_to_headers: {{sub: x-user-id}}}}
 ---
 kind: Consumer
 name: acme

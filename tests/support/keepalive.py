@@ -8,7 +8,7 @@ reconnects: once the peer closes, every call raises :class:`ConnectionClosed`.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import h11
 
@@ -40,14 +40,17 @@ class KeepAliveClient:
             self._writer.close()
 
     async def get(
-        self, path: str, headers: Mapping[str, str] | None = None, timeout: float = 5.0
+        self,
+        path: str,
+        headers: Mapping[str, str] | Sequence[tuple[str, str]] | None = None,
+        timeout: float = 5.0,
     ) -> tuple[int, bytes]:
+        """GET ``path``; ``headers`` as a mapping or as (name, value) pairs (repeats allowed)."""
         assert self._reader is not None and self._writer is not None, "use as an async context manager"
         if self._conn.our_state is not h11.IDLE:
             raise ConnectionClosed(f"connection not reusable ({self._conn.our_state})")
-        request = h11.Request(
-            method="GET", target=path, headers=[("host", self.authority), *(headers or {}).items()]
-        )
+        pairs = list(headers.items()) if isinstance(headers, Mapping) else list(headers or ())
+        request = h11.Request(method="GET", target=path, headers=[("host", self.authority), *pairs])
         self._writer.write(self._conn.send(request) + self._conn.send(h11.EndOfMessage()))
         await self._writer.drain()
         status, body = 0, b""

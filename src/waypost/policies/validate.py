@@ -15,7 +15,8 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from waypost.policies.diagnostics import Diagnostic
-from waypost.policies.model import Consumer, DenyRule, Document, Gateway, NodeSelector, Route
+from waypost.policies.identity import RESERVED_HEADERS, credential_headers
+from waypost.policies.model import AuthPolicy, Consumer, DenyRule, Document, Gateway, NodeSelector, Route
 
 __all__ = ["Entry", "Loc", "Source", "regex_problem", "validate"]
 
@@ -62,6 +63,7 @@ def validate(entries: Sequence[Entry], *, check_references: bool = True) -> list
     _check_consumers(valid, out)
     _check_routes(valid, out)
     _check_gateways(valid, out)
+    _check_claim_headers(valid, out)
     return out
 
 
@@ -321,3 +323,31 @@ def _check_gateways(entries: Sequence[Entry], out: list[Diagnostic]) -> None:
                 )
                 break
         earlier.append((entry, gateway))
+
+
+def _check_claim_headers(entries: Sequence[Entry], out: list[Diagnostic]) -> None:
+    # Claim headers are removed from every client request (policies.identity): one naming a
+    # credential or a header every request needs would remove that too.
+    policies = [e.document for e in entries if isinstance(e.document, AuthPolicy)]
+    credentials = credential_headers(policies)
+    for entry in entries:
+        policy = entry.document
+        if not isinstance(policy, AuthPolicy):
+            continue
+        for index, source in enumerate(policy.identity):
+            for claim, header in (source.jwt.claims_to_headers if source.jwt else {}).items():
+                name = header.lower()
+                why = (
+                    "a credential header of an AuthPolicy"
+                    if name in credentials
+                    else "a header requests need"
+                    if name in RESERVED_HEADERS
+                    else None
+                )
+                if why is not None:
+                    loc = ("identity", index, "jwt", "claims_to_headers", claim)
+                    message = (
+                        f"{_field(loc)}: '{header}' is {why}; claim headers are removed from client"
+                        " requests, so pick another name (e.g. x-user-id)"
+                    )
+                    out.append(_error(entry, loc, message))

@@ -11,13 +11,15 @@ on policies (the service, its timeout, the claim headers) is per route, in ``che
 An authenticated route carries ``context_extensions`` naming itself and its AuthPolicies, so the
 decision service looks up a prebuilt plan instead of re-matching the request; every other route
 disables the filter per route and costs nothing: Envoy then never calls the decision service, so
-its cluster may be absent from the bootstrap and ``auth_failure_mode`` is never consulted. The decision service is reached through the bootstrap
-cluster :data:`AUTHZ_CLUSTER` (``waypost bootstrap --authz HOST:PORT``), so one fleet can use
-any number of `waypost authz` processes or hosts.
+its cluster may be absent from the bootstrap and ``auth_failure_mode`` is never consulted. The
+decision service is reached through the bootstrap cluster :data:`AUTHZ_CLUSTER`
+(``waypost bootstrap --authz HOST:PORT``), so one fleet can use any number of `waypost authz`
+processes or hosts.
 
-On the same gateways, :class:`IdentityHeadersFeature` removes every client-sent ``x-waypost-*``
-request header first, on every route (authenticated or not), so identity headers reaching an
-upstream were always set by waypost.
+On every gateway, :class:`IdentityHeadersFeature` removes every client-sent ``x-waypost-*``
+request header first, and on every route (authenticated or not) every other header an AuthPolicy
+maps a claim to (:mod:`waypost.policies.identity`), so identity headers reaching an upstream were
+always set by waypost, whichever source identified the caller.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import http_con
 from envoy.type.matcher.v3 import regex_pb2, string_pb2
 from envoy.type.v3 import http_status_pb2
 
+from waypost.policies.identity import IDENTITY_HEADER_PREFIX, identity_headers
 from waypost.policies.model import AuthPolicy, Gateway, PolicySet, Route
 from waypost.xds.bootstrap import AUTHZ_CLUSTER, AUTHZ_HTTP_CLUSTER
 from waypost.xds.compiler.jwt_native import native_routes
@@ -47,7 +50,6 @@ __all__ = [
 
 EXT_AUTHZ_FILTER = "envoy.filters.http.ext_authz"
 HEADER_MUTATION_FILTER = "waypost.identity_headers"
-IDENTITY_HEADER_PREFIX = "x-waypost-"
 
 HTTP_PATH_PREFIX = "/_waypost/"  # waypost.filters.authz.http_service.PATH_PREFIX
 _BASE_TIMEOUT_MS = 500
@@ -55,12 +57,21 @@ _TIMEOUT_MARGIN_MS = 250
 
 
 class IdentityHeadersFeature:
-    """Strip client-sent ``x-waypost-*`` request headers before anything else sees the request.
+    """Strip client-sent identity headers before anything else sees the request.
 
     On every gateway, with or without auth: a backend that trusts ``x-waypost-consumer`` must not
-    be reachable with a forged one through a gateway that happens to have no AuthPolicy."""
+    be reachable with a forged one through a gateway that happens to have no AuthPolicy. The
+    ``x-waypost-`` prefix is removed by the filter itself; the claim headers of the policy's
+    AuthPolicies per route (header_mutation applies both), so they change with the route table,
+    never the listener (see the CONTRACT above)."""
 
     filter_name = HEADER_MUTATION_FILTER
+
+    def __init__(self, policy: PolicySet | None = None) -> None:
+        self._claim_headers = identity_headers(policy.auth_policies) if policy is not None else ()
+
+    def bind(self, policy: PolicySet) -> IdentityHeadersFeature:
+        return IdentityHeadersFeature(policy)
 
     def applies(self, gateway: Gateway, routes: Sequence[Route]) -> bool:
         return True
@@ -77,7 +88,16 @@ class IdentityHeadersFeature:
         return hcm_pb2.HttpFilter(name=HEADER_MUTATION_FILTER, typed_config=pack(config))
 
     def patch_route(self, route: Route, xds_route: route_components_pb2.Route) -> None:
-        return None
+        if not self._claim_headers:
+            return
+        per_route = header_mutation_pb2.HeaderMutationPerRoute(
+            mutations=header_mutation_pb2.Mutations(
+                request_mutations=[
+                    mutation_rules_pb2.HeaderMutation(remove=name) for name in self._claim_headers
+                ]
+            )
+        )
+        xds_route.typed_per_filter_config[HEADER_MUTATION_FILTER].CopyFrom(pack(per_route))
 
 
 class ExtAuthzFeature:
