@@ -48,6 +48,7 @@ from yaml.events import (
 
 from waypost.policies.diagnostics import Diagnostic, PolicyError
 from waypost.policies.model import KINDS, AuthPolicy, Document, Gateway, PolicySet, Route, Service, SourceRef
+from waypost.policies.pem import certificate_problem, key_mismatch_problem, private_key_problem
 from waypost.policies.types import HEADER_NAME_PATTERN, NAME_PATTERN, PrivateBytes
 from waypost.policies.validate import Entry, Loc, validate
 
@@ -679,13 +680,8 @@ def _content_problem(what: str, shown: str, data: bytes) -> str | None:
         return None
     if what == "descriptor":
         return _descriptor_problem(shown, data)
-    if b"-----BEGIN" not in data:
-        return f"{shown} is not a PEM file (no '-----BEGIN' line)"
-    if what == "private key" and b"PRIVATE KEY-----" not in data:
-        return f"{shown} holds no PEM private key ('-----BEGIN ... PRIVATE KEY-----')"
-    if what == "certificate" and b"-----BEGIN CERTIFICATE-----" not in data:
-        return f"{shown} holds no PEM certificate ('-----BEGIN CERTIFICATE-----')"
-    return None
+    # Parsed as Envoy will parse them, so junk between PEM markers is a file:line error here.
+    return private_key_problem(shown, data) if what == "private key" else certificate_problem(shown, data)
 
 
 def _descriptor_problem(shown: str, data: bytes) -> str | None:
@@ -847,6 +843,8 @@ class _Load:
                 if problem is not None:
                     line = entry.source.line_of(ref.loc)
                     self.fail(entry.source.path, line, _at(ref.loc, problem), entry.kind, entry.name)
+                elif ref.what == "private key":
+                    self.check_key_pair(entry, ref)
                 elif ref.what == "descriptor" and isinstance(entry.document, Route):
                     # Envoy refuses a transcoder naming a service its descriptor lacks.
                     missing = _missing_grpc_services(entry.document, self.files[ref.value])
@@ -855,6 +853,18 @@ class _Load:
                         message = f"{', '.join(missing)} not in '{ref.value}'"
                         line = entry.source.line_of(loc)
                         self.fail(entry.source.path, line, _at(loc, message), entry.kind, entry.name)
+
+    def check_key_pair(self, entry: Entry, key_ref: _FileRef) -> None:
+        """Envoy refuses a key that is not its certificate's; `_file_refs` yields the cert first."""
+        tls = getattr(entry.document, "tls", None)
+        cert = self.files.get(getattr(tls, "cert", None) or "")
+        key = self.files.get(key_ref.value)
+        if cert is None or key is None:
+            return
+        problem = key_mismatch_problem(f"'{key_ref.value}'", bytes(cert), bytes(key))
+        if problem is not None:
+            line = entry.source.line_of(key_ref.loc)
+            self.fail(entry.source.path, line, _at(key_ref.loc, problem), entry.kind, entry.name)
 
     def read_reference(self, ref: _FileRef, cache: dict[str, bytes | str]) -> str | None:
         shown = f"'{ref.value}'"

@@ -9,7 +9,6 @@ engine would refuse. Pure: no I/O; positions come from each document's :class:`S
 from __future__ import annotations
 
 import ipaddress
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -17,6 +16,7 @@ from typing import Protocol
 from waypost.policies.diagnostics import Diagnostic
 from waypost.policies.identity import RESERVED_HEADERS, credential_headers
 from waypost.policies.model import AuthPolicy, Consumer, DenyRule, Document, Gateway, NodeSelector, Route
+from waypost.policies.regexes import regex_problem
 
 __all__ = ["Entry", "Loc", "Source", "regex_problem", "validate"]
 
@@ -168,72 +168,6 @@ def _check_consumers(entries: Sequence[Entry], out: list[Diagnostic]) -> None:
                         f" subscriptions[{first}]",
                     )
                 )
-
-
-# Constructs Python's `re` accepts but Envoy's RE2 engine refuses: RE2 has no backtracking, so no
-# lookaround, backreferences, atomic groups, conditionals or possessive quantifiers.
-_RE2_UNSUPPORTED_GROUPS = {
-    "(?=": "lookahead '(?='",
-    "(?!": "negative lookahead '(?!'",
-    "(?<=": "lookbehind '(?<='",
-    "(?<!": "negative lookbehind '(?<!'",
-    "(?>": "atomic group '(?>'",
-    "(?(": "conditional group '(?('",
-    "(?P=": "backreference '(?P='",
-}
-_INLINE_FLAGS_RE = re.compile(r"\(\?([aiLmsux-]+)[:)]")
-_RE2_FLAGS = frozenset("ims-")
-_BACKREF_DIGITS = frozenset("123456789")
-_COUNTED_RE = re.compile(r"\{\d*,?\d*\}$")
-
-
-def _is_quantifier(pattern: str, index: int) -> bool:
-    char = pattern[index]
-    return char in "*+?" or (char == "}" and _COUNTED_RE.search(pattern, 0, index + 1) is not None)
-
-
-def regex_problem(pattern: str) -> str | None:
-    """Why Envoy (RE2) would refuse ``pattern``, or None when it is fine."""
-    try:
-        re.compile(pattern)
-    except re.error as exc:
-        return f"invalid regular expression: {exc.msg} at position {exc.pos}"
-    except (OverflowError, RecursionError, ValueError) as exc:
-        return f"invalid regular expression: {exc}"
-    # Scan rather than search the text: `\(?=` and `[(?=]` are literals, not lookaheads.
-    index, in_class = 0, False
-    while index < len(pattern):
-        char = pattern[index]
-        following = pattern[index + 1 : index + 2]
-        if char == "\\":
-            if not in_class and following in _BACKREF_DIGITS:
-                return f"backreference '\\{following}' is not supported by Envoy's RE2 engine"
-            if not in_class and following == "Z":
-                return "'\\Z' is not supported by Envoy's RE2 engine: use '$'"
-            index += 2
-            continue
-        if in_class:
-            in_class = char != "]"
-        elif char == "[":
-            in_class = True
-            # A ']' right after '[' or '[^' is a member of the class, not its end.
-            index += 2 if following == "^" else 1
-            if pattern[index : index + 1] == "]":
-                index += 1
-            continue
-        elif char == "(" and following == "?":
-            for construct, label in _RE2_UNSUPPORTED_GROUPS.items():
-                if pattern.startswith(construct, index):
-                    return f"{label} is not supported by Envoy's RE2 engine"
-            flags = _INLINE_FLAGS_RE.match(pattern, index)
-            if flags and not set(flags.group(1)) <= _RE2_FLAGS:
-                return f"inline flags '(?{flags.group(1)}' are not supported by Envoy's RE2 engine"
-            index += 2
-            continue
-        elif following == "+" and _is_quantifier(pattern, index):
-            return f"possessive quantifier '{char}+' is not supported by Envoy's RE2 engine"
-        index += 1
-    return None
 
 
 def _check_routes(entries: Sequence[Entry], out: list[Diagnostic]) -> None:

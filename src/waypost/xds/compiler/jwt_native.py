@@ -63,6 +63,7 @@ from envoy.type.matcher.v3 import metadata_pb2, path_pb2, regex_pb2, string_pb2,
 from google.protobuf import wrappers_pb2
 
 from waypost.policies.model import AuthPolicy, Gateway, PolicySet, Route, RuleMatch
+from waypost.policies.regexes import regex_problem
 from waypost.xds.compiler.pb import pack as _pack
 
 __all__ = [
@@ -121,6 +122,10 @@ def native_policy(route: Route, policy: PolicySet) -> AuthPolicy | None:
         if match is None or match.when is not None:
             return None
         if not all(_SAFE_PATH.match(p) for p in match.paths):
+            return None
+        # A long scope makes a regex over Envoy's RE2 program-size limit: the decision service
+        # checks it instead of a NACK.
+        if any(regex_problem(_scope_word(scope)) is not None for scope in match.scopes):
             return None
     if any(c.roles or c.plan is not None or c.subscriptions is not None for c in policy.consumers.values()):
         return None
@@ -343,7 +348,7 @@ def _claim_has(claim: str, value: str) -> list[rbac_pb2.Permission]:
 
 def _scope(scope: str) -> rbac_pb2.Permission:
     """waypost's scopes: the space-separated `scope` string when it is a string, else `scp`."""
-    word = rf"(?s)(^|.*\s){re.escape(scope)}(\s.*|$)"
+    word = _scope_word(scope)
     scope_is_string = _metadata("scope", value_pb2.ValueMatcher(string_match=_regex("(?s).*")))
     in_scp = _metadata(
         "scp",
@@ -359,6 +364,10 @@ def _scope(scope: str) -> rbac_pb2.Permission:
             _and([_not(scope_is_string), in_scp]),
         ]
     )
+
+
+def _scope_word(scope: str) -> str:
+    return rf"(?s)(^|.*\s){re.escape(scope)}(\s.*|$)"
 
 
 def _metadata(claim: str, value: value_pb2.ValueMatcher) -> rbac_pb2.Permission:
