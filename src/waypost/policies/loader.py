@@ -46,7 +46,7 @@ from yaml.events import (
     StreamEndEvent,
 )
 
-from waypost.policies.diagnostics import Diagnostic, PolicyError
+from waypost.policies.diagnostics import MAX_REPORTED_PER_FILE, Diagnostic, PolicyError, capped
 from waypost.policies.model import KINDS, AuthPolicy, Document, Gateway, PolicySet, Route, Service, SourceRef
 from waypost.policies.pem import certificate_problem, key_mismatch_problem, private_key_problem
 from waypost.policies.types import HEADER_NAME_PATTERN, NAME_PATTERN, PrivateBytes
@@ -58,6 +58,14 @@ MAX_DEPTH: Final = 64
 """Deepest nesting accepted in a document; real policies nest a handful of levels."""
 MAX_NODES: Final = 1_000_000
 """Most values one document may hold once aliases are expanded (a bound against alias bombs)."""
+MAX_FILE_BYTES: Final = 1024 * 1024
+"""Largest policy file read (1 MiB): a 10 MB file of a million keys took 28 s to refuse; now it is
+refused unread, and no file takes more than a few seconds. About 5,000 Consumers fit in one file;
+more go in several files."""
+MAX_DOCUMENTS: Final = 10_000
+"""Most documents (`---`) read from one file; reading stops there with an error."""
+MAX_ENTRIES: Final = 10_000
+"""Most keys of one mapping, or items of one list, in a document (which is then not validated)."""
 
 _KIND_ATTRIBUTES: Final = {
     "Gateway": "gateways",
@@ -193,6 +201,11 @@ class _YamlProblem:
     message: str
 
 
+class _TooManyDocuments(Exception):
+    def __init__(self, line: int) -> None:
+        self.line = line
+
+
 def _parse(data: bytes) -> tuple[list[_Document], _YamlProblem | None]:
     """Every complete document of ``data``, and the syntax error that stopped reading, if any."""
     parser = yaml.CSafeLoader(data)
@@ -210,6 +223,8 @@ def _parse(data: bytes) -> tuple[list[_Document], _YamlProblem | None]:
         return documents, _YamlProblem(line, f"not valid UTF-8 or UTF-16 text: {exc.reason}")
     except yaml.YAMLError as exc:
         return documents, _YamlProblem(1, f"invalid YAML: {exc}")
+    except _TooManyDocuments as exc:
+        return documents, _YamlProblem(exc.line, f"more than {MAX_DOCUMENTS} documents in one file")
     finally:
         parser.dispose()
     return documents, None
@@ -294,8 +309,12 @@ def _read_events(parser: yaml.CSafeLoader, documents: list[_Document]) -> None:
             continue
         elif event_type is MappingEndEvent or event_type is SequenceEndEvent:
             frame = stack.pop()
-            top = stack[-1] if stack else None
             value, line, anchor = frame.value, frame.line, frame.anchor
+            if len(value) > MAX_ENTRIES and not document.fatal:
+                what = "keys" if frame.is_map else "items"
+                _issue(document, stack, len(stack), line, f"more than {MAX_ENTRIES} {what}")
+                document.fatal = True
+            top = stack[-1] if stack else None
             if frame.merges:
                 # Keys written in the mapping win over merged ones; earlier merges win over later.
                 for merged in frame.merges:
@@ -317,6 +336,8 @@ def _read_events(parser: yaml.CSafeLoader, documents: list[_Document]) -> None:
                 document.fatal = True
                 value = None
         elif event_type is DocumentStartEvent:
+            if len(documents) >= MAX_DOCUMENTS:
+                raise _TooManyDocuments(event.start_mark.line + 1)
             document = _Document(line=event.start_mark.line + 1)
             anchors = {}
             continue
@@ -732,6 +753,8 @@ class _Load:
         self.inputs: dict[str, bytes] = {}  # relative path -> bytes, for the version hash
         self.files: dict[str, bytes] = {}
         self.complete = True  # every file was read and parsed: missing targets really are missing
+        self.reported: dict[str, int] = {}  # path -> diagnostics of its documents so far
+        self.unchecked: dict[str, int] = {}  # path -> documents skipped after too many problems
 
     def display(self, relative: str) -> str:
         return self.root if relative == "." else os.path.join(self.root, relative)
@@ -745,10 +768,17 @@ class _Load:
             raise PolicyError([Diagnostic(self.root, 0, "", "", f"policy directory {what}")])
         for relative in self.policy_files():
             self.load_file(relative)
+        for path, count in self.unchecked.items():
+            self.complete = False  # a skipped document may define what others refer to
+            self.fail(
+                path,
+                0,
+                f"{count} more document(s) not checked: the file has {MAX_REPORTED_PER_FILE}+ problems",
+            )
         self.diagnostics.extend(validate(self.entries, check_references=self.complete))
         self.read_referenced_files()
         if self.diagnostics:
-            raise PolicyError(self.diagnostics)
+            raise PolicyError(capped(self.diagnostics))
         return self.policy_set()
 
     def policy_files(self) -> list[str]:
@@ -779,6 +809,10 @@ class _Load:
             self.complete = False
             self.fail(path, 0, f"cannot read file: {exc.strerror}")
             return
+        if len(data) > MAX_FILE_BYTES:
+            self.complete = False
+            self.fail(path, 0, f"file is {len(data)} bytes; policy files are limited to {MAX_FILE_BYTES}")
+            return
         self.inputs[relative] = data
         documents, problem = _parse(data)
         if problem is not None:
@@ -788,6 +822,16 @@ class _Load:
             self.load_document(path, document)
 
     def load_document(self, path: str, document: _Document) -> None:
+        if self.reported.get(path, 0) >= MAX_REPORTED_PER_FILE and document.value is not None:
+            # Enough problems in this file to fail the load: the rest is not validated (each
+            # unknown field costs a "did you mean" search), only counted.
+            self.unchecked[path] = self.unchecked.get(path, 0) + 1
+            return
+        before = len(self.diagnostics)
+        self._load_document(path, document)
+        self.reported[path] = self.reported.get(path, 0) + len(self.diagnostics) - before
+
+    def _load_document(self, path: str, document: _Document) -> None:
         value = document.value
         if value is None and not document.issues:
             return  # an empty document, e.g. a trailing `---`
