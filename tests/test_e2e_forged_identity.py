@@ -39,6 +39,13 @@ address: 127.0.0.1
 nodes: {{cluster: edge}}
 auth_service: http
 ---
+kind: Gateway
+name: httpplugin
+port: {plugin_port}
+address: 127.0.0.1
+nodes: {{cluster: edge}}
+auth_service: http
+---
 kind: Service
 name: echo
 endpoints: ["{backend}"]
@@ -112,6 +119,20 @@ match: {{prefix: /}}
 backend: echo
 ---
 kind: Route
+name: team-http
+gateway: httpplugin
+match: {{prefix: /team}}
+backend: echo
+auth: team
+---
+kind: Route
+name: mixed-http-plugin
+gateway: httpplugin
+match: {{prefix: /mixed}}
+backend: echo
+auth: mixed
+---
+kind: Route
 name: mixed-http
 gateway: edgehttp
 match: {{prefix: /mixed}}
@@ -140,7 +161,7 @@ async def stack(
 ) -> dict[str, Any]:
     backend = await echo_backend("echo")
     signer = Signer.new()
-    grpc_port, http_port, authz_port, authz_http_port = free_ports(4)
+    grpc_port, http_port, plugin_port, authz_port, authz_http_port = free_ports(5)
     policies = tmp_path / "policies"
     (policies / "keys").mkdir(parents=True)
     (policies / "keys" / "jwks.json").write_text(signer.jwks())
@@ -148,6 +169,7 @@ async def stack(
         POLICY.format(
             grpc_port=grpc_port,
             http_port=http_port,
+            plugin_port=plugin_port,
             backend=backend.address,
             issuer=ISSUER,
             key=key_hash(KEYS["acme"]),
@@ -170,7 +192,8 @@ async def stack(
     )
     await asyncio.to_thread(envoy.wait_for_listener, grpc_port)
     await asyncio.to_thread(envoy.wait_for_listener, http_port)
-    return {"grpc": grpc_port, "http": http_port, "signer": signer, "envoy": envoy}
+    await asyncio.to_thread(envoy.wait_for_listener, plugin_port)
+    return {"grpc": grpc_port, "http": http_port, "plugin": plugin_port, "signer": signer, "envoy": envoy}
 
 
 def identity_seen(body: Any) -> dict[str, str]:
@@ -210,6 +233,14 @@ async def test_forged_identity_headers_never_reach_the_backend(stack: dict[str, 
             [("x-team-token", "let-me-in")],
             {"x-waypost-consumer": "team-a", "x-waypost-team": "a"},
         ),
+        # `auth_service: http` with a plugin route: the gateway decides over gRPC (named per route).
+        (
+            "plugin",
+            "/team/1",
+            [("x-team-token", "let-me-in")],
+            {"x-waypost-consumer": "team-a", "x-waypost-team": "a"},
+        ),
+        ("plugin", "/mixed/1", key, {"x-waypost-consumer": "acme"}),
         # No auth at all.
         ("grpc", "/public/1", [], {}),
         ("grpc", "/anything", [], {}),
