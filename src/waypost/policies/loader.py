@@ -65,6 +65,7 @@ _KIND_ATTRIBUTES: Final = {
     "AuthPolicy": "auth_policies",
     "Consumer": "consumers",
     "RateLimitPolicy": "rate_limit_policies",
+    "GrpcTarget": "grpc_targets",
 }
 _KNOWN_KINDS: Final = ", ".join(KINDS)
 
