@@ -112,6 +112,8 @@ def grpc_client(tmp_path: Path) -> Iterator[Callable[..., GrpcClient]]:
         bootstrap.write_text(out.stdout)
         client = GrpcClient(target, bootstrap, tmp_path)
         started.append(client)
+        ready = client.send("ready")
+        assert ready["errors"] == {}, ready
         return client
 
     yield start
@@ -182,7 +184,13 @@ def test_calls_follow_routes_weights_and_header_matches(
     (node,) = [n for n in status["nodes"] if n["id"] == "client-0"]
     assert node["gateways"] == ["grpc:greeter"]
     assert node["client"] == "grpc"
-    assert all(t["in_sync"] and t["last_nack"] is None for t in node["types"].values()), node
+    assert all(t["last_nack"] is None for t in node["types"].values()), node
+    wait_until(
+        lambda: all(t["in_sync"] for n in waypost.status()["nodes"] for t in n["types"].values()),
+        10,
+        0.1,
+        message="the client acks every type",
+    )
 
 
 def test_endpoint_removed_and_policy_changed_while_calls_flow(

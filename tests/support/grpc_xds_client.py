@@ -5,6 +5,8 @@ client reads its bootstrap once per process, so each client needs its own proces
 channel to ``xds:///TARGET`` for its whole life, so a test sees changes arrive without a
 reconnect, and answers commands on stdin, one JSON line each on stdout:
 
+* ``ready``: one call that waits (up to 60 s) for the channel's first resources and endpoints,
+  so a loaded machine's slow start is not counted as a failure of the calls measured after it.
 * ``call N [KEY=VALUE ...]``: N calls of helloworld.Greeter/SayHello with that metadata; the reply
   is ``{"replies": {message: count}, "errors": {status: count}}``.
 * ``flow``: start calling in a loop in the background (one call at a time) until ``stop``, which
@@ -42,9 +44,14 @@ def main(target: str) -> None:
         response_deserializer=HelloReply.FromString,  # type: ignore[attr-defined]
     )
 
-    def call(counts: Counts, metadata: tuple[tuple[str, str], ...]) -> None:
+    def call(counts: Counts, metadata: tuple[tuple[str, str], ...], *, ready: bool = False) -> None:
         try:
-            reply = say_hello(HelloRequest(name="test"), timeout=5, metadata=metadata)  # type: ignore[call-arg]
+            reply = say_hello(
+                HelloRequest(name="test"),  # type: ignore[call-arg]
+                timeout=60 if ready else 5,
+                metadata=metadata,
+                wait_for_ready=ready,
+            )
             counts.replies[reply.message] += 1
         except grpc.RpcError as exc:
             counts.errors[f"{exc.code().name}: {exc.details()}"] += 1
@@ -56,7 +63,11 @@ def main(target: str) -> None:
         words = line.split()
         if not words:
             continue
-        if words[0] == "call":
+        if words[0] == "ready":
+            counts = Counts()
+            call(counts, (), ready=True)
+            print(counts.as_json(), flush=True)
+        elif words[0] == "call":
             counts = Counts()
             metadata = tuple(tuple(w.split("=", 1)) for w in words[2:])
             for _ in range(int(words[1])):
