@@ -128,7 +128,7 @@ class ExtAuthzFeature:
             )
 
     def bind(self, policy: PolicySet) -> ExtAuthzFeature:
-        """This feature for one policy version: the filter's settings depend on the AuthPolicies."""
+        """This feature for one policy version: the per-route settings depend on the AuthPolicies."""
         return ExtAuthzFeature(policy)
 
     def applies(self, gateway: Gateway, routes: Sequence[Route]) -> bool:
