@@ -904,9 +904,23 @@ class _Load:
     def policy_set(self) -> PolicySet:
         by_kind: dict[str, dict[str, Document]] = {kind: {} for kind in KINDS}
         sources: dict[tuple[str, str], SourceRef] = {}
+        field_sources: dict[tuple[str, str, str], SourceRef] = {}
         for entry in sorted(self.entries, key=lambda entry: (entry.kind, entry.name)):
             assert entry.document is not None  # any invalid document raised PolicyError above
             by_kind[entry.kind][entry.name] = entry.document
             sources[(entry.kind, entry.name)] = SourceRef(entry.source.path, entry.source.line_of(("name",)))
+            if isinstance(entry.document, AuthPolicy):
+                for index, source in enumerate(entry.document.identity):
+                    if source.custom is not None:
+                        loc = ("identity", index, "custom", "plugin")
+                        field_sources[(entry.kind, entry.name, _field(loc))] = SourceRef(
+                            entry.source.path, entry.source.line_of(loc)
+                        )
         attributes: dict[str, Any] = {_KIND_ATTRIBUTES[kind]: docs for kind, docs in by_kind.items()}
-        return PolicySet(version=self.version(), files=self.files, sources=sources, **attributes)
+        return PolicySet(
+            version=self.version(),
+            files=self.files,
+            sources=sources,
+            field_sources=field_sources,
+            **attributes,
+        )

@@ -475,7 +475,7 @@ class RuleMatch(Spec):
     def _cel_compiles(cls, value: str | None) -> str | None:
         # A typo in a rule must fail at load time with file:line, never at the first request.
         if value is not None:
-            from waypost.filters.authz.cel_env import check_expression
+            from waypost.policies.cel_env import check_expression
 
             check_expression(value)
         return value
@@ -579,3 +579,13 @@ class PolicySet:
     rate_limit_policies: Mapping[str, RateLimitPolicy] = field(default_factory=dict)
     files: Mapping[str, bytes] = field(default_factory=dict)
     sources: Mapping[tuple[str, str], SourceRef] = field(default_factory=dict, compare=False, repr=False)
+    field_sources: Mapping[tuple[str, str, str], SourceRef] = field(
+        default_factory=dict, compare=False, repr=False
+    )
+    """(kind, name, field) -> where, for fields checked after loading (``identity[0].custom.plugin``,
+    which a decision service imports)."""
+
+    def where(self, kind: str, name: str, field: str = "") -> SourceRef:
+        """Where a document, or one of its fields recorded in ``field_sources``, was written."""
+        found = self.field_sources.get((kind, name, field)) if field else None
+        return found or self.sources.get((kind, name)) or SourceRef("", 0)
