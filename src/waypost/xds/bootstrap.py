@@ -28,6 +28,7 @@ from waypost.contract import XDS_CLUSTER
 __all__ = [
     "XDS_CLUSTER",
     "build_bootstrap",
+    "dump_bootstrap",
     "parse_host_port",
     "render_bootstrap",
 ]
@@ -164,8 +165,7 @@ def _as_yaml(build: Callable[P, dict[str, Any]]) -> Callable[P, str]:
             f"# Envoy bootstrap by `waypost bootstrap`: node {node['id']!r}, cluster {node['cluster']!r}.\n"
             "# Only the way to waypost is static; listeners, routes and clusters (the decision services' too) arrive over ADS.\n"
         )
-        body: str = yaml.dump(data, Dumper=_QuotingDumper, sort_keys=False, default_flow_style=False)
-        return header + body
+        return header + dump_bootstrap(data)
 
     render.__doc__ = ":func:`build_bootstrap` as a YAML document, ready for ``envoy -c``."
     return render
@@ -180,6 +180,13 @@ def _quoted(dumper: yaml.SafeDumper, value: str) -> yaml.Node:
 
 
 _QuotingDumper.add_representer(str, _quoted)
+
+
+def dump_bootstrap(data: dict[str, Any]) -> str:
+    """A bootstrap as YAML whose every string is quoted (Envoy cannot re-type any of them)."""
+    text: str = yaml.dump(data, Dumper=_QuotingDumper, sort_keys=False, default_flow_style=False)
+    return text
+
 
 render_bootstrap = _as_yaml(build_bootstrap)
 

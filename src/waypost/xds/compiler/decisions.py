@@ -75,7 +75,12 @@ def build_decision_cluster(
     """The cluster ``name`` and, when it is EDS (IP endpoints or none yet), its load assignment."""
     addresses = endpoints.endpoints.get(name, ())
     xds_cluster = cluster_pb2.Cluster(name=name, connect_timeout=duration_pb2.Duration(seconds=1))
-    assignment = load_assignment(name, addresses)
+    # Nothing serves it (yet): a load assignment without localities, not one empty locality.
+    assignment = (
+        load_assignment(name, addresses)
+        if addresses
+        else endpoint_pb2.ClusterLoadAssignment(cluster_name=name)
+    )
     if all(a.is_ip for a in addresses):
         xds_cluster.type = cluster_pb2.Cluster.EDS
         xds_cluster.eds_cluster_config.eds_config.CopyFrom(ads_source())
