@@ -98,7 +98,8 @@ def test_envoy_sees_trap_node_identities(start_envoy: Callable[..., EnvoyProcess
     port = free_port()
     # Envoys first, then the gRPC server: forking next to grpcio's threads is not safe.
     envoys = [
-        start_envoy(xds_port=port, node_id=value, node_cluster=value, labels={value: value}) for value in TRAPS
+        start_envoy(xds_port=port, node_id=value, node_cluster=value, labels={value: value})
+        for value in TRAPS
     ]
     with _fake_ads(port) as (ads, _):
         seen = {}
@@ -107,7 +108,10 @@ def test_envoy_sees_trap_node_identities(start_envoy: Callable[..., EnvoyProcess
                 _, request = ads.requests.get(timeout=20)
                 if not request.HasField("node"):  # only a stream's first request names the node
                     continue
-                seen[request.node.id] = (request.node.cluster, json_format.MessageToDict(request.node.metadata))
+                seen[request.node.id] = (
+                    request.node.cluster,
+                    json_format.MessageToDict(request.node.metadata),
+                )
         except queue.Empty:
             pytest.fail(f"only {sorted(seen)} reached the control plane\n{envoys[-1].log_tail()}")
         for envoy in envoys:

@@ -1,8 +1,9 @@
 """End to end: AuthPolicy and Consumer through a real Envoy calling waypost's ext_authz Check.
 
 One stack (echo backend, `waypost serve` running its decision service, Envoy bootstrapped with only
-the xDS address) and many assertions: each outcome of the spec, JWT attacks, forged identity headers, path tricks, plugins, dry run, hot reload of
-keys and subscriptions, and finally the decision service going away (fail closed).
+the xDS address) and many assertions: each outcome of the spec, JWT attacks, forged identity
+headers, path tricks, plugins, dry run, hot reload of keys and subscriptions, and finally the
+decision service going away (fail closed).
 """
 
 from __future__ import annotations

@@ -32,7 +32,6 @@ from typing import Any, Self, TypeVar
 from urllib.parse import urlencode
 
 import httpx
-import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from support.client import get
@@ -354,6 +353,10 @@ class WaypostProcess(ManagedProcess):
         port = self.status()["decision_services"]["clusters"][cluster]["local_port"]
         assert isinstance(port, int), f"{cluster} is not running in this waypost"
         return port
+
+    def admin_json(self, path: str) -> Any:
+        """The JSON body of an admin page, whatever its status (``/readyz`` answers 503 + reasons)."""
+        return get(f"{self.admin_url}{path}", timeout=5).json()
 
     def healthz(self) -> int:
         return get(f"{self.admin_url}/healthz", timeout=2).status_code
