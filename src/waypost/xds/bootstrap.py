@@ -163,7 +163,7 @@ def _as_yaml(build: Callable[P, dict[str, Any]]) -> Callable[P, str]:
         header = (
             # repr() keeps a stray newline in an id from breaking out of the comment.
             f"# Envoy bootstrap by `waypost bootstrap`: node {node['id']!r}, cluster {node['cluster']!r}.\n"
-            "# Only the way to waypost is static; listeners, routes and clusters (the decision services' too) arrive over ADS.\n"
+            "# Only the way to waypost is static; the rest (decision services too) comes over ADS.\n"
         )
         return header + dump_bootstrap(data)
 
