@@ -173,3 +173,27 @@ def test_unimportable_plugin_is_a_file_line_error_where_it_loads(tmp_path: Path)
         "No module named 'no_such_waypost_plugin'"
     )
     assert core.version is None  # refused: nothing applied
+
+
+def test_validate_reports_an_unimportable_plugin_where_it_runs(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from waypost.cli import main
+
+    directory = tmp_path / "p"
+    directory.mkdir()
+    plugin_policy = textwrap.dedent(POLICY) + textwrap.dedent("""
+        ---
+        kind: AuthPolicy
+        name: custom
+        identity: [{custom: {plugin: "wp_local_plugin:check"}}]
+        """)
+    (directory / "policy.yaml").write_text(plugin_policy)
+    assert main(["validate", str(directory)]) == 1
+    err = capsys.readouterr().err
+    assert f"{directory / 'policy.yaml'}:" in err
+    assert "AuthPolicy custom: identity[0].custom.plugin: cannot import module 'wp_local_plugin'" in err
+    # Where the plugin lives (on the path), the same directory is valid.
+    (tmp_path / "wp_local_plugin.py").write_text("def check(request):\n    return None\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert main(["validate", str(directory)]) == 0, capsys.readouterr().err
