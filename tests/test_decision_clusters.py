@@ -197,3 +197,36 @@ def test_validate_reports_an_unimportable_plugin_where_it_runs(
     (tmp_path / "wp_local_plugin.py").write_text("def check(request):\n    return None\n")
     monkeypatch.syspath_prepend(str(tmp_path))
     assert main(["validate", str(directory)]) == 0, capsys.readouterr().err
+
+
+async def test_own_services_are_announced_at_the_advertise_address() -> None:
+    from waypost.server.decisions import DecisionOptions, DecisionPlane, default_advertise_address
+    from waypost.server.ratelimit import RateLimitOptions
+
+    assert default_advertise_address("127.0.0.1") == "127.0.0.1"
+    assert default_advertise_address("0.0.0.0") != "0.0.0.0"  # an address Envoys can dial
+    plane = DecisionPlane(
+        DecisionOptions(
+            host="127.0.0.1",
+            advertise_address="10.9.8.7",
+            authz_port=0,
+            authz_http_port=0,
+            ratelimit=RateLimitOptions(port=0, host="127.0.0.1"),
+            ratelimit_addresses=(Endpoint("rls.internal", 18001),),
+        )
+    )
+    await plane.open()
+    try:
+        await plane.ensure(frozenset({AUTHZ_CLUSTER, RATELIMIT_CLUSTER}))
+        endpoints = plane.endpoints()
+        (authz,) = endpoints.endpoints[AUTHZ_CLUSTER]
+        assert (
+            authz.host == "10.9.8.7" and authz.port == plane.status()["clusters"][AUTHZ_CLUSTER]["local_port"]
+        )
+        # Named elsewhere: never run here, and health-checked.
+        assert endpoints.endpoints[RATELIMIT_CLUSTER] == (Endpoint("rls.internal", 18001),)
+        assert endpoints.health_checked == frozenset({RATELIMIT_CLUSTER})
+        assert plane.limiter is None
+        assert AUTHZ_HTTP_CLUSTER not in endpoints.endpoints  # not needed: not started
+    finally:
+        await plane.close()

@@ -22,6 +22,7 @@ from pydantic import (
     model_validator,
 )
 
+from waypost.policies.cel_env import check_expression
 from waypost.policies.types import (
     Duration,
     EndpointField,
@@ -566,8 +567,6 @@ class RuleMatch(Spec):
     def _cel_compiles(cls, value: str | None) -> str | None:
         # A typo in a rule must fail at load time with file:line, never at the first request.
         if value is not None:
-            from waypost.policies.cel_env import check_expression
-
             check_expression(value)
         return value
 
