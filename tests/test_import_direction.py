@@ -77,3 +77,11 @@ def test_imports_run_one_way() -> None:
 def test_every_module_has_a_layer() -> None:
     for path in SRC.rglob("*.py"):
         layer_of(module_name(path))
+
+
+def test_standalone_decision_services_never_compile_envoy_config() -> None:
+    """`waypost authz --workers N` and `waypost ratelimit` follow the policy through the runtime
+    with their own applier only: no compiler, no snapshot cache in their process wiring."""
+    for name in ("authz.py", "ratelimit.py", "runtime.py"):
+        xds = sorted(t for t in imported(SRC / "server" / name) if t.startswith("waypost.xds"))
+        assert not xds, f"server/{name} imports {xds}"
