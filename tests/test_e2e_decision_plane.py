@@ -17,7 +17,7 @@ import os
 import shutil
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import grpc
@@ -37,7 +37,7 @@ from support import (
     wait_until,
 )
 from support.procs import SRC_DIR
-from support.redis import RedisProcess, find_redis_server
+from support.redis import RedisProcess
 from waypost.contract import AUTHZ_CLUSTER, AUTHZ_GRPC_SERVICE, RATELIMIT_CLUSTER
 from waypost.xds.ads import ADS_SERVICE
 
@@ -165,20 +165,10 @@ def test_readme_lines_give_401_200_429(tmp_path: Path) -> None:
 # --- a fleet: replicas, Redis, standalone decision services ----------------------------------------
 
 
-@pytest.fixture
-def redis_server(tmp_path: Path) -> Iterator[RedisProcess]:
-    binary = find_redis_server()
-    if binary is None:
-        pytest.fail("redis-server is not installed: run `make system-deps`", pytrace=False)
-    process = RedisProcess(workdir=tmp_path, binary=binary).start()
-    yield process
-    process.stop()
-
-
 async def test_two_replicas_share_one_consumer_limit_through_redis(
     tmp_path: Path,
     echo_backend: EchoFactory,
-    redis_server: RedisProcess,
+    start_redis: Callable[[], RedisProcess],
     start_waypost: Callable[..., WaypostProcess],
     start_envoy: Callable[..., EnvoyProcess],
 ) -> None:
@@ -187,6 +177,8 @@ async def test_two_replicas_share_one_consumer_limit_through_redis(
     # The same files on both replicas but for the gateway port (each Envoy here shares one host).
     policies_a = write_policies(tmp_path, port_a, echo.address, "policies-a")
     policies_b = write_policies(tmp_path, port_b, echo.address, "policies-b")
+
+    redis_server = await asyncio.to_thread(start_redis)
 
     def start() -> tuple[WaypostProcess, WaypostProcess]:
         redis = ["--redis", redis_server.url]

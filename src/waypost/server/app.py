@@ -26,6 +26,8 @@ from waypost.xds.ads import ADS_SERVICE, PER_TYPE_SERVICES, AdsServer
 from waypost.xds.cache import PreparedVersion, SnapshotCache
 from waypost.xds.compiler import compile_policy
 from waypost.xds.compiler.decisions import decision_needs, needed_clusters
+from waypost.xds.compiler.registered import allowed
+from waypost.xds.registry import RedisRegistrySync
 from waypost.xds.security import XdsTls, authorize_node
 
 __all__ = ["ServeOptions", "XdsApplier", "serve"]
@@ -47,6 +49,8 @@ class ServeOptions:
     """TLS on the xDS port; with a client CA, mTLS and node ids checked against certificates."""
     decisions: DecisionOptions = field(default_factory=DecisionOptions)
     """Where the decision services are: run here when needed (default) or named elsewhere."""
+    registry_redis: str | None = None
+    """``redis://...``: share self-registered endpoints with the other replicas through it."""
 
 
 class XdsApplier:
@@ -70,7 +74,9 @@ class XdsApplier:
         self.plane.applied(prepared.compiled.decision_needs)
 
 
-def build_status(runtime: PolicyRuntime, ads: AdsServer, plane: DecisionPlane) -> dict[str, Any]:
+def build_status(
+    runtime: PolicyRuntime, cache: SnapshotCache, ads: AdsServer, plane: DecisionPlane
+) -> dict[str, Any]:
     failure = runtime.last_failure
     return {
         "policy": {
@@ -88,6 +94,7 @@ def build_status(runtime: PolicyRuntime, ads: AdsServer, plane: DecisionPlane) -
         },
         "decision_services": plane.status(),
         "nodes": [stream.status() for stream in ads.registry.streams()],
+        "registered": registered_status(runtime, cache),
         "time": time.time(),
     }
 
@@ -103,6 +110,21 @@ def readiness_problems(runtime: PolicyRuntime, plane: DecisionPlane) -> list[str
     ]
 
 
+def registered_status(runtime: PolicyRuntime, cache: SnapshotCache) -> list[dict[str, Any]]:
+    """Self-registered endpoints in force, and whether the policy lets each count."""
+    services = runtime.current.services if runtime.current is not None else {}
+    return [
+        {
+            "service": claim.service,
+            "node": claim.node_id,
+            "address": str(claim.endpoint),
+            "live": claim.expires is None,
+            "allowed": allowed(services.get(claim.service), claim),
+        }
+        for claim in cache.registry.claims()
+    ]
+
+
 async def serve(options: ServeOptions, *, stop: asyncio.Event | None = None) -> None:
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -113,6 +135,10 @@ async def serve(options: ServeOptions, *, stop: asyncio.Event | None = None) -> 
     plane = DecisionPlane(options.decisions)
     await plane.open()
     cache = SnapshotCache()
+    registry_sync = None
+    if options.registry_redis:
+        registry_sync = RedisRegistrySync(options.registry_redis, cache.registry)
+        registry_sync.start()
     # Decision services first: they hold a version before Envoy can receive routes that call them.
     runtime = PolicyRuntime(options.policies, [*plane.appliers(), XdsApplier(cache, plane)])
 
@@ -141,10 +167,10 @@ async def serve(options: ServeOptions, *, stop: asyncio.Event | None = None) -> 
 
     admin = AdminServer(
         ready=lambda: not readiness_problems(runtime, plane),
-        status=lambda: build_status(runtime, ads, plane),
+        status=lambda: build_status(runtime, cache, ads, plane),
         problems=lambda: readiness_problems(runtime, plane),
     )
-    dashboard = Dashboard(lambda: build_status(runtime, ads, plane))
+    dashboard = Dashboard(lambda: build_status(runtime, cache, ads, plane))
     dashboard.install(admin)
     dashboard.start()
     admin_port = await admin.start(options.host, options.admin_port)
@@ -179,3 +205,5 @@ async def serve(options: ServeOptions, *, stop: asyncio.Event | None = None) -> 
         await plane.close()
         await grpc_server.stop(grace=1)
         ads.close()
+        if registry_sync is not None:
+            await registry_sync.stop()

@@ -66,6 +66,7 @@ def build_bootstrap(
     xds_client_cert: str | None = None,
     xds_client_key: str | None = None,
     xds_sni: str | None = None,
+    register: tuple[str, str] | None = None,
 ) -> dict[str, Any]:
     """Return an Envoy v3 bootstrap (as JSON-compatible data) that takes all config from waypost.
 
@@ -79,6 +80,8 @@ def build_bootstrap(
     certificate against that CA and the name ``xds_sni`` (default: ``xds_host``; an IP address is
     matched as an IP SAN). ``xds_client_cert``/``xds_client_key`` make Envoy present a client
     certificate, for a waypost serving mTLS (``waypost serve --xds-ca``).
+    ``register`` (service, "ip:port") makes this Envoy an endpoint of that Service while it is
+    connected, where the policy allows it.
     """
     if not node_id:
         raise ValueError("node_id must not be empty")
@@ -101,13 +104,12 @@ def build_bootstrap(
     if xds_tls_ca is not None:
         xds_cluster["transport_socket"] = _xds_tls(host, xds_tls_ca, xds_client_cert, xds_client_key, xds_sni)
     static_clusters = [xds_cluster]
+    # waypost reads the node's labels from here to match Gateway `nodes: {labels: ...}`.
+    metadata: dict[str, Any] = {"labels": {str(k): str(v) for k, v in sorted((labels or {}).items())}}
+    if register is not None:
+        metadata["register"] = {"service": register[0], "address": register[1]}
     return {
-        "node": {
-            "id": node_id,
-            "cluster": node_cluster,
-            # waypost reads the node's labels from here to match Gateway `nodes: {labels: ...}`.
-            "metadata": {"labels": {str(k): str(v) for k, v in sorted((labels or {}).items())}},
-        },
+        "node": {"id": node_id, "cluster": node_cluster, "metadata": metadata},
         "admin": {
             "address": _socket_address(_strip_brackets(admin_address), admin_port),
             # Operators and health probes must still reach admin when the connection cap is hit.
