@@ -243,8 +243,10 @@ def run(services: int, endpoints: int, rate: int, seconds: float, envoys: int) -
     port = _read(server)["port"]
     subscribers = _spawn("--role", "subscribers", "--port", str(port), "--envoys", str(envoys))
     _read(subscribers)
-    registrants = _spawn("--role", "registrants", "--port", str(port), "--services", str(services),
-                         "--endpoints", str(endpoints), "--rate", str(rate), "--seconds", str(seconds))  # fmt: skip
+    registrants = _spawn(
+        *("--role", "registrants", "--port", str(port), "--services", str(services)),
+        *("--endpoints", str(endpoints), "--rate", str(rate), "--seconds", str(seconds)),
+    )
     try:
         _read(registrants)  # measured from here
         cpu_before = _read(server, "cpu")["cpu"]
