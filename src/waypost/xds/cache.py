@@ -176,9 +176,11 @@ class SnapshotCache:
         if self._compiled is None or self._served is None:
             return
         served = with_registered(self._compiled, self.registry.claims())
-        if served.load_assignments == self._served.load_assignments:
+        before, after = self._served.load_assignments, served.load_assignments
+        changed = {name for name in registrable_clusters(served) if before.get(name) != after.get(name)}
+        if not changed:
             return
-        encoder = self._encoder.without({(TypeUrl.ENDPOINT, name) for name in registrable_clusters(served)})
+        encoder = self._encoder.without({(TypeUrl.ENDPOINT, name) for name in changed})
         self.commit(self._prepare(self._compiled, served, encoder))
 
 
