@@ -87,7 +87,7 @@ def registered_status(cache: SnapshotCache) -> list[dict[str, Any]]:
             "node": claim.node_id,
             "address": str(claim.endpoint),
             "live": claim.expires is None,
-            "allowed": allowed(services.get(claim.service), claim),
+            "allowed": allowed(services, claim),
         }
         for claim in cache.registry.claims()
     ]
