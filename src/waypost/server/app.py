@@ -119,7 +119,7 @@ def registered_status(runtime: PolicyRuntime, cache: SnapshotCache) -> list[dict
             "node": claim.node_id,
             "address": str(claim.endpoint),
             "live": claim.expires is None,
-            "allowed": allowed(services.get(claim.service), claim),
+            "allowed": allowed(services, claim),
         }
         for claim in cache.registry.claims()
     ]
