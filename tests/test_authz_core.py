@@ -213,7 +213,7 @@ def test_compiler_wires_ext_authz_on_every_gateway_configured_per_route(tmp_path
     text = policy_yaml(8080, "127.0.0.1:9", failure_mode="open") + "---\n" + consumers_yaml() + internal
     policy = load(tmp_path, text)
     compiled = compile_policy(policy)
-    SnapshotCache().prepare(compiled)  # the bootstrap cluster does not make snapshots inconsistent
+    SnapshotCache().prepare(compiled)  # the decision clusters travel with the snapshot: consistent
 
     def filters(gateway: str) -> dict[str, object]:
         hcm = hcm_pb2.HttpConnectionManager()

@@ -24,7 +24,7 @@ import pytest
 from authz_support import KEYS, key_hash
 from support import EchoFactory, EnvoyProcess, WaypostProcess, free_ports, wait_until
 from support.procs import SRC_DIR
-from waypost.filters.authz.cel_env import (
+from waypost.policies.cel_env import (
     MAX_CHARS,
     MAX_TOKENS,
     compile_expression,
@@ -162,17 +162,15 @@ async def test_serve_evaluates_bounded_expressions_and_refuses_hostile_reloads(
     start_envoy: Callable[..., EnvoyProcess],
 ) -> None:
     backend = await echo_backend("echo")
-    port, authz_port = free_ports(2)
+    (port,) = free_ports(1)
     policies = tmp_path / "policies"
     policies.mkdir()
     policy = policies / "policy.yaml"
     # The deepest allowed expression, evaluated on every request (it is true for GET).
     deepest = " + ".join(["1"] * (MAX_TOKENS // 2 - 6)) + ' > 0 && request.method == "GET"'
     policy.write_text(policy_with_when(deepest, port, backend.address))
-    waypost = await asyncio.to_thread(start_waypost, policies, args=["--authz-port", str(authz_port)])
-    envoy = await asyncio.to_thread(
-        start_envoy, xds_port=waypost.xds_port, bootstrap_options={"authz": ("127.0.0.1", authz_port)}
-    )
+    waypost = await asyncio.to_thread(start_waypost, policies)
+    envoy = await asyncio.to_thread(start_envoy, xds_port=waypost.xds_port)
     await asyncio.to_thread(envoy.wait_for_listener, port)
     import httpx
 

@@ -37,6 +37,10 @@ COMPOSED = {
     "... is N characters; the limit is 4096": "characters; the limit is {MAX_CHARS}",
     "claims_to_headers.sub: 'x-api-key' is a credential header of an AuthPolicy": "credential header of an",
     "file is N bytes; policy files are limited to 1048576": "policy files are limited to {MAX",
+    "route orders needs the rate-limit service (waypost_ratelimit), which nothing serves": (
+        "), which nothing serves"
+    ),
+    "identity[0].custom.plugin: cannot import module 'x'": "cannot import module '{module_name}'",
 }
 
 

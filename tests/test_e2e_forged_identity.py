@@ -161,7 +161,7 @@ async def stack(
 ) -> dict[str, Any]:
     backend = await echo_backend("echo")
     signer = Signer.new()
-    grpc_port, http_port, plugin_port, authz_port, authz_http_port = free_ports(5)
+    grpc_port, http_port, plugin_port = free_ports(3)
     policies = tmp_path / "policies"
     (policies / "keys").mkdir(parents=True)
     (policies / "keys" / "jwks.json").write_text(signer.jwks())
@@ -178,18 +178,9 @@ async def stack(
     waypost = await asyncio.to_thread(
         start_waypost,
         policies,
-        args=["--authz-port", str(authz_port), "--authz-http-port", str(authz_http_port)],
         env={"PYTHONPATH": os.pathsep.join([str(SRC_DIR), str(PLUGIN_DIR)])},
     )
-    envoy = await asyncio.to_thread(
-        start_envoy,
-        xds_port=waypost.xds_port,
-        node_cluster="edge",
-        bootstrap_options={
-            "authz": ("127.0.0.1", authz_port),
-            "authz_http": ("127.0.0.1", authz_http_port),
-        },
-    )
+    envoy = await asyncio.to_thread(start_envoy, xds_port=waypost.xds_port, node_cluster="edge")
     await asyncio.to_thread(envoy.wait_for_listener, grpc_port)
     await asyncio.to_thread(envoy.wait_for_listener, http_port)
     await asyncio.to_thread(envoy.wait_for_listener, plugin_port)

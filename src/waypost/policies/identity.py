@@ -18,7 +18,7 @@ from waypost.policies.model import AuthPolicy
 
 __all__ = ["IDENTITY_HEADER_PREFIX", "RESERVED_HEADERS", "credential_headers", "identity_headers"]
 
-IDENTITY_HEADER_PREFIX = "x-waypost-"
+IDENTITY_HEADER_PREFIX = "x-waypost-"  # = waypost.contract.IDENTITY_HEADER_PREFIX (a layer above)
 RESERVED_HEADERS = frozenset(
     {"host", "content-length", "content-type", "transfer-encoding", "connection", "te", "upgrade", "cookie"}
 )

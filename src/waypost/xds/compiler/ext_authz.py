@@ -11,10 +11,11 @@ on policies (the service, its timeout, the claim headers) is per route, in ``che
 An authenticated route carries ``context_extensions`` naming itself and its AuthPolicies, so the
 decision service looks up a prebuilt plan instead of re-matching the request; every other route
 disables the filter per route and costs nothing: Envoy then never calls the decision service, so
-its cluster may be absent from the bootstrap and ``auth_failure_mode`` is never consulted. The
-decision service is reached through the bootstrap cluster :data:`AUTHZ_CLUSTER`
-(``waypost bootstrap --authz HOST:PORT``), so one fleet can use any number of `waypost authz`
-processes or hosts.
+its cluster may be absent (it is delivered only when a route needs it, :meth:`cluster_for`) and
+``auth_failure_mode`` is never consulted. The decision service is reached through the cluster
+:data:`~waypost.contract.AUTHZ_CLUSTER` (or ``AUTHZ_HTTP_CLUSTER``), which waypost delivers over
+CDS/EDS with the endpoints `waypost serve` knows (its own, or ``--authz-address``); see
+:mod:`waypost.xds.compiler.decisions`.
 
 On every gateway, :class:`IdentityHeadersFeature` removes every client-sent ``x-waypost-*``
 request header first, and on every route (authenticated or not) every other header an AuthPolicy
@@ -35,23 +36,28 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import http_con
 from envoy.type.matcher.v3 import regex_pb2, string_pb2
 from envoy.type.v3 import http_status_pb2
 
-from waypost.policies.identity import IDENTITY_HEADER_PREFIX, identity_headers
+from waypost.contract import (
+    AUTHZ_CLUSTER,
+    AUTHZ_HTTP_CLUSTER,
+    AUTHZ_HTTP_PATH_PREFIX,
+    IDENTITY_HEADER_PREFIX,
+    METADATA_CONSUMER,
+    METADATA_PLAN,
+)
+from waypost.policies.identity import identity_headers
 from waypost.policies.model import AuthPolicy, Gateway, PolicySet, Route
-from waypost.xds.bootstrap import AUTHZ_CLUSTER, AUTHZ_HTTP_CLUSTER
 from waypost.xds.compiler.jwt_native import native_routes
 from waypost.xds.compiler.pb import duration, pack
 
 __all__ = [
-    "AUTHZ_CLUSTER",
     "EXT_AUTHZ_FILTER",
     "ExtAuthzFeature",
     "IdentityHeadersFeature",
+    "filter_cluster",
 ]
 
 EXT_AUTHZ_FILTER = "envoy.filters.http.ext_authz"
 HEADER_MUTATION_FILTER = "waypost.identity_headers"
-
-HTTP_PATH_PREFIX = "/_waypost/"  # waypost.filters.authz.http_service.PATH_PREFIX
 _BASE_TIMEOUT_MS = 500
 _TIMEOUT_MARGIN_MS = 250
 
@@ -134,6 +140,12 @@ class ExtAuthzFeature:
     def applies(self, gateway: Gateway, routes: Sequence[Route]) -> bool:
         return True
 
+    def cluster_for(self, route: Route) -> str | None:
+        """The decision cluster Envoy calls for ``route``, if any."""
+        if not route.auth_policies or route.name in self._native:
+            return None
+        return AUTHZ_HTTP_CLUSTER if route.gateway in self._http_gateways else AUTHZ_CLUSTER
+
     def http_filter(self, gateway: Gateway, routes: Sequence[Route]) -> hcm_pb2.HttpFilter:
         # From the Gateway alone (see the module's CONTRACT): no policy change alters the listener.
         fail_open = gateway.auth_failure_mode == "open"
@@ -145,7 +157,7 @@ class ExtAuthzFeature:
             clear_route_cache=False,
         )
         if gateway.auth_service == "http":
-            config.http_service.CopyFrom(_http_service((), HTTP_PATH_PREFIX))
+            config.http_service.CopyFrom(_http_service((), AUTHZ_HTTP_PATH_PREFIX))
             # The HTTP transport forwards only a few headers unless told otherwise; which ones
             # hold credentials depends on policies, so every header travels (as over gRPC).
             config.allowed_headers.patterns.append(
@@ -165,7 +177,7 @@ class ExtAuthzFeature:
             policies = [self.auth_policies[p] for p in route.auth_policies if p in self.auth_policies]
             per_route = ext_authz_pb2.ExtAuthzPerRoute(
                 check_settings=ext_authz_pb2.CheckSettings(
-                    http_service=_http_service(policies, f"{HTTP_PATH_PREFIX}{route.name}")
+                    http_service=_http_service(policies, f"{AUTHZ_HTTP_PATH_PREFIX}{route.name}")
                 )
             )
         elif route.auth_policies:
@@ -182,6 +194,13 @@ class ExtAuthzFeature:
         else:
             per_route = ext_authz_pb2.ExtAuthzPerRoute(disabled=True)
         xds_route.typed_per_filter_config[EXT_AUTHZ_FILTER].CopyFrom(pack(per_route))
+
+
+def filter_cluster(gateway: Gateway) -> str:
+    """The decision cluster the Gateway's ext_authz filter names at listener level. Every Gateway
+    gets it (empty when nothing serves it): Envoy, and waypost's snapshot check, refuse a listener
+    naming an unknown cluster, and a route that gains auth then finds it already warm."""
+    return AUTHZ_HTTP_CLUSTER if gateway.auth_service == "http" else AUTHZ_CLUSTER
 
 
 def _http_capable(policies: Sequence[AuthPolicy]) -> bool:
@@ -220,7 +239,7 @@ def _http_service(policies: Sequence[AuthPolicy], path_prefix: str) -> ext_authz
             allowed_upstream_headers=_matchers(claim_headers, prefixes=[IDENTITY_HEADER_PREFIX]),
             allowed_client_headers=_matchers(["content-type", "www-authenticate"]),
             # CONTRACT (rate limits): the same dynamic metadata keys as the gRPC service.
-            dynamic_metadata_from_headers=_matchers(["consumer", "plan"]),
+            dynamic_metadata_from_headers=_matchers([METADATA_CONSUMER, METADATA_PLAN]),
         ),
     )
 
