@@ -24,7 +24,6 @@ from waypost.xds.compiler.decisions import (
     decision_needs,
     needed_clusters,
 )
-from waypost.xds.compiler.ext_authz import filter_cluster
 from waypost.xds.compiler.features import GATEWAY_CLUSTERS, HTTP_FEATURES
 from waypost.xds.compiler.listeners import build_listener
 from waypost.xds.compiler.names import cluster_name, grpc_client_cluster_name, grpc_target_key
@@ -131,13 +130,11 @@ def compile_policy(policy: PolicySet, *, decisions: DecisionEndpoints | None = N
             secrets=build_secrets(gateway, policy.files),
             clusters=frozenset(cluster_name(s) for r in routes for s in r.services)
             | {c.name for c in own_clusters}
-            | needed_clusters(needs, (r.name for r in routes))
-            | {filter_cluster(gateway)},
+            | needed_clusters(needs, (r.name for r in routes)),
         )
     _compile_grpc_targets(policy, gateways)
     load_assignments: dict[str, endpoint_pb2.ClusterLoadAssignment] = {}
-    listener_decisions = {filter_cluster(gateway) for gateway in policy.gateways.values()}
-    for name in sorted(needed_clusters(needs, needs) | listener_decisions):
+    for name in sorted(needed_clusters(needs, needs)):
         xds_cluster, assignment = build_decision_cluster(name, decisions)
         clusters[name] = xds_cluster
         if assignment is not None:

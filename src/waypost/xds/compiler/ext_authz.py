@@ -11,11 +11,12 @@ on policies (the service, its timeout, the claim headers) is per route, in ``che
 An authenticated route carries ``context_extensions`` naming itself and its AuthPolicies, so the
 decision service looks up a prebuilt plan instead of re-matching the request; every other route
 disables the filter per route and costs nothing: Envoy then never calls the decision service, so
-its cluster may be absent (it is delivered only when a route needs it, :meth:`cluster_for`) and
-``auth_failure_mode`` is never consulted. The decision service is reached through the cluster
-:data:`~waypost.contract.AUTHZ_CLUSTER` (or ``AUTHZ_HTTP_CLUSTER``), which waypost delivers over
-CDS/EDS with the endpoints `waypost serve` knows (its own, or ``--authz-address``); see
-:mod:`waypost.xds.compiler.decisions`.
+its cluster may be absent (it is delivered only when a route needs it, :meth:`cluster_for`; Envoy
+accepts a listener whose ext_authz names a cluster it lacks, and the snapshot check skips the
+filter-level service, which no route uses) and ``auth_failure_mode`` is never consulted. The
+decision service is reached through the cluster :data:`~waypost.contract.AUTHZ_CLUSTER` (or
+``AUTHZ_HTTP_CLUSTER``), which waypost delivers over CDS/EDS with the endpoints `waypost serve`
+knows (its own, or ``--authz-address``); see :mod:`waypost.xds.compiler.decisions`.
 
 On every gateway, :class:`IdentityHeadersFeature` removes every client-sent ``x-waypost-*``
 request header first, and on every route (authenticated or not) every other header an AuthPolicy
@@ -53,7 +54,6 @@ __all__ = [
     "EXT_AUTHZ_FILTER",
     "ExtAuthzFeature",
     "IdentityHeadersFeature",
-    "filter_cluster",
 ]
 
 EXT_AUTHZ_FILTER = "envoy.filters.http.ext_authz"
@@ -194,13 +194,6 @@ class ExtAuthzFeature:
         else:
             per_route = ext_authz_pb2.ExtAuthzPerRoute(disabled=True)
         xds_route.typed_per_filter_config[EXT_AUTHZ_FILTER].CopyFrom(pack(per_route))
-
-
-def filter_cluster(gateway: Gateway) -> str:
-    """The decision cluster the Gateway's ext_authz filter names at listener level. Every Gateway
-    gets it (empty when nothing serves it): Envoy, and waypost's snapshot check, refuse a listener
-    naming an unknown cluster, and a route that gains auth then finds it already warm."""
-    return AUTHZ_HTTP_CLUSTER if gateway.auth_service == "http" else AUTHZ_CLUSTER
 
 
 def _http_capable(policies: Sequence[AuthPolicy]) -> bool:
