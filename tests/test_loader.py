@@ -272,19 +272,19 @@ CASES = [
     case(
         "kind: Servce\nname: s\n",
         "policies/t.yaml:1: unknown kind 'Servce' (did you mean 'Service'?); known kinds: Gateway,"
-        " Service, Route, AuthPolicy, Consumer, RateLimitPolicy",
+        " Service, Route, AuthPolicy, Consumer, RateLimitPolicy, Api, Portal",
         id="unknown-kind",
     ),
     case(
         "name: s\nport: 80\n",
         "policies/t.yaml:1: field 'kind' is required; known kinds: Gateway, Service, Route, AuthPolicy,"
-        " Consumer, RateLimitPolicy",
+        " Consumer, RateLimitPolicy, Api, Portal",
         id="missing-kind",
     ),
     case(
         "name: s\nkind: [Gateway]\n",
         "policies/t.yaml:2: kind: expected a string, got a list; known kinds: Gateway, Service, Route,"
-        " AuthPolicy, Consumer, RateLimitPolicy",
+        " AuthPolicy, Consumer, RateLimitPolicy, Api, Portal",
         id="kind-not-a-string",
     ),
     case(

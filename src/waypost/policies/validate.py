@@ -15,7 +15,17 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from waypost.policies.diagnostics import Diagnostic
-from waypost.policies.model import Consumer, DenyRule, Document, Gateway, NodeSelector, Route
+from waypost.policies.model import (
+    Api,
+    Consumer,
+    DenyRule,
+    Document,
+    Gateway,
+    NodeSelector,
+    Portal,
+    RateLimitPolicy,
+    Route,
+)
 
 __all__ = ["Entry", "Loc", "Source", "regex_problem", "validate"]
 
@@ -62,6 +72,7 @@ def validate(entries: Sequence[Entry], *, check_references: bool = True) -> list
     _check_consumers(valid, out)
     _check_routes(valid, out)
     _check_gateways(valid, out)
+    _check_catalog(valid, out)
     return out
 
 
@@ -95,7 +106,7 @@ def _check_duplicate_names(entries: Sequence[Entry], out: list[Diagnostic]) -> d
     return defined
 
 
-_ARTICLE = {"AuthPolicy": "an AuthPolicy"}
+_ARTICLE = {"AuthPolicy": "an AuthPolicy", "Api": "an Api"}
 
 
 def _check_references(
@@ -127,7 +138,14 @@ def _check_references(
             expect_names(entry, "rate_limit", document.rate_limit, "RateLimitPolicy")
         elif isinstance(document, Consumer):
             for index, subscription in enumerate(document.subscriptions or ()):
-                expect(entry, ("subscriptions", index, "route"), subscription.route, "Route")
+                kind, target = subscription.target
+                expect(entry, ("subscriptions", index, kind), target, "Route" if kind == "route" else "Api")
+        elif isinstance(document, Api):
+            expect_names(entry, "routes", document.routes, "Route")
+        elif isinstance(document, Portal):
+            for index, admin in enumerate(document.admins):
+                if admin.consumer is not None:
+                    expect(entry, ("admins", index, "consumer"), admin.consumer, "Consumer")
 
 
 # --- per-kind rules across documents -------------------------------------------------------------
@@ -154,18 +172,63 @@ def _check_consumers(entries: Sequence[Entry], out: list[Diagnostic]) -> None:
                         f"api_keys[{index}]: key already belongs to Consumer {owner.name} ({_where(owner)})",
                     )
                 )
-        seen_routes: dict[str, int] = {}
+        seen_targets: dict[tuple[str, str], int] = {}
         for index, subscription in enumerate(document.subscriptions or ()):
-            first = seen_routes.setdefault(subscription.route, index)
+            kind, target = subscription.target
+            first = seen_targets.setdefault((kind, target), index)
             if first != index:
                 out.append(
                     _error(
                         entry,
-                        ("subscriptions", index, "route"),
-                        f"subscriptions[{index}].route: route '{subscription.route}' is already in"
+                        ("subscriptions", index, kind),
+                        f"subscriptions[{index}].{kind}: {kind} '{target}' is already in"
                         f" subscriptions[{first}]",
                     )
                 )
+        if document.account is not None:
+            for key_hash in document.account.keys:
+                if key_hash not in document.api_keys:
+                    loc = ("account", "keys", key_hash)
+                    out.append(_error(entry, loc, "account.keys: describes a key that is not in api_keys"))
+
+
+def _check_catalog(entries: Sequence[Entry], out: list[Diagnostic]) -> None:
+    """Api plans exist in their routes' RateLimitPolicies; subscriptions name offered plans;
+    one Portal at most."""
+    routes = {e.name: e.document for e in entries if isinstance(e.document, Route)}
+    limits = {e.name: e.document for e in entries if isinstance(e.document, RateLimitPolicy)}
+    apis = {e.name: e.document for e in entries if isinstance(e.document, Api)}
+    portals = [e for e in entries if isinstance(e.document, Portal)]
+    for extra in portals[1:]:
+        out.append(_error(extra, ("name",), f"only one Portal is allowed, first defined at {_where(portals[0])}"))
+    for entry in entries:
+        document = entry.document
+        if isinstance(document, Api):
+            defined: dict[str, None] = {}
+            for route_name in document.routes:
+                route = routes.get(route_name)
+                for policy_name in route.rate_limit_policies if route is not None else ():
+                    policy = limits.get(policy_name)
+                    defined.update(dict.fromkeys(policy.plans if policy is not None else ()))
+            for plan in document.plans:
+                if plan not in defined:
+                    known = ", ".join(defined) or "none"
+                    message = (
+                        f"plans.{plan}: no RateLimitPolicy of this Api's routes has a plan '{plan}'"
+                        f" (plans there: {known})"
+                    )
+                    out.append(_error(entry, ("plans", plan), message))
+        elif isinstance(document, Consumer):
+            for index, subscription in enumerate(document.subscriptions or ()):
+                api = apis.get(subscription.api) if subscription.api is not None else None
+                if api is None or subscription.plan is None or subscription.plan in api.plans:
+                    continue
+                offered = ", ".join(api.plans) or "none"
+                message = (
+                    f"subscriptions[{index}].plan: Api {api.name} offers no plan '{subscription.plan}'"
+                    f" (offered: {offered})"
+                )
+                out.append(_error(entry, ("subscriptions", index, "plan"), message))
 
 
 # Constructs Python's `re` accepts but Envoy's RE2 engine refuses: RE2 has no backtracking, so no
