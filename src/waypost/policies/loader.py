@@ -718,7 +718,7 @@ def _descriptor_problem(shown: str, data: bytes) -> str | None:
 def _openapi_problem(shown: str, data: bytes) -> str | None:
     # JSON is YAML 1.2, so one parser reads both forms; the portal renders what is found.
     try:
-        parsed = yaml.load(data, Loader=yaml.CSafeLoader)
+        parsed = yaml.safe_load(data)
     except (yaml.YAMLError, RecursionError):
         parsed = None
     if not (isinstance(parsed, dict) and ("openapi" in parsed or "swagger" in parsed)):

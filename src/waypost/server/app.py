@@ -8,7 +8,7 @@ import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 
@@ -22,6 +22,9 @@ from waypost.server.watch import PolicyWatcher
 from waypost.xds.ads import AdsServer
 from waypost.xds.cache import SnapshotCache
 from waypost.xds.security import XdsTls, authorize_node
+
+if TYPE_CHECKING:
+    from waypost.portal.server import PortalOptions
 
 __all__ = ["ServeOptions", "serve"]
 
@@ -46,6 +49,8 @@ class ServeOptions:
     """TLS on the xDS port; with a client CA, mTLS and node ids checked against certificates."""
     ratelimit: RateLimitOptions | None = None
     """Also answer Envoy's RateLimitService (``--ratelimit-port``)."""
+    portal: PortalOptions | None = None
+    """Also serve the developer portal (``--portal-port``); it reads this process's counters."""
 
 
 def build_status(runtime: PolicyRuntime, ads: AdsServer) -> dict[str, Any]:
@@ -121,6 +126,15 @@ async def serve(options: ServeOptions, *, stop: asyncio.Event | None = None) -> 
             options.ratelimit, lambda: runtime.current.policy if runtime.current is not None else None
         )
 
+    portal = None
+    if options.portal is not None:
+        from waypost.portal.server import start_portal
+
+        try:
+            portal = await start_portal(options.portal, limiter=ratelimit.limiter if ratelimit else None)
+        except Exception as exc:  # the fleet keeps being served; the log says why there is no portal
+            log.error("portal not started", error=str(exc))
+
     admin = AdminServer(ready=lambda: runtime.current is not None, status=lambda: build_status(runtime, ads))
     dashboard = Dashboard(lambda: build_status(runtime, ads))
     dashboard.install(admin)
@@ -147,6 +161,8 @@ async def serve(options: ServeOptions, *, stop: asyncio.Event | None = None) -> 
         await stop.wait()
     finally:
         log.info("waypost stopping")
+        if portal is not None:
+            await portal.stop()
         if puller is not None:
             await puller.stop()
         await dashboard.stop()
