@@ -6,7 +6,6 @@ malformed input is a 4xx with a JSON body before anything runs; every error is
 session's CSRF token (``x-csrf-token``; ``GET /api/session`` returns it).
 """
 
-from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
@@ -200,8 +199,10 @@ def build_api(service: PortalService, auth: Auth) -> APIRouter:
         return IssuedKeyOut(key=issued.key, prefix=issued.prefix)
 
     @router.post("/keys/{key_id}/rotate", tags=["account"], summary="Replace a key", dependencies=[Csrf])
-    async def rotate_key(key_id: HashHex, signed: SignedIn) -> IssuedKeyOut:
+    async def rotate_key(request: Request, key_id: HashHex, signed: SignedIn) -> IssuedKeyOut:
         issued = await service.create_key(signed, replaces=f"sha256:{key_id}")
+        if request.session.get("key_hash") == f"sha256:{key_id}":
+            request.session["key_hash"] = issued.key_hash  # rotating the key you signed in with
         return IssuedKeyOut(key=issued.key, prefix=issued.prefix)
 
     @router.delete("/keys/{key_id}", tags=["account"], summary="Revoke one of my keys", dependencies=[Csrf])
