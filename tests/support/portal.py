@@ -78,15 +78,23 @@ OPENAPI = '{"openapi": "3.0.3", "info": {"title": "Orders", "version": "1.0"}, "
 
 
 def seed_upstream(
-    tmp_path: Path, *, gateway_port: int = 1, backend_port: int = 1, signup: str = "open"
+    tmp_path: Path,
+    *,
+    gateway_port: int = 1,
+    backend_port: int = 1,
+    signup: str = "open",
+    oidc_issuer: str | None = None,
 ) -> tuple[GitRepo, GitRepo]:
-    """(bare upstream, a clone of it for the test to look at), policies under ``policies/``."""
+    """(bare upstream, a clone of it for the test to look at), policies under ``policies/``.
+    With ``oidc_issuer``, the Portal signs in through it (client ``portal``) and the subject
+    ``admin-sub`` is an admin."""
     origin = GitRepo.init(tmp_path / "upstream.git", bare=True)
     seed = GitRepo.clone(origin.path, tmp_path / "seed")
-    seed.write(
-        "policies/catalog.yaml",
-        CATALOG.format(gateway_port=gateway_port, backend_port=backend_port, signup=signup),
-    )
+    catalog = CATALOG.format(gateway_port=gateway_port, backend_port=backend_port, signup=signup)
+    if oidc_issuer is not None:
+        catalog = catalog.replace("admins: [{consumer: admin}]", "admins: [{consumer: admin}, {subject: admin-sub}]")
+        catalog += f"oidc: {{issuer: '{oidc_issuer}', client_id: portal}}\n"
+    seed.write("policies/catalog.yaml", catalog)
     seed.write("policies/portal/consumers/admin.yaml", ADMIN)
     seed.write("policies/openapi.json", OPENAPI)
     seed.commit_all("seed")
