@@ -69,18 +69,55 @@ async def one_interval(interval: float, rounds: int, tmp: Path) -> tuple[list[fl
     served = GitRepo.clone(upstream.path, tmp / "served")
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
     waypost = subprocess.Popen(
-        [sys.executable, "-m", "waypost", "serve", "--policies", str(served.path / "policies"),
-         "--host", "127.0.0.1", "--xds-port", str(xds), "--admin-port", str(admin),
-         "--git-pull", str(interval), "--authz-port", str(authz), "--ratelimit-port", str(rls),
-         "--portal-port", str(portal), "--portal-workdir", str(tmp / "portal-clone"), "--log-level", "warning"],
-        env=env, stdout=subprocess.DEVNULL, stderr=open(tmp / "waypost.log", "w"),
+        [
+            sys.executable,
+            "-m",
+            "waypost",
+            "serve",
+            "--policies",
+            str(served.path / "policies"),
+            "--host",
+            "127.0.0.1",
+            "--xds-port",
+            str(xds),
+            "--admin-port",
+            str(admin),
+            "--git-pull",
+            str(interval),
+            "--authz-port",
+            str(authz),
+            "--ratelimit-port",
+            str(rls),
+            "--portal-port",
+            str(portal),
+            "--portal-workdir",
+            str(tmp / "portal-clone"),
+            "--log-level",
+            "warning",
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     bootstrap = tmp / "bootstrap.yaml"
-    bootstrap.write_text(yaml.safe_dump(build_bootstrap(
-        node_id="bench", node_cluster="edge", xds_host="127.0.0.1", xds_port=xds, admin_port=0,
-        authz=("127.0.0.1", authz), ratelimit_port=rls)))
-    envoy = subprocess.Popen([str(find_envoy()), "-c", str(bootstrap), "--use-dynamic-base-id", "-l", "error"],
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    bootstrap.write_text(
+        yaml.safe_dump(
+            build_bootstrap(
+                node_id="bench",
+                node_cluster="edge",
+                xds_host="127.0.0.1",
+                xds_port=xds,
+                admin_port=0,
+                authz=("127.0.0.1", authz),
+                ratelimit_port=rls,
+            )
+        )
+    )
+    envoy = subprocess.Popen(
+        [str(find_envoy()), "-c", str(bootstrap), "--use-dynamic-base-id", "-l", "error"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     base = f"http://127.0.0.1:{portal}"
     url = f"http://127.0.0.1:{gateway}/orders/1"
     approve_s: list[float] = []
@@ -93,13 +130,14 @@ async def one_interval(interval: float, rounds: int, tmp: Path) -> tuple[list[fl
                 dev = await portal_client(base)
                 key = (await dev.post("/api/signup", json={"name": f"bench-{index}"})).json()["key"]
                 assert (await dev.post("/api/subscriptions", json={"api": "orders", "plan": "gold"})).json()[
-                    "status"] == "pending"
-                await wait(lambda: _status(gw, url, key, 403), 30)
+                    "status"
+                ] == "pending"
+                await wait(lambda key=key: _status(gw, url, key, 403), 30)
                 [pending] = (await admin_client.get("/api/admin/requests")).json()["pending"]
                 clicked = time.monotonic()
                 (await admin_client.post(f"/api/admin/requests/{pending['id']}/approve")).raise_for_status()
                 approve_s.append(time.monotonic() - clicked)
-                await wait(lambda: _status(gw, url, key, 200), 30, interval=0.01)
+                await wait(lambda key=key: _status(gw, url, key, 200), 30, interval=0.01)
                 total_s.append(time.monotonic() - clicked)
                 await dev.aclose()
             await admin_client.aclose()
@@ -122,13 +160,17 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--intervals", default="0.2,1")
     args = parser.parse_args()
-    print("| pull interval | approve call (commit + push), median / max | click -> 200 through Envoy, median / max |")
+    print("| pull interval | approve call (commit + push), median / max |", end=" ")
+    print("click -> 200 through Envoy, median / max |")
     print("| --- | --- | --- |")
     for interval in (float(v) for v in args.intervals.split(",")):
         with tempfile.TemporaryDirectory(prefix="waypost-bench-portal-") as tmp:
             approve, total = asyncio.run(one_interval(interval, args.rounds, Path(tmp)))
-        print(f"| {interval:g} s | {statistics.median(approve):.2f} s / {max(approve):.2f} s "
-              f"| {statistics.median(total):.2f} s / {max(total):.2f} s |", flush=True)
+        print(
+            f"| {interval:g} s | {statistics.median(approve):.2f} s / {max(approve):.2f} s "
+            f"| {statistics.median(total):.2f} s / {max(total):.2f} s |",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ from waypost.policies.loader import load_policies
 from waypost.policies.model import PolicySet
 
 KEY = "catalog-test-key"
-BASE = f"""
+BASE = """
 kind: Gateway
 name: gw
 port: 8080
@@ -29,7 +29,7 @@ endpoints: ["127.0.0.1:9"]
 kind: Route
 name: a
 gateway: gw
-match: {{prefix: /a}}
+match: {prefix: /a}
 backend: s
 auth: keys
 rate_limit: quota
@@ -37,32 +37,32 @@ rate_limit: quota
 kind: Route
 name: b
 gateway: gw
-match: {{prefix: /b}}
+match: {prefix: /b}
 backend: s
 auth: keys
 ---
 kind: Route
 name: c
 gateway: gw
-match: {{prefix: /c}}
+match: {prefix: /c}
 backend: s
 auth: keys
 ---
 kind: AuthPolicy
 name: keys
-identity: [{{api_key: {{}}}}]
+identity: [{api_key: {}}]
 ---
 kind: RateLimitPolicy
 name: quota
-limits: [{{by: consumer, requests: 10, per: minute}}]
-plans: {{gold: {{requests: 100, per: minute}}}}
+limits: [{by: consumer, requests: 10, per: minute}]
+plans: {gold: {requests: 100, per: minute}}
 ---
 kind: Api
 name: shop
 title: Shop
 version: "2"
 routes: [a, b]
-plans: {{gold: {{approval: false}}}}
+plans: {gold: {approval: false}}
 """
 CONSUMER = f"""
 kind: Consumer
@@ -73,7 +73,9 @@ api_keys: ["sha256:{hashlib.sha256(KEY.encode()).hexdigest()}"]
 
 
 def load(tmp_path: Path, extra: str) -> PolicySet:
-    (tmp_path / "p.yaml").write_text(textwrap.dedent(BASE).lstrip() + "---\n" + textwrap.dedent(extra).lstrip())
+    (tmp_path / "p.yaml").write_text(
+        textwrap.dedent(BASE).lstrip() + "---\n" + textwrap.dedent(extra).lstrip()
+    )
     return load_policies(tmp_path)
 
 
@@ -84,7 +86,9 @@ def problems(tmp_path: Path, extra: str) -> list[str]:
 
 
 def decide(core: AuthzCore, route: str) -> Decision:
-    result = core.decide(AuthRequest(route=route, policies=(), method="GET", path="/", headers={"x-api-key": KEY}))
+    result = core.decide(
+        AuthRequest(route=route, policies=(), method="GET", path="/", headers={"x-api-key": KEY})
+    )
     return asyncio.run(result) if inspect.isawaitable(result) else result  # type: ignore[arg-type, return-value]
 
 
@@ -106,7 +110,13 @@ def test_api_subscription_covers_its_routes_on_its_plan(tmp_path: Path) -> None:
         ("[{api: shop, status: revoked}]", "b", 403, "subscription revoked", None),
         # A route subscription keeps the Consumer's plan; an approved Api one wins over a revoked route one.
         ("[{route: c, status: approved}]", "c", 200, "allowed", "basic"),
-        ("[{api: shop, plan: gold, status: approved}, {route: a, status: revoked}]", "a", 200, "allowed", "gold"),
+        (
+            "[{api: shop, plan: gold, status: approved}, {route: a, status: revoked}]",
+            "a",
+            200,
+            "allowed",
+            "gold",
+        ),
     ],
 )
 def test_route_and_api_subscriptions_together(
@@ -130,7 +140,10 @@ def test_route_and_api_subscriptions_together(
         ),
         pytest.param(
             "kind: Api\nname: x\ntitle: X\nversion: '1'\nroutes: [b]\nplans: {gold: {}}\n",
-            ["p.yaml:52: Api x: plans.gold: no RateLimitPolicy of this Api's routes has a plan 'gold' (plans there: none)"],
+            [
+                "p.yaml:52: Api x: plans.gold: no RateLimitPolicy of this Api's routes has a plan 'gold'"
+                " (plans there: none)"
+            ],
             id="api-plan-not-in-policies",
         ),
         pytest.param(
@@ -145,7 +158,10 @@ def test_route_and_api_subscriptions_together(
         ),
         pytest.param(
             CONSUMER + "subscriptions: [{api: shop, plan: platinum, status: approved}]\n",
-            ["p.yaml:51: Consumer acme: subscriptions[0].plan: Api shop offers no plan 'platinum' (offered: gold)"],
+            [
+                "p.yaml:51: Consumer acme: subscriptions[0].plan: Api shop offers no plan 'platinum'"
+                " (offered: gold)"
+            ],
             id="subscription-plan-not-offered",
         ),
         pytest.param(
@@ -160,20 +176,26 @@ def test_route_and_api_subscriptions_together(
         ),
         pytest.param(
             CONSUMER + "subscriptions: [{route: a, plan: gold, status: approved}]\n",
-            ["p.yaml:51: Consumer acme: subscriptions[0]: plan goes with api: a route subscription takes the"
-             " Consumer's plan"],
+            [
+                "p.yaml:51: Consumer acme: subscriptions[0]: plan goes with api:"
+                " a route subscription takes the Consumer's plan"
+            ],
             id="route-subscription-with-plan",
         ),
         pytest.param(
             "kind: Portal\nname: one\nadmins: [{consumer: ghost}]\n---\nkind: Portal\nname: two\n",
-            ["p.yaml:49: Portal one: admins[0].consumer 'ghost' is not a Consumer",
-             "p.yaml:52: Portal two: only one Portal is allowed, first defined at p.yaml:48"],
+            [
+                "p.yaml:49: Portal one: admins[0].consumer 'ghost' is not a Consumer",
+                "p.yaml:52: Portal two: only one Portal is allowed, first defined at p.yaml:48",
+            ],
             id="portal-admin-missing-and-two-portals",
         ),
         pytest.param(
             "kind: Portal\nname: p\nsignup: maybe\noidc: {issuer: ftp://x, client_id: c}\n",
-            ["p.yaml:49: Portal p: signup: must be one of 'open', 'approval' or 'closed', got 'maybe'",
-             "p.yaml:50: Portal p: oidc.issuer: 'ftp://x' does not match the pattern ^https?://"],
+            [
+                "p.yaml:49: Portal p: signup: must be one of 'open', 'approval' or 'closed', got 'maybe'",
+                "p.yaml:50: Portal p: oidc.issuer: 'ftp://x' does not match the pattern ^https?://",
+            ],
             id="portal-fields",
         ),
     ],

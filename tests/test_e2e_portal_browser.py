@@ -125,8 +125,12 @@ class Steps:
         self.shot("4-admin-pending")
         clicked = time.monotonic()
         button.click()
-        self.wait.until(lambda d: not d.find_elements(By.CSS_SELECTOR, "button[id^='approve-']")
-                        and d.find_element(By.ID, "requests").get_attribute("data-loaded") == "true")
+        self.wait.until(
+            lambda d: (
+                not d.find_elements(By.CSS_SELECTOR, "button[id^='approve-']")
+                and d.find_element(By.ID, "requests").get_attribute("data-loaded") == "true"
+            )
+        )
         return clicked
 
     def usage(self) -> str:
@@ -152,11 +156,16 @@ async def test_sign_up_subscribe_approve_then_envoy_lets_the_key_through(
         start_waypost,
         served.path / "policies",
         args=[
-            "--git-pull", PULL_INTERVAL,
-            "--authz-port", str(authz_port),
-            "--ratelimit-port", str(rls_port),
-            "--portal-port", str(portal_port),
-            "--portal-workdir", str(tmp_path / "portal-clone"),
+            "--git-pull",
+            PULL_INTERVAL,
+            "--authz-port",
+            str(authz_port),
+            "--ratelimit-port",
+            str(rls_port),
+            "--portal-port",
+            str(portal_port),
+            "--portal-workdir",
+            str(tmp_path / "portal-clone"),
         ],
     )
     envoy = await asyncio.to_thread(

@@ -69,7 +69,9 @@ async def portal(tmp_path: Path) -> AsyncIterator[Portal]:
     service = PortalService(repo, limiter)
     await service.policy(fresh=True)
     app = create_app(service, secret="test-secret")
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://portal.test") as client:
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app), base_url="http://portal.test"
+    ) as client:
         yield Portal(client, service, upstream, seed, tmp_path)
 
 
@@ -135,7 +137,9 @@ async def test_signup_key_subscription_each_a_commit_authored_as_the_user(portal
     assert approved.status_code == 200, approved.text
     assert portal.upstream.git("branch", "--list", "portal/review/*") == ""
     last = portal.upstream.git("log", "-1", "--format=%an|%s", "main")
-    assert last == "admin|Approve: Subscribe acme to orders on plan gold (requested by acme <dev@acme.example>)"
+    assert (
+        last == "admin|Approve: Subscribe acme to orders on plan gold (requested by acme <dev@acme.example>)"
+    )
     document = yaml.safe_load(portal.show("portal/consumers/acme.yaml"))
     assert document["subscriptions"] == [{"api": "orders", "plan": "gold", "status": "approved"}]
 
@@ -165,7 +169,9 @@ async def test_reject_is_a_commit_and_closes_the_branch(portal: Portal) -> None:
     [pending] = (await admin.get("/api/admin/requests")).json()["pending"]
     head = portal.head()
     assert (await admin.post(f"/api/admin/requests/{pending['id']}/reject")).status_code == 200
-    assert portal.upstream.git("log", "--format=%an|%s", f"{head}..main").startswith("admin|Reject: Subscribe")
+    assert portal.upstream.git("log", "--format=%an|%s", f"{head}..main").startswith(
+        "admin|Reject: Subscribe"
+    )
     assert portal.upstream.git("diff", head, "main") == ""
     assert portal.upstream.git("branch", "--list", "portal/review/*") == ""
     assert (await admin.post(f"/api/admin/requests/{pending['id']}/approve")).status_code == 404
@@ -202,7 +208,9 @@ async def test_signup_waiting_for_approval(tmp_path: Path) -> None:
         assert answer.json()["status"] == "pending"
         assert upstream.git("rev-parse", "main") == head
         assert (await client.get("/api/me")).json()["status"] == "pending"
-        admin = await signed_in(httpx.AsyncClient(transport=client._transport, base_url="http://p"), ADMIN_KEY)
+        admin = await signed_in(
+            httpx.AsyncClient(transport=client._transport, base_url="http://p"), ADMIN_KEY
+        )
         [pending] = (await admin.get("/api/admin/requests")).json()["pending"]
         assert pending["id"] == "signup-waiting"
         assert (await admin.post("/api/admin/requests/signup-waiting/approve")).status_code == 200
@@ -236,7 +244,9 @@ async def test_csrf_and_sign_in_rate_limit(portal: Portal) -> None:
     assert (await client.post("/api/signup", json={"name": "forged"})).status_code == 403
     assert portal.head() == head
     await csrf(client)
-    statuses = [(await client.post("/api/session", json={"key": f"guess-{i}"})).status_code for i in range(12)]
+    statuses = [
+        (await client.post("/api/session", json={"key": f"guess-{i}"})).status_code for i in range(12)
+    ]
     assert statuses[:10] == [401] * 10 and statuses[10:] == [429, 429]
     answer = await client.post("/api/session", json={"key": ADMIN_KEY})
     assert answer.status_code == 429 and answer.headers["retry-after"]
@@ -310,7 +320,9 @@ BAD_BODIES = [
     pytest.param("/api/subscriptions", {"api": _oversized(100)}, id="subscribe-api-oversized"),
     pytest.param("/api/console", {"api": "orders"}, id="console-missing-path"),
     pytest.param("/api/console", {"api": "orders", "path": "no-slash"}, id="console-path-malformed"),
-    pytest.param("/api/console", {"api": "orders", "path": "/" + _oversized(2001)}, id="console-path-oversized"),
+    pytest.param(
+        "/api/console", {"api": "orders", "path": "/" + _oversized(2001)}, id="console-path-oversized"
+    ),
     pytest.param("/api/console", {"api": "orders", "path": "/", "method": "TRACE"}, id="console-bad-method"),
     pytest.param("/api/keys/zz/rotate", None, id="rotate-malformed-id"),
     pytest.param("/api/admin/requests/..%2Fmain/approve", None, id="approve-malformed-id"),
@@ -339,9 +351,15 @@ async def test_bad_input_gets_a_4xx_json_error_and_changes_nothing(
     [
         pytest.param(b"{not json", {"content-type": "application/json"}, 422, id="malformed-json"),
         pytest.param(b"\xff\xfe", {"content-type": "application/json"}, 422, id="not-utf8"),
-        pytest.param(json.dumps({"name": "x" * 300_000}).encode(), {"content-type": "application/json"}, 413,
-                     id="body-oversized"),
-        pytest.param(b"name=form", {"content-type": "application/x-www-form-urlencoded"}, 422, id="form-not-json"),
+        pytest.param(
+            json.dumps({"name": "x" * 300_000}).encode(),
+            {"content-type": "application/json"},
+            413,
+            id="body-oversized",
+        ),
+        pytest.param(
+            b"name=form", {"content-type": "application/x-www-form-urlencoded"}, 422, id="form-not-json"
+        ),
     ],
 )
 async def test_malformed_bodies(portal: Portal, content: bytes, headers: dict[str, str], status: int) -> None:

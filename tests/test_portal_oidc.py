@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import fcntl
 import hashlib
-import os
 import re
 import shutil
 import subprocess
@@ -49,7 +48,10 @@ def oidc_provider_dir() -> Path:
         if not (target / "node_modules" / "oidc-provider").is_dir():
             subprocess.run(
                 ["npm", "ci", "--no-audit", "--no-fund", "--ignore-scripts"],
-                cwd=target, check=True, capture_output=True, timeout=300,
+                cwd=target,
+                check=True,
+                capture_output=True,
+                timeout=300,
             )
     return target
 
@@ -57,23 +59,28 @@ def oidc_provider_dir() -> Path:
 @pytest.fixture
 def issuer(oidc_provider_dir: Path, tmp_path: Path) -> Iterator[str]:
     port = free_port()
-    log = open(tmp_path / "oidc-provider.log", "w")
-    process = subprocess.Popen(
-        ["node", "provider.mjs", str(port), "portal", SECRET, f"{PORTAL}/signin/oidc/callback"],
-        cwd=oidc_provider_dir, stdout=log, stderr=subprocess.STDOUT,
-    )
     url = f"http://127.0.0.1:{port}"
-    try:
-        wait_until(lambda: httpx.get(f"{url}/.well-known/openid-configuration").status_code == 200, timeout=20)
-        yield url
-    finally:
-        process.terminate()
-        process.wait(10)
-        log.close()
+    with open(tmp_path / "oidc-provider.log", "w") as log:
+        process = subprocess.Popen(
+            ["node", "provider.mjs", str(port), "portal", SECRET, f"{PORTAL}/signin/oidc/callback"],
+            cwd=oidc_provider_dir,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        try:
+            wait_until(
+                lambda: httpx.get(f"{url}/.well-known/openid-configuration").status_code == 200, timeout=20
+            )
+            yield url
+        finally:
+            process.terminate()
+            process.wait(10)
 
 
 @pytest.fixture
-async def portal(issuer: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[tuple[httpx.AsyncClient, Path]]:
+async def portal(
+    issuer: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> AsyncIterator[tuple[httpx.AsyncClient, Path]]:
     monkeypatch.setenv("WAYPOST_OIDC_CLIENT_SECRET", SECRET)
     upstream, _ = seed_upstream(tmp_path, oidc_issuer=issuer)
     repo = PolicyRepo(str(upstream.path), tmp_path / "work", subdir="policies")
@@ -121,12 +128,16 @@ async def test_oidc_sign_in_sign_up_and_admin_by_subject(portal: tuple[object, P
         )
         assert signup.status_code == 200, signup.text
         committed = subprocess.run(
-            ["git", "show", "main:policies/portal/consumers/oidc-dev.yaml"], cwd=upstream, capture_output=True, text=True
+            ["git", "show", "main:policies/portal/consumers/oidc-dev.yaml"],
+            cwd=upstream,
+            capture_output=True,
+            text=True,
         ).stdout
         account = yaml.safe_load(committed)["account"]
         assert account["subject"] == "dev-sub" and account["email"] == "dev-sub@example.com"
-        author = subprocess.run(["git", "log", "-1", "--format=%an <%ae>", "main"], cwd=upstream,
-                                capture_output=True, text=True).stdout.strip()
+        author = subprocess.run(
+            ["git", "log", "-1", "--format=%an <%ae>", "main"], cwd=upstream, capture_output=True, text=True
+        ).stdout.strip()
         assert author == "oidc-dev <dev-sub@example.com>"
 
     async with browser(app) as again:
@@ -140,7 +151,7 @@ async def test_oidc_sign_in_sign_up_and_admin_by_subject(portal: tuple[object, P
 
 
 async def test_a_forged_callback_is_refused(portal: tuple[object, Path]) -> None:
-    app, upstream = portal
+    app, _ = portal
     async with browser(app) as client:
         answer = await client.get(f"{PORTAL}/signin/oidc/callback?code=forged&state=forged")
         assert answer.status_code == 401 and "OIDC sign-in failed" in answer.json()["error"]

@@ -74,7 +74,10 @@ api_keys: ["{_ADMIN_HASH}"]
 subscriptions: []
 """
 
-OPENAPI = '{"openapi": "3.0.3", "info": {"title": "Orders", "version": "1.0"}, "paths": {"/orders/{id}": {"get": {"responses": {"200": {"description": "an order"}}}}}}\n'
+OPENAPI = (
+    '{"openapi": "3.0.3", "info": {"title": "Orders", "version": "1.0"},'
+    ' "paths": {"/orders/{id}": {"get": {"responses": {"200": {"description": "an order"}}}}}}\n'
+)
 
 
 def seed_upstream(
@@ -92,7 +95,9 @@ def seed_upstream(
     seed = GitRepo.clone(origin.path, tmp_path / "seed")
     catalog = CATALOG.format(gateway_port=gateway_port, backend_port=backend_port, signup=signup)
     if oidc_issuer is not None:
-        catalog = catalog.replace("admins: [{consumer: admin}]", "admins: [{consumer: admin}, {subject: admin-sub}]")
+        catalog = catalog.replace(
+            "admins: [{consumer: admin}]", "admins: [{consumer: admin}, {subject: admin-sub}]"
+        )
         catalog += f"oidc: {{issuer: '{oidc_issuer}', client_id: portal}}\n"
     seed.write("policies/catalog.yaml", catalog)
     seed.write("policies/portal/consumers/admin.yaml", ADMIN)

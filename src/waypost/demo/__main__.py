@@ -475,7 +475,9 @@ class Demo:
             lambda: http_request(PORTAL_PORT, "GET", "/api/apis").status == 200,
             f"the developer portal (http://{LOOPBACK}:{PORTAL_PORT}/)",
         )
-        self.say(f"waypost: serving {self.served}, a git clone of {self.policies} (xDS {LOOPBACK}:{XDS_PORT})")
+        self.say(
+            f"waypost: serving {self.served}, a git clone of {self.policies} (xDS {LOOPBACK}:{XDS_PORT})"
+        )
 
         bootstrap = self.workdir / "bootstrap.yaml"
         bootstrap.write_text(

@@ -200,7 +200,9 @@ def _check_catalog(entries: Sequence[Entry], out: list[Diagnostic]) -> None:
     apis = {e.name: e.document for e in entries if isinstance(e.document, Api)}
     portals = [e for e in entries if isinstance(e.document, Portal)]
     for extra in portals[1:]:
-        out.append(_error(extra, ("name",), f"only one Portal is allowed, first defined at {_where(portals[0])}"))
+        out.append(
+            _error(extra, ("name",), f"only one Portal is allowed, first defined at {_where(portals[0])}")
+        )
     for entry in entries:
         document = entry.document
         if isinstance(document, Api):

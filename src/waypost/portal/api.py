@@ -6,7 +6,6 @@ malformed input is a 4xx with a JSON body before anything runs; every error is
 session's CSRF token (``x-csrf-token``; ``GET /api/session`` returns it).
 """
 
-
 from typing import Annotated, Any, Literal
 
 import httpx

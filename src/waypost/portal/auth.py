@@ -15,14 +15,20 @@ import hashlib
 import hmac
 import os
 import secrets
+import warnings
 from typing import Any, Final
 
-from authlib.integrations.starlette_client import OAuth
+import authlib.deprecate
 from starlette.requests import Request
 
 from waypost.filters.ratelimit.store import MemoryStore
 from waypost.policies.model import PortalOidc
 from waypost.portal.service import PortalError, PortalService, User
+
+with warnings.catch_warnings():
+    # Authlib announces a future move to another HTTP client on import; nothing to act on here.
+    warnings.simplefilter("ignore", authlib.deprecate.AuthlibDeprecationWarning)
+    from authlib.integrations.starlette_client import OAuth
 
 __all__ = ["SIGNIN_LIMIT", "Auth"]
 

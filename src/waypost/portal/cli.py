@@ -12,7 +12,7 @@ import signal
 from pathlib import Path
 from typing import Any
 
-from waypost.portal.server import PortalOptions
+from waypost.portal.options import PortalOptions
 
 __all__ = ["add_portal_command", "add_serve_arguments", "run_portal_command", "serve_portal_options"]
 

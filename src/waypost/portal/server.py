@@ -26,30 +26,13 @@ import uvicorn
 from waypost.filters.ratelimit.limiter import Limiter
 from waypost.log import get_logger
 from waypost.portal.app import create_app
+from waypost.portal.options import SECRET_ENV, PortalOptions
 from waypost.portal.repo import CommitFailed, PolicyRepo
 from waypost.portal.service import PortalService
 
-__all__ = ["PortalOptions", "RunningPortal", "repo_for", "start_portal"]
+__all__ = ["RunningPortal", "repo_for", "start_portal"]
 
 log = get_logger("waypost.portal")
-
-SECRET_ENV = "WAYPOST_PORTAL_SECRET"
-
-
-@dataclass(frozen=True, kw_only=True)
-class PortalOptions:
-    port: int
-    host: str = "0.0.0.0"
-    repo: str | None = None
-    """Git URL or path of the upstream; None: the upstream of ``policies``' checkout."""
-    branch: str | None = None
-    """The served branch; None: the checkout's upstream branch, else ``main``."""
-    subdir: str | None = None
-    """The policy directory inside the repository; None: where ``policies`` is in its checkout."""
-    policies: Path | None = None
-    workdir: Path | None = None
-    secret: str | None = None
-    """Signs session cookies (the same on every replica); None: ``$WAYPOST_PORTAL_SECRET`` or random."""
 
 
 def _git(directory: Path, *args: str) -> str | None:

@@ -24,7 +24,7 @@ from waypost.xds.cache import SnapshotCache
 from waypost.xds.security import XdsTls, authorize_node
 
 if TYPE_CHECKING:
-    from waypost.portal.server import PortalOptions
+    from waypost.portal.options import PortalOptions
 
 __all__ = ["ServeOptions", "serve"]
 

@@ -757,6 +757,4 @@ class _Outcome:
         if identity is None:  # every policy was a dry-run denial
             return Decision(status=200, reason="dry run")
         headers = tuple(dict([(CONSUMER_HEADER, identity.name), *self.headers]).items())
-        return Decision(
-            status=200, reason="allowed", consumer=identity.name, plan=self.plan, headers=headers
-        )
+        return Decision(status=200, reason="allowed", consumer=identity.name, plan=self.plan, headers=headers)
