@@ -133,6 +133,17 @@ class Steps:
         )
         return clicked
 
+    def console(self, key: str) -> str:
+        self.open("/apis/orders")
+        form = self.wait.until(ec.presence_of_element_located((By.ID, "console-form")))
+        form.find_element(By.NAME, "path").clear()
+        form.find_element(By.NAME, "path").send_keys("/orders/42")
+        form.find_element(By.NAME, "key").send_keys(key)
+        form.find_element(By.TAG_NAME, "button").click()
+        self.wait.until(lambda d: d.find_element(By.ID, "console-output").text.strip())
+        self.shot("6-console")
+        return str(self.driver.find_element(By.ID, "console-output").text)
+
     def usage(self) -> str:
         self.open("/account")
         self.wait.until(lambda d: "approved" in d.find_element(By.ID, "subscriptions").text)
@@ -207,6 +218,8 @@ async def test_sign_up_subscribe_approve_then_envoy_lets_the_key_through(
         await asyncio.to_thread(steps.sign_in, key)
         shown = await asyncio.to_thread(steps.usage)
         assert "gold" in shown and "of 50 left" in shown
+        output = await asyncio.to_thread(steps.console, key)
+        assert output.startswith("200") and '"path": "/orders/42"' in output
 
     # Nothing secret in git or in any log.
     history = upstream.git("log", "-p", "--all")

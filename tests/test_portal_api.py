@@ -381,3 +381,71 @@ async def test_endpoints_need_sign_in_or_admin(portal: Portal) -> None:
     assert (await client.get("/api/admin/requests")).status_code == 403
     assert (await client.get("/admin")).status_code == 403
     assert (await client.delete("/api/admin/consumers/admin/subscriptions/orders")).status_code == 403
+
+
+async def test_a_human_edit_in_between_is_kept_and_an_invalid_tip_refuses_changes(portal: Portal) -> None:
+    client = portal.client
+    await csrf(client)
+    await client.post("/api/signup", json={"name": "edited"})
+    await client.post("/api/subscriptions", json={"api": "orders", "plan": "gold"})
+    # A platform engineer edits the same file on main while the request waits.
+    seed = portal.fetch()
+    seed.git("checkout", "--quiet", "main")
+    seed.git("reset", "--quiet", "--hard", "origin/main")
+    path = "policies/portal/consumers/edited.yaml"
+    seed.write(
+        path, (seed.path / path).read_text().replace("kind: Consumer\n", "kind: Consumer\nroles: [partner]\n")
+    )
+    seed.commit_all("Give edited the partner role")
+    seed.git("push", "--quiet", "origin", "main")
+    admin = await signed_in(await portal.new_client(), ADMIN_KEY)
+    [pending] = (await admin.get("/api/admin/requests")).json()["pending"]
+    assert (await admin.post(f"/api/admin/requests/{pending['id']}/approve")).status_code == 200
+    document = yaml.safe_load(portal.show("portal/consumers/edited.yaml"))
+    assert document["roles"] == ["partner"]
+    assert document["subscriptions"] == [{"api": "orders", "plan": "gold", "status": "approved"}]
+
+    # Someone pushes a broken policy to main: the portal refuses to build on it, and says why.
+    seed.git("pull", "--quiet", "--ff-only", "origin", "main")
+    seed.write("policies/broken.yaml", "kind: Route\nname: broken\n")
+    seed.commit_all("broken")
+    seed.git("push", "--quiet", "origin", "main")
+    head = portal.head()
+    answer = await client.post("/api/keys")
+    assert answer.status_code == 409
+    assert "policies/broken.yaml:1: Route broken: field 'gateway' is required" in answer.json()["error"]
+    assert portal.head() == head
+
+
+async def test_admin_revokes_a_subscription_and_reads_the_log(portal: Portal) -> None:
+    client = portal.client
+    await csrf(client)
+    await client.post("/api/signup", json={"name": "revokee"})
+    await client.post("/api/subscriptions", json={"api": "orders", "plan": "free"})
+    admin = await signed_in(await portal.new_client(), ADMIN_KEY)
+    answer = await admin.delete("/api/admin/consumers/revokee/subscriptions/orders")
+    assert answer.status_code == 200
+    document = yaml.safe_load(portal.show("portal/consumers/revokee.yaml"))
+    assert document["subscriptions"] == [{"api": "orders", "plan": "free", "status": "revoked"}]
+    assert (await admin.delete("/api/admin/consumers/revokee/subscriptions/nope")).status_code == 404
+    log = (await admin.get("/api/admin/log")).json()
+    assert [(e["author"], e["subject"]) for e in log[:3]] == [
+        ("admin", "Revoke revokee's subscription to orders"),
+        ("revokee", "Subscribe revokee to orders on plan free"),
+        ("revokee", "Sign up revokee"),
+    ]
+    # A Consumer written by hand outside portal/consumers/ is read-only for the portal.
+    seed = portal.fetch()
+    seed.git("checkout", "--quiet", "main")
+    seed.git("reset", "--quiet", "--hard", "origin/main")
+    seed.write(
+        "policies/handwritten.yaml",
+        "kind: Consumer\nname: handwritten\nsubscriptions: [{api: orders, plan: free, status: approved}]\n",
+    )
+    seed.commit_all("a hand-written consumer")
+    seed.git("push", "--quiet", "origin", "main")
+    await portal.service.policy(fresh=True)
+    head = portal.head()
+    answer = await admin.delete("/api/admin/consumers/handwritten/subscriptions/orders")
+    assert answer.status_code == 409 and "not managed by the portal" in answer.json()["error"]
+    assert portal.head() == head
