@@ -254,6 +254,8 @@ class PortalService:
         signed = User(consumer=name, subject=user.subject, email=email or user.email)
         pending = portal.signup == "approval"
         review = f"{REVIEW_PREFIX}signup-{name}" if pending else None
+        if any(r.branch == f"{REVIEW_PREFIX}signup-{name}" for r in await self.reviews()):
+            raise PortalError(409, f"a sign-up as {name} is waiting for approval")
         await self._commit(signed, _edit_for(request), f"Sign up {name}", request, review=review)
         return issued, "pending" if pending else "active"
 
