@@ -102,7 +102,8 @@ async def start_portal(options: PortalOptions, *, limiter: Limiter | None = None
     sock.bind((options.host, options.port))
     sock.listen(128)
     sock.setblocking(False)
-    config = uvicorn.Config(app, log_config=None, access_log=False, lifespan="off", proxy_headers=False)
+    # X-Forwarded-Proto/For are trusted from a proxy on loopback only (uvicorn's default allow-list).
+    config = uvicorn.Config(app, log_config=None, access_log=False, lifespan="off", proxy_headers=True)
     server = _Server(config)
     task = asyncio.get_running_loop().create_task(server.serve(sockets=[sock]))
     while not server.started:
