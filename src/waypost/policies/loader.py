@@ -75,6 +75,7 @@ _KIND_ATTRIBUTES: Final = {
     "AuthPolicy": "auth_policies",
     "Consumer": "consumers",
     "RateLimitPolicy": "rate_limit_policies",
+    "GrpcTarget": "grpc_targets",
     "Api": "apis",
     "Portal": "portals",
 }

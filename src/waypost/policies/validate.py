@@ -21,11 +21,13 @@ from waypost.policies.model import (
     DenyRule,
     Document,
     Gateway,
+    GrpcTarget,
     NodeSelector,
     Portal,
-    RateLimitPolicy,
     Route,
 )
+from waypost.policies.validate_catalog import check_catalog
+from waypost.policies.validate_grpc import check_grpc_targets
 
 __all__ = ["Entry", "Loc", "Source", "regex_problem", "validate"]
 
@@ -72,7 +74,8 @@ def validate(entries: Sequence[Entry], *, check_references: bool = True) -> list
     _check_consumers(valid, out)
     _check_routes(valid, out)
     _check_gateways(valid, out)
-    _check_catalog(valid, out)
+    check_grpc_targets(valid, out)
+    check_catalog(valid, out)
     return out
 
 
@@ -136,6 +139,12 @@ def _check_references(
                 expect(entry, ("mirror", "service"), document.mirror.service, "Service")
             expect_names(entry, "auth", document.auth, "AuthPolicy")
             expect_names(entry, "rate_limit", document.rate_limit, "RateLimitPolicy")
+        elif isinstance(document, GrpcTarget):
+            for r, grpc_route in enumerate(document.routes):
+                if grpc_route.backend is not None:
+                    expect(entry, ("routes", r, "backend"), grpc_route.backend, "Service")
+                for index, backend in enumerate(grpc_route.backends or ()):
+                    expect(entry, ("routes", r, "backends", index, "service"), backend.service, "Service")
         elif isinstance(document, Consumer):
             for index, subscription in enumerate(document.subscriptions or ()):
                 kind, target = subscription.target
@@ -190,47 +199,6 @@ def _check_consumers(entries: Sequence[Entry], out: list[Diagnostic]) -> None:
                 if key_hash not in document.api_keys:
                     loc = ("account", "keys", key_hash)
                     out.append(_error(entry, loc, "account.keys: describes a key that is not in api_keys"))
-
-
-def _check_catalog(entries: Sequence[Entry], out: list[Diagnostic]) -> None:
-    """Api plans exist in their routes' RateLimitPolicies; subscriptions name offered plans;
-    one Portal at most."""
-    routes = {e.name: e.document for e in entries if isinstance(e.document, Route)}
-    limits = {e.name: e.document for e in entries if isinstance(e.document, RateLimitPolicy)}
-    apis = {e.name: e.document for e in entries if isinstance(e.document, Api)}
-    portals = [e for e in entries if isinstance(e.document, Portal)]
-    for extra in portals[1:]:
-        out.append(
-            _error(extra, ("name",), f"only one Portal is allowed, first defined at {_where(portals[0])}")
-        )
-    for entry in entries:
-        document = entry.document
-        if isinstance(document, Api):
-            defined: dict[str, None] = {}
-            for route_name in document.routes:
-                route = routes.get(route_name)
-                for policy_name in route.rate_limit_policies if route is not None else ():
-                    policy = limits.get(policy_name)
-                    defined.update(dict.fromkeys(policy.plans if policy is not None else ()))
-            for plan in document.plans:
-                if plan not in defined:
-                    known = ", ".join(defined) or "none"
-                    message = (
-                        f"plans.{plan}: no RateLimitPolicy of this Api's routes has a plan '{plan}'"
-                        f" (plans there: {known})"
-                    )
-                    out.append(_error(entry, ("plans", plan), message))
-        elif isinstance(document, Consumer):
-            for index, subscription in enumerate(document.subscriptions or ()):
-                api = apis.get(subscription.api) if subscription.api is not None else None
-                if api is None or subscription.plan is None or subscription.plan in api.plans:
-                    continue
-                offered = ", ".join(api.plans) or "none"
-                message = (
-                    f"subscriptions[{index}].plan: Api {api.name} offers no plan '{subscription.plan}'"
-                    f" (offered: {offered})"
-                )
-                out.append(_error(entry, ("subscriptions", index, "plan"), message))
 
 
 # Constructs Python's `re` accepts but Envoy's RE2 engine refuses: RE2 has no backtracking, so no
