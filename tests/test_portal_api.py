@@ -449,3 +449,37 @@ async def test_admin_revokes_a_subscription_and_reads_the_log(portal: Portal) ->
     answer = await admin.delete("/api/admin/consumers/handwritten/subscriptions/orders")
     assert answer.status_code == 409 and "not managed by the portal" in answer.json()["error"]
     assert portal.head() == head
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        pytest.param("DELETE", "/api/keys/not-a-hash", id="revoke-key-malformed"),
+        pytest.param("DELETE", "/api/keys/" + "0" * 64, id="revoke-key-unknown"),
+        pytest.param(
+            "DELETE", "/api/admin/consumers/bad name/keys/" + "0" * 64, id="admin-revoke-key-bad-name"
+        ),
+        pytest.param("DELETE", "/api/admin/consumers/nobody/keys/" + "0" * 64, id="admin-revoke-key-unknown"),
+        pytest.param(
+            "DELETE", "/api/admin/consumers/admin/subscriptions/" + "x" * 64, id="admin-revoke-sub-long"
+        ),
+        pytest.param("DELETE", "/api/admin/consumers/admin/subscriptions/orders", id="admin-revoke-sub-none"),
+        pytest.param("POST", "/api/keys/" + "0" * 64 + "/rotate", id="rotate-unknown"),
+        pytest.param("GET", "/api/apis/" + "x" * 100, id="api-name-oversized"),
+        pytest.param("GET", "/api/apis/bad%20name/openapi", id="api-name-malformed"),
+        pytest.param("PUT", "/api/signup", id="wrong-method"),
+    ],
+)
+async def test_bad_paths_get_a_4xx_json_error_and_change_nothing(
+    portal: Portal, method: str, path: str
+) -> None:
+    client = portal.client
+    await csrf(client)
+    await client.post("/api/signup", json={"name": "path-user"})
+    admin = await signed_in(await portal.new_client(), ADMIN_KEY)
+    head = portal.head()
+    for who in (client, admin):
+        answer = await who.request(method, path)
+        assert 400 <= answer.status_code < 500, (answer.status_code, answer.text)
+        assert "error" in answer.json()
+    assert portal.head() == head

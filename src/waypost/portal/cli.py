@@ -31,6 +31,12 @@ def _repo_arguments(parser: argparse.ArgumentParser, prefix: str) -> None:
         f"--{prefix}subdir", dest="portal_subdir", help="the policy directory inside the repository"
     )
     parser.add_argument(
+        f"--{prefix}https-only",
+        dest="portal_https_only",
+        action="store_true",
+        help="send session cookies over HTTPS only (the portal is behind TLS)",
+    )
+    parser.add_argument(
         f"--{prefix}workdir",
         dest="portal_workdir",
         type=Path,
@@ -67,6 +73,7 @@ def serve_portal_options(args: argparse.Namespace) -> PortalOptions | None:
         subdir=args.portal_subdir,
         policies=args.policies,
         workdir=args.portal_workdir,
+        https_only=args.portal_https_only,
     )
 
 
@@ -84,6 +91,7 @@ def run_portal_command(args: argparse.Namespace) -> int:
         subdir=args.portal_subdir,
         policies=args.policies,
         workdir=args.portal_workdir,
+        https_only=args.portal_https_only,
     )
     asyncio.run(_standalone(options, args.redis))
     return 0

@@ -22,5 +22,7 @@ class PortalOptions:
     """The policy directory inside the repository; None: where ``policies`` is in its checkout."""
     policies: Path | None = None
     workdir: Path | None = None
+    https_only: bool = False
+    """Session cookies are sent over HTTPS only (set it when the portal is behind TLS)."""
     secret: str | None = None
     """Signs session cookies (the same on every replica); None: ``$WAYPOST_PORTAL_SECRET`` or random."""

@@ -96,7 +96,7 @@ async def start_portal(options: PortalOptions, *, limiter: Limiter | None = None
     secret = options.secret or os.environ.get(SECRET_ENV)
     if secret is None:
         log.warning(f"no ${SECRET_ENV}: sessions are signed with a random secret (one replica only)")
-    app = create_app(service, secret=secret)
+    app = create_app(service, secret=secret, https_only=options.https_only)
     sock = socket.socket(socket.AF_INET6 if ":" in options.host else socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((options.host, options.port))
