@@ -1,6 +1,6 @@
 """Benchmark: an admin's approval in the portal -> the key gets 200 through Envoy.
 
-One ``waypost serve --git-pull INTERVAL --authz-port --ratelimit-port --portal-port`` on a clone
+One ``waypost serve --git-pull INTERVAL --portal-port`` (decision services in process) on a clone
 of a bare upstream, one Envoy, one echo backend. Each round: a developer signs up through the
 portal API, requests the ``gold`` plan (needs approval), the key gets 403 through Envoy; then the
 admin's approve call (what the button sends) is timed, and Envoy is polled every 10 ms until the
@@ -64,7 +64,7 @@ async def portal_client(base: str, key: str | None = None) -> httpx.AsyncClient:
 
 async def one_interval(interval: float, rounds: int, tmp: Path) -> tuple[list[float], list[float]]:
     echo = await start_echo("orders", "127.0.0.1", 0)
-    gateway, xds, admin, authz, rls, portal = (free_port() for _ in range(6))
+    gateway, xds, admin, portal = (free_port() for _ in range(4))
     upstream, _ = seed_upstream(tmp, gateway_port=gateway, backend_port=echo.port)
     served = GitRepo.clone(upstream.path, tmp / "served")
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
@@ -84,10 +84,13 @@ async def one_interval(interval: float, rounds: int, tmp: Path) -> tuple[list[fl
             str(admin),
             "--git-pull",
             str(interval),
+            # decision services on ports the kernel picks (Envoy learns them over EDS)
             "--authz-port",
-            str(authz),
+            "0",
+            "--authz-http-port",
+            "0",
             "--ratelimit-port",
-            str(rls),
+            "0",
             "--portal-port",
             str(portal),
             "--portal-workdir",
@@ -108,8 +111,6 @@ async def one_interval(interval: float, rounds: int, tmp: Path) -> tuple[list[fl
                 xds_host="127.0.0.1",
                 xds_port=xds,
                 admin_port=0,
-                authz=("127.0.0.1", authz),
-                ratelimit_port=rls,
             )
         )
     )

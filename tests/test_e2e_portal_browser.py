@@ -24,7 +24,7 @@ from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.support import expected_conditions as ec
 from selenium.webdriver.support.ui import Select, WebDriverWait
 
-from support import EchoFactory, EnvoyProcess, WaypostProcess, async_wait_until, free_port, free_ports
+from support import EchoFactory, EnvoyProcess, WaypostProcess, async_wait_until, free_port
 from support.gitrepo import GitRepo
 from support.portal import ADMIN_KEY, seed_upstream
 
@@ -162,29 +162,20 @@ async def test_sign_up_subscribe_approve_then_envoy_lets_the_key_through(
     gateway_port = free_port()
     upstream, _ = seed_upstream(tmp_path, gateway_port=gateway_port, backend_port=echo.port)
     served = GitRepo.clone(upstream.path, tmp_path / "served")
-    authz_port, rls_port, portal_port = free_ports(3)
+    portal_port = free_port()
     waypost = await asyncio.to_thread(
         start_waypost,
         served.path / "policies",
         args=[
             "--git-pull",
             PULL_INTERVAL,
-            "--authz-port",
-            str(authz_port),
-            "--ratelimit-port",
-            str(rls_port),
             "--portal-port",
             str(portal_port),
             "--portal-workdir",
             str(tmp_path / "portal-clone"),
         ],
     )
-    envoy = await asyncio.to_thread(
-        start_envoy,
-        xds_port=waypost.xds_port,
-        ratelimit_port=rls_port,
-        bootstrap_options={"authz": ("127.0.0.1", authz_port)},
-    )
+    envoy = await asyncio.to_thread(start_envoy, xds_port=waypost.xds_port)
     await asyncio.to_thread(envoy.wait_for_listener, gateway_port)
     steps = Steps(browser, f"http://127.0.0.1:{portal_port}")
     url = f"http://127.0.0.1:{gateway_port}/orders/1"

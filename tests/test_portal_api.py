@@ -65,8 +65,7 @@ async def portal(tmp_path: Path) -> AsyncIterator[Portal]:
     upstream, seed = seed_upstream(tmp_path)
     repo = PolicyRepo(str(upstream.path), tmp_path / "work", subdir="policies")
     repo.open()
-    limiter = Limiter(lambda: service.current, MemoryStore())
-    service = PortalService(repo, limiter)
+    service = PortalService(repo, Limiter(MemoryStore()), owns_limiter=True)
     await service.policy(fresh=True)
     app = create_app(service, secret="test-secret")
     async with httpx.AsyncClient(

@@ -107,15 +107,11 @@ async def _standalone(options: PortalOptions, redis: str | None) -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, stop.set)
-    holder: dict[str, Any] = {}
     limiter = None
     if redis is not None:
-        # The same counters the fleet's rate-limit service writes, read through its Limiter.
-        limiter = Limiter(
-            lambda: holder["portal"].service.current if "portal" in holder else None, RedisStore(redis)
-        )
-    running = await start_portal(options, limiter=limiter)
-    holder["portal"] = running
+        # The counters the fleet's rate-limit service writes in Redis, read through a Limiter.
+        limiter = Limiter(RedisStore(redis))
+    running = await start_portal(options, limiter=limiter, owns_limiter=True)
     try:
         await stop.wait()
     finally:

@@ -87,11 +87,14 @@ class RunningPortal:
             await self.task
 
 
-async def start_portal(options: PortalOptions, *, limiter: Limiter | None = None) -> RunningPortal:
-    """Clone the repository, then serve; raises ValueError / CommitFailed when it cannot."""
+async def start_portal(
+    options: PortalOptions, *, limiter: Limiter | None = None, owns_limiter: bool = False
+) -> RunningPortal:
+    """Clone the repository, then serve; raises ValueError / CommitFailed when it cannot.
+    ``limiter`` is where usage is read (``owns_limiter``: the portal feeds it its policy)."""
     repo = repo_for(options)
     await asyncio.to_thread(repo.open)
-    service = PortalService(repo, limiter)
+    service = PortalService(repo, limiter, owns_limiter=owns_limiter)
     await service.policy(fresh=True)
     secret = options.secret or os.environ.get(SECRET_ENV)
     if secret is None:

@@ -101,16 +101,15 @@ class _State:
 class PortalService:
     repo: PolicyRepo
     limiter: Limiter | None = None
+    """Where usage is read. Inside ``waypost serve`` it is the fleet's own (its table follows the
+    served policy); a limiter of the portal's own (``waypost portal --redis``) sets
+    ``owns_limiter`` and gets each policy the portal reads."""
+    owns_limiter: bool = False
     failures: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=200))
     _state: _State | None = None
     _refreshing: asyncio.Lock = field(default_factory=asyncio.Lock)
 
     # --- reading --------------------------------------------------------------------------------
-
-    @property
-    def current(self) -> PolicySet | None:
-        """The policy last read (no refresh): what a Limiter built for the portal reads."""
-        return self._state.policy if self._state is not None else None
 
     async def policy(self, *, fresh: bool = False) -> PolicySet:
         async with self._refreshing:
@@ -124,6 +123,8 @@ class PortalService:
                     log.error("portal cannot refresh the policy repository", error=str(exc))
                     return state.policy
                 state = self._state = _State(policy, commit, time.monotonic())
+                if self.owns_limiter and self.limiter is not None:
+                    self.limiter.apply(policy)
             return state.policy
 
     async def portal(self) -> Portal:
