@@ -170,6 +170,15 @@ async def serve(options: ServeOptions, *, stop: asyncio.Event | None = None) -> 
     await health.start()
     await runtime.reload()  # an invalid first load still serves: not ready until a valid one
 
+    # Before the admin port answers: /readyz 200 means the portal is up too (or said why not).
+    portal = None
+    if options.portal is not None:
+        from waypost.portal.server import start_portal
+
+        try:
+            portal = await start_portal(options.portal, limiter=plane.limiter)
+        except Exception as exc:  # the fleet keeps being served; the log says why there is no portal
+            log.error("portal not started", error=str(exc))
     admin = AdminServer(
         ready=lambda: not readiness_problems(runtime, plane),
         status=lambda: build_status(runtime, cache, ads, plane),
@@ -179,14 +188,6 @@ async def serve(options: ServeOptions, *, stop: asyncio.Event | None = None) -> 
     dashboard.install(admin)
     dashboard.start()
     admin_port = await admin.start(options.host, options.admin_port)
-    portal = None
-    if options.portal is not None:
-        from waypost.portal.server import start_portal
-
-        try:
-            portal = await start_portal(options.portal, limiter=plane.limiter)
-        except Exception as exc:  # the fleet keeps being served; the log says why there is no portal
-            log.error("portal not started", error=str(exc))
     puller = GitPuller(runtime, options.git_pull) if options.git_pull else None
     if puller is not None:
         puller.start()
