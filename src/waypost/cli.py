@@ -110,6 +110,18 @@ def _parser() -> argparse.ArgumentParser:
     bootstrap.add_argument(
         "--ratelimit-port", type=int, help="waypost's rate-limit service port (on the --xds host)"
     )
+    bootstrap.add_argument(
+        "--max-connections",
+        type=int,
+        default=50_000,
+        help="open client connections this Envoy accepts in all (overload manager; default 50000)",
+    )
+    bootstrap.add_argument(
+        "--max-heap",
+        type=_byte_size,
+        metavar="SIZE",
+        help="heap size (e.g. 2Gi, 512Mi) at which Envoy sheds load: 503s past 98%%, no keep-alive past 95%%",
+    )
 
     serve = commands.add_parser("serve", help="serve policies to Envoy over ADS, reloading on change")
     serve.add_argument("--policies", required=True, type=Path)
@@ -317,6 +329,17 @@ def _render(args: argparse.Namespace) -> int:
     return 0
 
 
+_SIZE_UNITS = {"": 1, "Ki": 1 << 10, "Mi": 1 << 20, "Gi": 1 << 30, "K": 1000, "M": 10**6, "G": 10**9}
+
+
+def _byte_size(text: str) -> int:
+    number = text.rstrip("KMGi")
+    unit = text[len(number) :]
+    if not number.isdigit() or unit not in _SIZE_UNITS:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a size like 512Mi, 2Gi or 1000000")
+    return int(number) * _SIZE_UNITS[unit]
+
+
 def _bootstrap(args: argparse.Namespace) -> int:
     from waypost.xds.bootstrap import render_bootstrap
 
@@ -338,6 +361,8 @@ def _bootstrap(args: argparse.Namespace) -> int:
             xds_client_key=args.xds_client_key,
             xds_sni=args.xds_sni,
             ratelimit_port=args.ratelimit_port,
+            max_connections=args.max_connections,
+            max_heap_bytes=args.max_heap,
         )
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None

@@ -22,6 +22,7 @@ from pydantic import (
     model_validator,
 )
 
+from waypost.policies.protect import Screen, Validate
 from waypost.policies.types import (
     Duration,
     EndpointField,
@@ -60,10 +61,12 @@ __all__ = [
     "Route",
     "RouteMatch",
     "Rule",
+    "Screen",
     "Service",
     "ServiceTLS",
     "SourceRef",
     "Tracing",
+    "Validate",
 ]
 
 HttpMethod = Literal["GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH"]
@@ -168,6 +171,12 @@ class GatewayLimits(Spec):
     methods: tuple[HttpMethod, ...] = Field(default=(), description="Allowed methods; others get 403.")
     idle_timeout: Duration | None = Field(default=None, description="Close a connection idle this long.")
     max_connection_duration: Duration | None = None
+    request_headers_timeout: Duration = Field(
+        default=10_000, description="A client must send all request headers within this (slowloris)."
+    )
+    stream_idle_timeout: Duration = Field(
+        default=300_000, description="Reset a request that sends or receives nothing for this long."
+    )
 
 
 class Tracing(Spec):
@@ -391,6 +400,14 @@ class Route(Document):
     grpc_json: GrpcJson | None = None
     auth: Name | tuple[Name, ...] = ()
     rate_limit: Name | tuple[Name, ...] = ()
+    validation: Validate | None = None
+    screen: Screen | None = None
+    websocket: StrictBool = Field(
+        default=False, description="Allow WebSocket upgrades; auth and limits apply to the upgrade request."
+    )
+    grpc_web: StrictBool = Field(
+        default=False, description="Let browsers call this gRPC route with gRPC-Web (Envoy translates)."
+    )
 
     @model_validator(mode="after")
     def _exactly_one_backend_form(self) -> Self:

@@ -17,6 +17,7 @@ from google.protobuf import any_pb2, json_format, message, symbol_database
 
 from waypost.xds.bootstrap import AUTHZ_CLUSTER, RATELIMIT_CLUSTER, build_bootstrap
 from waypost.xds.compiler import NodeResources
+from waypost.xds.overload import LAYERED_RUNTIME
 from waypost.xds.types import TypeUrl
 
 __all__ = ["REDACTED", "dump_yaml", "render_resources", "static_bootstrap"]
@@ -159,6 +160,7 @@ def static_bootstrap(resources: NodeResources, *, admin_port: int = 0) -> dict[s
             "clusters": clusters,
             "secrets": rendered["secrets"],
         },
+        "layered_runtime": LAYERED_RUNTIME,
     }
 
 
