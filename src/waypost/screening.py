@@ -20,7 +20,7 @@ import re
 from dataclasses import dataclass
 from typing import Literal
 
-__all__ = ["RULES", "ScreenRule", "native_regex", "plain_regex", "rules_for"]
+__all__ = ["RULES", "ScreenRule", "native_regex", "plain_pattern", "plain_regex", "rules_for"]
 
 Category = Literal["sqli", "xss", "traversal", "command"]
 Where = Literal["path", "header", "text"]
@@ -181,9 +181,14 @@ def _render(template: str, encoded: bool) -> str:
     return _TOKEN_RE.sub(token, template)
 
 
+def plain_pattern(rule: ScreenRule) -> str:
+    """The rule over decoded text, without flags: match it case-insensitively, dot-all."""
+    return _render(rule.template, encoded=False)
+
+
 def plain_regex(rule: ScreenRule) -> str:
     """The rule over decoded text (a header value, a body string), case-insensitive, unanchored."""
-    return "(?is)" + _render(rule.template, encoded=False)
+    return "(?is)" + plain_pattern(rule)
 
 
 def native_regex(rule: ScreenRule, where: Where) -> str:

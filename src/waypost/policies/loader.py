@@ -891,9 +891,9 @@ class _Load:
             if not failed and isinstance(entry.document, Route):
                 schema_problem = validation_problem(entry.document, self.files)
                 if schema_problem is not None:
-                    loc, message = schema_problem
-                    line = entry.source.line_of(loc)
-                    self.fail(entry.source.path, line, _at(loc, message), entry.kind, entry.name)
+                    schema_loc, message = schema_problem
+                    line = entry.source.line_of(schema_loc)
+                    self.fail(entry.source.path, line, _at(schema_loc, message), entry.kind, entry.name)
 
     def read_reference(self, ref: _FileRef, cache: dict[str, bytes | str]) -> str | None:
         shown = f"'{ref.value}'"

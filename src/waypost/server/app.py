@@ -106,11 +106,13 @@ async def serve(options: ServeOptions, *, stop: asyncio.Event | None = None) -> 
     authz_server = authz_http = None
     if options.authz_port is not None or options.authz_http_port is not None:
         from waypost.filters.authz.http_service import start_authz_http
-        from waypost.filters.authz.server import attach_authz, start_authz_grpc
+        from waypost.filters.authz.server import attach_authz, attach_body_checks, start_authz_grpc
 
         core = attach_authz(runtime)
         if options.authz_port is not None:
-            authz_server, authz_port = await start_authz_grpc(core, options.host, options.authz_port)
+            authz_server, authz_port = await start_authz_grpc(
+                core, options.host, options.authz_port, body_checks=attach_body_checks(runtime)
+            )
             log.info("ext_authz serving", authz_port=authz_port)
         if options.authz_http_port is not None:
             authz_http, http_port = await start_authz_http(core, options.host, options.authz_http_port)

@@ -20,10 +20,11 @@ import grpc
 
 from waypost.filters.authz.core import AuthzCore
 from waypost.filters.authz.grpc_service import AuthzGrpcService
+from waypost.filters.protect.service import BodyChecks
 from waypost.log import get_logger
 from waypost.server.runtime import PolicyRuntime
 
-__all__ = ["AuthzOptions", "attach_authz", "run_authz", "start_authz_grpc"]
+__all__ = ["AuthzOptions", "attach_authz", "attach_body_checks", "run_authz", "start_authz_grpc"]
 
 log = get_logger("waypost.authz.server")
 
@@ -46,9 +47,18 @@ def attach_authz(runtime: PolicyRuntime) -> AuthzCore:
     return core
 
 
-async def start_authz_grpc(core: AuthzCore, host: str, port: int) -> tuple[grpc.aio.Server, int]:
+def attach_body_checks(runtime: PolicyRuntime) -> BodyChecks:
+    """Route body checks (validation, body screening) that follow ``runtime`` like the core."""
+    checks = BodyChecks()
+    runtime.add_listener(lambda compiled: checks.apply(compiled.policy))
+    return checks
+
+
+async def start_authz_grpc(
+    core: AuthzCore, host: str, port: int, *, body_checks: BodyChecks | None = None
+) -> tuple[grpc.aio.Server, int]:
     server = grpc.aio.server(options=_GRPC_OPTIONS)
-    AuthzGrpcService(core).add_to(server)
+    AuthzGrpcService(core, body_checks=body_checks).add_to(server)
     bound = server.add_insecure_port(f"{host}:{port}")
     if bound == 0:
         raise OSError(f"cannot listen on {host}:{port} for ext_authz")
@@ -119,7 +129,9 @@ async def _serve_one(options: AuthzOptions) -> None:
     runtime = PolicyRuntime(options.policies, SnapshotCache())
     await runtime.reload()
     core = attach_authz(runtime)
-    server, port = await start_authz_grpc(core, options.host, options.port)
+    server, port = await start_authz_grpc(
+        core, options.host, options.port, body_checks=attach_body_checks(runtime)
+    )
     http_server = None
     if options.http_port is not None:
         from waypost.filters.authz.http_service import start_authz_http
