@@ -45,9 +45,7 @@ VALIDATION_FAILURES = Counter(
     "waypost_validation_failures_total", "Requests refused by validation (400), by route.", ["route"]
 )
 
-_JSON = (
-    base_pb2.HeaderValueOption(header=base_pb2.HeaderValue(key="content-type", value="application/json")),
-)
+_JSON = base_pb2.HeaderValueOption(header=base_pb2.HeaderValue(key="content-type", value="application/json"))
 
 
 @dataclass(frozen=True)

@@ -3,9 +3,10 @@
 A browser preflight (``OPTIONS`` with ``Origin`` and ``Access-Control-Request-Method``) carries
 neither the route's method nor its header conditions, so a route with ``methods`` or ``headers``
 in its match would never see it. Such a route gets a companion route just ahead of it
-(:func:`preflight_route`): same path match, preflights only, the same CORS policy; the CORS filter
-answers there, and a preflight it does not answer (an origin not allowed) gets 403 from Envoy:
-OPTIONS never reaches the backend through the companion.
+(:func:`preflight_route`): same path match, preflights only, the same CORS policy with
+``forward_not_matching_preflights: false``: the CORS filter answers every preflight there itself
+(an origin not allowed gets no ``access-control-*`` headers), so OPTIONS never reaches the
+backend through the companion.
 """
 
 from __future__ import annotations
@@ -87,6 +88,7 @@ def preflight_route(route: Route, xds_route: rc_pb2.Route) -> rc_pb2.Route | Non
             _present("access-control-request-method"),
         ]
     )
-    del preflight.request_headers_to_add[:], preflight.request_headers_to_remove[:]
-    preflight.direct_response.status = 403  # replaces the route action: never the backend
+    policy = build_cors_policy(route.cors)
+    policy.forward_not_matching_preflights.value = False
+    preflight.typed_per_filter_config[FILTER_NAME].CopyFrom(pack(policy))
     return preflight
