@@ -20,18 +20,20 @@ import re
 from dataclasses import dataclass
 from typing import Literal
 
-__all__ = ["RULES", "ScreenRule", "native_regex", "plain_pattern", "plain_regex", "rules_for"]
+__all__ = ["RULES", "SCREEN_CATEGORIES", "ScreenRule", "native_regex", "plain_pattern", "plain_regex", "rules_for"]
 
 Category = Literal["sqli", "xss", "traversal", "command"]
+SCREEN_CATEGORIES: tuple[Category, ...] = ("sqli", "xss", "traversal", "command")
 Where = Literal["path", "header", "text"]
 
-# token -> (decoded text, extra forms in a raw :path). Separators of a query string (& and =)
-# are never themselves screened as raw characters in a path: `&id=5` is not command injection.
+# token -> (the character, its encoded forms). Both forms match everywhere: in a :path because
+# Envoy sees the query as sent, and in decoded text because attackers encode twice (`%252e`,
+# overlong UTF-8 `%c0%ae`) for an application that decodes once more.
 _TOKENS: dict[str, tuple[str, str]] = {
-    "Q": (r"['\"`]", r"%2[27]|%60"),
+    "Q": (r"['\"`]", r"%2[27]|%60|%u0027"),
     "SQ": (r"'", r"%27"),
-    "S": (r"(?:\s|/\*.*?\*/)", r"\+|%20|%09|%0[abcd]|%2f\*.*?\*%2f"),
-    "LT": (r"<", r"%3c|\\u003c"),
+    "S": (r"\s|\+|/\*.*?\*/", r"%20|%09|%0[abcd]|%a0|%2f\*.*?\*%2f"),
+    "LT": (r"<", r"%3c|\\u003c|%u003c|\\x3c"),
     "GT": (r">", r"%3e"),
     "SEMI": (r";", r"%3b"),
     "PIPE": (r"\|", r"%7c"),
@@ -42,15 +44,19 @@ _TOKENS: dict[str, tuple[str, str]] = {
     "RP": (r"\)", r"%29"),
     "LB": (r"\{", r"%7b"),
     "EQ": (r"=", r"%3d"),
-    "SL": (r"/", r"%2f|%252f"),
-    "BS": (r"\\", r"%5c|%255c"),
-    "DOT": (r"\.", r"%2e|%252e|%c0%ae"),
+    "SL": (r"/", r"%2f|%252f|%c0%af|%25c0%25af|%%32%66|%u2215|%e0%80%af"),
+    "BS": (r"\\", r"%5c|%255c|%c1%9c|%25c1%259c|%%35%63|%u2216"),
+    "DOT": (r"\.", r"%2e|%252e|%c0%ae|%25c0%25ae|%%32%65|%u002e|%e0%80%ae"),
     "COLON": (r":", r"%3a"),
     "HASH": (r"\#", r"%23"),
-    "NL": (r"[\r\n]", r"%0[ad]"),
+    # Not a raw line break: multi-line text (code in a JSON string) starts lines with `ruby ...`.
+    "NL": (r"\\[rn]", r"%0[ad]|%250[ad]"),
+    # A word start: in encoded text the character before a keyword may be the end of `%20`.
+    "B": (r"\b", r"%[0-9a-f]{2}"),
 }
-# In a :path these characters arrive raw only where they are not query syntax.
-_RAW_IN_PATH = {"AMP": False, "EQ": True, "HASH": False}
+# In a :path these characters arrive raw only where they are not query syntax (`&id=5` is not a
+# command chain).
+_RAW_IN_PATH = {"AMP": False, "HASH": False}
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,54 +68,73 @@ class ScreenRule:
     template: str
 
 
+_COMMANDS = (
+    r"cat|ls|id|whoami|uname|wget|curl|nc|ncat|netcat|bash|sh|zsh|ksh|ping|sleep|echo|rm|chmod|chown|"
+    r"python\d?|perl|ruby|php|nslookup|dig|ifconfig|ip|netstat|ps|kill|dir|type|net|netsh|reg|"
+    r"ipconfig|systeminfo|powershell|cmd|certutil|bitsadmin|wmic|tasklist|telnet|ssh|nmap|touch|"
+    r"sudo|env|find|head|tail|more|less|which|passwd|reboot|shutdown|hostname|pwd|xterm|uptime|ver"
+)
+
 RULES: tuple[ScreenRule, ...] = (
     # SQL injection: breaking out of a quoted literal into boolean logic, unions, stacked queries,
     # comments that cut the rest of a statement, and functions only an attacker calls.
     ScreenRule(
         "sqli-tautology",
         "sqli",
-        r"{Q}{RP}*{S}*(?:or|and|xor|{PIPE}{PIPE}|{AMP}{AMP}){S}*{LP}*{S}*"
-        r"(?:{Q}?[\w-]*{Q}?{S}*(?:{EQ}|<>|!{EQ}|like|{LT}|{GT}|is{S})|true\b|false\b|not\b|\d|{Q}|sleep|select)",
+        r"{Q}{RP}*(?:{S})*(?:or|and|xor|{PIPE}{PIPE}|{AMP}{AMP})(?:{S})*{LP}*(?:{S})*"
+        r"(?:{Q}?[\w-]*{Q}?(?:{S})*(?:{EQ}|<>|!{EQ}|like|{LT}|{GT}|is{S})|true\b|false\b|not\b|\d|{Q}|sleep|"
+        r"select)",
     ),
     ScreenRule(
         "sqli-numeric-tautology",
         "sqli",
-        r"(?:^|[^\w.])(?:or|and){S}+{LP}*(\d+|{Q}\w*{Q}){S}*(?:{EQ}|<>|like){S}*{LP}*(?:\d+|{Q}\w*{Q})\b",
+        r"\b(?:or|and)(?:{S})+{LP}*(\d+|{Q}\w*{Q})(?:{S})*(?:{EQ}|<>|like)(?:{S})*{LP}*(?:\d+|{Q}\w*{Q})\b",
     ),
-    ScreenRule("sqli-union", "sqli", r"\bunion(?:{S}|{LP})+(?:all{S}+|distinct{S}+)?{LP}*{S}*select\b"),
+    ScreenRule("sqli-union", "sqli", r"\bunion(?:{S}|{LP})+(?:all(?:{S})+|distinct(?:{S})+)?{LP}*(?:{S})*select\b"),
     ScreenRule(
         "sqli-stacked",
         "sqli",
-        r"{SEMI}{S}*(?:drop|select|insert|update|delete|shutdown|exec|execute|declare|create|alter|truncate)"
-        r"{S}",
+        r"{SEMI}(?:{S})*(?:drop|select|insert|update|delete|shutdown|exec|execute|declare|create|alter|"
+        r"truncate|waitfor)\b",
     ),
-    ScreenRule("sqli-comment", "sqli", r"{Q}{S}*{RP}*{S}*(?:--|{HASH}|{SL}\*|{SEMI}\x00)"),
+    ScreenRule("sqli-comment", "sqli", r"{Q}(?:{S})*{RP}*(?:{S})*(?:--|{HASH}|{SL}\*|{SEMI}\x00)"),
     ScreenRule(
         "sqli-keyword",
         "sqli",
-        r"{Q}{RP}*{S}+(?:and|or|union|select|order{S}+by|group{S}+by|having|waitfor|exec|procedure)"
-        r"{S}+",
+        r"{Q}{RP}*(?:{S})+(?:union|select|order(?:{S})+by|group(?:{S})+by|having|waitfor|exec|procedure)\b",
     ),
     ScreenRule(
         "sqli-function",
         "sqli",
-        r"\b(?:sleep|benchmark|pg_sleep|extractvalue|updatexml|load_file|char|chr|concat|concat_ws|"
-        r"substring|ascii|dbms_pipe\.receive_message|utl_inaddr\.get_host_name|xp_cmdshell|ord|hex|"
-        r"version|user|database|if|elt|count|cast)(?:{S}|/\*.*?\*/)*{LP}[^)]*?(?:\bselect\b|{Q}|@@|\d{S}*{RP})",
+        # Functions only an attacker calls, then common ones given away by their arguments.
+        r"\b(?:sleep|benchmark|pg_sleep)(?:{S})*{LP}(?:{S})*\d|\b(?:extractvalue|updatexml|load_file|"
+        r"dbms_pipe\.receive_message|utl_inaddr\.get_host_name|xp_cmdshell|current_setting|randomblob|"
+        r"make_set|name_const|group_concat)(?:{S})*{LP}|\b(?:char|chr)(?:{S})*{LP}\d+(?:,\d+)*{RP}|"
+        r"\b(?:version|user|database|current_user|system_user|schema)(?:{S})*{LP}(?:{S})*{RP}|"
+        r"\b(?:concat|concat_ws|substring|substr|mid|ascii|ord|hex|unhex|if|elt|count|cast|char|chr)"
+        r"(?:{S})*{LP}[^)]*?(?:\bselect\b|@@|0x[0-9a-f]+)",
     ),
     ScreenRule(
         "sqli-schema",
         "sqli",
-        r"\b(?:information_schema|sysobjects|syscolumns|mysql\.user|pg_catalog|sqlite_master|all_tables|"
-        r"waitfor{S}+delay|into{S}+(?:out|dump)file|@@version|@@datadir)\b",
+        r"\b(?:information_schema|sysobjects|syscolumns|mysql\.user|pg_catalog|pg_shadow|sqlite_master|"
+        r"all_tables|user_tables|waitfor(?:{S})+delay|into(?:{S})+(?:out|dump)file|@@version|@@datadir|"
+        r"sys\.\w+)\b",
+    ),
+    ScreenRule(
+        "sqli-clause",
+        "sqli",
+        r"\b(?:order|group)(?:{S})+by(?:{S})+\d+(?:{S})*(?:--|{HASH}|{SEMI}|,|$)|"
+        r"\bhaving(?:{S})+\d+(?:{S})*{EQ}|\bselect(?:{S})+(?:\*|@@\w+|(?:user|version|database|"
+        r"current_\w+|pg_\w+|name|password|table_name|column_name)(?:{S})*(?:{LP}|,|(?:{S})+from\b))",
     ),
     # Cross-site scripting: markup that runs script, script URLs, event handlers, sinks.
     ScreenRule(
         "xss-tag",
         "xss",
-        r"{LT}{S}*{SL}?{S}*(?:script|iframe|frame|frameset|object|embed|applet|svg|math|base|meta|link|"
-        r"style|form|isindex|marquee|xss|body|img|image|video|audio|details|input|textarea|select|"
-        r"button|a|div|table|td|bgsound|layer|xml|html|keygen|x)\b",
+        r"{LT}(?:{S})*{SL}?(?:{S})*(?:script|iframe|frame|frameset|object|embed|applet|svg|math|base|meta|"
+        r"link|style|form|isindex|marquee|xss|body|img|image|video|audio|details|input|textarea|select|"
+        r"button|a|div|table|td|bgsound|layer|xml|html|keygen|x|\?php|\?=|%)\b",
     ),
     ScreenRule(
         "xss-handler",
@@ -117,25 +142,25 @@ RULES: tuple[ScreenRule, ...] = (
         r"\bon(?:error|load|mouse\w+|focus\w*|blur|click|dblclick|key\w+|change|submit|reset|select|"
         r"abort|drag\w*|drop|input|invalid|toggle|begin|end|start|finish|animation\w+|transition\w+|"
         r"pointer\w+|wheel|scroll|resize|unload|beforeunload|hashchange|message|popstate|pageshow|"
-        r"copy|cut|paste|contextmenu|play\w*|pause|ended|readystatechange|search|show)\s*{EQ}",
+        r"copy|cut|paste|contextmenu|play\w*|pause|ended|readystatechange|search|show)(?:{S})*{EQ}",
     ),
     ScreenRule(
         "xss-url",
         "xss",
-        r"(?:javascript|vbscript|livescript|mocha){S}*{COLON}|data{S}*{COLON}{S}*(?:text{SL}html|"
+        r"(?:javascript|vbscript|livescript|mocha)(?:{S})*{COLON}|data(?:{S})*{COLON}(?:{S})*(?:text{SL}html|"
         r"image{SL}svg|application{SL}x)",
     ),
     ScreenRule(
         "xss-sink",
         "xss",
         r"\b(?:alert|prompt|confirm|eval|settimeout|setinterval|fromcharcode|atob)(?:{S}|{LP}|{BT})*"
-        r"(?:{LP}|{BT})|\bdocument{S}*{DOT}{S}*(?:cookie|domain|write|location)|"
-        r"\bwindow{S}*{DOT}{S}*(?:location|open|name)|{LT}{S}*!\[cdata\[|&#x?0*(?:60|3c)\b|"
-        r"\bexpression{S}*{LP}|\\x3c|\\u003c",
+        r"(?:{LP}|{BT})|\bdocument(?:{S})*{DOT}(?:{S})*(?:cookie|domain|write|location)|"
+        r"\bwindow(?:{S})*{DOT}(?:{S})*(?:location|open|name)|{LT}(?:{S})*!\[cdata\[|&#x?0*(?:60|3c)\b|"
+        r"\bexpression(?:{S})*{LP}|\+adw-",
     ),
     # Path traversal and local files: dot-dot segments in any encoding, well-known system files,
     # stream wrappers.
-    ScreenRule("traversal-dotdot", "traversal", r"(?:{DOT}{DOT}(?:{SL}|{BS}))|(?:(?:{SL}|{BS}){DOT}{DOT})$"),
+    ScreenRule("traversal-dotdot", "traversal", r"{DOT}{DOT}(?:{SL}|{BS})"),
     ScreenRule(
         "traversal-file",
         "traversal",
@@ -146,19 +171,33 @@ RULES: tuple[ScreenRule, ...] = (
     ScreenRule(
         "traversal-wrapper", "traversal", r"\b(?:file|php|expect|phar|zip|glob|gopher|dict){COLON}{SL}{SL}"
     ),
-    ScreenRule("traversal-nul", "traversal", r"%00|\x00"),
-    # Command injection: a shell separator or substitution followed by a command.
+    ScreenRule("traversal-nul", "traversal", r"%00|\x00|\\0"),
+    # Command injection: a shell separator or substitution followed by a command; interpreters
+    # told to run code; template and lookup expressions.
     ScreenRule(
         "command-chain",
         "command",
-        r"(?:{SEMI}|{PIPE}|{AMP}|{BT}|{DOL}{LP}|{NL})\s*(?:{SL}(?:usr{SL})?s?bin{SL})?"
-        r"(?:cat|ls|id|whoami|uname|wget|curl|nc|ncat|netcat|bash|sh|zsh|ping|sleep|echo|rm|chmod|"
-        r"python\d?|perl|ruby|php|nslookup|dig|ifconfig|ip|netstat|ps|kill|dir|type|net|ipconfig|"
-        r"systeminfo|powershell|cmd|telnet|ssh|nmap|touch|sudo|env|find|head|tail|more|less|which|"
-        r"passwd|reboot|shutdown|hostname|pwd|xterm)(?:{S}|{SEMI}|{PIPE}|{AMP}|{BT}|{RP}|{NL}|$)",
+        r"(?:{SEMI}|{PIPE}|{AMP}|{BT}|{DOL}{LP}|{NL})(?:{S})*(?:{SL}(?:usr{SL})?s?bin{SL})?"
+        r"(?:" + _COMMANDS + r")(?:{S}|{SEMI}|{PIPE}|{AMP}|{BT}|{RP}|{NL}|\\n|$)",
     ),
-    ScreenRule("command-substitution", "command", r"{DOL}{LP}[^)]*{RP}|{DOL}{LB}(?:ifs|path|home|shell)\b"),
-    ScreenRule("command-ifs", "command", r"\bifs\b\s*(?:{EQ}|\})|{DOL}ifs\b"),
+    ScreenRule(
+        "command-start",
+        "command",
+        r"^(?:{S})*(?:{SL}(?:usr{SL})?s?bin{SL})?(?:" + _COMMANDS + r")(?:{S})+(?:-\w|{SL}|{DOL}|\d+(?:{S})*$)",
+    ),
+    ScreenRule(
+        "command-interpreter",
+        "command",
+        r"\b(?:perl|python\d?|php|ruby|node|bash|sh|zsh|powershell|cmd(?:\.exe)?)(?:{S})+(?:-[ceirc]|{SL}c)"
+        r"(?:{S})",
+    ),
+    ScreenRule(
+        "command-substitution",
+        "command",
+        r"{DOL}{LP}[^)]*{RP}|{DOL}{LB}(?:ifs|path|home|shell|jndi|env|sys|java|lower|upper|::-|{DOL}{LB}|"
+        r"\w+{LP})|\{(?:{S})*{DOL}\w+\[|\b(?:system|exec|shell_exec|passthru|popen|proc_open)(?:{S})*{LP}",
+    ),
+    ScreenRule("command-ifs", "command", r"\bifs\b(?:{S})*(?:{EQ}|\})|{DOL}ifs\b"),
 )
 
 
@@ -172,13 +211,11 @@ _TOKEN_RE = re.compile(r"\{([A-Z]+)\}")
 def _render(template: str, encoded: bool) -> str:
     def token(match: re.Match[str]) -> str:
         plain, extra = _TOKENS[match.group(1)]
-        if not encoded:
-            return plain
-        if not _RAW_IN_PATH.get(match.group(1), True):
+        if encoded and not _RAW_IN_PATH.get(match.group(1), True):
             return f"(?:{extra})"
         return f"(?:{plain}|{extra})"
 
-    return _TOKEN_RE.sub(token, template)
+    return _TOKEN_RE.sub(token, template.replace(r"\b", "{B}"))
 
 
 def plain_pattern(rule: ScreenRule) -> str:
