@@ -2,99 +2,74 @@
 
     .venv/bin/python bench/screening_corpus.py
 
-Reads tests/data/threat/ (attack payloads from PayloadsAllTheThings, benign search queries, URLs
-and search-result JSON from the Archive Query Log; see its README) and applies the rules exactly
-as they run: the RE2 patterns Envoy gets for the query (the payload percent-encoded as a browser's
-``encodeURIComponent`` would) and for a header (as sent), and the decision service's body screen
-on a JSON body. Prints one table; docs/threat-protection.md records it.
+Reads tests/data/threat/ (attack payloads from PayloadsAllTheThings; benign search queries,
+result URLs and search-result JSON from the Archive Query Log; see its README) and applies the
+rules exactly as they run: the RE2 patterns Envoy gets, on the query (the payload encoded as a
+browser's ``encodeURIComponent`` would) and on a header (as sent: header-safe payloads only), and
+the decision service's body screen on a JSON body ``{"q": payload}``. tests/test_e2e_screening.py
+checks on samples that a real Envoy and decision service decide the same. Prints Markdown tables;
+docs/threat-protection.md records them.
 """
 
 from __future__ import annotations
 
-import json
-import re
 import sys
-from collections.abc import Callable
 from pathlib import Path
-from urllib.parse import quote
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "src"))
+sys.path[:0] = [str(ROOT / "src"), str(ROOT / "tests")]
 
-from waypost.filters.protect.screen import BodyScreen  # noqa: E402
-from waypost.screening import RULES, SCREEN_CATEGORIES, native_regex  # noqa: E402
-
-DATA = ROOT / "tests" / "data" / "threat"
-_PATH = [re.compile(native_regex(rule, "path")) for rule in RULES]
-_HEADER = [re.compile(native_regex(rule, "header")) for rule in RULES]
-_BODY = BodyScreen(SCREEN_CATEGORIES)
-
-
-def encode_component(text: str) -> str:
-    return quote(text, safe="-_.!~*'()")
-
-
-def in_query(text: str) -> bool:
-    target = "/screened?q=" + encode_component(text)
-    return any(p.fullmatch(target) for p in _PATH)
+from threat_support.corpus import (  # noqa: E402
+    attacks,
+    benign_json,
+    benign_queries,
+    benign_urls,
+    flagged_in_body,
+    flagged_in_header,
+    flagged_in_path,
+    flagged_in_query,
+    header_safe,
+    json_body,
+)
 
 
-def header_safe(text: str) -> bool:
-    return all(0x20 <= ord(c) < 0x7F or c == "\t" for c in text)
-
-
-def in_header(text: str) -> bool:
-    return any(p.fullmatch(text) for p in _HEADER)
-
-
-def in_body(text: str) -> bool:
-    return _BODY.match(json.dumps({"q": text}).encode(), "application/json") is not None
-
-
-PLACES: dict[str, Callable[[str], bool]] = {"query": in_query, "header": in_header, "body": in_body}
-
-
-def attacks() -> dict[str, list[str]]:
-    return {c: (DATA / f"attacks-{c}.txt").read_text().splitlines() for c in SCREEN_CATEGORIES}
-
-
-def benign() -> dict[str, list[str]]:
-    return {
-        "search queries": (DATA / "benign-queries.txt").read_text().splitlines(),
-        "URLs (path and query)": (DATA / "benign-urls.txt").read_text().splitlines(),
-    }
-
-
-def benign_json() -> list[bytes]:
-    return [line.encode() for line in (DATA / "benign-json.jsonl").read_text().splitlines()]
+def _rate(hits: int, total: int) -> str:
+    return f"{hits}/{total} ({hits / total:.1%})"
 
 
 def main() -> None:
-    print("| attacks | payloads | query | header | body |")
+    print("| attack payloads | query | header | body | any place |")
     print("| --- | --- | --- | --- | --- |")
+    totals = [0, 0, 0, 0, 0, 0, 0, 0]
     for category, payloads in attacks().items():
-        cells = []
-        for place, check in PLACES.items():
-            pool = [p for p in payloads if place != "header" or header_safe(p)]
-            hit = sum(check(p) for p in pool)
-            cells.append(f"{hit / len(pool):.1%}")
-        print(f"| {category} | {len(payloads)} | " + " | ".join(cells) + " |")
+        safe = [p for p in payloads if header_safe(p)]
+        query = sum(flagged_in_query(p) for p in payloads)
+        header = sum(flagged_in_header(p) for p in safe)
+        body = sum(flagged_in_body(json_body(p)) is not None for p in payloads)
+        anywhere = sum(flagged_in_query(p) or flagged_in_body(json_body(p)) is not None for p in payloads)
+        row = [query, len(payloads), header, len(safe), body, len(payloads), anywhere, len(payloads)]
+        totals = [t + r for t, r in zip(totals, row, strict=True)]
+        cells = [_rate(row[i], row[i + 1]) for i in range(0, 8, 2)]
+        print(f"| {category} | " + " | ".join(cells) + " |")
+    print("| all | " + " | ".join(_rate(totals[i], totals[i + 1]) for i in range(0, 8, 2)) + " |")
     print()
-    print("| benign | items | false positives |")
-    print("| --- | --- | --- |")
-    for name, items in benign().items():
-        if name.startswith("URLs"):
-            flagged = [u for u in items if any(p.fullmatch(u) for p in _PATH)]
-        else:
-            flagged = [q for q in items if in_query(q) or in_header(q) or in_body(q)]
-        print(f"| {name} | {len(items)} | {len(flagged)} ({len(flagged) / len(items):.1%}) |")
-        for item in flagged[:10]:
-            print(f"|   e.g. | `{item[:80]}` | |", file=sys.stderr)
+    print("| benign traffic | false positives |")
+    print("| --- | --- |")
+    queries = benign_queries()
+    flagged = [
+        q
+        for q in queries
+        if flagged_in_query(q) or (header_safe(q) and flagged_in_header(q)) or flagged_in_body(json_body(q))
+    ]
+    print(f"| search queries (as query, header and JSON body) | {_rate(len(flagged), len(queries))} |")
+    urls = benign_urls()
+    flagged_urls = [u for u in urls if flagged_in_path("/screened" + u)]
+    print(f"| result URLs (path and query) | {_rate(len(flagged_urls), len(urls))} |")
     docs = benign_json()
-    flagged_docs = [d for d in docs if _BODY.match(d, "application/json") is not None]
-    print(f"| search-result JSON bodies | {len(docs)} | {len(flagged_docs)} ({len(flagged_docs) / len(docs):.1%}) |")
-    for doc in flagged_docs[:5]:
-        print(f"  json flagged by {_BODY.match(doc, 'application/json')}", file=sys.stderr)
+    flagged_docs = [d for d in docs if flagged_in_body(d) is not None]
+    print(f"| search-result JSON documents (as bodies) | {_rate(len(flagged_docs), len(docs))} |")
+    for item in [*flagged, *flagged_urls][:10]:
+        print(f"  flagged: {item[:100]!r}", file=sys.stderr)
 
 
 if __name__ == "__main__":

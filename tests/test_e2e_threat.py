@@ -12,50 +12,16 @@ import asyncio
 import json
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
 import websockets
-from websockets.asyncio.server import ServerConnection, serve
 
 from authz_support import KEYS
-from support import EchoFactory, EnvoyProcess, WaypostProcess, free_ports
-from threat_support import write_policies
+from support import EchoFactory, EnvoyProcess, WaypostProcess
+from threat_support import start_stack
 
 pytestmark = pytest.mark.e2e
-
-
-async def _ws_echo(connection: ServerConnection) -> None:
-    async for message in connection:
-        await connection.send(f"echo:{message}")
-
-
-async def start_stack(
-    tmp_path: Path,
-    echo_backend: EchoFactory,
-    start_waypost: Callable[..., WaypostProcess],
-    start_envoy: Callable[..., EnvoyProcess],
-    *,
-    screen_mode: str = "block",
-) -> tuple[Any, Any, int, WaypostProcess, EnvoyProcess]:
-    backend = await echo_backend("echo")
-    ws_server = await serve(_ws_echo, "127.0.0.1", 0)
-    ws_port = ws_server.sockets[0].getsockname()[1] if ws_server.sockets else 0
-    port, authz_port = free_ports(2)
-    policies = write_policies(
-        tmp_path / "policies",
-        port=port,
-        backend=backend.address,
-        ws_backend=f"127.0.0.1:{ws_port}",
-        screen_mode=screen_mode,
-    )
-    waypost = await asyncio.to_thread(start_waypost, policies, args=["--authz-port", str(authz_port)])
-    envoy = await asyncio.to_thread(
-        start_envoy, xds_port=waypost.xds_port, bootstrap_options={"authz": ("127.0.0.1", authz_port)}
-    )
-    await asyncio.to_thread(envoy.wait_for_listener, port)
-    return backend, ws_server, port, waypost, envoy
 
 
 def _problems(response: httpx.Response) -> set[tuple[str, str]]:
@@ -71,9 +37,8 @@ async def test_validation_cors_and_websocket(
     start_waypost: Callable[..., WaypostProcess],
     start_envoy: Callable[..., EnvoyProcess],
 ) -> None:
-    backend, ws_server, port, waypost, envoy = await start_stack(
-        tmp_path, echo_backend, start_waypost, start_envoy
-    )
+    stack = await start_stack(tmp_path, echo_backend, start_waypost, start_envoy)
+    backend, port, waypost = stack.backend, stack.port, stack.waypost
     base = f"http://127.0.0.1:{port}"
     good_item = {"name": "order", "items": [{"sku": "a-1", "qty": 2}]}
     need = {"x-request-id-client": "r1"}
@@ -171,5 +136,4 @@ async def test_validation_cors_and_websocket(
 
         assert waypost.metric("waypost_validation_failures_total", route="items") == 3
     finally:
-        ws_server.close()
-        await ws_server.wait_closed()
+        await stack.close()

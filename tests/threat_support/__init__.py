@@ -1,13 +1,19 @@
-"""Shared material of the threat-protection tests: the policy and the schema files it names."""
+"""Shared material of the threat-protection tests: the policy, its schema files, the stack."""
 
 from __future__ import annotations
 
+import asyncio
 import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
-from authz_support import KEYS, key_hash
+from websockets.asyncio.server import Server, ServerConnection, serve
 
-__all__ = ["write_policies"]
+from authz_support import KEYS, key_hash
+from support import EchoFactory, EchoServer, EnvoyProcess, WaypostProcess, free_ports
+
+__all__ = ["Stack", "start_stack", "write_policies"]
 
 HERE = Path(__file__).parent
 
@@ -49,7 +55,12 @@ match:
   methods: [GET, POST]
   headers: {{x-canary: "true"}}
 backend: echo
-cors: {{origins: ["https://app.example.com"], methods: [GET, POST], headers: [authorization, x-custom], max_age: 1h, credentials: true}}
+cors:
+  origins: ["https://app.example.com"]
+  methods: [GET, POST]
+  headers: [authorization, x-custom]
+  max_age: 1h
+  credentials: true
 ---
 kind: Route
 name: items
@@ -80,7 +91,14 @@ name: screened
 gateway: public
 match: {{prefix: /screened}}
 backend: echo
-screen: {{mode: {screen_mode}, body: true, headers: [user-agent, referer, x-search]}}
+screen: {{body: true, headers: [user-agent, referer, x-search]}}
+---
+kind: Route
+name: watched
+gateway: public
+match: {{prefix: /watched}}
+backend: echo
+screen: {{mode: log, body: true, headers: [x-search]}}
 ---
 kind: Route
 name: chat
@@ -92,3 +110,43 @@ auth: keys
 """
     )
     return directory
+
+
+async def _ws_echo(connection: ServerConnection) -> None:
+    async for message in connection:
+        await connection.send(f"echo:{message}")
+
+
+@dataclass
+class Stack:
+    backend: EchoServer
+    ws_server: Server
+    port: int
+    waypost: WaypostProcess
+    envoy: EnvoyProcess
+
+    async def close(self) -> None:
+        self.ws_server.close()
+        await self.ws_server.wait_closed()
+
+
+async def start_stack(
+    tmp_path: Path,
+    echo_backend: EchoFactory,
+    start_waypost: Callable[..., WaypostProcess],
+    start_envoy: Callable[..., EnvoyProcess],
+) -> Stack:
+    """Echo and WebSocket backends, `waypost serve --authz-port`, and an Envoy using both."""
+    backend = await echo_backend("echo")
+    ws_server = await serve(_ws_echo, "127.0.0.1", 0)
+    ws_port = next(iter(ws_server.sockets)).getsockname()[1]
+    port, authz_port = free_ports(2)
+    policies = write_policies(
+        tmp_path / "policies", port=port, backend=backend.address, ws_backend=f"127.0.0.1:{ws_port}"
+    )
+    waypost = await asyncio.to_thread(start_waypost, policies, args=["--authz-port", str(authz_port)])
+    envoy = await asyncio.to_thread(
+        start_envoy, xds_port=waypost.xds_port, bootstrap_options={"authz": ("127.0.0.1", authz_port)}
+    )
+    await asyncio.to_thread(envoy.wait_for_listener, port)
+    return Stack(backend, ws_server, port, waypost, envoy)
