@@ -17,6 +17,7 @@ same on both paths. Patterns use only syntax RE2 and Python's ``re`` read alike.
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -228,7 +229,9 @@ def plain_regex(rule: ScreenRule) -> str:
     return "(?is)" + plain_pattern(rule)
 
 
-def native_regex(rule: ScreenRule, where: Where) -> str:
-    """The rule as an RE2 pattern Envoy matches against a whole value (hence the ``.*`` ends)."""
-    body = _render(rule.template, encoded=where == "path")
+def native_regex(rule: ScreenRule | Sequence[ScreenRule], where: Where) -> str:
+    """The rule (or any of several) as an RE2 pattern Envoy matches against a whole value (hence
+    the ``.*`` ends). One pattern for several rules is one scan of the value instead of many."""
+    rules = [rule] if isinstance(rule, ScreenRule) else list(rule)
+    body = "|".join(_render(r.template, encoded=where == "path") for r in rules)
     return f"(?is).*(?:{body}).*"

@@ -1,11 +1,14 @@
 """Route.screen -> injection screening Envoy enforces itself: an RBAC filter configured per route.
 
-Each rule of :mod:`waypost.screening` becomes one DENY policy (named for the rule) matching the
-``:path`` (path and query, percent-encoded forms included) or any screened header. ``mode: block``
+Each category of :mod:`waypost.screening` (``sqli``, ``xss``, ``traversal``, ``command``) becomes
+one DENY policy, named for it, whose rules are one RE2 pattern per place: the ``:path`` (path and
+query, percent-encoded forms included) and each screened header. One pattern per category rather
+than per rule: Envoy scans each value four times instead of twenty-odd (measured in
+bench/threat.py); the decision service, which screens bodies, names the exact rule. ``mode: block``
 puts the policies in ``rules`` (403); ``mode: log`` in ``shadow_rules`` (counted and logged, the
 request goes on). Routes without ``screen`` carry no per-route config and pass untouched.
 
-Counted by Envoy per rule (``track_per_rule_stats``): ``http.<gateway>.rbac.screen.policy.<rule>.denied``
+Counted by Envoy per rule (``track_per_rule_stats``): ``http.<gateway>.rbac.screen.policy.<category>.denied``
 (block) and ``...shadow_denied`` (log). Logged once per match by :func:`patch_hcm_screen_log`: one
 JSON line on Envoy's stdout naming the rule, the route and the client.
 """
@@ -50,14 +53,15 @@ def _regex_header(name: str, pattern: str) -> rbac_pb2.Permission:
 
 
 def build_screen_rbac(screen: Screen) -> rbac_pb2.RBAC:
-    """One DENY policy per rule, each matching the path or any screened header."""
+    """One DENY policy per category, each matching the path or any screened header."""
     headers = sorted({h.lower() for h in screen.headers})
     policies: dict[str, rbac_pb2.Policy] = {}
-    for rule in rules_for(screen.rules):
-        places = [_regex_header(":path", native_regex(rule, "path"))]
-        header_pattern = native_regex(rule, "header")
+    for category in screen.rules:
+        rules = rules_for((category,))
+        places = [_regex_header(":path", native_regex(rules, "path"))]
+        header_pattern = native_regex(rules, "header")
         places.extend(_regex_header(name, header_pattern) for name in headers)
-        policies[rule.id] = rbac_pb2.Policy(
+        policies[category] = rbac_pb2.Policy(
             permissions=[rbac_pb2.Permission(or_rules=rbac_pb2.Permission.Set(rules=places))],
             principals=[rbac_pb2.Principal(any=True)],
         )
