@@ -21,7 +21,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-__all__ = ["RULES", "SCREEN_CATEGORIES", "ScreenRule", "native_regex", "plain_pattern", "plain_regex", "rules_for"]
+__all__ = [
+    "RULES",
+    "SCREEN_CATEGORIES",
+    "ScreenRule",
+    "native_regex",
+    "plain_pattern",
+    "plain_regex",
+    "rules_for",
+]
 
 Category = Literal["sqli", "xss", "traversal", "command"]
 SCREEN_CATEGORIES: tuple[Category, ...] = ("sqli", "xss", "traversal", "command")
@@ -73,7 +81,13 @@ _COMMANDS = (
     r"cat|ls|id|whoami|uname|wget|curl|nc|ncat|netcat|bash|sh|zsh|ksh|ping|sleep|echo|rm|chmod|chown|"
     r"python\d?|perl|ruby|php|nslookup|dig|ifconfig|ip|netstat|ps|kill|dir|type|net|netsh|reg|"
     r"ipconfig|systeminfo|powershell|cmd|certutil|bitsadmin|wmic|tasklist|telnet|ssh|nmap|touch|"
-    r"sudo|env|find|head|tail|more|less|which|passwd|reboot|shutdown|hostname|pwd|xterm|uptime|ver"
+    r"sudo|env|find|head|tail|more|less|which|passwd|reboot|shutdown|hostname|pwd|xterm|uptime|ver|"
+    r"sysinfo|wget|tftp|ftp|nohup|crontab|useradd|base64|mkfifo|socat"
+)
+
+# Commands that end an attack string on their own (`;id`); `; More` at the end of a title is prose.
+_ALONE = (
+    r"id|whoami|uname|ifconfig|ipconfig|netstat|sysinfo|systeminfo|hostname|pwd|ls|ps|env|uptime|tasklist"
 )
 
 RULES: tuple[ScreenRule, ...] = (
@@ -82,23 +96,33 @@ RULES: tuple[ScreenRule, ...] = (
     ScreenRule(
         "sqli-tautology",
         "sqli",
-        r"{Q}{RP}*(?:{S})*(?:or|and|xor|{PIPE}{PIPE}|{AMP}{AMP})(?:{S})*{LP}*(?:{S})*"
-        r"(?:{Q}?[\w-]*{Q}?(?:{S})*(?:{EQ}|<>|!{EQ}|like|{LT}|{GT}|is{S})|true\b|false\b|not\b|\d|{Q}|sleep|"
-        r"select)",
+        # A quote, then boolean logic that is SQL, not prose: `' or 1=1`, `" or ""="`, `') or ('a'='a`
+        # (`"Failures" and "Successes"` is a title, not an attack).
+        r"{Q}{RP}*(?:{S})*(?:(?:or|and|xor)\b|{PIPE}{PIPE}|{AMP}{AMP})(?:{S})*{LP}*(?:{S})*"
+        r"(?:{Q}?[\w-]*{Q}?(?:{S})*(?:{EQ}|<>|!{EQ}|\blike\b|is(?:{S})+(?:not(?:{S})+)?null)|"
+        r"true\b|false\b|not\b|\d+(?:{S})*(?:{EQ}|<>|{LT}|{GT}|--|{HASH}|$)|sleep\b|select\b|exists\b)",
     ),
     ScreenRule(
         "sqli-numeric-tautology",
         "sqli",
         r"\b(?:or|and)(?:{S})+{LP}*(\d+|{Q}\w*{Q})(?:{S})*(?:{EQ}|<>|like)(?:{S})*{LP}*(?:\d+|{Q}\w*{Q})\b",
     ),
-    ScreenRule("sqli-union", "sqli", r"\bunion(?:{S}|{LP})+(?:all(?:{S})+|distinct(?:{S})+)?{LP}*(?:{S})*select\b"),
+    ScreenRule(
+        "sqli-union", "sqli", r"\bunion(?:{S}|{LP})+(?:all(?:{S})+|distinct(?:{S})+)?{LP}*(?:{S})*select\b"
+    ),
     ScreenRule(
         "sqli-stacked",
         "sqli",
         r"{SEMI}(?:{S})*(?:drop|select|insert|update|delete|shutdown|exec|execute|declare|create|alter|"
         r"truncate|waitfor)\b",
     ),
-    ScreenRule("sqli-comment", "sqli", r"{Q}(?:{S})*{RP}*(?:{S})*(?:--|{HASH}|{SL}\*|{SEMI}\x00)"),
+    ScreenRule(
+        "sqli-comment",
+        "sqli",
+        # `admin'--`, `admin'#`, `1'/*`: a single quote closed and the rest of the statement cut
+        # (a double quote before `#` is a hashtag in quotes).
+        r"{SQ}(?:{S})*{RP}*(?:{S})*(?:--|{SL}\*|{HASH}(?:{S}|$)|{SEMI}(?:{S})*$)|{Q}(?:{S})*{RP}*(?:{S})*--",
+    ),
     ScreenRule(
         "sqli-keyword",
         "sqli",
@@ -120,7 +144,7 @@ RULES: tuple[ScreenRule, ...] = (
         "sqli",
         r"\b(?:information_schema|sysobjects|syscolumns|mysql\.user|pg_catalog|pg_shadow|sqlite_master|"
         r"all_tables|user_tables|waitfor(?:{S})+delay|into(?:{S})+(?:out|dump)file|@@version|@@datadir|"
-        r"sys\.\w+)\b",
+        r"sys\.(?:objects|tables|columns|databases|schemas|sql_logins|user_objects))\b",
     ),
     ScreenRule(
         "sqli-clause",
@@ -154,14 +178,21 @@ RULES: tuple[ScreenRule, ...] = (
     ScreenRule(
         "xss-sink",
         "xss",
-        r"\b(?:alert|prompt|confirm|eval|settimeout|setinterval|fromcharcode|atob)(?:{S}|{LP}|{BT})*"
-        r"(?:{LP}|{BT})|\bdocument(?:{S})*{DOT}(?:{S})*(?:cookie|domain|write|location)|"
+        r"\b(?:alert|prompt|confirm|eval|settimeout|setinterval|fromcharcode|atob)(?:{S})*"
+        r"(?:{LP}(?:{S})*[^)\s%]|{LP}(?:{S})*{RP}{S}*$|{BT})|\bdocument(?:{S})*{DOT}(?:{S})*(?:cookie|domain|write|location)|"
         r"\bwindow(?:{S})*{DOT}(?:{S})*(?:location|open|name)|{LT}(?:{S})*!\[cdata\[|&#x?0*(?:60|3c)\b|"
         r"\bexpression(?:{S})*{LP}|\+adw-",
     ),
     # Path traversal and local files: dot-dot segments in any encoding, well-known system files,
     # stream wrappers.
-    ScreenRule("traversal-dotdot", "traversal", r"{DOT}{DOT}(?:{SL}|{BS})"),
+    ScreenRule(
+        "traversal-dotdot",
+        "traversal",
+        # `../` in any encoding, and dots or backslashes encoded twice or more (`%252e`, `%25c0%25ae`,
+        # `%%32%65`): only an attacker encodes a dot for an application that decodes twice.
+        r"{DOT}{DOT}(?:{SL}|{BS})|(?:%25(?:25)*2e){2}|%25(?:25)*c0%25(?:25)*a[ef]|%25(?:25)*c1%25(?:25)*9c|"
+        r"%25(?:25)*5c|%(?:25)?%(?:25)*3[0-9a-f](?:%|%25)",
+    ),
     ScreenRule(
         "traversal-file",
         "traversal",
@@ -178,13 +209,23 @@ RULES: tuple[ScreenRule, ...] = (
     ScreenRule(
         "command-chain",
         "command",
-        r"(?:{SEMI}|{PIPE}|{AMP}|{BT}|{DOL}{LP}|{NL})(?:{S})*(?:{SL}(?:usr{SL})?s?bin{SL})?"
-        r"(?:" + _COMMANDS + r")(?:{S}|{SEMI}|{PIPE}|{AMP}|{BT}|{RP}|{NL}|\\n|$)",
+        # A separator, a command, then what only a shell line has: another separator right after
+        # it, or an option, a path or a variable (`; More …` and `| Tail &` are prose).
+        # The separator is not the end of an HTML entity (`&amp;reg;`, `&gt;`).
+        r"(?:^|[^a-z])(?:{SEMI}|{PIPE}|{AMP}|{BT}|{DOL}{LP}|{NL})(?:{S})*(?:{SL}(?:usr{SL})?s?bin{SL})?"
+        r"(?:(?:" + _COMMANDS + r")(?:{SEMI}|{PIPE}|{AMP}|{BT}|{RP}|{NL}|\\n|"
+        r"(?:{S})+(?:-\w|{SL}|{BS}|{DOL}|https?{COLON}|[a-z]{COLON}{BS}|\d+(?:{S})*(?:$|{SEMI}|{PIPE}|{AMP}|{BT})))|"
+        r"(?:" + _ALONE + r")(?:{S})*$)|"
+        r"(?:{SEMI}|{PIPE}|{AMP}|{BT}|^)(?:{S})*(?:net(?:{S})+(?:user|view|localgroup|group|share|use)|"
+        r"netsh(?:{S})+(?:firewall|advfirewall|interface|wlan)|reg(?:{S})+(?:add|query|delete|save)|"
+        r"sc(?:{S})+(?:query|create|config|stop))\b",
     ),
     ScreenRule(
         "command-start",
         "command",
-        r"^(?:{S})*(?:{SL}(?:usr{SL})?s?bin{SL})?(?:" + _COMMANDS + r")(?:{S})+(?:-\w|{SL}|{DOL}|\d+(?:{S})*$)",
+        r"^(?:{S})*(?:{SL}(?:usr{SL})?s?bin{SL})?(?:"
+        + _COMMANDS
+        + r")(?:{S})+(?:-\w|{SL}|{DOL}|\d+(?:{S})*$)",
     ),
     ScreenRule(
         "command-interpreter",
@@ -195,8 +236,11 @@ RULES: tuple[ScreenRule, ...] = (
     ScreenRule(
         "command-substitution",
         "command",
-        r"{DOL}{LP}[^)]*{RP}|{DOL}{LB}(?:ifs|path|home|shell|jndi|env|sys|java|lower|upper|::-|{DOL}{LB}|"
-        r"\w+{LP})|\{(?:{S})*{DOL}\w+\[|\b(?:system|exec|shell_exec|passthru|popen|proc_open)(?:{S})*{LP}",
+        r"{DOL}{LP}(?:{S})*(?:"
+        + _COMMANDS
+        + r")\b|{LP}(?:{S})*{RP}(?:{S})*{LB}(?:{S})*{COLON}(?:{S})*{SEMI}|"
+        r"{DOL}{LB}@|\bphpinfo(?:{S})*{LP}|{DOL}{LB}(?:ifs|path|home|shell|jndi|env|sys|java|lower|upper|::-|{DOL}{LB}|"
+        r"\w+{LP})|\{(?:{S})*{DOL}\w+\[|\b(?:system|exec|shell_exec|passthru|popen|proc_open)(?:{S})*{LP}(?:{S})*{Q}",
     ),
     ScreenRule("command-ifs", "command", r"\bifs\b(?:{S})*(?:{EQ}|\})|{DOL}ifs\b"),
 )
