@@ -25,6 +25,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -175,6 +176,30 @@ def main() -> None:
             for variant, url in urls.items():
                 if VARIANTS[variant][1] == "GET":
                     wait_http(url)
+            validated = urls["post validated"]
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline:  # `waypost authz` answers once its policy is loaded
+                code = subprocess.run(
+                    [
+                        "curl",
+                        "-s",
+                        "-o/dev/null",
+                        "-w",
+                        "%{http_code}",
+                        "-H",
+                        "content-type: application/json",
+                        "--data-binary",
+                        BODY,
+                        validated,
+                    ],
+                    capture_output=True,
+                    text=True,
+                ).stdout
+                if code == "200":
+                    break
+                time.sleep(0.2)
+            else:
+                raise SystemExit(f"{validated} did not answer 200 (last {code}); see {workdir}/authz.err")
             for variant, url in urls.items():  # warm-up, and a check that POSTs pass validation
                 wrk(url, VARIANTS[variant][1], 2, args.connections, script)
             gateway_pid = processes[2].pid

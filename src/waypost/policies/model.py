@@ -400,8 +400,12 @@ class Route(Document):
     grpc_json: GrpcJson | None = None
     auth: Name | tuple[Name, ...] = ()
     rate_limit: Name | tuple[Name, ...] = ()
-    validation: Validate | None = None
-    screen: Screen | None = None
+    validation: Validate | None = Field(
+        default=None, description="Check requests against a JSON Schema or OpenAPI operation (400 if not)."
+    )
+    screen: Screen | None = Field(
+        default=None, description="Screen for SQL injection, XSS, path traversal and command injection."
+    )
     websocket: StrictBool = Field(
         default=False, description="Allow WebSocket upgrades; auth and limits apply to the upgrade request."
     )

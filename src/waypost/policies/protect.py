@@ -1,15 +1,15 @@
 """Threat-protection blocks of a Route: request validation, injection screening, upgrades.
 
-Data only, like :mod:`waypost.policies.model` (which puts these on ``Route``). The schema files
-a ``validation`` block names are read and compiled by the loader (a schema that does not compile
-is a ``file:line`` error there); the rule set names are those of :mod:`waypost.screening`.
+Data only, like :mod:`waypost.policies.model` (which puts these on `Route`). The schema files
+a `validation` block names are read and compiled by the loader (a schema that does not compile
+is a `file:line` error there); the rule set names are those of :mod:`waypost.screening`.
 """
 
 from __future__ import annotations
 
 from typing import Annotated, Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, model_validator
 
 from waypost.policies.types import HeaderName
 
@@ -27,10 +27,10 @@ class _Spec(BaseModel):
 class Validate(_Spec):
     """Check requests before the backend sees them; a failure is a 400 naming each location.
 
-    Exactly one of ``json_schema`` (a JSON Schema for the body) or ``openapi`` (an OpenAPI 3 document:
+    Exactly one of `json_schema` (a JSON Schema for the body) or `openapi` (an OpenAPI 3 document:
     the operation is found by the request's method and path template, and its parameters, headers,
     content types and body schema are checked). Bodies go to waypost's decision service, so a
-    validating route needs ``waypost bootstrap --authz``.
+    validating route needs `waypost bootstrap --authz`.
     """
 
     json_schema: StrictStr | None = Field(
@@ -72,21 +72,21 @@ class Validate(_Spec):
 
 
 class Screen(_Spec):
-    """Screen requests for injection attacks with waypost's ``core`` rule set.
+    """Screen requests for injection attacks with waypost's `core` rule set.
 
-    Path, query and ``headers`` are screened by Envoy itself (RE2 patterns, no call to waypost);
-    ``body: true`` also screens the body's text (JSON string values) in the decision service.
-    ``mode: log`` counts and logs matches without refusing them (to try the rules on live traffic).
+    Path, query and `headers` are screened by Envoy itself (RE2 patterns, no call to waypost);
+    `body: true` also screens the body's text (JSON string values) in the decision service.
+    `mode: log` counts and logs matches without refusing them (to try the rules on live traffic).
     """
 
-    mode: Literal["block", "log"] = "block"
+    mode: Literal["block", "log"] = Field(default="block", description="block: 403; log: count and log only.")
     rules: tuple[ScreenCategory, ...] = Field(
         default=SCREEN_CATEGORIES, min_length=1, description="Categories of the rule set to apply."
     )
     headers: tuple[HeaderName, ...] = Field(
         default=("user-agent", "referer", "cookie"), description="Request headers screened besides the path."
     )
-    body: bool = Field(default=False, description="Also screen the body (in the decision service).")
+    body: StrictBool = Field(default=False, description="Also screen the body (in the decision service).")
     max_body_bytes: BodyBytes = Field(default=65536, description="Larger bodies get 413 when body is true.")
 
     @model_validator(mode="after")
