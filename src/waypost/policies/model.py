@@ -22,7 +22,7 @@ from pydantic import (
     model_validator,
 )
 
-from waypost.policies.protect import Screen, Validate
+from waypost.policies.protect import AdmissionControl, Screen, Validate
 from waypost.policies.types import (
     Duration,
     EndpointField,
@@ -36,6 +36,7 @@ from waypost.policies.types import (
 __all__ = [
     "KINDS",
     "AbortFault",
+    "AdmissionControl",
     "AuthPolicy",
     "Backend",
     "Compression",
@@ -269,6 +270,7 @@ class Service(Document):
     circuit_breaker: CircuitBreaker | None = None
     outlier_detection: OutlierDetection | None = None
     tls: ServiceTLS | None = None
+    admission_control: AdmissionControl | None = None
 
     @property
     def uses_dns(self) -> bool:

@@ -11,9 +11,9 @@ from typing import Annotated, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, model_validator
 
-from waypost.policies.types import HeaderName
+from waypost.policies.types import Duration, HeaderName
 
-__all__ = ["SCREEN_CATEGORIES", "Screen", "Validate"]
+__all__ = ["SCREEN_CATEGORIES", "AdmissionControl", "Screen", "Validate"]
 
 ScreenCategory = Literal["sqli", "xss", "traversal", "command"]
 SCREEN_CATEGORIES: tuple[ScreenCategory, ...] = ("sqli", "xss", "traversal", "command")
@@ -94,3 +94,19 @@ class Screen(_Spec):
         if any(h.startswith(":") for h in self.headers):
             raise ValueError("headers: the path is always screened; name regular headers only")
         return self
+
+
+class AdmissionControl(_Spec):
+    """Shed load in Envoy when a Service fails: as its success rate over `window` falls below
+    `success_rate`, a growing share of its requests get 503 from Envoy without reaching it."""
+
+    success_rate: Annotated[float, Field(strict=True, gt=0, le=100, allow_inf_nan=False)] = Field(
+        default=95.0, description="Percent of requests (non-5xx answers) below which Envoy starts shedding."
+    )
+    window: Duration = Field(default=30_000, description="How far back the success rate looks.")
+    min_rps: Annotated[StrictInt, Field(ge=0)] = Field(
+        default=5, description="Below this many requests per second, never shed."
+    )
+    max_rejection: Annotated[float, Field(strict=True, gt=0, le=100, allow_inf_nan=False)] = Field(
+        default=80.0, description="Percent of requests shed at most."
+    )

@@ -141,6 +141,8 @@ def _pointer(path: Sequence[str | int]) -> str:
 def _schema_problems(
     validator: Validator, instance: Any, where: str, *, by_name: bool = False
 ) -> list[Problem]:
+    if validator.is_valid(instance):  # the common case, without building error objects
+        return []
     found = []
     for error in validator.iter_errors(instance):
         path = list(error.instance_path)

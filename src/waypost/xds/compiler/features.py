@@ -15,6 +15,7 @@ from envoy.config.route.v3 import route_components_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm_pb2
 
 from waypost.policies.model import Gateway, Route
+from waypost.xds.compiler.admission import AdmissionFeature
 from waypost.xds.compiler.body_checks import BodyCheckFeature
 from waypost.xds.compiler.cache import CacheFeature
 from waypost.xds.compiler.compression import CompressionFeature
@@ -78,6 +79,9 @@ HTTP_FEATURES: tuple[HttpFeature, ...] = (
     # Body validation and screening in the decision service: after auth and rate limits, so a
     # request refused there costs no body buffering.
     BodyCheckFeature(),
+    # Load shedding per Service: after every refusal above, so only requests that would reach
+    # the Service count toward (and are shed by) its success rate.
+    AdmissionFeature(),
     # Compressors sit before the cache, so the cache stores identity bodies and every hit is
     # compressed for the client that asks.
     CompressionFeature("brotli"),
