@@ -242,7 +242,10 @@ def _document(data: bytes, shown: str) -> Any:
     try:
         return yaml.load(data, Loader=yaml.CSafeLoader)  # JSON is YAML
     except yaml.YAMLError as exc:
-        raise SchemaProblem(f"{shown} is neither JSON nor YAML: {exc}") from None
+        mark = getattr(exc, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or "unreadable"
+        raise SchemaProblem(f"{shown} is neither JSON nor YAML: {problem}{where}") from None
 
 
 def _compile(schema: Any, shown: str, where: str = "") -> Validator:
