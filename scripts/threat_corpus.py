@@ -75,7 +75,9 @@ def main(payloads: str, aql: str) -> None:
         (OUT / f"attacks-{category}.txt").write_text("\n".join(chosen) + "\n")
     listing = subprocess.run(
         ["git", "--git-dir", aql, "ls-tree", "-r", "--name-only", "HEAD", "data/manual-annotations"],
-        capture_output=True, text=True, check=True,
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout.split()
     queries, urls, docs = [], [], []
     for path in sorted(p for p in listing if p.endswith(".approved.txt")):

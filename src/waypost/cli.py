@@ -40,6 +40,22 @@ def _host_port(value: str) -> tuple[str, int]:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def _registration(value: str) -> tuple[str, str]:
+    """SERVICE=IP:PORT of ``--register``: checked here, so a typo never reaches a bootstrap."""
+    from waypost.policies.types import parse_endpoint
+
+    service, sep, address = value.partition("=")
+    if not sep or not service:
+        raise argparse.ArgumentTypeError(f"'{value}' is not SERVICE=IP:PORT")
+    try:
+        endpoint = parse_endpoint(address)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    if not endpoint.is_ip:
+        raise argparse.ArgumentTypeError(f"'{address}': a registered endpoint is an IP address and port")
+    return service, str(endpoint)
+
+
 def _interval(value: str) -> float:
     from waypost.policies.types import parse_duration
 
@@ -72,6 +88,28 @@ def _parser() -> argparse.ArgumentParser:
         "--label", action="append", default=[], metavar="KEY=VALUE", help="node metadata label"
     )
     render.add_argument("--format", choices=("yaml", "json"), default="yaml")
+    render.add_argument(
+        "--grpc-client", action="store_true", help="as a proxyless gRPC client would (GrpcTargets)"
+    )
+
+    grpc_bootstrap = commands.add_parser(
+        "grpc-bootstrap", help="print the GRPC_XDS_BOOTSTRAP file of a proxyless gRPC client"
+    )
+    grpc_bootstrap.add_argument("--node-id", required=True)
+    grpc_bootstrap.add_argument("--node-cluster", required=True)
+    grpc_bootstrap.add_argument("--xds", required=True, type=_host_port, metavar="HOST:PORT")
+    grpc_bootstrap.add_argument(
+        "--label", action="append", default=[], metavar="KEY=VALUE", help="node metadata label"
+    )
+    grpc_bootstrap.add_argument("--xds-tls-ca", metavar="PATH", help="CA file to verify waypost (TLS)")
+    grpc_bootstrap.add_argument("--xds-client-cert", metavar="PATH", help="client certificate (mTLS)")
+    grpc_bootstrap.add_argument("--xds-client-key", metavar="PATH", help="private key of --xds-client-cert")
+    grpc_bootstrap.add_argument(
+        "--register",
+        type=_registration,
+        metavar="SERVICE=IP:PORT",
+        help="be an endpoint of SERVICE at IP:PORT while connected (where its registration allows)",
+    )
 
     bootstrap = commands.add_parser("bootstrap", help="print an Envoy bootstrap that connects to waypost")
     bootstrap.add_argument("--node-id", required=True)
@@ -121,6 +159,12 @@ def _parser() -> argparse.ArgumentParser:
         type=_byte_size,
         metavar="SIZE",
         help="heap size (e.g. 2Gi, 512Mi) at which Envoy sheds load: 503s past 98%%, no keep-alive past 95%%",
+    )
+    bootstrap.add_argument(
+        "--register",
+        type=_registration,
+        metavar="SERVICE=IP:PORT",
+        help="be an endpoint of SERVICE at IP:PORT while connected (where its registration allows)",
     )
 
     serve = commands.add_parser("serve", help="serve policies to Envoy over ADS, reloading on change")
@@ -204,7 +248,11 @@ def _ratelimit_arguments(parser: argparse.ArgumentParser, *, port_flag: str, req
         required=required,
         help="gRPC port of the rate-limit service",
     )
-    parser.add_argument("--redis", metavar="URL", help="redis://HOST:PORT/DB: counters shared by replicas")
+    parser.add_argument(
+        "--redis",
+        metavar="URL",
+        help="redis://HOST:PORT/DB: counters (and, for serve, registered endpoints) shared by replicas",
+    )
     parser.add_argument(
         "--ratelimit-fail-closed",
         action="store_true",
@@ -244,6 +292,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _render(args)
         if args.command == "bootstrap":
             return _bootstrap(args)
+        if args.command == "grpc-bootstrap":
+            return _grpc_bootstrap(args)
         if args.command == "serve":
             return _serve(args)
         if args.command == "diff":
@@ -319,7 +369,7 @@ def _render(args: argparse.Namespace) -> int:
         return 1
     with progress("compiling"):
         compiled = compile_policy(policy)
-    group = compiled.select_gateways(args.node_cluster, _labels(args.label))
+    group = compiled.select_gateways(args.node_cluster, _labels(args.label), proxyless=args.grpc_client)
     with progress("rendering"):
         rendered = render_resources(compiled.resources_for(group))
     if args.format == "json":
@@ -363,6 +413,29 @@ def _bootstrap(args: argparse.Namespace) -> int:
             ratelimit_port=args.ratelimit_port,
             max_connections=args.max_connections,
             max_heap_bytes=args.max_heap,
+            register=args.register,
+        )
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    sys.stdout.write(text)
+    return 0
+
+
+def _grpc_bootstrap(args: argparse.Namespace) -> int:
+    from waypost.xds.grpc_bootstrap import render_grpc_bootstrap
+
+    host, port = args.xds
+    try:
+        text = render_grpc_bootstrap(
+            node_id=args.node_id,
+            node_cluster=args.node_cluster,
+            xds_host=host,
+            xds_port=port,
+            labels=_labels(args.label),
+            xds_tls_ca=args.xds_tls_ca,
+            xds_client_cert=args.xds_client_cert,
+            xds_client_key=args.xds_client_key,
+            register=args.register,
         )
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
@@ -395,6 +468,7 @@ def _serve(args: argparse.Namespace) -> int:
         authz_http_port=args.authz_http_port,
         xds_tls=xds_tls,
         ratelimit=_ratelimit_options(args),
+        registry_redis=args.redis,
     )
     # Only once the arguments are known good: a usage error leaves logging as it was.
     configure_logging(args.log_level, json=None if args.log_format is None else args.log_format == "json")
