@@ -1,4 +1,5 @@
-"""Slowloris and connection floods against a real Envoy stay bounded, and other clients are served.
+"""Slowloris and connection floods against a real Envoy stay bounded, and other clients are served;
+clients are allowed and denied by user-agent.
 
 - Slowloris: clients that trickle request headers are cut off by ``request_headers_timeout``
   (408, connection closed) while a normal client keeps getting quick answers.
@@ -43,7 +44,10 @@ kind: Gateway
 name: public
 port: {port}
 address: 127.0.0.1
-limits: {{request_headers_timeout: {HEADERS_TIMEOUT_S}s, idle_timeout: {IDLE_TIMEOUT_S}s}}
+limits:
+  request_headers_timeout: {HEADERS_TIMEOUT_S}s
+  idle_timeout: {IDLE_TIMEOUT_S}s
+  user_agents: {{allow: ["python-httpx/.*", "(?i)mozilla/.*"], deny: ["(?i).*(sqlmap|nikto).*"]}}
 ---
 kind: Service
 name: echo
@@ -151,3 +155,25 @@ async def test_connection_flood_is_capped_and_reaped(
     finally:
         for _, writer in flood:
             writer.close()
+
+
+async def test_user_agents_allowed_and_denied(
+    tmp_path: Path,
+    echo_backend: EchoFactory,
+    start_waypost: Callable[..., WaypostProcess],
+    start_envoy: Callable[..., EnvoyProcess],
+) -> None:
+    port, _ = await _stack(tmp_path, echo_backend, start_waypost, start_envoy)
+    async with httpx.AsyncClient(trust_env=False, timeout=5) as client:
+
+        async def status(user_agent: str | None) -> int:
+            headers = {"user-agent": user_agent} if user_agent is not None else {}
+            request = client.build_request("GET", f"http://127.0.0.1:{port}/x", headers=headers)
+            if user_agent is None:
+                del request.headers["user-agent"]
+            return (await client.send(request)).status_code
+
+        assert await status("Mozilla/5.0 (X11; Linux x86_64)") == 200
+        assert await status(None) == 403  # an allow-list is not passed by sending nothing
+        assert await status("curl/8.5.0") == 403
+        assert await status("Mozilla/5.0 sqlmap/1.8") == 403  # deny wins over allow

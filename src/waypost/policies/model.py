@@ -24,7 +24,7 @@ from pydantic import (
 )
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
-from waypost.policies.protect import AdmissionControl, Screen, Validate
+from waypost.policies.protect import AdmissionControl, Screen, UserAgents, Validate
 from waypost.policies.types import (
     Duration,
     EndpointField,
@@ -74,6 +74,7 @@ __all__ = [
     "ServiceTLS",
     "SourceRef",
     "Tracing",
+    "UserAgents",
     "Validate",
 ]
 
@@ -184,6 +185,9 @@ class GatewayLimits(Spec):
     )
     stream_idle_timeout: Duration = Field(
         default=300_000, description="Reset a request that sends or receives nothing for this long."
+    )
+    user_agents: UserAgents | None = Field(
+        default=None, description="Allow or deny clients by user-agent (403 otherwise)."
     )
 
 

@@ -13,7 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, Strict
 
 from waypost.policies.types import Duration, HeaderName
 
-__all__ = ["SCREEN_CATEGORIES", "AdmissionControl", "Screen", "Validate"]
+__all__ = ["SCREEN_CATEGORIES", "AdmissionControl", "Screen", "UserAgents", "Validate"]
 
 ScreenCategory = Literal["sqli", "xss", "traversal", "command"]
 SCREEN_CATEGORIES: tuple[ScreenCategory, ...] = ("sqli", "xss", "traversal", "command")
@@ -110,3 +110,18 @@ class AdmissionControl(_Spec):
     max_rejection: Annotated[float, Field(strict=True, gt=0, le=100, allow_inf_nan=False)] = Field(
         default=80.0, description="Percent of requests shed at most."
     )
+
+
+class UserAgents(_Spec):
+    """Clients by `user-agent` (RE2 patterns matched against the whole value, e.g. `(?i).*curl.*`).
+    With `allow`, a request whose user-agent matches none of them (or has none) gets 403; a
+    user-agent matching `deny` gets 403 in any case."""
+
+    allow: tuple[StrictStr, ...] = ()
+    deny: tuple[StrictStr, ...] = ()
+
+    @model_validator(mode="after")
+    def _something(self) -> Self:
+        if not self.allow and not self.deny:
+            raise ValueError("user_agents needs allow, deny or both")
+        return self
