@@ -3,239 +3,34 @@
 Pure functions from file bytes to compiled validators (jsonschema-rs), no I/O: the loader calls
 :func:`compile_validation` to refuse a schema that does not compile (``file:line``), and the
 decision service (:mod:`waypost.filters.protect`) calls it again for the same bytes, which the
-cache makes free, so each schema compiles once per policy version and process.
+cache makes free, so each schema compiles once per policy version and process. The result, a
+:class:`~waypost.policies.request_checks.RequestSpec`, checks requests.
 
-A :class:`RequestSpec` answers :meth:`RequestSpec.problems` for one request: every failing
-location (``header content-type``, ``query limit``, ``path petId``, ``body /items/0/qty``) with
-a message. OpenAPI: the operation is found by method and path template (``/pets/{petId}``), the
-path of ``servers[0].url`` stripped first; path, query and header parameters are checked against
-their schemas (values coerced to the schema's type first: ``?limit=5`` is the integer 5); 3.0's
-``nullable`` is read as a ``null`` type.
+OpenAPI: operations are indexed by path template (concrete paths before templated ones), the path
+of ``servers[0].url`` is stripped from requests first, local ``$ref``s are resolved (the whole
+document is each schema's root), and 3.0's ``nullable`` is read as a ``null`` type.
 """
 
 from __future__ import annotations
 
 import copy
 import functools
-import json
 import re
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
 from typing import Any
-from urllib.parse import parse_qsl, unquote, urlsplit
+from urllib.parse import urlsplit
 
 import jsonschema_rs
 import yaml
 
 from waypost.policies.protect import Validate
+from waypost.policies.request_checks import Operation, Param, PathTemplate, RequestSpec, Validator, group_name
 
-__all__ = ["Problem", "RequestSpec", "SchemaProblem", "compile_validation"]
-
-_MAX_PROBLEMS = 20
-_JSON_TYPES = re.compile(r"^application/(?:[\w.+-]*\+)?json$")
+__all__ = ["RequestSpec", "SchemaProblem", "compile_validation"]
 
 
 class SchemaProblem(ValueError):
     """A validation file that cannot be used: not JSON/YAML, or a schema that does not compile."""
-
-
-@dataclass(frozen=True, slots=True)
-class Problem:
-    where: str  # "body", "query", "path", "header"
-    at: str  # a JSON pointer in the body, or a parameter or header name
-    message: str
-
-    def as_json(self) -> dict[str, str]:
-        return {"in": self.where, "at": self.at, "message": self.message}
-
-
-Validator = Any  # jsonschema_rs validators have no common public base class
-
-
-@dataclass(frozen=True)
-class _Param:
-    name: str
-    where: str  # path, query, header
-    required: bool
-    validator: Validator | None
-    kind: str  # the schema's type, for coercion: integer, number, boolean, array, string
-    item_kind: str
-
-
-@dataclass(frozen=True)
-class _Operation:
-    params: tuple[_Param, ...]
-    body_required: bool
-    bodies: Mapping[str, Validator | None]  # media type -> body validator (None: any body)
-
-
-@dataclass(frozen=True)
-class _PathTemplate:
-    regex: re.Pattern[str]
-    operations: Mapping[str, _Operation]  # by upper-case method
-
-
-@dataclass(frozen=True)
-class RequestSpec:
-    """Compiled checks of one route. Immutable; safe to share between requests and threads."""
-
-    required_headers: tuple[str, ...] = ()
-    content_types: tuple[str, ...] = ("application/json",)
-    body: Validator | None = None
-    query: Validator | None = None
-    templates: tuple[_PathTemplate, ...] = ()
-    base_path: str = ""
-    openapi: bool = False
-
-    def problems(self, method: str, path: str, headers: Mapping[str, str], body: bytes) -> list[Problem]:
-        found: list[Problem] = [
-            Problem("header", name, "required header is missing")
-            for name in self.required_headers
-            if name not in headers
-        ]
-        parts = urlsplit(path)
-        query = _query(parts.query)
-        if self.openapi:
-            found.extend(self._openapi_problems(method.upper(), unquote(parts.path), query, headers, body))
-        else:
-            if self.query is not None:
-                found.extend(_schema_problems(self.query, _query_object(query), "query", by_name=True))
-            if body or headers.get("content-type"):
-                found.extend(_body_problems(self.content_types, self.body, headers, body, required=False))
-        return found[:_MAX_PROBLEMS]
-
-    def _openapi_problems(
-        self, method: str, path: str, query: Mapping[str, list[str]], headers: Mapping[str, str], body: bytes
-    ) -> list[Problem]:
-        if self.base_path and path.startswith(self.base_path):
-            path = path[len(self.base_path) :] or "/"
-        for template in self.templates:
-            match = template.regex.match(path)
-            if match is None:
-                continue
-            operation = template.operations.get(method)
-            if operation is None:
-                allowed = ", ".join(sorted(template.operations))
-                return [
-                    Problem("path", path, f"method {method} is not an operation here (allowed: {allowed})")
-                ]
-            return _operation_problems(operation, match.groupdict(), query, headers, body)
-        return [Problem("path", path, "no operation of the API matches this path")]
-
-
-def _query(raw: str) -> dict[str, list[str]]:
-    values: dict[str, list[str]] = {}
-    for key, value in parse_qsl(raw, keep_blank_values=True):
-        values.setdefault(key, []).append(value)
-    return values
-
-
-def _query_object(query: Mapping[str, list[str]]) -> dict[str, Any]:
-    return {k: v[0] if len(v) == 1 else v for k, v in query.items()}
-
-
-def _pointer(path: Sequence[str | int]) -> str:
-    return "/" + "/".join(str(p).replace("~", "~0").replace("/", "~1") for p in path) if path else "/"
-
-
-def _schema_problems(
-    validator: Validator, instance: Any, where: str, *, by_name: bool = False
-) -> list[Problem]:
-    if validator.is_valid(instance):  # the common case, without building error objects
-        return []
-    found = []
-    for error in validator.iter_errors(instance):
-        path = list(error.instance_path)
-        if by_name and path:
-            found.append(Problem(where, str(path[0]), error.message))
-        else:
-            found.append(Problem(where, _pointer(path), error.message))
-        if len(found) >= _MAX_PROBLEMS:
-            break
-    return found
-
-
-def _media_type(headers: Mapping[str, str]) -> str:
-    return headers.get("content-type", "").split(";", 1)[0].strip().lower()
-
-
-def _body_problems(
-    accepted: Sequence[str],
-    validators: Validator | Mapping[str, Validator | None] | None,
-    headers: Mapping[str, str],
-    body: bytes,
-    *,
-    required: bool,
-) -> list[Problem]:
-    if not body:
-        return [Problem("body", "/", "a request body is required")] if required else []
-    media = _media_type(headers)
-    if media not in accepted:
-        want = ", ".join(accepted)
-        return [Problem("header", "content-type", f"'{media or '(none)'}' is not accepted; send {want}")]
-    validator = validators.get(media) if isinstance(validators, Mapping) else validators
-    if validator is None or not _JSON_TYPES.match(media):
-        return []
-    try:
-        instance = json.loads(body)
-    except (ValueError, RecursionError) as exc:
-        return [Problem("body", "/", f"not valid JSON: {exc}")]
-    return _schema_problems(validator, instance, "body")
-
-
-def _coerce(value: str, kind: str) -> Any:
-    try:
-        if kind == "integer":
-            return int(value)
-        if kind == "number":
-            return float(value)
-    except ValueError:
-        return value
-    if kind == "boolean" and value in ("true", "false"):
-        return value == "true"
-    return value
-
-
-def _operation_problems(
-    operation: _Operation,
-    path_values: Mapping[str, str],
-    query: Mapping[str, list[str]],
-    headers: Mapping[str, str],
-    body: bytes,
-) -> list[Problem]:
-    found: list[Problem] = []
-    for param in operation.params:
-        if param.where == "path":
-            value_in_path = path_values.get(_group_name(param.name))
-            raw: list[str] | None = None if value_in_path is None else [unquote(value_in_path)]
-        elif param.where == "query":
-            raw = query.get(param.name)
-        else:
-            header = headers.get(param.name.lower())
-            raw = None if header is None else [header]
-        if raw is None:
-            if param.required:
-                found.append(Problem(param.where, param.name, "required parameter is missing"))
-            continue
-        if param.validator is None:
-            continue
-        if param.kind == "array":
-            items = raw if len(raw) > 1 or param.where == "query" else raw[0].split(",")
-            value: Any = [_coerce(v, param.item_kind) for v in items]
-        else:
-            value = _coerce(raw[0], param.kind)
-        found.extend(
-            Problem(param.where, param.name, p.message) for p in _schema_problems(param.validator, value, "")
-        )
-    if operation.bodies or operation.body_required:
-        accepted = tuple(operation.bodies)
-        found.extend(
-            _body_problems(accepted, operation.bodies, headers, body, required=operation.body_required)
-        )
-    return found
-
-
-# --- compiling -----------------------------------------------------------------------------------
 
 
 def _document(data: bytes, shown: str) -> Any:
@@ -301,7 +96,7 @@ def _nullable_to_type(node: Any) -> Any:
     return node
 
 
-def _compile_openapi(doc: Any, shown: str) -> tuple[str, tuple[_PathTemplate, ...]]:
+def _compile_openapi(doc: Any, shown: str) -> tuple[str, tuple[PathTemplate, ...]]:
     if not isinstance(doc, dict) or not str(doc.get("openapi", "")).startswith("3."):
         raise SchemaProblem(f"{shown} is not an OpenAPI 3 document (no 'openapi: 3.x' field)")
     if str(doc["openapi"]).startswith("3.0."):
@@ -363,18 +158,18 @@ def _compile_openapi(doc: Any, shown: str) -> tuple[str, tuple[_PathTemplate, ..
                 else None
                 for media, spec in content.items()
             }
-            operations[method.upper()] = _Operation(
+            operations[method.upper()] = Operation(
                 params=compiled, body_required=bool(request_body.get("required")), bodies=bodies
             )
-        templates.append(_PathTemplate(regex=_template_regex(template), operations=operations))
+        templates.append(PathTemplate(regex=_template_regex(template), operations=operations))
     return base, tuple(templates)
 
 
-def _compile_param(param: dict[str, Any], compile_schema: Callable[[Any], Validator]) -> _Param:
+def _compile_param(param: dict[str, Any], compile_schema: Callable[[Any], Validator]) -> Param:
     schema = param.get("schema")
     kind = schema.get("type", "string") if isinstance(schema, dict) else "string"
     items = schema.get("items", {}) if isinstance(schema, dict) else {}
-    return _Param(
+    return Param(
         name=str(param.get("name")),
         where=str(param.get("in")),
         required=bool(param.get("required")) or param.get("in") == "path",
@@ -394,9 +189,5 @@ def _template_regex(template: str) -> re.Pattern[str]:
     for literal, name in re.findall(r"([^{]*)(?:\{([^}]*)\})?", template):
         pattern += re.escape(literal)
         if name:
-            pattern += f"(?P<{_group_name(name)}>[^/]+)"
+            pattern += f"(?P<{group_name(name)}>[^/]+)"
     return re.compile(f"^{pattern}$")
-
-
-def _group_name(name: str) -> str:
-    return "p_" + re.sub(r"\W", "_", name)

@@ -28,7 +28,8 @@ from waypost.filters.protect.screen import BodyScreen
 from waypost.log import get_logger
 from waypost.policies.model import PolicySet, Route
 from waypost.policies.protect import Screen
-from waypost.policies.request_schemas import RequestSpec, compile_validation
+from waypost.policies.request_checks import RequestSpec
+from waypost.policies.request_schemas import compile_validation
 
 __all__ = ["CHECK_EXTENSION", "SCREEN_MATCHES", "VALIDATION_FAILURES", "BodyChecks"]
 
