@@ -83,7 +83,13 @@ class BodyChecks:
     def apply(self, policy: PolicySet) -> None:
         routes = {}
         for name, route in policy.routes.items():
-            checks = _compile(route, policy)
+            try:
+                checks = _compile(route, policy)
+            except Exception:
+                # The loader compiled the same files already; if this still fails, the route
+                # answers 503 (never unchecked) and the reason is in the log.
+                log.exception("route checks do not compile; the route answers 503", route=name)
+                continue
             if checks is not None:
                 routes[name] = checks
         self._routes = routes
