@@ -32,10 +32,11 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from features import cpu_seconds, free_port, start_envoy, upstream_config, wait_http
 
+from waypost.contract import AUTHZ_CLUSTER
 from waypost.demo import find_envoy
 from waypost.policies.loader import load_policies
-from waypost.xds.bootstrap import AUTHZ_CLUSTER
-from waypost.xds.compiler import compile_policy
+from waypost.policies.types import Endpoint
+from waypost.xds.compiler import DecisionEndpoints, compile_policy
 from waypost.xds.render import static_bootstrap
 
 ORDER = {
@@ -136,13 +137,10 @@ def main() -> None:
         policies.mkdir()
         (policies / "order.schema.json").write_text(json.dumps(SCHEMA))
         (policies / "policy.yaml").write_text(policy(ports, upstream_port))
-        compiled = compile_policy(load_policies(policies))
+        decisions = DecisionEndpoints(endpoints={AUTHZ_CLUSTER: (Endpoint("127.0.0.1", authz_port),)})
+        compiled = compile_policy(load_policies(policies), decisions=decisions)
         names = tuple(sorted(v.replace(" ", "-") for v in VARIANTS))
         config = static_bootstrap(compiled.resources_for(names))
-        for cluster in config["static_resources"]["clusters"]:
-            if cluster["name"] == AUTHZ_CLUSTER:
-                endpoint = cluster["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]
-                endpoint["address"]["socket_address"]["port_value"] = authz_port
         script = workdir / "post.lua"
         script.write_text(
             'wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\n'

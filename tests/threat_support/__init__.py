@@ -136,17 +136,16 @@ async def start_stack(
     start_waypost: Callable[..., WaypostProcess],
     start_envoy: Callable[..., EnvoyProcess],
 ) -> Stack:
-    """Echo and WebSocket backends, `waypost serve --authz-port`, and an Envoy using both."""
+    """Echo and WebSocket backends, `waypost serve` (which runs the decision service the body
+    checks need), and an Envoy."""
     backend = await echo_backend("echo")
     ws_server = await serve(_ws_echo, "127.0.0.1", 0)
     ws_port = next(iter(ws_server.sockets)).getsockname()[1]
-    port, authz_port = free_ports(2)
+    (port,) = free_ports(1)
     policies = write_policies(
         tmp_path / "policies", port=port, backend=backend.address, ws_backend=f"127.0.0.1:{ws_port}"
     )
-    waypost = await asyncio.to_thread(start_waypost, policies, args=["--authz-port", str(authz_port)])
-    envoy = await asyncio.to_thread(
-        start_envoy, xds_port=waypost.xds_port, bootstrap_options={"authz": ("127.0.0.1", authz_port)}
-    )
+    waypost = await asyncio.to_thread(start_waypost, policies)
+    envoy = await asyncio.to_thread(start_envoy, xds_port=waypost.xds_port)
     await asyncio.to_thread(envoy.wait_for_listener, port)
     return Stack(backend, ws_server, port, waypost, envoy)

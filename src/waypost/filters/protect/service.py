@@ -24,6 +24,7 @@ from envoy.service.auth.v3 import external_auth_pb2
 from google.rpc import status_pb2
 from prometheus_client import Counter
 
+from waypost.contract import BODY_CHECK_EXTENSION
 from waypost.filters.protect.screen import BodyScreen
 from waypost.log import get_logger
 from waypost.policies.model import PolicySet, Route
@@ -31,11 +32,11 @@ from waypost.policies.protect import Screen
 from waypost.policies.request_checks import RequestSpec
 from waypost.policies.request_schemas import compile_validation
 
-__all__ = ["CHECK_EXTENSION", "SCREEN_MATCHES", "VALIDATION_FAILURES", "BodyChecks"]
+__all__ = ["CHECK_EXTENSION", "SCREEN_MATCHES", "VALIDATION_FAILURES", "BodyChecks", "PreparedChecks"]
 
 log = get_logger("waypost.protect")
 
-CHECK_EXTENSION = "check"  # waypost.xds.compiler.body_checks.CHECK_EXTENSION
+CHECK_EXTENSION = BODY_CHECK_EXTENSION
 
 SCREEN_MATCHES = Counter(
     "waypost_screen_matches_total",
@@ -54,6 +55,14 @@ class _RouteChecks:
     spec: RequestSpec | None
     screen: Screen | None
     body_screen: BodyScreen | None
+
+
+@dataclass(frozen=True)
+class PreparedChecks:
+    """A version's compiled checks, ready to swap in."""
+
+    version: str
+    routes: Mapping[str, _RouteChecks]
 
 
 def _encode(status: int, body: dict[str, object] | None) -> bytes:
@@ -80,20 +89,22 @@ class BodyChecks:
         self._routes: Mapping[str, _RouteChecks] = {}
         self.version: str | None = None
 
-    def apply(self, policy: PolicySet) -> None:
+    def prepare(self, policy: PolicySet) -> PreparedChecks:
+        """Compile every checking route of ``policy`` (off the event loop: schemas compile here).
+        Raises SchemaProblem for a file that does not compile: the version is refused."""
         routes = {}
         for name, route in policy.routes.items():
-            try:
-                checks = _compile(route, policy)
-            except Exception:
-                # The loader compiled the same files already; if this still fails, the route
-                # answers 503 (never unchecked) and the reason is in the log.
-                log.exception("route checks do not compile; the route answers 503", route=name)
-                continue
+            checks = _compile(route, policy)
             if checks is not None:
                 routes[name] = checks
-        self._routes = routes
-        self.version = policy.version
+        return PreparedChecks(version=policy.version, routes=routes)
+
+    def commit(self, prepared: PreparedChecks) -> None:
+        self._routes = prepared.routes
+        self.version = prepared.version
+
+    def apply(self, policy: PolicySet) -> None:
+        self.commit(self.prepare(policy))
 
     def check(self, request: external_auth_pb2.CheckRequest) -> bytes:
         attributes = request.attributes

@@ -23,14 +23,14 @@ from envoy.extensions.filters.http.ext_authz.v3 import ext_authz_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm_pb2
 from envoy.type.v3 import http_status_pb2
 
+from waypost.contract import AUTHZ_CLUSTER, BODY_CHECK_EXTENSION
 from waypost.policies.model import Gateway, Route
-from waypost.xds.bootstrap import AUTHZ_CLUSTER
 from waypost.xds.compiler.pb import duration, pack
 
 __all__ = ["BODY_CHECK_FILTER", "CHECK_EXTENSION", "BodyCheckFeature", "body_cap", "checks_body"]
 
 BODY_CHECK_FILTER = "waypost.body_checks"
-CHECK_EXTENSION = "check"  # context extension naming the route; see waypost.filters.protect
+CHECK_EXTENSION = BODY_CHECK_EXTENSION
 _TIMEOUT_MS = 1000
 
 
@@ -49,6 +49,10 @@ def body_cap(route: Route) -> int:
 
 class BodyCheckFeature:
     filter_name = BODY_CHECK_FILTER
+
+    def cluster_for(self, route: Route) -> str | None:
+        """The decision cluster this route's body checks call (see compiler.decisions)."""
+        return AUTHZ_CLUSTER if checks_body(route) else None
 
     def applies(self, gateway: Gateway, routes: Sequence[Route]) -> bool:
         return any(checks_body(route) for route in routes)
