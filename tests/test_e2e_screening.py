@@ -33,7 +33,7 @@ from threat_support.corpus import (
     header_safe,
     json_body,
 )
-from waypost.screening import RULES
+from waypost.policies.screening import RULES
 
 pytestmark = pytest.mark.e2e
 

@@ -11,7 +11,7 @@ import pytest
 from waypost.cli import _byte_size
 from waypost.policies import PolicyError, load_policies
 from waypost.policies.request_schemas import compile_validation
-from waypost.screening import RULES, SCREEN_CATEGORIES, native_regex, plain_regex
+from waypost.policies.screening import RULES, SCREEN_CATEGORIES, native_regex, plain_regex
 from waypost.xds.overload import build_overload_manager
 
 ROUTE = """kind: Gateway

@@ -10,7 +10,7 @@ from pathlib import Path
 from urllib.parse import quote
 
 from waypost.filters.protect.screen import BodyScreen
-from waypost.screening import RULES, SCREEN_CATEGORIES, native_regex
+from waypost.policies.screening import RULES, SCREEN_CATEGORIES, native_regex
 
 __all__ = [
     "DATA",

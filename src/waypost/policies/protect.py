@@ -2,7 +2,7 @@
 
 Data only, like :mod:`waypost.policies.model` (which puts these on `Route`). The schema files
 a `validation` block names are read and compiled by the loader (a schema that does not compile
-is a `file:line` error there); the rule set names are those of :mod:`waypost.screening`.
+is a `file:line` error there); the rule set names are those of :mod:`waypost.policies.screening`.
 """
 
 from __future__ import annotations

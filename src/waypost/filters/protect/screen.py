@@ -1,4 +1,4 @@
-"""Screen a request body with the ``core`` rule set (:mod:`waypost.screening`).
+"""Screen a request body with the ``core`` rule set (:mod:`waypost.policies.screening`).
 
 The text screened is what a backend would interpret: a JSON body's string values and keys, a
 form body's decoded names and values, any other body as UTF-8 text (undecodable bytes
@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from typing import Any
 from urllib.parse import parse_qsl
 
-from waypost.screening import ScreenRule, plain_pattern, rules_for
+from waypost.policies.screening import ScreenRule, plain_pattern, rules_for
 
 __all__ = ["BodyScreen"]
 

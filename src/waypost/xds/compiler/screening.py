@@ -1,6 +1,6 @@
 """Route.screen -> injection screening Envoy enforces itself: an RBAC filter configured per route.
 
-Each category of :mod:`waypost.screening` (``sqli``, ``xss``, ``traversal``, ``command``) becomes
+Each category of :mod:`waypost.policies.screening` (``sqli``, ``xss``, ``traversal``, ``command``) becomes
 one DENY policy, named for it, whose rules are one RE2 pattern per place: the ``:path`` (path and
 query, percent-encoded forms included) and each screened header. One pattern per category rather
 than per rule: Envoy scans each value four times instead of twenty-odd (measured in
@@ -28,7 +28,7 @@ from envoy.type.matcher.v3 import metadata_pb2, regex_pb2, string_pb2, value_pb2
 from google.protobuf import struct_pb2, wrappers_pb2
 
 from waypost.policies.model import Gateway, Route, Screen
-from waypost.screening import native_regex, rules_for
+from waypost.policies.screening import native_regex, rules_for
 from waypost.xds.compiler.pb import pack
 
 __all__ = [
