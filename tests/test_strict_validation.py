@@ -23,10 +23,14 @@ from cryptography.x509.oid import NameOID
 
 from waypost.policies import PolicyError, load_policies
 from waypost.policies.regexes import MAX_PROGRAM_SIZE, regex_problem
+from waypost.xds.overload import LAYERED_RUNTIME
 
 REGEXES_ENVOY_REFUSES = [
     "a{2000}",
     "a{1001}",
+    "a" * 4093,  # program size 4097
+    ".{1000}.{1000}.{100}",
+    "(orders|payments|users){200}",
     "(?=x)y",
     "(?<!x)y",
     "(a)\\1",
@@ -37,13 +41,11 @@ REGEXES_ENVOY_REFUSES = [
     "\\",
     "(",
     "x\\Z",
-    "a" * 97,  # program size 101
-    "[a-z]{100}",
-    "/v1/" + "(orders|payments|users)/" * 6,
-    ".{50}",
 ]
 REGEXES_ENVOY_ACCEPTS = [
-    "a" * 96,  # program size 100: the limit
+    "a" * 4092,  # program size 4096: the limit of waypost's bootstraps
+    ".{1000}.{1000}",
+    "/v1/" + "(orders|payments|users)/" * 6,
     "/v1/[a-z]+/orders",
     "(?i)/v1/(?P<id>[0-9]+)$",
     "[[:alpha:]]+",
@@ -89,7 +91,8 @@ def _listener(hcm_extra: dict[str, Any], transport_socket: dict[str, Any] | None
         "address": {"socket_address": {"address": "127.0.0.1", "port_value": 10000}},
         "filter_chains": [chain],
     }
-    return {"static_resources": {"listeners": [listener]}}
+    # The runtime of waypost's bootstraps (its RE2 program-size limit), as the fleet's Envoys run.
+    return {"static_resources": {"listeners": [listener]}, "layered_runtime": LAYERED_RUNTIME}
 
 
 def envoy_accepts(envoy_bin: Path, config: dict[str, Any], path: Path) -> tuple[bool, str]:
@@ -113,7 +116,7 @@ def test_regexes_waypost_refuses_are_the_ones_envoy_refuses(envoy_bin: Path, tmp
     assert accepted, output[-500:]
     for pattern in REGEXES_ENVOY_ACCEPTS:
         assert regex_problem(pattern) is None, pattern
-    assert regex_problem("a" * 96) is None and MAX_PROGRAM_SIZE == 100
+    assert regex_problem("a" * 4092) is None and MAX_PROGRAM_SIZE == 4096
 
 
 def _generated_regexes(count: int, seed: int = 12) -> list[str]:
@@ -136,9 +139,11 @@ def _generated_regexes(count: int, seed: int = 12) -> list[str]:
         return f"(?:{inner})"
 
     def piece() -> str:
-        return atom(0) + rng.choice(
+        repeat = rng.choice(
             ["", "", "*", "+", "?", f"{{{rng.randint(1, 12)}}}", f"{{1,{rng.randint(2, 9)}}}"]
         )
+        # Large counts too: the limit of waypost's bootstraps (4096) is far above Envoy's 100.
+        return atom(0) + rng.choice([repeat, repeat, f"{{{rng.randint(50, 600)}}}"])
 
     return ["".join(piece() for _ in range(rng.randint(1, 10))) for _ in range(count)]
 
@@ -157,7 +162,13 @@ def test_generated_regexes_agree_with_envoy(envoy_bin: Path, tmp_path: Path) -> 
 
 def test_program_sizes_are_counted_as_envoy_counts_them(envoy_bin: Path, tmp_path: Path) -> None:
     """Envoy reports the size of a refused program: waypost's count must be the same number."""
-    for pattern in [".{50}", ".{97}", "\\w{60}", "a" * 97, "(a|b){60}", "[^/]{60}", "é{120}"]:
+    for pattern in [
+        ".{1000}.{1000}.{100}",
+        "\\w{1000}\\w{500}",
+        "a" * 4093,
+        "(a|b){1000}(c|d){400}",
+        "(é){1000}(é){1000}(é){100}",
+    ]:
         problem = regex_problem(pattern)
         ok, output = envoy_accepts(envoy_bin, _route_config([pattern]), tmp_path / "size.yaml")
         assert not ok and problem is not None, (pattern, problem)
@@ -166,7 +177,7 @@ def test_program_sizes_are_counted_as_envoy_counts_them(envoy_bin: Path, tmp_pat
             pattern,
             problem,
         )
-    for pattern in ["\\p{Greek}{20}", "\\pL{5}", "é{60}", "[^/]{40}"]:
+    for pattern in ["\\p{Greek}{500}", "\\pL{200}", "é{1000}", "[^/]{1000}"]:
         assert regex_problem(pattern) is None, pattern
         assert envoy_accepts(envoy_bin, _route_config([pattern]), tmp_path / "u.yaml")[0], pattern
 
@@ -194,7 +205,7 @@ deny:
 
 
 @pytest.mark.parametrize("field", ["match", "deny_path", "deny_header", "route_deny"])
-@pytest.mark.parametrize("pattern", ["a{2000}", "a" * 97, "(?=x)", "[a-z]{100}"])
+@pytest.mark.parametrize("pattern", ["a{2000}", "a" * 4093, "(?=x)", ".{1000}.{1000}.{100}"])
 def test_every_regex_field_is_checked_at_load_with_file_line(
     tmp_path: Path, field: str, pattern: str
 ) -> None:

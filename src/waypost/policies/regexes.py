@@ -1,12 +1,13 @@
-"""Regular expressions as Envoy sees them: RE2 syntax and Envoy's program-size limit.
+"""Regular expressions as Envoy sees them: RE2 syntax and the program-size limit of the fleet.
 
 Envoy compiles every ``safe_regex`` with Google's RE2 and refuses (NACKs) a whole resource when one
 does not compile or its RE2 program is larger than the runtime limit
-``re2.max_program_size.error_level``, default :data:`MAX_PROGRAM_SIZE` (100) in Envoy 1.40 (checked
-against ``envoy --mode validate``: 100 passes, 101 is refused; sizes counted as Envoy counts them,
-see ``_OPTIONS``). :func:`regex_problem` compiles with
-the same library (``google-re2``) and the same limit, so such a pattern is a ``file:line`` error at
-load instead of a NACK. Pure: no I/O.
+``re2.max_program_size.error_level``: 100 by default in Envoy 1.40 (checked against
+``envoy --mode validate``: 100 passes, 101 is refused), raised to :data:`MAX_PROGRAM_SIZE` by every
+bootstrap waypost writes (:mod:`waypost.xds.overload` uses this constant). :func:`regex_problem`
+compiles with the same library (``google-re2``), counts sizes as Envoy counts them (see
+``_OPTIONS``) and applies the same limit, so such a pattern is a ``file:line`` error at load
+instead of a NACK. Pure: no I/O.
 """
 
 from __future__ import annotations
@@ -17,8 +18,9 @@ import re2
 
 __all__ = ["MAX_PROGRAM_SIZE", "regex_problem"]
 
-MAX_PROGRAM_SIZE = 100
-"""Envoy's default ``re2.max_program_size.error_level``; waypost's bootstraps do not change it."""
+MAX_PROGRAM_SIZE = 4096
+"""``re2.max_program_size.error_level`` in waypost's bootstraps (Envoy's default is 100): room for
+the screening patterns (a few hundred instructions), and the limit policies' regexes must meet."""
 
 _OPTIONS = re2.Options()
 _OPTIONS.log_errors = False  # RE2 would print each refused pattern to stderr

@@ -16,6 +16,7 @@ from typing import Protocol
 from waypost.policies.diagnostics import Diagnostic
 from waypost.policies.identity import RESERVED_HEADERS, credential_headers
 from waypost.policies.model import (
+    Api,
     AuthPolicy,
     Consumer,
     DenyRule,
@@ -23,9 +24,11 @@ from waypost.policies.model import (
     Gateway,
     GrpcTarget,
     NodeSelector,
+    Portal,
     Route,
 )
 from waypost.policies.regexes import regex_problem
+from waypost.policies.validate_catalog import check_catalog
 from waypost.policies.validate_grpc import check_grpc_targets
 
 __all__ = ["Entry", "Loc", "Source", "regex_problem", "validate"]
@@ -75,6 +78,7 @@ def validate(entries: Sequence[Entry], *, check_references: bool = True) -> list
     _check_gateways(valid, out)
     _check_claim_headers(valid, out)
     check_grpc_targets(valid, out)
+    check_catalog(valid, out)
     return out
 
 
@@ -108,7 +112,7 @@ def _check_duplicate_names(entries: Sequence[Entry], out: list[Diagnostic]) -> d
     return defined
 
 
-_ARTICLE = {"AuthPolicy": "an AuthPolicy"}
+_ARTICLE = {"AuthPolicy": "an AuthPolicy", "Api": "an Api"}
 
 
 def _check_references(
@@ -146,7 +150,14 @@ def _check_references(
                     expect(entry, ("routes", r, "backends", index, "service"), backend.service, "Service")
         elif isinstance(document, Consumer):
             for index, subscription in enumerate(document.subscriptions or ()):
-                expect(entry, ("subscriptions", index, "route"), subscription.route, "Route")
+                kind, target = subscription.target
+                expect(entry, ("subscriptions", index, kind), target, "Route" if kind == "route" else "Api")
+        elif isinstance(document, Api):
+            expect_names(entry, "routes", document.routes, "Route")
+        elif isinstance(document, Portal):
+            for index, admin in enumerate(document.admins):
+                if admin.consumer is not None:
+                    expect(entry, ("admins", index, "consumer"), admin.consumer, "Consumer")
 
 
 # --- per-kind rules across documents -------------------------------------------------------------
@@ -173,18 +184,24 @@ def _check_consumers(entries: Sequence[Entry], out: list[Diagnostic]) -> None:
                         f"api_keys[{index}]: key already belongs to Consumer {owner.name} ({_where(owner)})",
                     )
                 )
-        seen_routes: dict[str, int] = {}
+        seen_targets: dict[tuple[str, str], int] = {}
         for index, subscription in enumerate(document.subscriptions or ()):
-            first = seen_routes.setdefault(subscription.route, index)
+            kind, target = subscription.target
+            first = seen_targets.setdefault((kind, target), index)
             if first != index:
                 out.append(
                     _error(
                         entry,
-                        ("subscriptions", index, "route"),
-                        f"subscriptions[{index}].route: route '{subscription.route}' is already in"
+                        ("subscriptions", index, kind),
+                        f"subscriptions[{index}].{kind}: {kind} '{target}' is already in"
                         f" subscriptions[{first}]",
                     )
                 )
+        if document.account is not None:
+            for key_hash in document.account.keys:
+                if key_hash not in document.api_keys:
+                    loc = ("account", "keys", key_hash)
+                    out.append(_error(entry, loc, "account.keys: describes a key that is not in api_keys"))
 
 
 def _check_routes(entries: Sequence[Entry], out: list[Diagnostic]) -> None:
@@ -257,6 +274,13 @@ def _check_gateways(entries: Sequence[Entry], out: list[Diagnostic]) -> None:
         if not isinstance(gateway, Gateway):
             continue
         _check_deny_patterns(entry, gateway.deny, out)
+        agents = gateway.limits.user_agents if gateway.limits is not None else None
+        for field_name in ("allow", "deny"):
+            for index, pattern in enumerate(getattr(agents, field_name, ())):
+                problem = regex_problem(pattern)
+                if problem is not None:
+                    loc = ("limits", "user_agents", field_name, index)
+                    out.append(_error(entry, loc, f"{_field(loc)}: {problem}"))
         address = _normal_address(gateway.address)
         if address is None:
             out.append(_error(entry, ("address",), f"address: '{gateway.address}' is not an IP address"))
