@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from waypost.filters.ratelimit.server import RateLimitOptions
+    from waypost.filters.ratelimit.server import CounterOptions, RateLimitOptions
     from waypost.policies.model import PolicySet
 
 __all__ = ["main"]
@@ -166,6 +166,7 @@ def _parser() -> argparse.ArgumentParser:
     authz.add_argument("--no-watch", action="store_true")
     authz.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
     authz.add_argument("--log-format", choices=("json", "console"))
+    _counter_arguments(authz)
 
     keys = commands.add_parser("keys", help="API keys for Consumers")
     keys_commands = keys.add_subparsers(dest="keys_command", required=True)
@@ -192,6 +193,16 @@ def _ratelimit_arguments(parser: argparse.ArgumentParser, *, port_flag: str, req
         required=required,
         help="gRPC port of the rate-limit service",
     )
+    _counter_arguments(parser)
+    parser.add_argument(
+        "--ratelimit-grpcio",
+        action="store_true",
+        help="serve the RLS with grpcio's server (slower) instead of waypost's lean HTTP/2 server",
+    )
+
+
+def _counter_arguments(parser: argparse.ArgumentParser) -> None:
+    """Where rate-limit counters live: the RLS's, and the consumer quotas ext_authz counts."""
     parser.add_argument("--redis", metavar="URL", help="redis://HOST:PORT/DB: counters shared by replicas")
     parser.add_argument(
         "--ratelimit-fail-closed",
@@ -201,10 +212,13 @@ def _ratelimit_arguments(parser: argparse.ArgumentParser, *, port_flag: str, req
     parser.add_argument(
         "--ratelimit-algorithm", choices=("fixed", "sliding"), default="fixed", help="window algorithm"
     )
-    parser.add_argument(
-        "--ratelimit-grpcio",
-        action="store_true",
-        help="serve the RLS with grpcio's server (slower) instead of waypost's lean HTTP/2 server",
+
+
+def _counter_options(args: argparse.Namespace) -> CounterOptions:
+    from waypost.filters.ratelimit.server import CounterOptions
+
+    return CounterOptions(
+        redis=args.redis, algorithm=args.ratelimit_algorithm, fail_closed=args.ratelimit_fail_closed
     )
 
 
@@ -370,6 +384,7 @@ def _serve(args: argparse.Namespace) -> int:
         authz_http_port=args.authz_http_port,
         xds_tls=xds_tls,
         ratelimit=_ratelimit_options(args),
+        counters=_counter_options(args),
     )
     # Only once the arguments are known good: a usage error leaves logging as it was.
     configure_logging(args.log_level, json=None if args.log_format is None else args.log_format == "json")
@@ -398,6 +413,7 @@ def _authz(args: argparse.Namespace, argv: list[str]) -> int:
         admin_port=args.admin_port,
         watch=not args.no_watch,
         workers=args.workers,
+        counters=_counter_options(args),
     )
     return run_authz(options, argv)
 

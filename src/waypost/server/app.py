@@ -6,13 +6,20 @@ import asyncio
 import contextlib
 import signal
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import grpc
 
-from waypost.filters.ratelimit.server import RateLimitOptions, RunningRateLimit, start_ratelimit
+from waypost.filters.ratelimit.limiter import Limiter
+from waypost.filters.ratelimit.server import (
+    CounterOptions,
+    RateLimitOptions,
+    RunningRateLimit,
+    open_limiter,
+    start_ratelimit,
+)
 from waypost.log import get_logger
 from waypost.server.admin import AdminServer
 from waypost.server.dashboard import Dashboard
@@ -46,6 +53,8 @@ class ServeOptions:
     """TLS on the xDS port; with a client CA, mTLS and node ids checked against certificates."""
     ratelimit: RateLimitOptions | None = None
     """Also answer Envoy's RateLimitService (``--ratelimit-port``)."""
+    counters: CounterOptions = field(default_factory=CounterOptions)
+    """Where ext_authz counts consumer quotas when no RLS runs here (with one, its counters)."""
 
 
 def build_status(runtime: PolicyRuntime, ads: AdsServer) -> dict[str, Any]:
@@ -103,23 +112,30 @@ async def serve(options: ServeOptions, *, stop: asyncio.Event | None = None) -> 
         xds_port = grpc_server.add_insecure_port(f"{options.host}:{options.xds_port}")
     await grpc_server.start()
 
+    ratelimit: RunningRateLimit | None = None
+    if options.ratelimit is not None:
+        ratelimit = await start_ratelimit(
+            options.ratelimit, lambda: runtime.current.policy if runtime.current is not None else None
+        )
     authz_server = authz_http = None
+    own_limiter: Limiter | None = None
     if options.authz_port is not None or options.authz_http_port is not None:
         from waypost.filters.authz.http_service import start_authz_http
         from waypost.filters.authz.server import attach_authz, start_authz_grpc
 
-        core = attach_authz(runtime)
+        # Consumer quotas counted in the decision share the RLS's counters when it runs here.
+        limiter = ratelimit.limiter if ratelimit is not None else None
+        if limiter is None:
+            limiter = own_limiter = await open_limiter(
+                lambda: runtime.current.policy if runtime.current is not None else None, options.counters
+            )
+        core = attach_authz(runtime, limiter)
         if options.authz_port is not None:
             authz_server, authz_port = await start_authz_grpc(core, options.host, options.authz_port)
             log.info("ext_authz serving", authz_port=authz_port)
         if options.authz_http_port is not None:
             authz_http, http_port = await start_authz_http(core, options.host, options.authz_http_port)
             log.info("ext_authz http serving", authz_http_port=http_port)
-    ratelimit: RunningRateLimit | None = None
-    if options.ratelimit is not None:
-        ratelimit = await start_ratelimit(
-            options.ratelimit, lambda: runtime.current.policy if runtime.current is not None else None
-        )
 
     admin = AdminServer(ready=lambda: runtime.current is not None, status=lambda: build_status(runtime, ads))
     dashboard = Dashboard(lambda: build_status(runtime, ads))
@@ -161,3 +177,5 @@ async def serve(options: ServeOptions, *, stop: asyncio.Event | None = None) -> 
         ads.close()
         if ratelimit is not None:
             await ratelimit.stop()
+        if own_limiter is not None:
+            await own_limiter.store.close()

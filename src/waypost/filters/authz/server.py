@@ -2,7 +2,8 @@
 
 Standalone, one process per worker: ``--workers N`` starts N copies of itself, each with its own
 policy runtime and watcher, all bound to one port with SO_REUSEPORT, so the kernel spreads
-Envoy's connections across them (a Python process decides on one core).
+Envoy's connections across them (a Python process decides on one core). Consumer quotas counted
+in the decision (quota.py) live in ``--redis`` when given, shared with the RLS and every replica.
 """
 
 from __future__ import annotations
@@ -13,13 +14,16 @@ import os
 import signal
 import subprocess
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
 
 from waypost.filters.authz.core import AuthzCore
 from waypost.filters.authz.grpc_service import AuthzGrpcService
+from waypost.filters.authz.quota import ConsumerQuota
+from waypost.filters.ratelimit.limiter import Limiter
+from waypost.filters.ratelimit.server import CounterOptions, open_limiter
 from waypost.log import get_logger
 from waypost.server.runtime import PolicyRuntime
 
@@ -35,9 +39,10 @@ _GRPC_OPTIONS = [
 ]
 
 
-def attach_authz(runtime: PolicyRuntime) -> AuthzCore:
-    """A decision core that follows ``runtime``: each applied version swaps its plans."""
-    core = AuthzCore()
+def attach_authz(runtime: PolicyRuntime, limiter: Limiter | None = None) -> AuthzCore:
+    """A decision core that follows ``runtime``: each applied version swaps its plans. With a
+    ``limiter``, admitted consumers' quotas are counted in the decision (see quota.py)."""
+    core = AuthzCore(quota=ConsumerQuota(limiter) if limiter is not None else None)
 
     def apply(compiled: object) -> None:
         core.apply(compiled.policy)  # type: ignore[attr-defined]
@@ -65,6 +70,8 @@ class AuthzOptions:
     admin_port: int | None = None
     watch: bool = True
     workers: int = 1
+    counters: CounterOptions = field(default_factory=CounterOptions)
+    """Where consumer quotas are counted (``--redis``: shared with the RLS and every replica)."""
 
 
 def run_authz(options: AuthzOptions, argv: list[str]) -> int:
@@ -75,6 +82,11 @@ def run_authz(options: AuthzOptions, argv: list[str]) -> int:
     if options.port == 0 or options.http_port == 0:
         print("waypost authz: --workers needs fixed ports", file=sys.stderr)
         return 2
+    if options.counters.redis is None:
+        log.warning(
+            "consumer quotas are counted per worker process: give --redis to share them",
+            workers=options.workers,
+        )
     children = []
     child_argv = [a for a in argv]
     for index in range(options.workers):
@@ -118,7 +130,10 @@ async def _serve_one(options: AuthzOptions) -> None:
             loop.add_signal_handler(sig, stop.set)
     runtime = PolicyRuntime(options.policies, SnapshotCache())
     await runtime.reload()
-    core = attach_authz(runtime)
+    limiter = await open_limiter(
+        lambda: runtime.current.policy if runtime.current is not None else None, options.counters
+    )
+    core = attach_authz(runtime, limiter)
     server, port = await start_authz_grpc(core, options.host, options.port)
     http_server = None
     if options.http_port is not None:
@@ -151,3 +166,4 @@ async def _serve_one(options: AuthzOptions) -> None:
         if http_server is not None:
             http_server.close()
         await server.stop(grace=0.5)
+        await limiter.store.close()

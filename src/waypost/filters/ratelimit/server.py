@@ -23,7 +23,15 @@ from waypost.filters.ratelimit.store import Algorithm, CounterStore, MemoryStore
 from waypost.log import get_logger
 from waypost.policies.model import PolicySet
 
-__all__ = ["RateLimitOptions", "RunningRateLimit", "StandaloneOptions", "serve_ratelimit", "start_ratelimit"]
+__all__ = [
+    "CounterOptions",
+    "RateLimitOptions",
+    "RunningRateLimit",
+    "StandaloneOptions",
+    "open_limiter",
+    "serve_ratelimit",
+    "start_ratelimit",
+]
 
 log = get_logger("waypost.ratelimit")
 
@@ -54,20 +62,34 @@ class RunningRateLimit:
         await self.limiter.store.close()
 
 
-def make_store(options: RateLimitOptions) -> CounterStore:
-    if options.redis:
-        return RedisStore(options.redis, options.algorithm)
-    return MemoryStore(options.algorithm)
+@dataclass(frozen=True, kw_only=True)
+class CounterOptions:
+    """Where counters live, for the RLS and for consumer quotas counted by ext_authz."""
+
+    redis: str | None = None
+    """``redis://host:port/db``: counters shared by every replica; None keeps them in process."""
+    algorithm: Algorithm = "fixed"
+    fail_closed: bool = False
+
+
+async def open_limiter(policy_source: Callable[[], PolicySet | None], options: CounterOptions) -> Limiter:
+    """A limiter on a ready store (Redis connected and its script loaded, when ``redis``): for the
+    RLS, and for the ext_authz service counting consumer quotas itself (filters.authz.quota)."""
+    redis, algorithm = options.redis, options.algorithm
+    store: CounterStore = RedisStore(redis, algorithm) if redis else MemoryStore(algorithm)
+    if isinstance(store, RedisStore):
+        await store.prepare()
+    RATELIMIT_STORE_UP.set(1)
+    return Limiter(policy_source, store, fail_closed=options.fail_closed)
 
 
 async def start_ratelimit(
     options: RateLimitOptions, policy_source: Callable[[], PolicySet | None]
 ) -> RunningRateLimit:
-    store = make_store(options)
-    if isinstance(store, RedisStore):
-        await store.prepare()
-    limiter = Limiter(policy_source, store, fail_closed=options.fail_closed)
-    RATELIMIT_STORE_UP.set(1)
+    counters = CounterOptions(
+        redis=options.redis, algorithm=options.algorithm, fail_closed=options.fail_closed
+    )
+    limiter = await open_limiter(policy_source, counters)
     service = RateLimitService(limiter)
     running: RunningRateLimit
     if not options.grpcio:
