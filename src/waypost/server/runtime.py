@@ -17,11 +17,12 @@ from typing import Any
 from waypost.log import get_logger
 from waypost.metrics import POLICY_INFO, POLICY_LOADS
 from waypost.policies.diagnostics import PolicyError
+from waypost.policies.load_cache import LoadCache
 from waypost.policies.loader import load_policies
 from waypost.policies.model import PolicySet
 from waypost.server.gitinfo import GitInfo, git_info
 from waypost.xds.cache import SnapshotCache
-from waypost.xds.compiler import CompiledPolicy, compile_policy
+from waypost.xds.compiler import CompiledPolicy, CompileMemo, compile_policy
 
 __all__ = ["LoadFailure", "PolicyRuntime"]
 
@@ -50,6 +51,10 @@ class PolicyRuntime:
         """The last ``--git-pull`` result, written by :class:`~waypost.server.gitpull.GitPuller`."""
         self._lock = asyncio.Lock()
         self._listeners: list[Callable[[CompiledPolicy], None]] = []
+        # Incremental reload: unchanged documents are not parsed again, unchanged resources not
+        # compiled again (nor encoded again: see SnapshotCache.prepare). Same result as without.
+        self._load_cache = LoadCache()
+        self._compile_memo = CompileMemo()
 
     def add_listener(self, listener: Callable[[CompiledPolicy], None]) -> None:
         """Call ``listener`` with every version applied from now on (and the current one, if any).
@@ -74,7 +79,7 @@ class PolicyRuntime:
             # new commit) corrects it.
             git = await asyncio.to_thread(git_info, self.directory)
             try:
-                policy = await asyncio.to_thread(load_policies, self.directory)
+                policy = await asyncio.to_thread(load_policies, self.directory, self._load_cache)
                 current = self.cache.compiled
                 if current is not None and current.version == policy.version:
                     POLICY_LOADS.labels("unchanged").inc()
@@ -82,7 +87,7 @@ class PolicyRuntime:
                     if git != self.git:  # same files, new commit (e.g. one touching other paths)
                         self._set_git(git, policy)
                     return False
-                compiled = await asyncio.to_thread(compile_policy, policy)
+                compiled = await asyncio.to_thread(compile_policy, policy, self._compile_memo)
                 prepared = await asyncio.to_thread(self.cache.prepare, compiled)
             except PolicyError as exc:
                 return self._fail([str(d) for d in exc.diagnostics], git)

@@ -71,11 +71,14 @@ class SnapshotCache:
     def prepare(self, compiled: CompiledPolicy) -> PreparedVersion:
         """Encode and check every snapshot ``compiled`` needs now. Pure and thread-safe: run it
         off the event loop; raises :class:`~waypost.xds.snapshot.InconsistentSnapshot`."""
-        encoder = ResourceEncoder()
+        # Resources unchanged since the current version (the same message objects, from the
+        # compiler's memo) keep their bytes: only what changed is encoded again.
+        encoder = ResourceEncoder(previous=self._encoder)
         groups = {compiled.select_gateways(n.cluster, n.labels) for n in list(self._watched.values())}
         # The group of every Gateway proves all of them cut cleanly, even ones no node has yet.
         groups.add(tuple(sorted(compiled.gateways)))
         snapshots = {group: _build(compiled, group, encoder) for group in groups}
+        encoder.forget_previous()
         return PreparedVersion(compiled=compiled, encoder=encoder, snapshots=snapshots)
 
     def commit(self, prepared: PreparedVersion) -> None:

@@ -8,6 +8,7 @@ the same files hand Envoy identical versions and a failover causes no churn.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -93,17 +94,53 @@ def version_of(resources: Iterable[EncodedResource]) -> str:
 
 
 class ResourceEncoder:
-    """Encodes each (type, name) once; shared by every group snapshot of one policy version."""
+    """Encodes each (type, name) once; shared by every group snapshot of one policy version.
 
-    def __init__(self) -> None:
+    Given the ``previous`` version's encoder, a resource whose message is the very object that
+    version had (the compiler's memo reuses unchanged resources) reuses its bytes and the names
+    it refers to: a reload re-encodes only what changed. :meth:`forget_previous` drops the link
+    once the version is prepared, so versions do not chain up in memory.
+    """
+
+    def __init__(self, previous: ResourceEncoder | None = None) -> None:
         self._done: dict[tuple[TypeUrl, str], EncodedResource] = {}
+        self._messages: dict[tuple[TypeUrl, str], message.Message] = {}
+        self._references: dict[tuple[TypeUrl, str], tuple[message.Message, _References]] = {}
+        self._previous = previous
 
     def encode(self, type_url: TypeUrl, name: str, msg: message.Message) -> EncodedResource:
         key = (type_url, name)
         encoded = self._done.get(key)
         if encoded is None:
-            encoded = self._done[key] = EncodedResource.encode(type_url, name, msg)
+            previous = self._previous
+            if previous is not None and previous._messages.get(key) is msg:
+                encoded = previous._done[key]
+            else:
+                encoded = EncodedResource.encode(type_url, name, msg)
+            self._done[key] = encoded
+            self._messages[key] = msg
         return encoded
+
+    def references(self, type_url: TypeUrl, name: str, msg: message.Message) -> _References:
+        """The names ``msg`` refers to (walked once per message object)."""
+        key = (type_url, name)
+        found = self._references.get(key)
+        if found is None or found[0] is not msg:
+            previous = self._previous._references.get(key) if self._previous is not None else None
+            if previous is not None and previous[0] is msg:
+                found = previous
+            else:
+                refs = _References()
+                if isinstance(msg, route_pb2.RouteConfiguration):
+                    refs.walk_route_configuration(msg)
+                else:
+                    refs.walk(msg)
+                found = (msg, refs)
+            self._references[key] = found
+        return found[1]
+
+    def forget_previous(self) -> None:
+        self._previous = None
 
 
 class InconsistentSnapshot(ValueError):
@@ -126,9 +163,14 @@ class Snapshot:
     resources: Mapping[TypeUrl, Mapping[str, EncodedResource]]
     cluster_refs: Mapping[TypeUrl, frozenset[str]]
     eds_clusters: frozenset[str]
+    _versions: dict[TypeUrl, str] = dataclasses.field(default_factory=dict, compare=False, repr=False)
+    """Computed once: every stream of the group asks for them (a sort and a hash each)."""
 
     def version(self, type_url: TypeUrl) -> str:
-        return version_of(self.resources[type_url].values())
+        version = self._versions.get(type_url)
+        if version is None:
+            version = self._versions[type_url] = version_of(self.resources[type_url].values())
+        return version
 
     @classmethod
     def build(
@@ -150,13 +192,13 @@ class Snapshot:
             assert isinstance(msg, cluster_pb2.Cluster)
             if msg.type == cluster_pb2.Cluster.EDS:
                 refs.eds_clusters.add(msg.eds_cluster_config.service_name or name)
-        for msg in resources.get(TypeUrl.LISTENER, {}).values():
-            refs.walk(msg)
+        for name, msg in resources.get(TypeUrl.LISTENER, {}).items():
+            refs.merge(encoder.references(TypeUrl.LISTENER, name, msg))
         listener_clusters = frozenset(refs.clusters)
         route_refs = _References()
-        for msg in resources.get(TypeUrl.ROUTE, {}).values():
+        for name, msg in resources.get(TypeUrl.ROUTE, {}).items():
             assert isinstance(msg, route_pb2.RouteConfiguration)
-            route_refs.walk_route_configuration(msg)
+            route_refs.merge(encoder.references(TypeUrl.ROUTE, name, msg))
         refs.merge(route_refs)
         # Clusters from Envoy's bootstrap (the decision service) are there without CDS: never
         # missing, and never ours to keep or remove.

@@ -1,11 +1,14 @@
 """Compile a validated PolicySet into Envoy resources: pure functions, model in, protobuf out.
 
-Each Gateway and each Service compiles exactly once per policy version; a node group's resources
-are then a selection of those (the Gateways its selector picks, the Services behind their Routes).
+Each Gateway and each Service compiles exactly once per policy version, or not at all when a
+:class:`CompileMemo` has it from the previous version with the same inputs; a node group's
+resources are then a selection of those (the Gateways its selector picks, the Services behind
+their Routes).
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -16,17 +19,18 @@ from envoy.config.route.v3 import route_pb2
 from envoy.extensions.transport_sockets.tls.v3 import secret_pb2
 from google.protobuf import message
 
-from waypost.policies.model import PolicySet, Route
+from waypost.policies.model import Gateway, PolicySet, Route, Service
 from waypost.xds.compiler.clusters import build_cluster, build_load_assignment
-from waypost.xds.compiler.features import GATEWAY_CLUSTERS, HTTP_FEATURES
+from waypost.xds.compiler.features import GATEWAY_CLUSTERS, HTTP_FEATURES, HttpFeature
 from waypost.xds.compiler.listeners import build_listener
+from waypost.xds.compiler.memo import CompileMemo, context_key, service_view
 from waypost.xds.compiler.names import cluster_name
 from waypost.xds.compiler.routes import build_route_configuration
 from waypost.xds.compiler.secrets import build_secrets
 from waypost.xds.compiler.upstream_tls import build_service_secrets, patch_cluster_tls
 from waypost.xds.types import TypeUrl
 
-__all__ = ["CompiledPolicy", "GatewayResources", "NodeResources", "compile_policy"]
+__all__ = ["CompileMemo", "CompiledPolicy", "GatewayResources", "NodeResources", "compile_policy"]
 
 NodeResources = dict[TypeUrl, dict[str, message.Message]]
 """Resources by type URL, then by resource name: everything one node group receives."""
@@ -77,36 +81,75 @@ class CompiledPolicy:
         }
 
 
-def compile_policy(policy: PolicySet) -> CompiledPolicy:
+def compile_policy(policy: PolicySet, memo: CompileMemo | None = None) -> CompiledPolicy:
+    """Every Envoy resource of ``policy``. With a ``memo`` (kept across versions), resources whose
+    inputs are unchanged are reused from the previous compile (see :mod:`.memo`)."""
+    memo = memo or CompileMemo()
+    memo.begin()
+    try:
+        return _compile(policy, memo)
+    finally:
+        memo.end()
+
+
+def _compile(policy: PolicySet, memo: CompileMemo) -> CompiledPolicy:
     routes_by_gateway: dict[str, list[Route]] = {name: [] for name in policy.gateways}
     for route in policy.routes.values():
         routes_by_gateway[route.gateway].append(route)
 
-    bound_features = [f.bind(policy) if hasattr(f, "bind") else f for f in HTTP_FEATURES]
-    gateways: dict[str, GatewayResources] = {}
-    clusters: dict[str, cluster_pb2.Cluster] = {}
-    for name, gateway in sorted(policy.gateways.items()):
-        routes = sorted(routes_by_gateway[name], key=lambda r: r.name)
-        features = [f for f in bound_features if f.applies(gateway, routes)]
+    context = context_key(policy)
+    bound: list[HttpFeature] = []
+
+    def features_bound() -> list[HttpFeature]:
+        if not bound:  # bound once per version, and only if some gateway is rebuilt
+            bound.extend(f.bind(policy) if hasattr(f, "bind") else f for f in HTTP_FEATURES)
+        return bound
+
+    def build_gateway(
+        gateway: Gateway, routes: list[Route]
+    ) -> tuple[GatewayResources, list[cluster_pb2.Cluster]]:
+        features = [f for f in features_bound() if f.applies(gateway, routes)]
         own_clusters = [c for build in GATEWAY_CLUSTERS for c in build(gateway)]
-        clusters.update((c.name, c) for c in own_clusters)
-        gateways[name] = GatewayResources(
+        resources = GatewayResources(
             listener=build_listener(gateway, [f.http_filter(gateway, routes) for f in features]),
             route_config=build_route_configuration(gateway, routes, policy.services, features),
             secrets=build_secrets(gateway, policy.files),
             clusters=frozenset(cluster_name(s) for r in routes for s in r.services)
             | {c.name for c in own_clusters},
         )
+        return resources, own_clusters
+
+    gateways: dict[str, GatewayResources] = {}
+    clusters: dict[str, cluster_pb2.Cluster] = {}
+    for name, gateway in sorted(policy.gateways.items()):
+        routes = sorted(routes_by_gateway[name], key=lambda r: r.name)
+        key = (id(gateway), tuple(map(id, routes)), service_view(routes, policy.services), context)
+        gateways[name], own_clusters = memo.get(
+            "gateway", name, key, policy, functools.partial(build_gateway, gateway, routes)
+        )
+        clusters.update((c.name, c) for c in own_clusters)
     load_assignments: dict[str, endpoint_pb2.ClusterLoadAssignment] = {}
     cluster_secrets: dict[str, tuple[secret_pb2.Secret, ...]] = {}
     for _, service in sorted(policy.services.items()):
-        xds_cluster = build_cluster(service)
-        patch_cluster_tls(service, xds_cluster, policy.files)
+        files = tuple(sorted(policy.files.items())) if service.tls is not None else ()
+        xds_cluster, secrets = memo.get(
+            "cluster",
+            service.name,
+            (id(service), files),
+            policy,
+            functools.partial(_service_cluster, service, policy),
+        )
         clusters[xds_cluster.name] = xds_cluster
-        if service.tls is not None:
-            cluster_secrets[xds_cluster.name] = build_service_secrets(service, policy.files)
+        if secrets is not None:
+            cluster_secrets[xds_cluster.name] = secrets
         if xds_cluster.type == cluster_pb2.Cluster.EDS:
-            load_assignments[xds_cluster.name] = build_load_assignment(service)
+            load_assignments[xds_cluster.name] = memo.get(
+                "endpoints",
+                service.name,
+                id(service),
+                policy,
+                functools.partial(build_load_assignment, service),
+            )
     return CompiledPolicy(
         version=policy.version,
         policy=policy,
@@ -115,3 +158,12 @@ def compile_policy(policy: PolicySet) -> CompiledPolicy:
         load_assignments=load_assignments,
         cluster_secrets=cluster_secrets,
     )
+
+
+def _service_cluster(
+    service: Service, policy: PolicySet
+) -> tuple[cluster_pb2.Cluster, tuple[secret_pb2.Secret, ...] | None]:
+    xds_cluster = build_cluster(service)
+    patch_cluster_tls(service, xds_cluster, policy.files)
+    secrets = build_service_secrets(service, policy.files) if service.tls is not None else None
+    return xds_cluster, secrets
