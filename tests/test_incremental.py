@@ -233,7 +233,7 @@ class Incremental:
         return policy.version, _dump(self.cache)
 
 
-@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(EDITS, min_size=1, max_size=8))
 def test_incremental_reload_equals_full_rebuild(edits: list[tuple[object, ...]]) -> None:
     with tempfile.TemporaryDirectory() as tmp:

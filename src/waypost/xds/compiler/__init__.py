@@ -8,8 +8,7 @@ their Routes).
 
 from __future__ import annotations
 
-import functools
-from collections.abc import Mapping
+from collections.abc import Hashable, Mapping
 from dataclasses import dataclass, field
 
 from envoy.config.cluster.v3 import cluster_pb2
@@ -97,7 +96,8 @@ def _compile(policy: PolicySet, memo: CompileMemo) -> CompiledPolicy:
     for route in policy.routes.values():
         routes_by_gateway[route.gateway].append(route)
 
-    context = context_key(policy)
+    context = memo.intern("context", context_key(policy))
+    services = memo.intern("services", service_view(policy))
     bound: list[HttpFeature] = []
 
     def features_bound() -> list[HttpFeature]:
@@ -123,21 +123,16 @@ def _compile(policy: PolicySet, memo: CompileMemo) -> CompiledPolicy:
     clusters: dict[str, cluster_pb2.Cluster] = {}
     for name, gateway in sorted(policy.gateways.items()):
         routes = sorted(routes_by_gateway[name], key=lambda r: r.name)
-        key = (id(gateway), tuple(map(id, routes)), service_view(routes, policy.services), context)
-        gateways[name], own_clusters = memo.get(
-            "gateway", name, key, policy, functools.partial(build_gateway, gateway, routes)
-        )
+        key = (id(gateway), tuple(map(id, routes)), services, context)
+        gateways[name], own_clusters = memo.get("gateway", name, key, policy, build_gateway, gateway, routes)
         clusters.update((c.name, c) for c in own_clusters)
     load_assignments: dict[str, endpoint_pb2.ClusterLoadAssignment] = {}
     cluster_secrets: dict[str, tuple[secret_pb2.Secret, ...]] = {}
     for _, service in sorted(policy.services.items()):
-        files = tuple(sorted(policy.files.items())) if service.tls is not None else ()
+        # Upstream TLS reads the files too; without it a Service's id is the whole key.
+        key = (id(service), tuple(sorted(policy.files.items()))) if service.tls is not None else id(service)
         xds_cluster, secrets = memo.get(
-            "cluster",
-            service.name,
-            (id(service), files),
-            policy,
-            functools.partial(_service_cluster, service, policy),
+            "cluster", service.name, key, policy, _service_cluster, service, policy
         )
         clusters[xds_cluster.name] = xds_cluster
         if secrets is not None:
@@ -148,7 +143,8 @@ def _compile(policy: PolicySet, memo: CompileMemo) -> CompiledPolicy:
                 service.name,
                 id(service),
                 policy,
-                functools.partial(build_load_assignment, service),
+                build_load_assignment,
+                service,
             )
     return CompiledPolicy(
         version=policy.version,

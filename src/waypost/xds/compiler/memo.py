@@ -10,8 +10,8 @@ recompile, never a wrong result.
 What each resource is keyed by (everything its compilation reads):
 
 * a Gateway's listener, route table, secrets and own clusters: the Gateway, its Routes, the
-  ``lb`` and ``protocol`` of the Services they name (all a route action reads of a Service), and
-  the *context*: every AuthPolicy, Consumer, RateLimitPolicy and Gateway, and the referenced
+  ``lb`` and ``protocol`` of every Service (all a route action reads of a Service), and the
+  *context*: every AuthPolicy, Consumer, RateLimitPolicy and Gateway, and the referenced
   files' bytes (what the features bound to the policy read);
 * a Service's cluster: the Service and, with upstream TLS, the files; its load assignment: the
   Service.
@@ -24,7 +24,7 @@ from __future__ import annotations
 from collections.abc import Callable, Hashable
 from typing import Any, TypeVar, cast
 
-from waypost.policies.model import PolicySet, Route, Service
+from waypost.policies.model import PolicySet
 
 __all__ = ["CompileMemo", "context_key", "service_view"]
 
@@ -49,14 +49,10 @@ def context_key(policy: PolicySet) -> tuple[Hashable, ...]:
     )
 
 
-def service_view(routes: list[Route], services: dict[str, Service] | Any) -> tuple[Hashable, ...]:
-    """What a gateway's route table reads of the Services its Routes name."""
-    names = sorted({name for route in routes for name in route.services})
-    view = []
-    for name in names:
-        service = services.get(name)
-        view.append((name, None, None) if service is None else (name, service.lb, service.protocol))
-    return tuple(view)
+def service_view(policy: PolicySet) -> tuple[Hashable, ...]:
+    """All a route table reads of Services: each one's ``lb`` and ``protocol``. One view for every
+    gateway (walking each gateway's routes for the names they use costs more than comparing)."""
+    return tuple((name, s.lb, s.protocol) for name, s in policy.services.items())
 
 
 class CompileMemo:
@@ -75,8 +71,17 @@ class CompileMemo:
     def end(self) -> None:
         self._previous, self._current = self._current, {}
 
-    def get(self, kind: str, name: str, key: Hashable, keep: Any, build: Callable[[], T]) -> T:
-        """``build()``'s result, or the previous one for the same key. ``keep`` holds the objects
+    def intern(self, name: str, value: T) -> T:
+        """``value``, or the equal value the previous compile used: equal keys built from it then
+        compare by identity, not element by element."""
+        found = self._previous.get(("intern", name))
+        if found is not None and found[2] == value:
+            value = found[2]
+        self._current[("intern", name)] = ((), None, value)
+        return value
+
+    def get(self, kind: str, name: str, key: Hashable, keep: Any, build: Callable[..., T], *args: Any) -> T:
+        """``build(*args)``, or the previous result for the same key. ``keep`` holds the objects
         whose ids are in ``key`` alive, so no new object can take an id over while cached."""
         found = self._previous.get((kind, name))
         if found is not None and found[0] == key:
@@ -84,7 +89,7 @@ class CompileMemo:
             # (so old versions are not kept alive through reused entries).
             self._current[(kind, name)] = (key, keep, found[2])
             return cast(T, found[2])
-        value = build()
+        value = build(*args)
         self._current[(kind, name)] = (key, keep, value)
         self.built.append((kind, name))
         return value
