@@ -130,9 +130,11 @@ def _compile(policy: PolicySet, memo: CompileMemo) -> CompiledPolicy:
     cluster_secrets: dict[str, tuple[secret_pb2.Secret, ...]] = {}
     for _, service in sorted(policy.services.items()):
         # Upstream TLS reads the files too; without it a Service's id is the whole key.
-        key = (id(service), tuple(sorted(policy.files.items()))) if service.tls is not None else id(service)
+        service_key: Hashable = id(service)
+        if service.tls is not None:
+            service_key = (id(service), tuple(sorted(policy.files.items())))
         xds_cluster, secrets = memo.get(
-            "cluster", service.name, key, policy, _service_cluster, service, policy
+            "cluster", service.name, service_key, policy, _service_cluster, service, policy
         )
         clusters[xds_cluster.name] = xds_cluster
         if secrets is not None:
