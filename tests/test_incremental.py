@@ -259,8 +259,15 @@ def test_an_unchanged_document_is_not_parsed_or_compiled_again(tmp_path: Path) -
     assert incremental.load_cache.parsed_documents == 1
     # The new route is on gw1: gw0's resources and every cluster are reused.
     assert incremental.memo.built == [("gateway", "gw1")]
+    node = NODES[1]  # gw1's Envoys, whose route r3 goes to svc3
+    before = incremental.cache.snapshot_for(node)
     tree.apply(("endpoint", 3, 9))
     tree.write(tmp_path)
     incremental.reload(tmp_path)
     assert incremental.load_cache.parsed_documents == 1
     assert sorted(incremental.memo.built) == [("cluster", "svc3"), ("endpoints", "svc3")]
+    # An endpoint-only change: only the EDS version moves, so only EDS is pushed.
+    after = incremental.cache.snapshot_for(node)
+    assert before is not None and after is not None
+    moved = {t for t in TypeUrl if before.version(t) != after.version(t)}
+    assert moved == {TypeUrl.ENDPOINT}
