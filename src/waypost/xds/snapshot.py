@@ -165,12 +165,29 @@ class Snapshot:
     eds_clusters: frozenset[str]
     _versions: dict[TypeUrl, str] = dataclasses.field(default_factory=dict, compare=False, repr=False)
     """Computed once: every stream of the group asks for them (a sort and a hash each)."""
+    _names: dict[TypeUrl, frozenset[str]] = dataclasses.field(default_factory=dict, compare=False, repr=False)
+    _bodies: dict[TypeUrl, bytes] = dataclasses.field(default_factory=dict, compare=False, repr=False)
 
     def version(self, type_url: TypeUrl) -> str:
         version = self._versions.get(type_url)
         if version is None:
             version = self._versions[type_url] = version_of(self.resources[type_url].values())
         return version
+
+    def names(self, type_url: TypeUrl) -> frozenset[str]:
+        names = self._names.get(type_url)
+        if names is None:
+            names = self._names[type_url] = frozenset(self.resources[type_url])
+        return names
+
+    def sotw_body(self, type_url: TypeUrl) -> bytes:
+        """Every resource of the type as ``DiscoveryResponse.resources`` entries, in name order:
+        what a state-of-the-world response carries, joined once for all the group's streams."""
+        body = self._bodies.get(type_url)
+        if body is None:
+            resources = self.resources[type_url]
+            body = self._bodies[type_url] = b"".join(resources[name].sotw_entry for name in sorted(resources))
+        return body
 
     @classmethod
     def build(
