@@ -45,6 +45,7 @@ from waypost.xds.compiler import CompileMemo
 from waypost.xds.snapshot import ResourceEncoder
 
 GATEWAYS = 10
+ENVOY_FLAGS = ("--concurrency", "1", "--use-dynamic-base-id", "-l", "warning")
 
 
 def free_port() -> int:
@@ -55,11 +56,11 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def write_policies(directory: Path, services: int, routes: int, echo: str, base_port: int) -> None:
+def write_policies(directory: Path, services: int, routes: int, echo: str, ports: list[int]) -> None:
     with open(directory / "gateways.yaml", "w") as out:
         for g in range(GATEWAYS):
             out.write(
-                f"---\nkind: Gateway\nname: gw{g}\nport: {base_port + g}\naddress: 127.0.0.1\n"
+                f"---\nkind: Gateway\nname: gw{g}\nport: {ports[g]}\naddress: 127.0.0.1\n"
                 f"nodes: {{cluster: edge{g % 3}}}\n"
             )
     with open(directory / "services.yaml", "w") as out:
@@ -114,10 +115,8 @@ async def run(args: argparse.Namespace, work: Path) -> None:
     ]
     policies = work / "policies"
     policies.mkdir()
-    base_port = free_port()
-    while base_port + GATEWAYS > 65000:
-        base_port = free_port()
-    write_policies(policies, args.services, args.routes, f"127.0.0.1:{echo_ports[0]}", base_port)
+    ports = [free_port() for _ in range(GATEWAYS)]
+    write_policies(policies, args.services, args.routes, f"127.0.0.1:{echo_ports[0]}", ports)
     cache = SnapshotCache()
     runtime = PolicyRuntime(policies, cache)
     started = time.perf_counter()
@@ -133,12 +132,20 @@ async def run(args: argparse.Namespace, work: Path) -> None:
     )
     (work / "bootstrap.yaml").write_text(yaml.safe_dump(bootstrap))
     envoy = subprocess.Popen(
-        [str(find_envoy()), "-c", str(work / "bootstrap.yaml"), "--concurrency", "1"]
-        + ["--use-dynamic-base-id", "-l", "warning"],
+        [
+            str(find_envoy()),
+            "-c",
+            str(work / "bootstrap.yaml"),
+            "--concurrency",
+            "1",
+            "--use-dynamic-base-id",
+            "-l",
+            "warning",
+        ],
         stdout=subprocess.DEVNULL,
         stderr=(work / "envoy.log").open("wb"),
     )
-    gw1 = f"http://127.0.0.1:{base_port + 1}"
+    gw1 = f"http://127.0.0.1:{ports[1]}"
     results: dict[str, dict[str, list[float]]] = {}
     try:
         async with httpx.AsyncClient(trust_env=False, timeout=5) as client:
@@ -197,13 +204,11 @@ async def run(args: argparse.Namespace, work: Path) -> None:
         await server.stop(0)
         ads.close()
     for mode, times in results.items():
-        print(
-            f"{mode}: "
-            + "; ".join(
-                f"{key} median {statistics.median(values):.3f} s (runs {', '.join(f'{v:.3f}' for v in values)})"
-                for key, values in times.items()
-            )
-        )
+        parts = []
+        for key, values in times.items():
+            runs = ", ".join(f"{v:.3f}" for v in values)
+            parts.append(f"{key} median {statistics.median(values):.3f} s (runs {runs})")
+        print(f"{mode}: " + "; ".join(parts))
 
 
 def main() -> None:

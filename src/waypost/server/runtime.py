@@ -21,6 +21,7 @@ from waypost.policies.load_cache import LoadCache
 from waypost.policies.loader import load_policies
 from waypost.policies.model import PolicySet
 from waypost.server.gitinfo import GitInfo, git_info
+from waypost.server.heap import settle
 from waypost.xds.cache import SnapshotCache
 from waypost.xds.compiler import CompiledPolicy, CompileMemo, compile_policy
 
@@ -55,6 +56,7 @@ class PolicyRuntime:
         # compiled again (nor encoded again: see SnapshotCache.prepare). Same result as without.
         self._load_cache = LoadCache()
         self._compile_memo = CompileMemo()
+        self._applied = 0
 
     def add_listener(self, listener: Callable[[CompiledPolicy], None]) -> None:
         """Call ``listener`` with every version applied from now on (and the current one, if any).
@@ -95,6 +97,8 @@ class PolicyRuntime:
                 log.exception("policy compilation failed")
                 return self._fail([f"{self.directory}: internal error while compiling: {exc}"], git)
             self.cache.commit(prepared)
+            self._applied += 1
+            settle(self._applied)  # the new version's heap out of the collector's way (heap.py)
             for listener in self._listeners:
                 try:
                     listener(compiled)
