@@ -153,23 +153,13 @@ async def test_one_hop_quota_matches_the_rls_path(
     start_envoy: Callable[..., EnvoyProcess],
 ) -> None:
     echo = await echo_backend("echo")
-    grpc_gw, http_gw, authz_port, authz_http_port, rls_port = free_ports(5)
+    grpc_gw, http_gw = free_ports(2)
     policies = tmp_path / "policies"
     policies.mkdir()
     (policies / "policy.yaml").write_text(policy_text(grpc_gw, http_gw, echo.address))
-    args = ["--authz-port", str(authz_port), "--authz-http-port", str(authz_http_port)]
-    waypost = await asyncio.to_thread(
-        start_waypost, policies, args=[*args, "--ratelimit-port", str(rls_port)]
-    )
-    envoy = await asyncio.to_thread(
-        start_envoy,
-        xds_port=waypost.xds_port,
-        ratelimit_port=rls_port,
-        bootstrap_options={
-            "authz": ("127.0.0.1", authz_port),
-            "authz_http": ("127.0.0.1", authz_http_port),
-        },
-    )
+    # waypost serve runs ext_authz (both transports) and the RLS itself; Envoy learns them over CDS.
+    waypost = await asyncio.to_thread(start_waypost, policies)
+    envoy = await asyncio.to_thread(start_envoy, xds_port=waypost.xds_port)
     await asyncio.to_thread(envoy.wait_for_listener, grpc_gw)
     await asyncio.to_thread(envoy.wait_for_listener, http_gw)
 
@@ -253,12 +243,11 @@ async def test_replicas_share_exact_quotas_in_redis(
     """Two decision services (waypost serve's, and a `waypost authz` replica) on one Redis: one
     consumer's requests through either count against one quota, one Redis command per decision."""
     echo = await echo_backend("echo")
-    grpc_gw, http_gw, authz_port, authz_http_port, replica_port, replica_http = free_ports(6)
+    grpc_gw, http_gw, replica_port, replica_http = free_ports(4)
     policies = tmp_path / "policies"
     policies.mkdir()
     (policies / "policy.yaml").write_text(policy_text(grpc_gw, http_gw, echo.address))
-    args = ["--authz-port", str(authz_port), "--authz-http-port", str(authz_http_port)]
-    waypost = await asyncio.to_thread(start_waypost, policies, args=[*args, "--redis", redis_server.url])
+    waypost = await asyncio.to_thread(start_waypost, policies, args=["--redis", redis_server.url])
     replica_argv = [
         sys.executable,
         "-m",
@@ -281,14 +270,7 @@ async def test_replicas_share_exact_quotas_in_redis(
     env = {**os.environ, "PYTHONPATH": str(SRC_DIR)}
     replica = subprocess.Popen(replica_argv, env=env, stdout=log, stderr=subprocess.STDOUT)
     try:
-        envoy = await asyncio.to_thread(
-            start_envoy,
-            xds_port=waypost.xds_port,
-            bootstrap_options={
-                "authz": ("127.0.0.1", authz_port),
-                "authz_http": ("127.0.0.1", authz_http_port),
-            },
-        )
+        envoy = await asyncio.to_thread(start_envoy, xds_port=waypost.xds_port)
         await asyncio.to_thread(envoy.wait_for_listener, grpc_gw)
         wait_until(lambda: b"waypost authz serving" in (tmp_path / "replica.log").read_bytes(), 20, 0.1)
         with redis_server.client() as redis:

@@ -48,7 +48,18 @@ from yaml.events import (
 
 from waypost.policies.diagnostics import Diagnostic, PolicyError
 from waypost.policies.load_cache import FileResult, LoadCache
-from waypost.policies.model import KINDS, AuthPolicy, Document, Gateway, PolicySet, Route, Service, SourceRef
+from waypost.policies.model import (
+    KINDS,
+    AuthPolicy,
+    Document,
+    Gateway,
+    PolicySet,
+    Route,
+    Service,
+    Sidecar,
+    SourceRef,
+)
+from waypost.policies.sidecars import expand_sidecar
 from waypost.policies.types import HEADER_NAME_PATTERN, NAME_PATTERN, PrivateBytes
 from waypost.policies.validate import Entry, Loc, validate
 
@@ -66,6 +77,8 @@ _KIND_ATTRIBUTES: Final = {
     "AuthPolicy": "auth_policies",
     "Consumer": "consumers",
     "RateLimitPolicy": "rate_limit_policies",
+    "GrpcTarget": "grpc_targets",
+    "Sidecar": "sidecars",
 }
 _KNOWN_KINDS: Final = ", ".join(KINDS)
 
@@ -270,7 +283,9 @@ def _read_events(parser: yaml.CSafeLoader, documents: list[_Document]) -> None:
     value: Any
 
     while True:
-        event = get_event()
+        # Any: the branches below test ``type(event) is X`` (cheaper than isinstance in this loop),
+        # which the type checker cannot narrow on.
+        event: Any = get_event()
         event_type = type(event)
         if event_type is ScalarEvent:
             text: str = event.value
@@ -777,6 +792,7 @@ class _Load:
             raise PolicyError([Diagnostic(self.root, 0, "", "", f"policy directory {what}")])
         for relative in self.policy_files():
             self.load_file(relative)
+        self.expand_sidecars()
         self.diagnostics.extend(validate(self.entries, check_references=self.complete))
         self.read_referenced_files()
         if self.diagnostics:
@@ -873,6 +889,18 @@ class _Load:
         if name:
             self.entries.append(Entry(kind, name, source, checked))
 
+    def expand_sidecars(self) -> None:
+        """Each Sidecar's Gateways, Routes and Services join the entries, placed at its lines."""
+        sidecars = [e for e in self.entries if isinstance(e.document, Sidecar)]
+        by_name = {e.name: e.document for e in sidecars if isinstance(e.document, Sidecar)}
+        for entry in sidecars:
+            assert isinstance(entry.document, Sidecar)
+            expansion = expand_sidecar(entry.document, by_name)
+            for loc, message in expansion.problems:
+                line = entry.source.line_of(loc)
+                self.fail(entry.source.path, line, _at(loc, message), entry.kind, entry.name)
+            self.entries.extend(Entry(d.kind, d.name, entry.source, d) for d in expansion.documents)
+
     @staticmethod
     def kind_problem(value: dict[str, Any]) -> str:
         raw_kind = value.get("kind")
@@ -952,9 +980,23 @@ class _Load:
     def policy_set(self) -> PolicySet:
         by_kind: dict[str, dict[str, Document]] = {kind: {} for kind in KINDS}
         sources: dict[tuple[str, str], SourceRef] = {}
+        field_sources: dict[tuple[str, str, str], SourceRef] = {}
         for entry in sorted(self.entries, key=lambda entry: (entry.kind, entry.name)):
             assert entry.document is not None  # any invalid document raised PolicyError above
             by_kind[entry.kind][entry.name] = entry.document
             sources[(entry.kind, entry.name)] = SourceRef(entry.source.path, entry.source.line_of(("name",)))
+            if isinstance(entry.document, AuthPolicy):
+                for index, source in enumerate(entry.document.identity):
+                    if source.custom is not None:
+                        loc = ("identity", index, "custom", "plugin")
+                        field_sources[(entry.kind, entry.name, _field(loc))] = SourceRef(
+                            entry.source.path, entry.source.line_of(loc)
+                        )
         attributes: dict[str, Any] = {_KIND_ATTRIBUTES[kind]: docs for kind, docs in by_kind.items()}
-        return PolicySet(version=self.version(), files=self.files, sources=sources, **attributes)
+        return PolicySet(
+            version=self.version(),
+            files=self.files,
+            sources=sources,
+            field_sources=field_sources,
+            **attributes,
+        )

@@ -20,16 +20,35 @@ from google.protobuf import message
 
 from waypost.policies.model import Gateway, PolicySet, Route, Service
 from waypost.xds.compiler.clusters import build_cluster, build_load_assignment
+from waypost.xds.compiler.decisions import (
+    DecisionEndpoints,
+    build_decision_cluster,
+    decision_needs,
+    needed_clusters,
+)
 from waypost.xds.compiler.features import GATEWAY_CLUSTERS, HTTP_FEATURES, HttpFeature
 from waypost.xds.compiler.listeners import build_listener
 from waypost.xds.compiler.memo import CompileMemo, context_key, service_view
-from waypost.xds.compiler.names import cluster_name
+from waypost.xds.compiler.names import cluster_name, grpc_client_cluster_name, grpc_target_key
+from waypost.xds.compiler.proxyless import (
+    build_grpc_client_cluster,
+    build_grpc_client_load_assignment,
+    build_grpc_listener,
+    build_grpc_route_configuration,
+)
 from waypost.xds.compiler.routes import build_route_configuration
 from waypost.xds.compiler.secrets import build_secrets
 from waypost.xds.compiler.upstream_tls import build_service_secrets, patch_cluster_tls
 from waypost.xds.types import TypeUrl
 
-__all__ = ["CompileMemo", "CompiledPolicy", "GatewayResources", "NodeResources", "compile_policy"]
+__all__ = [
+    "CompileMemo",
+    "CompiledPolicy",
+    "DecisionEndpoints",
+    "GatewayResources",
+    "NodeResources",
+    "compile_policy",
+]
 
 NodeResources = dict[TypeUrl, dict[str, message.Message]]
 """Resources by type URL, then by resource name: everything one node group receives."""
@@ -56,9 +75,27 @@ class CompiledPolicy:
     load_assignments: Mapping[str, endpoint_pb2.ClusterLoadAssignment] = field(default_factory=dict)
     cluster_secrets: Mapping[str, tuple[secret_pb2.Secret, ...]] = field(default_factory=dict)
     """SDS secrets a cluster uses (upstream client certificates), by cluster name."""
+    decision_needs: Mapping[str, frozenset[str]] = field(default_factory=dict)
+    """Route name -> the decision-service clusters Envoy calls for it (see :mod:`.decisions`)."""
+    decision_endpoints: DecisionEndpoints = field(default_factory=DecisionEndpoints)
+    """Where those clusters point in this version."""
 
-    def select_gateways(self, node_cluster: str, node_labels: Mapping[str, str]) -> tuple[str, ...]:
-        """The names of the Gateways a node gets; nodes with the same tuple share one snapshot."""
+    def select_gateways(
+        self, node_cluster: str, node_labels: Mapping[str, str], *, proxyless: bool = False
+    ) -> tuple[str, ...]:
+        """The names of the Gateways a node gets; nodes with the same tuple share one snapshot.
+
+        A proxyless gRPC client (``proxyless``) gets the GrpcTargets that select it instead, under
+        :func:`~waypost.xds.compiler.names.grpc_target_key`: never an Envoy's listeners, and an
+        Envoy never gets an ``api_listener`` it would refuse."""
+        if proxyless:
+            return tuple(
+                sorted(
+                    grpc_target_key(name)
+                    for name, target in self.policy.grpc_targets.items()
+                    if target.selects(node_cluster, node_labels)
+                )
+            )
         return tuple(
             sorted(name for name, gw in self.policy.gateways.items() if gw.selects(node_cluster, node_labels))
         )
@@ -80,18 +117,23 @@ class CompiledPolicy:
         }
 
 
-def compile_policy(policy: PolicySet, memo: CompileMemo | None = None) -> CompiledPolicy:
-    """Every Envoy resource of ``policy``. With a ``memo`` (kept across versions), resources whose
-    inputs are unchanged are reused from the previous compile (see :mod:`.memo`)."""
+def compile_policy(
+    policy: PolicySet, *, decisions: DecisionEndpoints | None = None, memo: CompileMemo | None = None
+) -> CompiledPolicy:
+    """Every resource of ``policy``; ``decisions`` says where the decision services are (none
+    known: their clusters go out empty, and `waypost serve` reports the routes that need them).
+    With a ``memo`` (kept across versions), resources whose inputs are unchanged are reused from
+    the previous compile (see :mod:`.memo`); the result is the same."""
     memo = memo or CompileMemo()
     memo.begin()
     try:
-        return _compile(policy, memo)
+        return _compile(policy, decisions or DecisionEndpoints(), memo)
     finally:
         memo.end()
 
 
-def _compile(policy: PolicySet, memo: CompileMemo) -> CompiledPolicy:
+def _compile(policy: PolicySet, decisions: DecisionEndpoints, memo: CompileMemo) -> CompiledPolicy:
+    needs = decision_needs(policy)
     routes_by_gateway: dict[str, list[Route]] = {name: [] for name in policy.gateways}
     for route in policy.routes.values():
         routes_by_gateway[route.gateway].append(route)
@@ -106,7 +148,7 @@ def _compile(policy: PolicySet, memo: CompileMemo) -> CompiledPolicy:
         return bound
 
     def build_gateway(
-        gateway: Gateway, routes: list[Route]
+        gateway: Gateway, routes: list[Route], decision_clusters: frozenset[str]
     ) -> tuple[GatewayResources, list[cluster_pb2.Cluster]]:
         features = [f for f in features_bound() if f.applies(gateway, routes)]
         own_clusters = [c for build in GATEWAY_CLUSTERS for c in build(gateway)]
@@ -115,7 +157,8 @@ def _compile(policy: PolicySet, memo: CompileMemo) -> CompiledPolicy:
             route_config=build_route_configuration(gateway, routes, policy.services, features),
             secrets=build_secrets(gateway, policy.files),
             clusters=frozenset(cluster_name(s) for r in routes for s in r.services)
-            | {c.name for c in own_clusters},
+            | {c.name for c in own_clusters}
+            | decision_clusters,
         )
         return resources, own_clusters
 
@@ -123,10 +166,19 @@ def _compile(policy: PolicySet, memo: CompileMemo) -> CompiledPolicy:
     clusters: dict[str, cluster_pb2.Cluster] = {}
     for name, gateway in sorted(policy.gateways.items()):
         routes = sorted(routes_by_gateway[name], key=lambda r: r.name)
-        key = (id(gateway), tuple(map(id, routes)), services, context)
-        gateways[name], own_clusters = memo.get("gateway", name, key, policy, build_gateway, gateway, routes)
+        decision_clusters = needed_clusters(needs, (r.name for r in routes))
+        key = (id(gateway), tuple(map(id, routes)), services, context, decision_clusters)
+        gateways[name], own_clusters = memo.get(
+            "gateway", name, key, policy, build_gateway, gateway, routes, decision_clusters
+        )
         clusters.update((c.name, c) for c in own_clusters)
+    _compile_grpc_targets(policy, gateways)
     load_assignments: dict[str, endpoint_pb2.ClusterLoadAssignment] = {}
+    for name in sorted(needed_clusters(needs, needs)):
+        xds_cluster, assignment = build_decision_cluster(name, decisions)
+        clusters[name] = xds_cluster
+        if assignment is not None:
+            load_assignments[name] = assignment
     cluster_secrets: dict[str, tuple[secret_pb2.Secret, ...]] = {}
     for _, service in sorted(policy.services.items()):
         # Upstream TLS reads the files too; without it a Service's id is the whole key.
@@ -141,13 +193,13 @@ def _compile(policy: PolicySet, memo: CompileMemo) -> CompiledPolicy:
             cluster_secrets[xds_cluster.name] = secrets
         if xds_cluster.type == cluster_pb2.Cluster.EDS:
             load_assignments[xds_cluster.name] = memo.get(
-                "endpoints",
-                service.name,
-                id(service),
-                policy,
-                build_load_assignment,
-                service,
+                "endpoints", service.name, id(service), policy, build_load_assignment, service
             )
+    for name in sorted({name for target in policy.grpc_targets.values() for name in target.services}):
+        service = policy.services[name]
+        grpc_cluster = build_grpc_client_cluster(service)
+        clusters[grpc_cluster.name] = grpc_cluster
+        load_assignments[grpc_cluster.name] = build_grpc_client_load_assignment(service)
     return CompiledPolicy(
         version=policy.version,
         policy=policy,
@@ -155,6 +207,8 @@ def _compile(policy: PolicySet, memo: CompileMemo) -> CompiledPolicy:
         clusters=clusters,
         load_assignments=load_assignments,
         cluster_secrets=cluster_secrets,
+        decision_needs=needs,
+        decision_endpoints=decisions,
     )
 
 
@@ -165,3 +219,14 @@ def _service_cluster(
     patch_cluster_tls(service, xds_cluster, policy.files)
     secrets = build_service_secrets(service, policy.files) if service.tls is not None else None
     return xds_cluster, secrets
+
+
+def _compile_grpc_targets(policy: PolicySet, gateways: dict[str, GatewayResources]) -> None:
+    """Each GrpcTarget as the listener group a proxyless client selects (see ``select_gateways``)."""
+    for name, target in sorted(policy.grpc_targets.items()):
+        gateways[grpc_target_key(name)] = GatewayResources(
+            listener=build_grpc_listener(target),
+            route_config=build_grpc_route_configuration(target),
+            secrets=(),
+            clusters=frozenset(grpc_client_cluster_name(s) for s in target.services),
+        )

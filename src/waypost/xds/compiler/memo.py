@@ -21,7 +21,8 @@ Only the last compile's entries are kept, so memory stays one version's worth.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Hashable
+import dataclasses
+from collections.abc import Callable, Hashable, Mapping
 from typing import Any, TypeVar, cast
 
 from waypost.policies.model import PolicySet
@@ -35,18 +36,21 @@ def _ids(objects: Any) -> tuple[int, ...]:
     return tuple(map(id, objects))
 
 
+_PER_RESOURCE = frozenset({"gateways", "routes", "services", "files", "sources", "field_sources", "version"})
+
+
 def context_key(policy: PolicySet) -> tuple[Hashable, ...]:
-    return (
-        tuple(policy.auth_policies),
-        _ids(policy.auth_policies.values()),
-        tuple(policy.consumers),
-        _ids(policy.consumers.values()),
-        tuple(policy.rate_limit_policies),
-        _ids(policy.rate_limit_policies.values()),
-        tuple(policy.gateways),
-        _ids(policy.gateways.values()),
-        tuple(sorted(policy.files.items())),
-    )
+    """Everything besides a gateway's own documents that compiling it may read: every document
+    of every other kind (AuthPolicies, Consumers, RateLimitPolicies, and kinds added later, taken
+    from the PolicySet's fields so none is forgotten), every Gateway, and the files' bytes."""
+    key: list[Hashable] = []
+    for item in dataclasses.fields(policy):
+        value = getattr(policy, item.name)
+        if item.name not in _PER_RESOURCE and isinstance(value, Mapping):
+            key.append((item.name, tuple(value), _ids(value.values())))
+    key.append((tuple(policy.gateways), _ids(policy.gateways.values())))
+    key.append(tuple(sorted(policy.files.items())))
+    return tuple(key)
 
 
 def service_view(policy: PolicySet) -> tuple[Hashable, ...]:
