@@ -229,7 +229,7 @@ class Incremental:
             policy = load_policies(root, self.load_cache)
         except PolicyError as exc:
             return [str(d) for d in exc.diagnostics]
-        self.cache.commit(self.cache.prepare(compile_policy(policy, self.memo)))
+        self.cache.commit(self.cache.prepare(compile_policy(policy, memo=self.memo)))
         return policy.version, _dump(self.cache)
 
 
