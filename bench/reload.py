@@ -37,6 +37,8 @@ from waypost.demo import find_envoy
 from waypost.log import configure_logging
 from waypost.metrics import XDS_PUSHES
 from waypost.policies.load_cache import LoadCache
+from waypost.server.app import XdsApplier
+from waypost.server.decisions import DecisionOptions, DecisionPlane
 from waypost.server.runtime import PolicyRuntime
 from waypost.xds.ads import AdsServer
 from waypost.xds.bootstrap import build_bootstrap
@@ -118,7 +120,10 @@ async def run(args: argparse.Namespace, work: Path) -> None:
     ports = [free_port() for _ in range(GATEWAYS)]
     write_policies(policies, args.services, args.routes, f"127.0.0.1:{echo_ports[0]}", ports)
     cache = SnapshotCache()
-    runtime = PolicyRuntime(policies, cache)
+    plane = DecisionPlane(DecisionOptions(authz=False))  # no decision service: routes need none
+    await plane.open()
+    xds = XdsApplier(cache, plane)
+    runtime = PolicyRuntime(policies, [xds])
     started = time.perf_counter()
     await runtime.reload()
     print(f"initial load + compile + prepare: {time.perf_counter() - started:.2f} s")
@@ -157,7 +162,7 @@ async def run(args: argparse.Namespace, work: Path) -> None:
             for round_ in range(args.rounds):
                 for mode in modes:
                     if mode == "full":  # the caches off: everything loaded, compiled, encoded again
-                        runtime._load_cache, runtime._compile_memo = LoadCache(), CompileMemo()
+                        runtime._load_cache, xds.memo = LoadCache(), CompileMemo()
                         cache._encoder = ResourceEncoder()
                     times = results.setdefault(
                         mode, {"route": [], "route reload": [], "eds": [], "eds reload": []}
@@ -175,7 +180,7 @@ async def run(args: argparse.Namespace, work: Path) -> None:
                     times["route"].append(t1 - t0)
 
                     if mode == "full":
-                        runtime._load_cache, runtime._compile_memo = LoadCache(), CompileMemo()
+                        runtime._load_cache, xds.memo = LoadCache(), CompileMemo()
                         cache._encoder = ResourceEncoder()
                     target = (round_ * len(modes) + modes.index(mode)) % 2 == 0
                     port = echo_ports[1] if target else echo_ports[0]
