@@ -248,9 +248,9 @@ def wrk(port: int, path: str, seconds: float) -> float:
 
 
 @contextlib.contextmanager
-def envoy_stack(work: Path, src: Path) -> Iterator[int]:
+def envoy_stack(work: Path, src: Path) -> Iterator[tuple[int, int, int]]:
     """waypost (from ``src``: xDS, RLS, HTTP ext_authz), an echo backend and one Envoy; yields the
-    gateway port."""
+    gateway port and the pids of waypost and Envoy."""
     work.mkdir()
     gateway, echo_port, xds, admin, rls, authz_http = (free_port() for _ in range(6))
     policies = work / "envoy-policies"
@@ -317,7 +317,7 @@ def envoy_stack(work: Path, src: Path) -> Iterator[int]:
         time.sleep(0.5)
         for path in PATHS:
             wrk(gateway, path, 1)
-        yield gateway
+        yield gateway, procs[1].pid, procs[2].pid
     finally:
         for proc in reversed(procs):
             proc.terminate()
@@ -329,17 +329,32 @@ PATHS = ("/bare", "/limited", "/auth-only", "/auth-limited")
 
 def envoy_ratio(
     work: Path, seconds: float, rounds: int, sources: dict[str, Path]
-) -> dict[str, dict[str, float]]:
-    """Median req/s per (source, path); every source's stack runs at once and the runs alternate
-    (source by source, path by path), so load from elsewhere hits all of them alike."""
-    results: dict[str, dict[str, list[float]]] = {name: {p: [] for p in PATHS} for name in sources}
+) -> dict[str, dict[str, tuple[float, float, float]]]:
+    """Per (source, path): median req/s, and CPU microseconds per request of waypost (its decision
+    services) and of Envoy. Every source's stack runs at once and the runs alternate (source by
+    source, path by path), so load from elsewhere hits all of them alike; the CPU figures barely
+    move with that load, unlike req/s."""
+    runs: dict[str, dict[str, list[tuple[float, float, float]]]] = {
+        name: {p: [] for p in PATHS} for name in sources
+    }
     with contextlib.ExitStack() as stack:
-        gateways = {name: stack.enter_context(envoy_stack(work / name, src)) for name, src in sources.items()}
+        stacks = {name: stack.enter_context(envoy_stack(work / name, src)) for name, src in sources.items()}
         for _ in range(rounds):
             for path in PATHS:
-                for name, gateway in gateways.items():
-                    results[name][path].append(wrk(gateway, path, seconds))
-    return {name: {p: statistics.median(v) for p, v in paths.items()} for name, paths in results.items()}
+                for name, (gateway, waypost_pid, envoy_pid) in stacks.items():
+                    before = cpu_seconds(waypost_pid), cpu_seconds(envoy_pid)
+                    rate = wrk(gateway, path, seconds)
+                    requests = rate * seconds
+                    waypost_us = (cpu_seconds(waypost_pid) - before[0]) * 1e6 / requests
+                    envoy_us = (cpu_seconds(envoy_pid) - before[1]) * 1e6 / requests
+                    runs[name][path].append((rate, waypost_us, envoy_us))
+    medians: dict[str, dict[str, tuple[float, float, float]]] = {}
+    for name, paths in runs.items():
+        medians[name] = {}
+        for path, values in paths.items():
+            rate, waypost_us, envoy_us = (statistics.median(v[i] for v in values) for i in range(3))
+            medians[name][path] = (rate, waypost_us, envoy_us)
+    return medians
 
 
 def main() -> None:
@@ -364,11 +379,15 @@ def main() -> None:
         sources = {"this": SRC} | ({"before": args.before.resolve()} if args.before else {})
         figures = envoy_ratio(work, seconds, args.rounds, sources)
         for name, by_path in figures.items():
-            bare = by_path["/bare"]
+            bare = by_path["/bare"][0]
             print(
-                f"Envoy --concurrency 1, wrk -c32, waypost {name} ({sources[name]}): bare {bare:,.0f} req/s; "
-                + "; ".join(f"{path} {rate:,.0f} req/s = {rate / bare:.2f}" for path, rate in by_path.items())
+                f"Envoy --concurrency 1, wrk -c32, waypost {name} ({sources[name]}): bare {bare:,.0f} req/s"
             )
+            for path, (rate, waypost_us, envoy_us) in by_path.items():
+                print(
+                    f"  {path:14s} {rate:7,.0f} req/s = {rate / bare:.2f} of bare; CPU per request: "
+                    f"waypost {waypost_us:6.1f} us, Envoy {envoy_us:6.1f} us"
+                )
 
 
 def other_figures(policies: Path, work: Path, seconds: float) -> None:
