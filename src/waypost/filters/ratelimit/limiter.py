@@ -27,7 +27,14 @@ from waypost.filters.ratelimit.table import LimitRule, RateLimitTable, build_tab
 from waypost.log import get_logger
 from waypost.policies.model import PolicySet
 
-__all__ = ["DescriptorResult", "Limiter", "Verdict", "check_consumer_quota", "consumer_quota"]
+__all__ = [
+    "DescriptorResult",
+    "Limiter",
+    "Verdict",
+    "check_consumer_quota",
+    "consumer_quota",
+    "consumer_usage",
+]
 
 log = get_logger("waypost.ratelimit")
 
@@ -113,6 +120,24 @@ class Limiter:
             _DECIDED_OK.inc()
             return Verdict(True, (_UNCOUNTED,) * len(descriptors))
         return self._finish(plan, hit_now(counters, hits), len(descriptors))
+
+    async def peek(self, descriptors: Sequence[Entries]) -> tuple[DescriptorResult, ...]:
+        """Where each descriptor's counter stands, counting nothing (for usage pages, not
+        decisions: no metrics). Raises StoreUnavailable when the store cannot answer."""
+        plan, counters = self._plan(descriptors)
+        results = [_UNCOUNTED] * len(descriptors)
+        if not counters:
+            return tuple(results)
+        counts = await self.store.hit(counters, 0)
+        for (index, rule, requests, unit), count in zip(plan, counts, strict=True):
+            results[index] = DescriptorResult(
+                over_limit=count.used > requests and not rule.shadow,
+                limit=requests,
+                unit=unit,
+                remaining=max(0, requests - int(count.used)),
+                reset=count.reset,
+            )
+        return tuple(results)
 
     def _plan(self, descriptors: Sequence[Entries]) -> tuple[list[_Planned], list[tuple[str, int]]]:
         table = self.table
@@ -267,3 +292,16 @@ async def check_consumer_quota(
     if verdict is None:
         return Verdict(True, ())
     return await verdict if inspect.isawaitable(verdict) else verdict
+
+
+async def consumer_usage(
+    limiter: Limiter, route: str, consumer: str, plan: str | None = None
+) -> tuple[DescriptorResult, ...]:
+    """Where ``consumer`` stands against ``route``'s consumer limits (the same counters Envoy's
+    requests count on), counting nothing: the developer portal's usage and remaining quota."""
+    table = limiter.table
+    limits = table.consumer_limits.get(route) if table is not None else None
+    if not limits:
+        return ()
+    descriptors = [_consumer_entries(limit, consumer, plan) for limit in limits]
+    return tuple(r for r in await limiter.peek(descriptors) if r.counted)

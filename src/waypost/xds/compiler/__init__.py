@@ -15,6 +15,7 @@ from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.endpoint.v3 import endpoint_pb2
 from envoy.config.listener.v3 import listener_pb2
 from envoy.config.route.v3 import route_pb2
+from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm_pb2
 from envoy.extensions.transport_sockets.tls.v3 import secret_pb2
 from google.protobuf import message
 
@@ -117,6 +118,12 @@ class CompiledPolicy:
         }
 
 
+def _http_filters(feature: HttpFeature, gateway: Gateway, routes: list[Route]) -> list[hcm_pb2.HttpFilter]:
+    """A feature's filters: one, or several for a feature with ``http_filters`` (one per Service)."""
+    several = getattr(feature, "http_filters", None)
+    return list(several(gateway, routes)) if several is not None else [feature.http_filter(gateway, routes)]
+
+
 def compile_policy(
     policy: PolicySet, *, decisions: DecisionEndpoints | None = None, memo: CompileMemo | None = None
 ) -> CompiledPolicy:
@@ -153,7 +160,9 @@ def _compile(policy: PolicySet, decisions: DecisionEndpoints, memo: CompileMemo)
         features = [f for f in features_bound() if f.applies(gateway, routes)]
         own_clusters = [c for build in GATEWAY_CLUSTERS for c in build(gateway)]
         resources = GatewayResources(
-            listener=build_listener(gateway, [f.http_filter(gateway, routes) for f in features]),
+            listener=build_listener(
+                gateway, [hf for f in features for hf in _http_filters(f, gateway, routes)]
+            ),
             route_config=build_route_configuration(gateway, routes, policy.services, features),
             secrets=build_secrets(gateway, policy.files),
             clusters=frozenset(cluster_name(s) for r in routes for s in r.services)

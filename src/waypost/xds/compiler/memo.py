@@ -9,10 +9,11 @@ recompile, never a wrong result.
 
 What each resource is keyed by (everything its compilation reads):
 
-* a Gateway's listener, route table, secrets and own clusters: the Gateway, its Routes, the
-  ``lb`` and ``protocol`` of every Service (all a route action reads of a Service), and the
-  *context*: every AuthPolicy, Consumer, RateLimitPolicy and Gateway, and the referenced
-  files' bytes (what the features bound to the policy read);
+* a Gateway's listener, route table, secrets and own clusters: the Gateway, its Routes, every
+  Service's fields but its endpoints (a route action reads ``lb`` and ``protocol``, admission
+  control its settings), the decision clusters its routes need, and the *context*: every
+  document of the other kinds (AuthPolicy, Consumer, RateLimitPolicy, ...), every Gateway, and
+  the referenced files' bytes (what the features bound to the policy read);
 * a Service's cluster: the Service and, with upstream TLS, the files; its load assignment: the
   Service.
 
@@ -25,7 +26,7 @@ import dataclasses
 from collections.abc import Callable, Hashable, Mapping
 from typing import Any, TypeVar, cast
 
-from waypost.policies.model import PolicySet
+from waypost.policies.model import PolicySet, Service
 
 __all__ = ["CompileMemo", "context_key", "service_view"]
 
@@ -54,9 +55,17 @@ def context_key(policy: PolicySet) -> tuple[Hashable, ...]:
 
 
 def service_view(policy: PolicySet) -> tuple[Hashable, ...]:
-    """All a route table reads of Services: each one's ``lb`` and ``protocol``. One view for every
-    gateway (walking each gateway's routes for the names they use costs more than comparing)."""
-    return tuple((name, s.lb, s.protocol) for name, s in policy.services.items())
+    """What gateways read of Services: every field but the endpoints (a route action reads
+    ``lb`` and ``protocol``, admission control its settings, ...), so an endpoint change recompiles
+    no gateway. One view for every gateway (walking each gateway's routes for the names they use
+    costs more than comparing); compared with ``==``, never hashed."""
+    return tuple(
+        (name, *(getattr(service, field) for field in _SERVICE_FIELDS))
+        for name, service in policy.services.items()
+    )
+
+
+_SERVICE_FIELDS = tuple(name for name in Service.model_fields if name != "endpoints")
 
 
 class CompileMemo:
