@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from authz_support import ISSUER, KEYS, PLUGIN_DIR, Signer, key_hash
-from support import EchoFactory, EnvoyProcess, WaypostProcess, free_ports
+from support import EchoFactory, EnvoyProcess, WaypostProcess, free_ports, wait_until
 from support.keepalive import KeepAliveClient
 from support.procs import SRC_DIR
 
@@ -184,6 +184,13 @@ async def stack(
     await asyncio.to_thread(envoy.wait_for_listener, grpc_port)
     await asyncio.to_thread(envoy.wait_for_listener, http_port)
     await asyncio.to_thread(envoy.wait_for_listener, plugin_port)
+
+    def in_sync() -> bool:
+        nodes = waypost.status()["nodes"]
+        return bool(nodes) and all(t["in_sync"] for node in nodes for t in node["types"].values())
+
+    # Listeners up is not enough: the decision clusters and routes must be acked too.
+    await asyncio.to_thread(wait_until, in_sync, 20, 0.1, message="envoy in sync")
     return {"grpc": grpc_port, "http": http_port, "plugin": plugin_port, "signer": signer, "envoy": envoy}
 
 
@@ -241,7 +248,7 @@ async def test_forged_identity_headers_never_reach_the_backend(stack: dict[str, 
         for forged in ([*FORGED], FORGED[:1], FORGED[::-1]):
             status, body = await _request(stack[gateway], path, credentials + forged)
             tried += 1
-            assert status == 200, (gateway, path, status, body)
+            assert status == 200, (gateway, path, forged, status, body)
             assert identity_seen(body) == expected, (gateway, path, forged, body["headers"])
     assert tried == 3 * len(cases)
 
