@@ -155,6 +155,7 @@ def _parser() -> argparse.ArgumentParser:
     commands.add_parser("docs", help="print the policy reference generated from the model (docs/)")
     serve.add_argument("--authz-port", type=int, help="also serve the ext_authz Check service on this port")
     serve.add_argument("--authz-http-port", type=int, help="and its HTTP endpoint (auth_service: http)")
+    serve.add_argument("--authz-grpcio", action="store_true", help=_GRPCIO_HELP)
 
     authz = commands.add_parser("authz", help="serve only the ext_authz decision service (gRPC Check)")
     authz.add_argument("--policies", required=True, type=Path)
@@ -163,6 +164,7 @@ def _parser() -> argparse.ArgumentParser:
     authz.add_argument("--http-port", type=int, help="also serve the HTTP endpoint (auth_service: http)")
     authz.add_argument("--admin-port", type=int, help="/healthz, /readyz, /metrics on this port")
     authz.add_argument("--workers", type=int, default=1, help="processes sharing the port (SO_REUSEPORT)")
+    authz.add_argument("--authz-grpcio", action="store_true", help=_GRPCIO_HELP)
     authz.add_argument("--no-watch", action="store_true")
     authz.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
     authz.add_argument("--log-format", choices=("json", "console"))
@@ -182,6 +184,9 @@ def _parser() -> argparse.ArgumentParser:
     ratelimit.add_argument("--log-format", choices=("json", "console"))
     _ratelimit_arguments(ratelimit, port_flag="--port", required=True)
     return parser
+
+
+_GRPCIO_HELP = "serve gRPC Check with grpcio's server (slower) instead of waypost's lean HTTP/2 server"
 
 
 def _ratelimit_arguments(parser: argparse.ArgumentParser, *, port_flag: str, required: bool) -> None:
@@ -368,6 +373,7 @@ def _serve(args: argparse.Namespace) -> int:
         git_pull=args.git_pull,
         authz_port=args.authz_port,
         authz_http_port=args.authz_http_port,
+        authz_grpcio=args.authz_grpcio,
         xds_tls=xds_tls,
         ratelimit=_ratelimit_options(args),
     )
@@ -398,6 +404,7 @@ def _authz(args: argparse.Namespace, argv: list[str]) -> int:
         admin_port=args.admin_port,
         watch=not args.no_watch,
         workers=args.workers,
+        grpcio=args.authz_grpcio,
     )
     return run_authz(options, argv)
 

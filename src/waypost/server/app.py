@@ -40,6 +40,8 @@ class ServeOptions:
     """Seconds between ``git pull --ff-only`` of the policy checkout; None: never pull."""
     authz_port: int | None = None
     """Serve the ext_authz Check service on this port (None: not at all)."""
+    authz_grpcio: bool = False
+    """Serve Check with grpcio's server instead of waypost's lean one."""
     authz_http_port: int | None = None
     """Serve the decision core's HTTP endpoint (Gateways with ``auth_service: http``) here."""
     xds_tls: XdsTls | None = None
@@ -110,8 +112,10 @@ async def serve(options: ServeOptions, *, stop: asyncio.Event | None = None) -> 
 
         core = attach_authz(runtime)
         if options.authz_port is not None:
-            authz_server, authz_port = await start_authz_grpc(core, options.host, options.authz_port)
-            log.info("ext_authz serving", authz_port=authz_port)
+            authz_server = await start_authz_grpc(
+                core, options.host, options.authz_port, grpcio=options.authz_grpcio
+            )
+            log.info("ext_authz serving", authz_port=authz_server.port)
         if options.authz_http_port is not None:
             authz_http, http_port = await start_authz_http(core, options.host, options.authz_http_port)
             log.info("ext_authz http serving", authz_http_port=http_port)
@@ -156,7 +160,7 @@ async def serve(options: ServeOptions, *, stop: asyncio.Event | None = None) -> 
         if authz_http is not None:
             authz_http.close()
         if authz_server is not None:
-            await authz_server.stop(grace=0.5)
+            await authz_server.stop()
         await grpc_server.stop(grace=1)
         ads.close()
         if ratelimit is not None:

@@ -16,24 +16,15 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-import grpc
-
 from waypost.filters.authz.core import AuthzCore
 from waypost.filters.authz.grpc_service import AuthzGrpcService
+from waypost.h2grpc import GrpcioServer, GrpcServer, start_grpc_server, start_grpcio_server
 from waypost.log import get_logger
 from waypost.server.runtime import PolicyRuntime
 
 __all__ = ["AuthzOptions", "attach_authz", "run_authz", "start_authz_grpc"]
 
 log = get_logger("waypost.authz.server")
-
-_GRPC_OPTIONS = [
-    ("grpc.so_reuseport", 1),
-    ("grpc.keepalive_permit_without_calls", 1),
-    ("grpc.http2.max_pings_without_data", 0),
-    ("grpc.max_concurrent_streams", 1024),
-]
-
 
 def attach_authz(runtime: PolicyRuntime) -> AuthzCore:
     """A decision core that follows ``runtime``: each applied version swaps its plans."""
@@ -46,14 +37,15 @@ def attach_authz(runtime: PolicyRuntime) -> AuthzCore:
     return core
 
 
-async def start_authz_grpc(core: AuthzCore, host: str, port: int) -> tuple[grpc.aio.Server, int]:
-    server = grpc.aio.server(options=_GRPC_OPTIONS)
-    AuthzGrpcService(core).add_to(server)
-    bound = server.add_insecure_port(f"{host}:{port}")
-    if bound == 0:
-        raise OSError(f"cannot listen on {host}:{port} for ext_authz")
-    await server.start()
-    return server, bound
+async def start_authz_grpc(
+    core: AuthzCore, host: str, port: int, *, grpcio: bool = False
+) -> GrpcServer | GrpcioServer:
+    """The gRPC Check service on ``host:port`` (SO_REUSEPORT: workers share it), with health and
+    reflection; waypost's lean server unless ``grpcio``."""
+    registration = AuthzGrpcService(core).service()
+    if grpcio:
+        return await start_grpcio_server([registration], host, port, reuse_port=True)
+    return await start_grpc_server([registration], host, port, reuse_port=True)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -65,6 +57,8 @@ class AuthzOptions:
     admin_port: int | None = None
     watch: bool = True
     workers: int = 1
+    grpcio: bool = False
+    """Serve Check with grpcio's server instead of waypost's lean one (:mod:`waypost.h2grpc`)."""
 
 
 def run_authz(options: AuthzOptions, argv: list[str]) -> int:
@@ -119,7 +113,8 @@ async def _serve_one(options: AuthzOptions) -> None:
     runtime = PolicyRuntime(options.policies, SnapshotCache())
     await runtime.reload()
     core = attach_authz(runtime)
-    server, port = await start_authz_grpc(core, options.host, options.port)
+    server = await start_authz_grpc(core, options.host, options.port, grpcio=options.grpcio)
+    port = server.port
     http_server = None
     if options.http_port is not None:
         from waypost.filters.authz.http_service import start_authz_http
@@ -150,4 +145,4 @@ async def _serve_one(options: AuthzOptions) -> None:
             await admin.close()
         if http_server is not None:
             http_server.close()
-        await server.stop(grace=0.5)
+        await server.stop()

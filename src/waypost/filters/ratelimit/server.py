@@ -13,13 +13,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import grpc
-
-from waypost.filters.ratelimit.h2server import H2RateLimitServer, start_h2_server
 from waypost.filters.ratelimit.limiter import Limiter
 from waypost.filters.ratelimit.metrics import RATELIMIT_STORE_UP
 from waypost.filters.ratelimit.service import RateLimitService
 from waypost.filters.ratelimit.store import Algorithm, CounterStore, MemoryStore, RedisStore
+from waypost.h2grpc import GrpcioServer, GrpcServer, start_grpc_server, start_grpcio_server
 from waypost.log import get_logger
 from waypost.policies.model import PolicySet
 
@@ -37,20 +35,17 @@ class RateLimitOptions:
     fail_closed: bool = False
     algorithm: Algorithm = "fixed"
     grpcio: bool = False
-    """Serve with grpcio's aio server instead of the lean HTTP/2 server (see :mod:`h2server`)."""
+    """Serve with grpcio's aio server instead of the lean one (see :mod:`waypost.h2grpc`)."""
 
 
 @dataclass
 class RunningRateLimit:
-    server: grpc.aio.Server | H2RateLimitServer
+    server: GrpcServer | GrpcioServer
     port: int
     limiter: Limiter
 
     async def stop(self) -> None:
-        if isinstance(self.server, H2RateLimitServer):
-            await self.server.stop()
-        else:
-            await self.server.stop(grace=1)
+        await self.server.stop()
         await self.limiter.store.close()
 
 
@@ -68,13 +63,13 @@ async def start_ratelimit(
         await store.prepare()
     limiter = Limiter(policy_source, store, fail_closed=options.fail_closed)
     RATELIMIT_STORE_UP.set(1)
-    service = RateLimitService(limiter)
-    running: RunningRateLimit
-    if not options.grpcio:
-        h2 = await start_h2_server(service.answer, options.host, options.port)
-        running = RunningRateLimit(server=h2, port=h2.port, limiter=limiter)
+    registration = RateLimitService(limiter).service(ready=lambda: policy_source() is not None)
+    server: GrpcServer | GrpcioServer
+    if options.grpcio:
+        server = await start_grpcio_server([registration], options.host, options.port)
     else:
-        running = await _start_grpcio(service, options, limiter)
+        server = await start_grpc_server([registration], options.host, options.port)
+    running = RunningRateLimit(server=server, port=server.port, limiter=limiter)
     log.info(
         "rate-limit service listening",
         port=running.port,
@@ -84,22 +79,6 @@ async def start_ratelimit(
         fail_closed=options.fail_closed,
     )
     return running
-
-
-async def _start_grpcio(
-    service: RateLimitService, options: RateLimitOptions, limiter: Limiter
-) -> RunningRateLimit:
-    server = grpc.aio.server(
-        options=[
-            ("grpc.keepalive_time_ms", 30_000),
-            ("grpc.http2.max_pings_without_data", 0),
-            ("grpc.keepalive_permit_without_calls", 1),
-        ]
-    )
-    service.add_to(server)
-    port = server.add_insecure_port(f"{options.host}:{options.port}")
-    await server.start()
-    return RunningRateLimit(server=server, port=port, limiter=limiter)
 
 
 @dataclass(frozen=True, kw_only=True)
