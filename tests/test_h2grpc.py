@@ -54,7 +54,9 @@ async def chat(requests: AsyncIterator[bytes], send: Send) -> None:
 
 SERVICES = [
     Service("test.Echo", {"Echo": UnaryMethod(echo), "Big": UnaryMethod(lambda n: b"x" * int(n))}),
-    Service("test.Slow", {"Slow": UnaryMethod(slow), "Chat": StreamMethod(chat)}, ready=lambda: READY["value"]),
+    Service(
+        "test.Slow", {"Slow": UnaryMethod(slow), "Chat": StreamMethod(chat)}, ready=lambda: READY["value"]
+    ),
 ]
 
 
@@ -63,7 +65,9 @@ async def server(request: pytest.FixtureRequest) -> AsyncIterator[GrpcServer | G
     """Both backends serve the same registrations with the same statuses."""
     running: GrpcServer | GrpcioServer
     if request.param == "lean":
-        running = await start_grpc_server(SERVICES, "127.0.0.1", 0, limits=Limits(max_message=4 * 1024 * 1024))
+        running = await start_grpc_server(
+            SERVICES, "127.0.0.1", 0, limits=Limits(max_message=4 * 1024 * 1024)
+        )
     else:
         running = await start_grpcio_server(SERVICES, "127.0.0.1", 0)
     yield running
@@ -130,7 +134,9 @@ async def test_bidi_stream(channel: grpc.aio.Channel) -> None:
     assert [m async for m in call] == [b"A", b"B" * 200_000, b"C"]
 
 
-async def test_health_reflects_readiness(channel: grpc.aio.Channel, server: GrpcServer | GrpcioServer) -> None:
+async def test_health_reflects_readiness(
+    channel: grpc.aio.Channel, server: GrpcServer | GrpcioServer
+) -> None:
     stub = health_pb2_grpc.HealthStub(channel)
     serving, not_serving = health_pb2.HealthCheckResponse.SERVING, health_pb2.HealthCheckResponse.NOT_SERVING
     READY["value"] = False
@@ -175,17 +181,30 @@ async def test_reflection(channel: grpc.aio.Channel, version: str) -> None:
     )
     listed, health, missing, own = [r async for r in call]
     names = {s.name for s in listed.list_services_response.service}
-    assert {"test.Echo", "test.Slow", "grpc.health.v1.Health", f"grpc.reflection.{version}.ServerReflection"} <= names
-    files = [descriptor_pb2.FileDescriptorProto.FromString(b) for b in health.file_descriptor_response.file_descriptor_proto]
+    assert {
+        "test.Echo",
+        "test.Slow",
+        "grpc.health.v1.Health",
+        f"grpc.reflection.{version}.ServerReflection",
+    } <= names
+    files = [
+        descriptor_pb2.FileDescriptorProto.FromString(b)
+        for b in health.file_descriptor_response.file_descriptor_proto
+    ]
     assert files[0].package == "grpc.health.v1" and files[0].service[0].name == "Health"
     assert missing.error_response.error_code == grpc.StatusCode.NOT_FOUND.value[0]
-    own_file = descriptor_pb2.FileDescriptorProto.FromString(own.file_descriptor_response.file_descriptor_proto[0])
+    own_file = descriptor_pb2.FileDescriptorProto.FromString(
+        own.file_descriptor_response.file_descriptor_proto[0]
+    )
     assert own_file.package == f"grpc.reflection.{version}"
 
 
 async def test_reflection_with_grpcio_client_stub(channel: grpc.aio.Channel) -> None:
     stub = reflection_pb2_grpc.ServerReflectionStub(channel)
     responses = [
-        r async for r in stub.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")]))
+        r
+        async for r in stub.ServerReflectionInfo(
+            iter([reflection_pb2.ServerReflectionRequest(list_services="")])
+        )
     ]
     assert "grpc.health.v1.Health" in {s.name for s in responses[0].list_services_response.service}

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from waypost.filters.ratelimit.server import RateLimitOptions
+    from waypost.h2grpc import Limits
     from waypost.policies.model import PolicySet
 
 __all__ = ["main"]
@@ -165,6 +166,7 @@ def _parser() -> argparse.ArgumentParser:
     authz.add_argument("--admin-port", type=int, help="/healthz, /readyz, /metrics on this port")
     authz.add_argument("--workers", type=int, default=1, help="processes sharing the port (SO_REUSEPORT)")
     authz.add_argument("--authz-grpcio", action="store_true", help=_GRPCIO_HELP)
+    _decision_limit_arguments(authz)
     authz.add_argument("--no-watch", action="store_true")
     authz.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
     authz.add_argument("--log-format", choices=("json", "console"))
@@ -174,6 +176,7 @@ def _parser() -> argparse.ArgumentParser:
     keys_new = keys_commands.add_parser("new", help="print a fresh API key once, and the line to commit")
     keys_new.add_argument("consumer")
     _ratelimit_arguments(serve, port_flag="--ratelimit-port", required=False)
+    _decision_limit_arguments(serve)
 
     ratelimit = commands.add_parser("ratelimit", help="run only the rate-limit service (Envoy RLS)")
     ratelimit.add_argument("--policies", required=True, type=Path)
@@ -183,10 +186,34 @@ def _parser() -> argparse.ArgumentParser:
     ratelimit.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
     ratelimit.add_argument("--log-format", choices=("json", "console"))
     _ratelimit_arguments(ratelimit, port_flag="--port", required=True)
+    _decision_limit_arguments(ratelimit)
     return parser
 
 
 _GRPCIO_HELP = "serve gRPC Check with grpcio's server (slower) instead of waypost's lean HTTP/2 server"
+
+
+def _decision_limit_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--max-connections",
+        type=int,
+        default=1000,
+        help="open connections per decision port (at the cap the longest-idle one is closed; default 1000)",
+    )
+    parser.add_argument(
+        "--idle-timeout",
+        type=float,
+        default=300.0,
+        help="seconds a decision-port connection may stay without a call (default 300)",
+    )
+
+
+def _decision_limits(args: argparse.Namespace) -> Limits:
+    from waypost.h2grpc import Limits
+
+    if args.max_connections < 1 or args.idle_timeout <= 0:
+        raise argparse.ArgumentTypeError("--max-connections and --idle-timeout must be positive")
+    return Limits(max_connections=args.max_connections, idle_timeout=args.idle_timeout)
 
 
 def _ratelimit_arguments(parser: argparse.ArgumentParser, *, port_flag: str, required: bool) -> None:
@@ -225,6 +252,7 @@ def _ratelimit_options(args: argparse.Namespace) -> RateLimitOptions | None:
         fail_closed=args.ratelimit_fail_closed,
         algorithm=args.ratelimit_algorithm,
         grpcio=args.ratelimit_grpcio,
+        limits=_decision_limits(args),
     )
 
 
@@ -374,6 +402,7 @@ def _serve(args: argparse.Namespace) -> int:
         authz_port=args.authz_port,
         authz_http_port=args.authz_http_port,
         authz_grpcio=args.authz_grpcio,
+        decision_limits=_decision_limits(args),
         xds_tls=xds_tls,
         ratelimit=_ratelimit_options(args),
     )
@@ -405,6 +434,7 @@ def _authz(args: argparse.Namespace, argv: list[str]) -> int:
         watch=not args.no_watch,
         workers=args.workers,
         grpcio=args.authz_grpcio,
+        limits=_decision_limits(args),
     )
     return run_authz(options, argv)
 

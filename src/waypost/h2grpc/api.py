@@ -71,11 +71,12 @@ class Limits:
 
     max_concurrent_streams: int = 1024
     """Advertised in SETTINGS; a stream beyond it is refused (RST_STREAM REFUSED_STREAM)."""
-    max_message: int = 4 * 1024 * 1024
-    """Largest request message; a larger one is answered RESOURCE_EXHAUSTED."""
+    max_message: int = 1024 * 1024
+    """Largest request message; a larger one is answered RESOURCE_EXHAUSTED. (A CheckRequest
+    carries the client's request headers, which Envoy caps at 60 KiB by default.)"""
     max_header_list: int = 16 * 1024
     """Decoded request header list (RFC 7540 SETTINGS_MAX_HEADER_LIST_SIZE); beyond: GOAWAY."""
-    connection_window: int = 8 * 1024 * 1024
+    connection_window: int = 4 * 1024 * 1024
     """Unconsumed request bytes buffered per connection (the HTTP/2 connection flow-control window)."""
     max_pending_control: int = 1024
     """PING/SETTINGS answers queued while the client does not read: beyond, GOAWAY ENHANCE_YOUR_CALM."""

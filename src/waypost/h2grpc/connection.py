@@ -86,7 +86,11 @@ class H2Connection(asyncio.Protocol):
             return
         self._transport.set_write_buffer_limits(high=256 * 1024)
         limits = self.limits
-        ours = ((0x3, limits.max_concurrent_streams), (0x4, self.stream_window), (0x6, limits.max_header_list))
+        ours = (
+            (0x3, limits.max_concurrent_streams),
+            (0x4, self.stream_window),
+            (0x6, limits.max_header_list),
+        )
         settings = b"".join(struct.pack(">HI", key, value) for key, value in ours)
         boost = limits.connection_window - 65_535
         self.write(
@@ -130,7 +134,9 @@ class H2Connection(asyncio.Protocol):
                 word, flags, stream = f.HEADER.unpack_from(buffer, offset)
                 length, kind = word >> 8, word & 0xFF
                 if length > _MAX_FRAME:
-                    raise ProtocolFault(f.ErrorCode.FRAME_SIZE_ERROR, "frame larger than SETTINGS_MAX_FRAME_SIZE")
+                    raise ProtocolFault(
+                        f.ErrorCode.FRAME_SIZE_ERROR, "frame larger than SETTINGS_MAX_FRAME_SIZE"
+                    )
                 end = offset + 9 + length
                 if end > size:
                     break

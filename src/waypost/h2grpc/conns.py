@@ -67,7 +67,7 @@ class ConnectionSlots:
 
     async def _sweep(self) -> None:
         interval = max(0.05, min(1.0, self.idle_timeout / 4, self.handshake_timeout / 4))
-        while True:
+        while self.live:
             await asyncio.sleep(interval)
             now = time.monotonic()
             for connection in list(self.live):
@@ -77,6 +77,7 @@ class ConnectionSlots:
                 if now - connection.last_active > limit:
                     self.live.discard(connection)
                     connection.close_idle()
+        self._sweeper = None  # restarted by the next admit
 
     def close_all(self) -> None:
         if self._sweeper is not None:

@@ -6,13 +6,14 @@ import asyncio
 import contextlib
 import signal
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import grpc
 
 from waypost.filters.ratelimit.server import RateLimitOptions, RunningRateLimit, start_ratelimit
+from waypost.h2grpc import Limits
 from waypost.log import get_logger
 from waypost.server.admin import AdminServer
 from waypost.server.dashboard import Dashboard
@@ -42,6 +43,8 @@ class ServeOptions:
     """Serve the ext_authz Check service on this port (None: not at all)."""
     authz_grpcio: bool = False
     """Serve Check with grpcio's server instead of waypost's lean one."""
+    decision_limits: Limits = field(default_factory=Limits)
+    """Connection cap, idle timeout and sizes on the ext_authz ports (the RLS has its own)."""
     authz_http_port: int | None = None
     """Serve the decision core's HTTP endpoint (Gateways with ``auth_service: http``) here."""
     xds_tls: XdsTls | None = None
@@ -113,11 +116,17 @@ async def serve(options: ServeOptions, *, stop: asyncio.Event | None = None) -> 
         core = attach_authz(runtime)
         if options.authz_port is not None:
             authz_server = await start_authz_grpc(
-                core, options.host, options.authz_port, grpcio=options.authz_grpcio
+                core,
+                options.host,
+                options.authz_port,
+                grpcio=options.authz_grpcio,
+                limits=options.decision_limits,
             )
             log.info("ext_authz serving", authz_port=authz_server.port)
         if options.authz_http_port is not None:
-            authz_http, http_port = await start_authz_http(core, options.host, options.authz_http_port)
+            authz_http, http_port = await start_authz_http(
+                core, options.host, options.authz_http_port, limits=options.decision_limits
+            )
             log.info("ext_authz http serving", authz_http_port=http_port)
     ratelimit: RunningRateLimit | None = None
     if options.ratelimit is not None:

@@ -95,7 +95,9 @@ class AuthzGrpcService:
 
     def service(self) -> Service:
         """Healthy (SERVING) once the core holds a valid policy version."""
-        return Service(SERVICE_NAME, {"Check": UnaryMethod(self.check)}, ready=lambda: self.core.version is not None)
+        return Service(
+            SERVICE_NAME, {"Check": UnaryMethod(self.check)}, ready=lambda: self.core.version is not None
+        )
 
     def check(self, body: bytes) -> bytes | Awaitable[bytes]:
         try:

@@ -13,18 +13,19 @@ import os
 import signal
 import subprocess
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from waypost.filters.authz.core import AuthzCore
 from waypost.filters.authz.grpc_service import AuthzGrpcService
-from waypost.h2grpc import GrpcioServer, GrpcServer, start_grpc_server, start_grpcio_server
+from waypost.h2grpc import GrpcioServer, GrpcServer, Limits, start_grpc_server, start_grpcio_server
 from waypost.log import get_logger
 from waypost.server.runtime import PolicyRuntime
 
 __all__ = ["AuthzOptions", "attach_authz", "run_authz", "start_authz_grpc"]
 
 log = get_logger("waypost.authz.server")
+
 
 def attach_authz(runtime: PolicyRuntime) -> AuthzCore:
     """A decision core that follows ``runtime``: each applied version swaps its plans."""
@@ -38,14 +39,14 @@ def attach_authz(runtime: PolicyRuntime) -> AuthzCore:
 
 
 async def start_authz_grpc(
-    core: AuthzCore, host: str, port: int, *, grpcio: bool = False
+    core: AuthzCore, host: str, port: int, *, grpcio: bool = False, limits: Limits | None = None
 ) -> GrpcServer | GrpcioServer:
     """The gRPC Check service on ``host:port`` (SO_REUSEPORT: workers share it), with health and
     reflection; waypost's lean server unless ``grpcio``."""
     registration = AuthzGrpcService(core).service()
     if grpcio:
         return await start_grpcio_server([registration], host, port, reuse_port=True)
-    return await start_grpc_server([registration], host, port, reuse_port=True)
+    return await start_grpc_server([registration], host, port, reuse_port=True, limits=limits)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -59,6 +60,7 @@ class AuthzOptions:
     workers: int = 1
     grpcio: bool = False
     """Serve Check with grpcio's server instead of waypost's lean one (:mod:`waypost.h2grpc`)."""
+    limits: Limits = field(default_factory=Limits)
 
 
 def run_authz(options: AuthzOptions, argv: list[str]) -> int:
@@ -113,13 +115,15 @@ async def _serve_one(options: AuthzOptions) -> None:
     runtime = PolicyRuntime(options.policies, SnapshotCache())
     await runtime.reload()
     core = attach_authz(runtime)
-    server = await start_authz_grpc(core, options.host, options.port, grpcio=options.grpcio)
+    server = await start_authz_grpc(
+        core, options.host, options.port, grpcio=options.grpcio, limits=options.limits
+    )
     port = server.port
     http_server = None
     if options.http_port is not None:
         from waypost.filters.authz.http_service import start_authz_http
 
-        http_server, _ = await start_authz_http(core, options.host, options.http_port)
+        http_server, _ = await start_authz_http(core, options.host, options.http_port, limits=options.limits)
     admin = None
     if options.admin_port is not None:
         admin = AdminServer(ready=lambda: core.version is not None, status=lambda: {"version": core.version})

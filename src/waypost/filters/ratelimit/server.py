@@ -10,14 +10,14 @@ import asyncio
 import contextlib
 import signal
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from waypost.filters.ratelimit.limiter import Limiter
 from waypost.filters.ratelimit.metrics import RATELIMIT_STORE_UP
 from waypost.filters.ratelimit.service import RateLimitService
 from waypost.filters.ratelimit.store import Algorithm, CounterStore, MemoryStore, RedisStore
-from waypost.h2grpc import GrpcioServer, GrpcServer, start_grpc_server, start_grpcio_server
+from waypost.h2grpc import GrpcioServer, GrpcServer, Limits, start_grpc_server, start_grpcio_server
 from waypost.log import get_logger
 from waypost.policies.model import PolicySet
 
@@ -36,6 +36,8 @@ class RateLimitOptions:
     algorithm: Algorithm = "fixed"
     grpcio: bool = False
     """Serve with grpcio's aio server instead of the lean one (see :mod:`waypost.h2grpc`)."""
+    limits: Limits = field(default_factory=Limits)
+    """Connections, streams and sizes the lean server allows (issue 12: bounded per client)."""
 
 
 @dataclass
@@ -68,7 +70,7 @@ async def start_ratelimit(
     if options.grpcio:
         server = await start_grpcio_server([registration], options.host, options.port)
     else:
-        server = await start_grpc_server([registration], options.host, options.port)
+        server = await start_grpc_server([registration], options.host, options.port, limits=options.limits)
     running = RunningRateLimit(server=server, port=server.port, limiter=limiter)
     log.info(
         "rate-limit service listening",
