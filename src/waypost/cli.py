@@ -213,7 +213,11 @@ def _decision_limits(args: argparse.Namespace) -> Limits:
 
     if args.max_connections < 1 or args.idle_timeout <= 0:
         raise argparse.ArgumentTypeError("--max-connections and --idle-timeout must be positive")
-    return Limits(max_connections=args.max_connections, idle_timeout=args.idle_timeout)
+    return Limits(
+        max_connections=args.max_connections,
+        idle_timeout=args.idle_timeout,
+        handshake_timeout=min(10.0, args.idle_timeout),
+    )
 
 
 def _ratelimit_arguments(parser: argparse.ArgumentParser, *, port_flag: str, required: bool) -> None:

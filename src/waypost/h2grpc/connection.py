@@ -416,14 +416,15 @@ class H2Connection(asyncio.Protocol):
         self.fail(f.ErrorCode.NO_ERROR, "")
 
     def fail(self, code: int, message: str, *, abort: bool = False) -> None:
+        """GOAWAY ``code`` and close; with ``abort``, reset the connection if the peer has not
+        read up to the GOAWAY within a second (a flooding client that never reads)."""
         transport = self._transport
         if transport is None:
             return
         if code != f.ErrorCode.NO_ERROR:
             log.warning("HTTP/2 connection error", code=code, reason=message)
-        if not abort:
-            transport.write(f.goaway(self._last_stream, code, message.encode()))
-            transport.close()
-        else:
-            transport.abort()
+        transport.write(f.goaway(self._last_stream, code, message.encode()))
+        transport.close()
+        if abort:
+            asyncio.get_running_loop().call_later(1.0, transport.abort)
         self.connection_lost(None)

@@ -145,8 +145,10 @@ class AuthzHttpProtocol(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         try:
             self._parser.feed_data(data)
-        except httptools.HttpParserError:
-            self._refuse(_BAD_REQUEST)
+        except httptools.HttpParserError as error:
+            # httptools wraps what a callback raises: a limit's _Refused carries its answer.
+            refused = error.__cause__ or error.__context__
+            self._refuse(refused.answer if isinstance(refused, _Refused) else _BAD_REQUEST)
         except _Refused as refused:
             self._refuse(refused.answer)
 
