@@ -1,6 +1,7 @@
-"""Arbitrary bytes after the HTTP/2 preface never raise out of the lean server's connection and
-never hit its internal-error path: every malformed input is a protocol-level answer (GOAWAY with a
-protocol error code, RST_STREAM, or a gRPC status)."""
+"""The lean server's framing, in process: arbitrary bytes after the preface never raise out of its
+connection and never hit its internal-error path (every malformed input gets a protocol-level
+answer: GOAWAY with a protocol error code, RST_STREAM, or a gRPC status); the decoded-header-block
+cache follows the HPACK table."""
 
 from __future__ import annotations
 
@@ -85,3 +86,40 @@ def test_random_frames_are_answered_never_raised(chunks: list[bytes], open_strea
         assert 0x2 not in goaway_codes(bytes(transport.written)), "internal error on malformed input"
 
     asyncio.run(run())
+
+
+def test_reused_header_block_follows_the_hpack_table() -> None:
+    """The same bytes ("dynamic entry 62") mean another :path once the table has changed: the
+    decoded-block cache must not answer with the old fields."""
+    static = b"\x83" + b"\x0f\x10\x10application/grpc"  # :method POST; content-type, not indexed
+
+    def indexed_path(path: bytes) -> bytes:
+        # Literal with incremental indexing, indexed name :path (static 4): becomes entry 62.
+        return b"\x44" + bytes((len(path),)) + path + static
+
+    reference = b"\xbe" + static  # indexed field 62: whatever the table holds there now
+    message = b"\x00\x00\x00\x00\x02hi"
+
+    async def run() -> list[bytes]:
+        connection = H2Connection(
+            {
+                b"/t.S/M": UnaryMethod(lambda body: b"M:" + body),
+                b"/t.S/N": UnaryMethod(lambda body: b"N:" + body),
+            },
+            Limits(),
+            ConnectionSlots(max_connections=10, idle_timeout=60, handshake_timeout=10),
+        )
+        transport = FakeTransport()
+        connection.connection_made(transport)  # type: ignore[arg-type]
+        answers = []
+        blocks = (indexed_path(b"/t.S/M"), reference, reference, indexed_path(b"/t.S/N"), reference)
+        for stream, block in enumerate(blocks):
+            transport.written.clear()
+            sid = 2 * stream + 1
+            data = frame(1, 0x4, sid, block) + frame(0, 0x1, sid, message)
+            connection.data_received((PREFACE if stream == 0 else b"") + data)
+            written = bytes(transport.written)
+            answers.append(b"M:hi" if b"M:hi" in written else b"N:hi" if b"N:hi" in written else written)
+        return answers
+
+    assert asyncio.run(run()) == [b"M:hi", b"M:hi", b"M:hi", b"N:hi", b"N:hi"]
