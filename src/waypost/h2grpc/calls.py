@@ -23,7 +23,7 @@ from waypost.log import get_logger
 if TYPE_CHECKING:
     from waypost.h2grpc.connection import H2Connection
 
-__all__ = ["Stream", "run_streaming", "run_unary_async", "status_block"]
+__all__ = ["Stream", "call_unary", "run_streaming", "run_unary_async", "status_block"]
 
 log = get_logger("waypost.h2grpc")
 
@@ -135,7 +135,7 @@ class Stream:
             self.reply_error(Status.DEADLINE_EXCEEDED, "deadline exceeded")
         else:
             assert isinstance(method, UnaryMethod)
-            self.conn.call_unary(self, method, bytes(body[5:]))
+            call_unary(self, method, bytes(body[5:]))
 
     async def requests(self) -> AsyncIterator[bytes]:
         assert self.queue is not None
@@ -251,6 +251,23 @@ class Stream:
         self._wake()
         if self.task is not None and not self.task.done() and self.task is not asyncio.current_task():
             self.task.cancel()
+
+
+def call_unary(stream: Stream, method: UnaryMethod, message: bytes) -> None:
+    """Run a unary handler: an inline answer is written at once, an awaitable one by a task."""
+    try:
+        answer = method.handler(message)
+    except GrpcError as error:
+        stream.reply_error(error.status, error.message)
+        return
+    except Exception:
+        log.exception("gRPC handler failed")
+        stream.reply_error(Status.INTERNAL, "internal error")
+        return
+    if isinstance(answer, bytes):
+        stream.reply(answer)
+    else:
+        run_unary_async(stream, answer)
 
 
 def _arm_deadline(stream: Stream, task: asyncio.Future[None]) -> None:

@@ -23,41 +23,21 @@ import time
 from collections.abc import Mapping
 from typing import cast
 
-import hpack
-from hpack.table import HeaderTable
-
 from waypost.h2grpc import frames as f
-from waypost.h2grpc.api import GrpcError, Limits, Status, StreamMethod, UnaryMethod
-from waypost.h2grpc.calls import Stream, run_streaming, run_unary_async
+from waypost.h2grpc.api import Limits, Status, StreamMethod, UnaryMethod
+from waypost.h2grpc.calls import Stream, run_streaming
 from waypost.h2grpc.conns import ConnectionSlots
+from waypost.h2grpc.frames import ProtocolFault
+from waypost.h2grpc.headers import HeaderDecoder
 from waypost.log import get_logger
 
-__all__ = ["H2Connection", "ProtocolFault"]
+__all__ = ["H2Connection"]
 
 log = get_logger("waypost.h2grpc")
 
 _MAX_FRAME = 16_384
 _MAX_WINDOW = (1 << 31) - 1
 _U32 = struct.Struct(">I")
-
-
-class _CountingTable(HeaderTable):
-    """The HPACK dynamic table, counting its changes: a header block that left it unchanged
-    decodes to the same fields for as long as it stays unchanged (see ``_fields``)."""
-
-    generation = 0
-
-    def add(self, name: bytes, value: bytes) -> None:
-        self.generation += 1
-        super().add(name, value)
-
-
-class ProtocolFault(Exception):
-    """A connection error (RFC 7540 5.4.1): GOAWAY with ``code``, then close."""
-
-    def __init__(self, code: int, message: str) -> None:
-        super().__init__(message)
-        self.code = code
 
 
 class H2Connection(asyncio.Protocol):
@@ -71,9 +51,7 @@ class H2Connection(asyncio.Protocol):
         self._transport: asyncio.Transport | None = None
         self._buffer = bytearray()
         self._preface = False
-        self._decoder = hpack.Decoder(max_header_list_size=limits.max_header_list)
-        self._table = self._decoder.header_table = _CountingTable()
-        self._decoded: dict[bytes, tuple[tuple[int, int], dict[bytes, bytes]]] = {}
+        self._decoder = HeaderDecoder(limits.max_header_list)
         self.streams: dict[int, Stream] = {}
         self._last_stream = 0
         self._block: bytearray | None = None  # a header block awaiting CONTINUATION
@@ -278,30 +256,8 @@ class H2Connection(asyncio.Protocol):
         if len(block) > 2 * self.limits.max_header_list + 1024:
             raise ProtocolFault(f.ErrorCode.ENHANCE_YOUR_CALM, "header block too large")
 
-    def _fields(self, block: bytes) -> dict[bytes, bytes]:
-        """Decode a header block. Envoy sends the same bytes for every call once its fields are
-        in the dynamic table: such a block (one that leaves the table as it was) is decoded once
-        and reused while the table stays the same; pure-Python HPACK is most of a call's cost."""
-        table = self._table
-        state = (table.generation, table.maxsize)
-        cached = self._decoded.get(block)
-        if cached is not None and cached[0] == state:
-            return cached[1]
-        try:
-            headers = self._decoder.decode(block, raw=True)
-        except hpack.OversizedHeaderListError as exc:
-            raise ProtocolFault(f.ErrorCode.ENHANCE_YOUR_CALM, "header list too large") from exc
-        except hpack.HPACKError as exc:
-            raise ProtocolFault(f.ErrorCode.COMPRESSION_ERROR, "bad header block") from exc
-        fields = {bytes(name): bytes(value) for name, value in headers}
-        if (table.generation, table.maxsize) == state:
-            if len(self._decoded) >= 64:
-                self._decoded.clear()
-            self._decoded[block] = (state, fields)
-        return fields
-
     def _header_block(self, stream_id: int, end_stream: bool, block: bytes) -> None:
-        fields = self._fields(block)
+        fields = self._decoder.decode(block)
         existing = self.streams.get(stream_id)
         if existing is not None:  # request trailers
             if not end_stream:
@@ -367,22 +323,6 @@ class H2Connection(asyncio.Protocol):
         stream.received(payload)
         if flags & f.END_STREAM and stream.id in self.streams:
             stream.end_of_request()
-
-    # ---- dispatch (called by calls.Stream)
-    def call_unary(self, stream: Stream, method: UnaryMethod, message: bytes) -> None:
-        try:
-            answer = method.handler(message)
-        except GrpcError as error:
-            stream.reply_error(error.status, error.message)
-            return
-        except Exception:
-            log.exception("gRPC handler failed")
-            stream.reply_error(Status.INTERNAL, "internal error")
-            return
-        if isinstance(answer, bytes):
-            stream.reply(answer)
-        else:
-            run_unary_async(stream, answer)
 
     # ---- output
     def write(self, data: bytes) -> None:

@@ -30,6 +30,7 @@ __all__ = [
     "SETTINGS",
     "WINDOW_UPDATE",
     "ErrorCode",
+    "ProtocolFault",
     "frame",
     "goaway",
     "literal",
@@ -59,6 +60,14 @@ class ErrorCode:
     REFUSED_STREAM = 0x7
     COMPRESSION_ERROR = 0x9
     ENHANCE_YOUR_CALM = 0xB
+
+
+class ProtocolFault(Exception):
+    """A connection error (RFC 7540 5.4.1): GOAWAY with ``code``, then close."""
+
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(message)
+        self.code = code
 
 
 def frame(kind: int, flags: int, stream: int, payload: bytes) -> bytes:

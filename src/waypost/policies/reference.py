@@ -63,7 +63,7 @@ NOTES: dict[str, dict[str, str]] = {
     },
     "HealthCheck": {
         "path": "The path Envoy GETs (http1 and http2 Services; required there, refused for grpc).",
-        "service": "grpc Services: the name asked of `grpc.health.v1.Health/Check` (default `\"\"`: the server).",
+        "service": "grpc Services: the name asked of `grpc.health.v1.Health/Check` (default: the server).",
         "interval": "Time between checks.",
         "timeout": "A check slower than this fails.",
         "healthy": "Consecutive successes that bring an endpoint back.",
