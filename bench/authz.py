@@ -317,6 +317,12 @@ def main() -> int:
             authz=("127.0.0.1", authz_port),
             authz_http=("127.0.0.1", http_port),
         )
+        if os.environ.get("AUTHZ_STREAMS"):
+            for cluster in bootstrap["static_resources"]["clusters"]:  # type: ignore[index]
+                if cluster["name"] == "waypost_authz":
+                    options = cluster["typed_extension_protocol_options"]
+                    (h2,) = (o["explicit_http_config"]["http2_protocol_options"] for o in options.values())
+                    h2["max_concurrent_streams"] = int(os.environ["AUTHZ_STREAMS"])
         (work / "envoy.yaml").write_text(yaml.safe_dump(bootstrap))
         for port in (backend_port, xds_port, authz_port, http_port):
             wait_port(port)

@@ -68,7 +68,7 @@ def handlers(policies: Path) -> dict[str, Callable[[bytes], bytes | Awaitable[by
     from waypost.log import configure_logging
     from waypost.policies.loader import load_policies
 
-    configure_logging("warning", json=True)
+    configure_logging("info", json=True)  # as in production: one JSON line per decision
     policy = load_policies(policies)
     core = AuthzCore()
     core.apply(policy)
@@ -161,9 +161,7 @@ def measure(impl: str, policies: Path, work: Path, seconds: float) -> dict[str, 
     port = free_port()
     env = dict(os.environ, PYTHONPATH=str(BENCH.parent / "src"))
     argv = [sys.executable, __file__, "--serve", impl, "--port", str(port), "--policies", str(policies)]
-    proc = subprocess.Popen(
-        argv, env=env, stdout=subprocess.DEVNULL, stderr=(work / f"{impl}.log").open("ab")
-    )
+    proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     out = {}
     try:
         wait_port(port, timeout=90)  # a loaded machine imports slowly
