@@ -231,6 +231,11 @@ def main() -> int:
         action="store_true",
         help="serve Check with grpcio's server (the lean one by default)",
     )
+    parser.add_argument(
+        "--authz-streams",
+        type=int,
+        help="cap Envoy's streams per connection to the gRPC authz cluster (more connections: every worker used)",
+    )
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         print("wrk is not installed: make bench-deps", file=sys.stderr)
@@ -317,12 +322,12 @@ def main() -> int:
             authz=("127.0.0.1", authz_port),
             authz_http=("127.0.0.1", http_port),
         )
-        if os.environ.get("AUTHZ_STREAMS"):
+        if args.authz_streams:
             for cluster in bootstrap["static_resources"]["clusters"]:  # type: ignore[index]
                 if cluster["name"] == "waypost_authz":
                     options = cluster["typed_extension_protocol_options"]
                     (h2,) = (o["explicit_http_config"]["http2_protocol_options"] for o in options.values())
-                    h2["max_concurrent_streams"] = int(os.environ["AUTHZ_STREAMS"])
+                    h2["max_concurrent_streams"] = args.authz_streams
         (work / "envoy.yaml").write_text(yaml.safe_dump(bootstrap))
         for port in (backend_port, xds_port, authz_port, http_port):
             wait_port(port)
