@@ -234,7 +234,7 @@ def main() -> int:
     parser.add_argument(
         "--authz-streams",
         type=int,
-        help="cap Envoy's streams per connection to the gRPC authz cluster (more connections: every worker used)",
+        help="cap Envoy's streams per connection to the gRPC authz cluster (more connections, all workers)",
     )
     args = parser.parse_args()
     if shutil.which("wrk") is None:
