@@ -18,8 +18,10 @@ import hpack
 import pytest
 from envoy.service.auth.v3 import external_auth_pb2
 from envoy.service.ratelimit.v3 import rls_pb2
+from google.protobuf import descriptor_pool
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
 
 from authz_support import consumers_yaml, policy_yaml
 from support import WaypostProcess, free_ports, wait_until
@@ -149,6 +151,10 @@ def test_every_decision_port_serves_health_reflection_and_unimplemented(ports: P
             names = {s.name for s in answers[0].list_services_response.service}
             assert {service, "grpc.health.v1.Health", "grpc.reflection.v1alpha.ServerReflection"} <= names
             assert answers[1].file_descriptor_response.file_descriptor_proto
+            # What `grpcurl describe` does: rebuild the service's descriptors from reflection alone.
+            pool = descriptor_pool.DescriptorPool(ProtoReflectionDescriptorDatabase(channel))
+            methods = {m.name for m in pool.FindServiceByName(service).methods}
+            assert methods == ({"Check"} if "auth" in service else {"ShouldRateLimit"})
 
 
 def test_unfinished_streams_are_bounded(ports: Ports) -> None:
