@@ -231,11 +231,6 @@ def main() -> int:
         action="store_true",
         help="serve Check with grpcio's server (the lean one by default)",
     )
-    parser.add_argument(
-        "--authz-streams",
-        type=int,
-        help="cap Envoy's streams per connection to the gRPC authz cluster (more connections, all workers)",
-    )
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         print("wrk is not installed: make bench-deps", file=sys.stderr)
@@ -283,6 +278,11 @@ def main() -> int:
                     str(xds_port),
                     "--admin-port",
                     str(admin_port),
+                    # The standalone decision service below, named once: Envoy learns it over EDS.
+                    "--authz-address",
+                    f"127.0.0.1:{authz_port}",
+                    "--authz-http-address",
+                    f"127.0.0.1:{http_port}",
                     "--no-watch",
                 ],
                 env=env,
@@ -319,15 +319,7 @@ def main() -> int:
             xds_host="127.0.0.1",
             xds_port=xds_port,
             admin_port=0,
-            authz=("127.0.0.1", authz_port),
-            authz_http=("127.0.0.1", http_port),
         )
-        if args.authz_streams:
-            for cluster in bootstrap["static_resources"]["clusters"]:  # type: ignore[index]
-                if cluster["name"] == "waypost_authz":
-                    options = cluster["typed_extension_protocol_options"]
-                    (h2,) = (o["explicit_http_config"]["http2_protocol_options"] for o in options.values())
-                    h2["max_concurrent_streams"] = args.authz_streams
         (work / "envoy.yaml").write_text(yaml.safe_dump(bootstrap))
         for port in (backend_port, xds_port, authz_port, http_port):
             wait_port(port)

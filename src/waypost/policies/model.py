@@ -18,10 +18,13 @@ from pydantic import (
     StrictBool,
     StrictInt,
     StrictStr,
+    ValidationError,
     field_validator,
     model_validator,
 )
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
+from waypost.policies.cel_env import check_expression
 from waypost.policies.types import (
     Duration,
     EndpointField,
@@ -48,6 +51,10 @@ __all__ = [
     "GatewayLimits",
     "GatewayTLS",
     "GrpcJson",
+    "GrpcMatch",
+    "GrpcRetries",
+    "GrpcRoute",
+    "GrpcTarget",
     "HeaderMutation",
     "HealthCheck",
     "IdentitySource",
@@ -56,12 +63,17 @@ __all__ = [
     "NodeSelector",
     "PolicySet",
     "RateLimitPolicy",
+    "Registration",
     "Retries",
     "Route",
     "RouteMatch",
     "Rule",
     "Service",
     "ServiceTLS",
+    "Sidecar",
+    "SidecarInbound",
+    "SidecarOutbound",
+    "SidecarTLS",
     "SourceRef",
     "Tracing",
 ]
@@ -251,9 +263,37 @@ class ServiceTLS(Spec):
         return self
 
 
+def _field_error(field: str, value: object, message: str) -> ValidationError:
+    """A cross-field check's error, placed at ``field`` (its line) rather than the document's."""
+    details = InitErrorDetails(type=PydanticCustomError("value_error", message), loc=(field,), input=value)
+    return ValidationError.from_exception_data("field", [details])
+
+
+class Registration(Spec):
+    """Nodes that may add themselves as endpoints of a Service while their xDS stream is up.
+
+    A node announces ``register: {service: NAME, address: HOST:PORT}`` in its metadata
+    (``waypost bootstrap --register``); it is an endpoint only if this selector matches it.
+    """
+
+    nodes: NodeSelector = Field(description="Which nodes may register: node cluster and/or labels.")
+    grace: Duration = Field(
+        default=10_000, description="How long an endpoint stays after its node's stream drops."
+    )
+    service: Name | None = Field(
+        default=None, description="Count claims made for this name instead of the Service's own."
+    )
+
+    def key(self, service: str) -> str:
+        """The name claims must give for ``service`` to take them."""
+        return self.service or service
+
+
 class Service(Document):
     kind: Literal["Service"] = "Service"
-    endpoints: tuple[EndpointField, ...] = Field(min_length=1)
+    endpoints: tuple[EndpointField, ...] = Field(
+        default=(), description="Required unless registration is set (then it may add to them)."
+    )
     protocol: Literal["http1", "http2", "grpc"] = "http1"
     lb: Literal["round_robin", "least_request", "random", "ring_hash", "maglev"] = "round_robin"
     connect_timeout: Duration = 5000
@@ -261,6 +301,17 @@ class Service(Document):
     circuit_breaker: CircuitBreaker | None = None
     outlier_detection: OutlierDetection | None = None
     tls: ServiceTLS | None = None
+    registration: Registration | None = None
+
+    @model_validator(mode="after")
+    def _some_endpoints(self) -> Self:
+        if not self.endpoints and self.registration is None:
+            raise _field_error("endpoints", self.endpoints, "must not be empty (unless registration is set)")
+        if self.registration is not None and self.uses_dns:
+            raise _field_error(
+                "registration", None, "a Service with DNS endpoints cannot take registered ones"
+            )
+        return self
 
     @model_validator(mode="after")
     def _health_check_fits_protocol(self) -> Self:
@@ -319,6 +370,18 @@ class RouteMatch(Spec):
 class Backend(Spec):
     service: Name
     weight: Annotated[StrictInt, Field(ge=0, le=1_000_000)] = 1
+
+
+def _check_backend_form(backend: str | None, backends: tuple[Backend, ...] | None) -> None:
+    """``backend`` or weighted ``backends``, the choice every route kind offers."""
+    if (backend is None) == (backends is None):
+        raise ValueError("exactly one of backend, backends is required")
+    if backends is not None and sum(b.weight for b in backends) == 0:
+        raise ValueError("backends: at least one weight must be above 0")
+
+
+def _weighted_backends(backend: str | None, backends: tuple[Backend, ...] | None) -> tuple[Backend, ...]:
+    return backends if backends is not None else (Backend(service=backend or ""),)
 
 
 class Rewrite(Spec):
@@ -412,15 +475,12 @@ class Route(Document):
 
     @model_validator(mode="after")
     def _exactly_one_backend_form(self) -> Self:
-        if (self.backend is None) == (self.backends is None):
-            raise ValueError("exactly one of backend, backends is required")
-        if self.backends is not None and sum(b.weight for b in self.backends) == 0:
-            raise ValueError("backends: at least one weight must be above 0")
+        _check_backend_form(self.backend, self.backends)
         return self
 
     @property
     def weighted_backends(self) -> tuple[Backend, ...]:
-        return self.backends if self.backends is not None else (Backend(service=self.backend or ""),)
+        return _weighted_backends(self.backend, self.backends)
 
     @property
     def services(self) -> tuple[str, ...]:
@@ -437,6 +497,130 @@ class Route(Document):
     @property
     def rate_limit_policies(self) -> tuple[str, ...]:
         return (self.rate_limit,) if isinstance(self.rate_limit, str) else self.rate_limit
+
+
+# --- GrpcTarget ----------------------------------------------------------------------------------
+
+GrpcRetryOn = Literal["cancelled", "deadline-exceeded", "internal", "resource-exhausted", "unavailable"]
+GRPC_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$"
+
+
+class GrpcMatch(Spec):
+    """Which calls a GrpcTarget route takes: all of them unless narrowed."""
+
+    service: Annotated[StrictStr, Field(pattern=GRPC_NAME_PATTERN)] | None = Field(
+        default=None, description="Fully qualified gRPC service, e.g. helloworld.Greeter."
+    )
+    method: Annotated[StrictStr, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")] | None = Field(
+        default=None, description="One method of service (requires service)."
+    )
+    headers: dict[HeaderName, StrictStr] = Field(
+        default_factory=dict, description="Call metadata that must have exactly these values."
+    )
+
+    @model_validator(mode="after")
+    def _method_needs_service(self) -> Self:
+        if self.method is not None and self.service is None:
+            raise ValueError("method needs service: a method is named within its service")
+        return self
+
+
+class GrpcRetries(Spec):
+    """Retry a failed call on another endpoint, as gRPC's own retry policy (gRFC A44) does."""
+
+    attempts: Annotated[StrictInt, Field(ge=1, le=4)] = Field(
+        default=1, description="Retries after the first try (gRPC allows 5 tries in all)."
+    )
+    on: tuple[GrpcRetryOn, ...] = Field(default=("unavailable",), min_length=1)
+
+
+class GrpcRoute(Spec):
+    """A route of a GrpcTarget; the first route whose match fits a call takes it."""
+
+    match: GrpcMatch = Field(default_factory=GrpcMatch)
+    backend: Name | None = None
+    backends: tuple[Backend, ...] | None = Field(default=None, min_length=1)
+    timeout: Duration | None = Field(default=None, description="Longest a call may take, retries included.")
+    retries: GrpcRetries | None = None
+
+    @model_validator(mode="after")
+    def _exactly_one_backend_form(self) -> Self:
+        _check_backend_form(self.backend, self.backends)
+        return self
+
+    @property
+    def weighted_backends(self) -> tuple[Backend, ...]:
+        return _weighted_backends(self.backend, self.backends)
+
+
+class GrpcTarget(Document):
+    """Services published to proxyless gRPC clients (gRPC's own xDS client, ``xds:///`` targets).
+
+    A client dialing ``xds:///<target>`` gets this target's routes and the endpoints of their
+    Services straight from waypost, with no proxy on the path.
+    """
+
+    kind: Literal["GrpcTarget"] = "GrpcTarget"
+    target: Annotated[StrictStr, Field(pattern=r"^[A-Za-z0-9]([A-Za-z0-9.-]{0,252})(:[0-9]{1,5})?$")] = Field(
+        description="The name clients dial as xds:///<target>, e.g. orders.example:9000."
+    )
+    nodes: NodeSelector | None = Field(
+        default=None, description="Which clients get it (their bootstrap's node cluster and labels)."
+    )
+    routes: tuple[GrpcRoute, ...] = Field(min_length=1)
+
+    def selects(self, node_cluster: str, node_labels: Mapping[str, str]) -> bool:
+        return self.nodes is None or self.nodes.matches(node_cluster, node_labels)
+
+    @property
+    def services(self) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(b.service for route in self.routes for b in route.weighted_backends))
+
+
+# --- Sidecar -------------------------------------------------------------------------------------
+
+
+class SidecarInbound(Spec):
+    """Requests from other sidecars (mTLS) to the local app, with a Gateway route's features."""
+
+    port: Port = Field(description="Where other sidecars reach this one (TLS, client certificates required).")
+    app: EndpointField = Field(description="The local app, e.g. 127.0.0.1:8080.")
+    auth: Name | tuple[Name, ...] = ()
+    rate_limit: Name | tuple[Name, ...] = ()
+    timeout: Duration | None = None
+
+
+class SidecarOutbound(Spec):
+    """A service the app calls: plain HTTP to 127.0.0.1:<port>, mTLS to that service's sidecars."""
+
+    service: Name = Field(description="The Sidecar (by name) whose instances are called.")
+    port: Port = Field(description="The local port the app sends those calls to.")
+    timeout: Duration | None = None
+
+
+class SidecarTLS(Spec):
+    cert: StrictStr = Field(description="This sidecar's certificate (its DNS SAN is the Sidecar's name).")
+    key: StrictStr = Field(description="Its private key.")
+    ca: StrictStr = Field(description="The mesh CA: peers' certificates must chain to it.")
+
+
+class Sidecar(Document):
+    """The Envoys in front of one service's instances: east-west traffic in the same repository.
+
+    Each instance's Envoy registers itself (``waypost bootstrap --register NAME=IP:PORT``, the
+    inbound port) and becomes an endpoint for the sidecars that call this one. waypost expands a
+    Sidecar into Gateways, Routes and Services named ``<name>.inbound``, ``<name>.app``,
+    ``<name>.out.<service>`` and ``<name>.to.<service>``, so every Route feature applies.
+    """
+
+    kind: Literal["Sidecar"] = "Sidecar"
+    nodes: NodeSelector = Field(description="The Envoys of this service (node cluster and/or labels).")
+    tls: SidecarTLS
+    inbound: SidecarInbound | None = None
+    outbound: tuple[SidecarOutbound, ...] = ()
+    grace: Duration = Field(
+        default=10_000, description="An instance stays this long after its Envoy disconnects."
+    )
 
 
 # --- AuthPolicy ----------------------------------------------------------------------------------
@@ -493,8 +677,6 @@ class RuleMatch(Spec):
     def _cel_compiles(cls, value: str | None) -> str | None:
         # A typo in a rule must fail at load time with file:line, never at the first request.
         if value is not None:
-            from waypost.filters.authz.cel_env import check_expression
-
             check_expression(value)
         return value
 
@@ -565,6 +747,8 @@ KINDS: dict[str, type[Document]] = {
     "AuthPolicy": AuthPolicy,
     "Consumer": Consumer,
     "RateLimitPolicy": RateLimitPolicy,
+    "GrpcTarget": GrpcTarget,
+    "Sidecar": Sidecar,
 }
 
 
@@ -595,5 +779,17 @@ class PolicySet:
     auth_policies: Mapping[str, AuthPolicy] = field(default_factory=dict)
     consumers: Mapping[str, Consumer] = field(default_factory=dict)
     rate_limit_policies: Mapping[str, RateLimitPolicy] = field(default_factory=dict)
+    grpc_targets: Mapping[str, GrpcTarget] = field(default_factory=dict)
+    sidecars: Mapping[str, Sidecar] = field(default_factory=dict)
     files: Mapping[str, bytes] = field(default_factory=dict)
     sources: Mapping[tuple[str, str], SourceRef] = field(default_factory=dict, compare=False, repr=False)
+    field_sources: Mapping[tuple[str, str, str], SourceRef] = field(
+        default_factory=dict, compare=False, repr=False
+    )
+    """(kind, name, field) -> where, for fields checked after loading (``identity[0].custom.plugin``,
+    which a decision service imports)."""
+
+    def where(self, kind: str, name: str, field: str = "") -> SourceRef:
+        """Where a document, or one of its fields recorded in ``field_sources``, was written."""
+        found = self.field_sources.get((kind, name, field)) if field else None
+        return found or self.sources.get((kind, name)) or SourceRef("", 0)

@@ -1,4 +1,9 @@
-"""Serving the decision core: inside `waypost serve` (``--authz-port``) or alone (`waypost authz`).
+"""Running the ext_authz decision core: inside `waypost serve` or alone (`waypost authz`).
+
+The core follows the policy through a :class:`~waypost.server.runtime.PolicyRuntime` whose
+applier is the core itself (:class:`AuthzApplier`): no Envoy snapshot is compiled to get the
+policy. A version the core cannot take (a ``custom`` plugin that does not import) is refused there
+with file:line, and the previous version keeps deciding.
 
 Standalone, one process per worker: ``--workers N`` starts N copies of itself, each with its own
 policy runtime and watcher, all bound to one port with SO_REUSEPORT, so the kernel spreads
@@ -13,36 +18,53 @@ import os
 import signal
 import subprocess
 import sys
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-from waypost.filters.authz.core import AuthzCore
+from waypost.filters.authz.core import AuthzCore, PreparedAuthz
 from waypost.filters.authz.grpc_service import AuthzGrpcService
 from waypost.h2grpc import GrpcioServer, GrpcServer, Limits, start_grpc_server, start_grpcio_server
 from waypost.log import get_logger
-from waypost.server.runtime import PolicyRuntime
+from waypost.policies.model import PolicySet
 
-__all__ = ["AuthzOptions", "attach_authz", "run_authz", "start_authz_grpc"]
+__all__ = [
+    "DEFAULT_HTTP_PORT",
+    "DEFAULT_PORT",
+    "AuthzApplier",
+    "AuthzOptions",
+    "run_authz",
+    "start_authz_grpc",
+]
 
 log = get_logger("waypost.authz.server")
 
+DEFAULT_PORT = 9191
+DEFAULT_HTTP_PORT = 9192
 
-def attach_authz(runtime: PolicyRuntime) -> AuthzCore:
-    """A decision core that follows ``runtime``: each applied version swaps its plans."""
-    core = AuthzCore()
 
-    def apply(compiled: object) -> None:
-        core.apply(compiled.policy)  # type: ignore[attr-defined]
+class AuthzApplier:
+    """The decision core as a policy applier: plans (and plugins) prepared off the loop."""
 
-    runtime.add_listener(apply)
-    return core
+    name = "ext_authz"
+
+    def __init__(self, core: AuthzCore) -> None:
+        self.core = core
+
+    async def prepare(self, policy: PolicySet) -> PreparedAuthz:
+        return await asyncio.to_thread(self.core.prepare, policy)
+
+    def commit(self, prepared: PreparedAuthz) -> None:
+        self.core.commit(prepared)
 
 
 async def start_authz_grpc(
     core: AuthzCore, host: str, port: int, *, grpcio: bool = False, limits: Limits | None = None
 ) -> GrpcServer | GrpcioServer:
-    """The gRPC Check service on ``host:port`` (SO_REUSEPORT: workers share it), with health and
-    reflection; waypost's lean server unless ``grpcio``."""
+    """The gRPC Check service on ``host:port`` (SO_REUSEPORT: workers share it), with Health
+    (SERVING once the core has a version) and reflection; waypost's lean server unless ``grpcio``.
+    OSError when the port is taken."""
     registration = AuthzGrpcService(core).service()
     if grpcio:
         return await start_grpcio_server([registration], host, port, reuse_port=True)
@@ -53,7 +75,7 @@ async def start_authz_grpc(
 class AuthzOptions:
     policies: Path
     host: str = "0.0.0.0"
-    port: int = 9191
+    port: int = DEFAULT_PORT
     http_port: int | None = None
     admin_port: int | None = None
     watch: bool = True
@@ -72,7 +94,7 @@ def run_authz(options: AuthzOptions, argv: list[str]) -> int:
         print("waypost authz: --workers needs fixed ports", file=sys.stderr)
         return 2
     children = []
-    child_argv = [a for a in argv]
+    child_argv = list(argv)
     for index in range(options.workers):
         args = [sys.executable, "-m", "waypost", *child_argv, "--workers", "1"]
         if options.admin_port is not None and index > 0:
@@ -93,32 +115,33 @@ def run_authz(options: AuthzOptions, argv: list[str]) -> int:
     return 0 if stopping else max(codes)
 
 
-def _run_loop(coro: object) -> None:
+def _run_loop(coro: Coroutine[Any, Any, None]) -> None:
     try:
         import uvloop
 
-        uvloop.run(coro)  # type: ignore[arg-type]
+        uvloop.run(coro)
     except ImportError:
-        asyncio.run(coro)  # type: ignore[arg-type]
+        asyncio.run(coro)
 
 
 async def _serve_one(options: AuthzOptions) -> None:
     from waypost.server.admin import AdminServer
+    from waypost.server.runtime import PolicyRuntime
     from waypost.server.watch import PolicyWatcher
-    from waypost.xds.cache import SnapshotCache
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, stop.set)
-    runtime = PolicyRuntime(options.policies, SnapshotCache())
+    core = AuthzCore()
+    runtime = PolicyRuntime(options.policies, [AuthzApplier(core)])
     await runtime.reload()
-    core = attach_authz(runtime)
     server = await start_authz_grpc(
         core, options.host, options.port, grpcio=options.grpcio, limits=options.limits
     )
     port = server.port
+    runtime.on_applied(lambda _: server.health.notify())
     http_server = None
     if options.http_port is not None:
         from waypost.filters.authz.http_service import start_authz_http

@@ -1,7 +1,8 @@
-"""Run the rate-limit service: inside ``waypost serve --ratelimit-port`` or alone (``waypost ratelimit``).
+"""Running the rate-limit service: inside `waypost serve` or alone (`waypost ratelimit`).
 
-Both read the policy through the same :class:`~waypost.server.runtime.PolicyRuntime`, so a changed
-limit applies as soon as the watcher reloads the directory (well within 2 s).
+Both follow the policy through a :class:`~waypost.server.runtime.PolicyRuntime` whose applier is
+the :class:`~waypost.filters.ratelimit.limiter.Limiter` (no Envoy snapshot is compiled for it),
+so a changed limit applies as soon as the watcher reloads the directory (well within 2 s).
 """
 
 from __future__ import annotations
@@ -9,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -17,18 +17,31 @@ from waypost.filters.ratelimit.limiter import Limiter
 from waypost.filters.ratelimit.metrics import RATELIMIT_STORE_UP
 from waypost.filters.ratelimit.service import RateLimitService
 from waypost.filters.ratelimit.store import Algorithm, CounterStore, MemoryStore, RedisStore
+from waypost.filters.ratelimit.table import RateLimitTable
 from waypost.h2grpc import GrpcioServer, GrpcServer, Limits, start_grpc_server, start_grpcio_server
+from waypost.h2grpc.health import Health
 from waypost.log import get_logger
 from waypost.policies.model import PolicySet
 
-__all__ = ["RateLimitOptions", "RunningRateLimit", "StandaloneOptions", "serve_ratelimit", "start_ratelimit"]
+__all__ = [
+    "DEFAULT_PORT",
+    "LimiterApplier",
+    "RateLimitOptions",
+    "RunningRateLimit",
+    "StandaloneOptions",
+    "make_limiter",
+    "serve_ratelimit",
+    "start_ratelimit",
+]
 
 log = get_logger("waypost.ratelimit")
+
+DEFAULT_PORT = 18001
 
 
 @dataclass(frozen=True, kw_only=True)
 class RateLimitOptions:
-    port: int
+    port: int = DEFAULT_PORT
     host: str = "0.0.0.0"
     redis: str | None = None
     """``redis://host:port/db``: counters shared by every replica; None keeps them in process."""
@@ -40,11 +53,31 @@ class RateLimitOptions:
     """Connections, streams and sizes the lean server allows (issue 12: bounded per client)."""
 
 
+class LimiterApplier:
+    """The rate-limit table as a policy applier: the table is built off the loop, swapped on it."""
+
+    name = "ratelimit"
+
+    def __init__(self, limiter: Limiter) -> None:
+        self.limiter = limiter
+
+    async def prepare(self, policy: PolicySet) -> RateLimitTable:
+        return await asyncio.to_thread(self.limiter.prepare, policy)
+
+    def commit(self, prepared: RateLimitTable) -> None:
+        self.limiter.commit(prepared)
+
+
 @dataclass
 class RunningRateLimit:
     server: GrpcServer | GrpcioServer
     port: int
     limiter: Limiter
+
+    @property
+    def health(self) -> Health:
+        """``grpc.health.v1.Health`` of the port: SERVING once the limiter has a table."""
+        return self.server.health
 
     async def stop(self) -> None:
         await self.server.stop()
@@ -57,15 +90,17 @@ def make_store(options: RateLimitOptions) -> CounterStore:
     return MemoryStore(options.algorithm)
 
 
-async def start_ratelimit(
-    options: RateLimitOptions, policy_source: Callable[[], PolicySet | None]
-) -> RunningRateLimit:
+async def make_limiter(options: RateLimitOptions) -> Limiter:
     store = make_store(options)
     if isinstance(store, RedisStore):
         await store.prepare()
-    limiter = Limiter(policy_source, store, fail_closed=options.fail_closed)
+    return Limiter(store, fail_closed=options.fail_closed)
+
+
+async def start_ratelimit(options: RateLimitOptions, limiter: Limiter) -> RunningRateLimit:
+    """Serve ``limiter`` (fed by a policy runtime) on ``options.port``; OSError if it is taken."""
     RATELIMIT_STORE_UP.set(1)
-    registration = RateLimitService(limiter).service(ready=lambda: policy_source() is not None)
+    registration = RateLimitService(limiter).service(ready=lambda: limiter.table is not None)
     server: GrpcServer | GrpcioServer
     if options.grpcio:
         server = await start_grpcio_server([registration], options.host, options.port)
@@ -97,21 +132,20 @@ async def serve_ratelimit(options: StandaloneOptions, *, stop: asyncio.Event | N
     from waypost.server.admin import AdminServer
     from waypost.server.runtime import PolicyRuntime
     from waypost.server.watch import PolicyWatcher
-    from waypost.xds.cache import SnapshotCache
 
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, stop.set)
-    runtime = PolicyRuntime(options.policies, SnapshotCache())
+    limiter = await make_limiter(options.ratelimit)
+    runtime = PolicyRuntime(options.policies, [LimiterApplier(limiter)])
     await runtime.reload()
-    running = await start_ratelimit(
-        options.ratelimit, lambda: runtime.current.policy if runtime.current is not None else None
-    )
+    running = await start_ratelimit(options.ratelimit, limiter)
+    runtime.on_applied(lambda _: running.health.notify())
     admin = AdminServer(
         ready=lambda: runtime.current is not None,
-        status=lambda: {"policy": runtime.current.version if runtime.current else None, "port": running.port},
+        status=lambda: {"policy": runtime.version, "port": running.port},
     )
     await admin.start(options.ratelimit.host, options.admin_port)
     watcher = None
