@@ -67,9 +67,12 @@ def _stream(method: StreamMethod) -> grpc.RpcMethodHandler:
 
 
 def add_to_grpcio(server: grpc.aio.Server, services: Sequence[Service]) -> Health:
-    """Register ``services``, health and reflection on ``server`` (before it starts)."""
+    """Register ``services``, health and reflection on ``server`` (before it starts). A service
+    without methods here (registered on the server by other means) gets health and reflection."""
     everything, health = with_health_and_reflection(services)
     for service in everything:
+        if not service.methods:
+            continue
         handlers = {
             name: _unary(method) if isinstance(method, UnaryMethod) else _stream(method)
             for name, method in service.methods.items()
