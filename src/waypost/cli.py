@@ -259,7 +259,7 @@ def _decision_arguments(serve: argparse.ArgumentParser) -> None:
     _decision_limit_arguments(serve)
 
 
-_GRPCIO_HELP = "serve gRPC Check with grpcio's server (slower) instead of waypost's lean HTTP/2 server"
+_GRPCIO_HELP = "serve gRPC Check with grpcio's server (slower) instead of waypost's own (waypost.h2grpc)"
 
 
 def _decision_limit_arguments(parser: argparse.ArgumentParser) -> None:
@@ -313,7 +313,7 @@ def _ratelimit_arguments(parser: argparse.ArgumentParser, *, port_flag: str) -> 
     parser.add_argument(
         "--ratelimit-grpcio",
         action="store_true",
-        help="serve the RLS with grpcio's server (slower) instead of waypost's lean HTTP/2 server",
+        help="serve the RLS with grpcio's server (slower) instead of waypost's own (waypost.h2grpc)",
     )
 
 
