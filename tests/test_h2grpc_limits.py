@@ -23,8 +23,9 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
 
-from authz_support import consumers_yaml, policy_yaml
+from authz_support import PLUGIN_DIR, consumers_yaml, policy_yaml
 from support import WaypostProcess, free_ports, wait_until
+from support.procs import SRC_DIR
 
 pytestmark = pytest.mark.e2e
 
@@ -34,6 +35,21 @@ PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 CHECK = "/envoy.service.auth.v3.Authorization/Check"
 RLS = "/envoy.service.ratelimit.v3.RateLimitService/ShouldRateLimit"
 GOAWAY, ENHANCE_YOUR_CALM, PROTOCOL_ERROR, FLOW_CONTROL_ERROR, FRAME_SIZE_ERROR = 7, 0xB, 0x1, 0x3, 0x6
+
+
+LIMITED = """
+---
+kind: RateLimitPolicy
+name: generous
+limits: [{by: client_ip, requests: 1000000000, per: second}]
+---
+kind: Route
+name: limited
+gateway: public
+match: {prefix: /limited}
+backend: echo
+rate_limit: generous
+"""
 
 
 class Ports:
@@ -52,12 +68,16 @@ def ports(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Ports]:
     policies = root / "policies"
     (policies / "keys").mkdir(parents=True)
     (policies / "keys" / "jwks.json").write_text('{"keys": []}')
-    (policies / "policy.yaml").write_text(policy_yaml(free_ports(1)[0], "127.0.0.1:9"))
+    # Routes that need all three decision services, so serve runs each of them.
+    (policies / "policy.yaml").write_text(
+        policy_yaml(free_ports(1)[0], "127.0.0.1:9", auth_service="http") + LIMITED
+    )
     (policies / "consumers.yaml").write_text(consumers_yaml())
     authz, http, rls = free_ports(3)
     args = ["--authz-port", authz, "--authz-http-port", http, "--ratelimit-port", rls]
     args += ["--max-connections", MAX_CONNECTIONS, "--idle-timeout", IDLE_TIMEOUT]
-    with WaypostProcess(policies, workdir=root, args=[str(a) for a in args]).start() as waypost:
+    env = {"PYTHONPATH": os.pathsep.join([str(SRC_DIR), str(PLUGIN_DIR)])}  # the policy's custom plugins
+    with WaypostProcess(policies, workdir=root, args=[str(a) for a in args], env=env).start() as waypost:
         yield Ports(waypost, authz, http, rls)
 
 
