@@ -25,6 +25,7 @@ from typing import Any
 
 from waypost.filters.authz.core import AuthzCore, PreparedAuthz
 from waypost.filters.authz.grpc_service import AuthzGrpcService
+from waypost.filters.protect.service import BodyChecks, PreparedChecks
 from waypost.h2grpc import GrpcioServer, GrpcServer, Limits, start_grpc_server, start_grpcio_server
 from waypost.log import get_logger
 from waypost.policies.model import PolicySet
@@ -34,6 +35,7 @@ __all__ = [
     "DEFAULT_PORT",
     "AuthzApplier",
     "AuthzOptions",
+    "BodyChecksApplier",
     "run_authz",
     "start_authz_grpc",
 ]
@@ -59,13 +61,36 @@ class AuthzApplier:
         self.core.commit(prepared)
 
 
+class BodyChecksApplier:
+    """Route body checks (validation, body screening) as a policy applier: schemas compiled off
+    the loop; a version whose checks do not compile is refused like any other bad version."""
+
+    name = "body_checks"
+
+    def __init__(self, checks: BodyChecks) -> None:
+        self.checks = checks
+
+    async def prepare(self, policy: PolicySet) -> PreparedChecks:
+        return await asyncio.to_thread(self.checks.prepare, policy)
+
+    def commit(self, prepared: PreparedChecks) -> None:
+        self.checks.commit(prepared)
+
+
 async def start_authz_grpc(
-    core: AuthzCore, host: str, port: int, *, grpcio: bool = False, limits: Limits | None = None
+    core: AuthzCore,
+    host: str,
+    port: int,
+    *,
+    body_checks: BodyChecks | None = None,
+    grpcio: bool = False,
+    limits: Limits | None = None,
 ) -> GrpcServer | GrpcioServer:
     """The gRPC Check service on ``host:port`` (SO_REUSEPORT: workers share it), with Health
-    (SERVING once the core has a version) and reflection; waypost's lean server unless ``grpcio``.
-    OSError when the port is taken."""
-    registration = AuthzGrpcService(core).service()
+    (SERVING once the core has a version) and reflection; with ``body_checks``, it also answers the
+    body-checks filter's Checks. Waypost's own gRPC server unless ``grpcio``. OSError when the port
+    is taken."""
+    registration = AuthzGrpcService(core, body_checks=body_checks).service()
     if grpcio:
         return await start_grpcio_server([registration], host, port, reuse_port=True)
     return await start_grpc_server([registration], host, port, reuse_port=True, limits=limits)
@@ -135,10 +160,11 @@ async def _serve_one(options: AuthzOptions) -> None:
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, stop.set)
     core = AuthzCore()
-    runtime = PolicyRuntime(options.policies, [AuthzApplier(core)])
+    body_checks = BodyChecks()
+    runtime = PolicyRuntime(options.policies, [AuthzApplier(core), BodyChecksApplier(body_checks)])
     await runtime.reload()
     server = await start_authz_grpc(
-        core, options.host, options.port, grpcio=options.grpcio, limits=options.limits
+        core, options.host, options.port, body_checks=body_checks, grpcio=options.grpcio, limits=options.limits
     )
     port = server.port
     runtime.on_applied(lambda _: server.health.notify())

@@ -20,6 +20,7 @@ from google.rpc import status_pb2
 
 from waypost.contract import AUTHZ_GRPC_SERVICE, METADATA_CONSUMER, METADATA_PLAN
 from waypost.filters.authz.core import AuthRequest, AuthzCore, Decision
+from waypost.filters.protect.service import CHECK_EXTENSION, BodyChecks
 from waypost.h2grpc import GrpcError, Service, Status, UnaryMethod
 from waypost.log import get_logger
 
@@ -90,8 +91,11 @@ def _struct(values: dict[str, str]) -> struct_pb2.Struct:
 class AuthzGrpcService:
     """The Check method: :meth:`service` is its registration (lean server or grpcio)."""
 
-    def __init__(self, core: AuthzCore) -> None:
+    def __init__(self, core: AuthzCore, *, body_checks: BodyChecks | None = None) -> None:
         self.core = core
+        # Checks from the body-checks filter (validation, screening) name their route under
+        # `check`; auth checks never carry that key.
+        self.body_checks = body_checks
         self._encoded: dict[Decision, bytes] = {}
 
     def service(self) -> Service:
@@ -105,6 +109,8 @@ class AuthzGrpcService:
             check = external_auth_pb2.CheckRequest.FromString(body)
         except DecodeError as exc:
             raise GrpcError(Status.INVALID_ARGUMENT, "malformed CheckRequest") from exc
+        if self.body_checks is not None and CHECK_EXTENSION in check.attributes.context_extensions:
+            return self.body_checks.check(check)
         decision = self.core.decide(request_from_check(check))
         if inspect.isawaitable(decision):
             return self._later(decision)
