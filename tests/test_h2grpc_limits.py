@@ -181,7 +181,7 @@ def test_unfinished_streams_are_bounded(ports: Ports) -> None:
     served(ports)
     before = rss_mb(ports.pid)
     # 200 streams each sending 1 MB that never ends, ignoring flow control: the connection window
-    # (4 MiB) is the most the server buffers; beyond it, GOAWAY FLOW_CONTROL_ERROR.
+    # (10 MiB) is the most the server buffers; beyond it, GOAWAY FLOW_CONTROL_ERROR.
     encoder = hpack.Encoder()
     sock = h2_socket(ports.authz)
     try:
@@ -199,9 +199,10 @@ def test_unfinished_streams_are_bounded(ports: Ports) -> None:
     sent = 0
     for stream in range(1, 400, 2):
         sock.sendall(frame(1, 0x4, stream, request_headers(encoder)))
-        if sent < 4 * 1024 * 1024 - 65_536:
-            sock.sendall(frame(0, 0, stream, b"\x00" * 16_384))
-            sent += 16_384
+        for _ in range(4):  # up to 64 KiB each, until the 10 MiB connection window is full
+            if sent < 10 * 1024 * 1024 - 16_384:
+                sock.sendall(frame(0, 0, stream, b"\x00" * 16_384))
+                sent += 16_384
     served(ports)
     grown = rss_mb(ports.pid) - before
     assert grown < 40, f"{grown:.0f} MB for 200 unfinished streams"

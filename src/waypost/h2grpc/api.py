@@ -71,13 +71,15 @@ class Limits:
 
     max_concurrent_streams: int = 1024
     """Advertised in SETTINGS; a stream beyond it is refused (RST_STREAM REFUSED_STREAM)."""
-    max_message: int = 1024 * 1024
+    max_message: int = 9 * 1024 * 1024
     """Largest request message; a larger one is answered RESOURCE_EXHAUSTED. (A CheckRequest
-    carries the client's request headers, which Envoy caps at 60 KiB by default.)"""
+    carries the client's request headers, at most 60 KiB by Envoy's default, and for body checks
+    a body of at most 8 MiB: ``max_body_bytes``.)"""
     max_header_list: int = 16 * 1024
     """Decoded request header list (RFC 7540 SETTINGS_MAX_HEADER_LIST_SIZE); beyond: GOAWAY."""
-    connection_window: int = 4 * 1024 * 1024
-    """Unconsumed request bytes buffered per connection (the HTTP/2 connection flow-control window)."""
+    connection_window: int = 10 * 1024 * 1024
+    """Unconsumed request bytes buffered per connection (the HTTP/2 connection flow-control window);
+    at least one largest message, which is credited back only once it is consumed."""
     max_pending_control: int = 1024
     """PING/SETTINGS answers queued while the client does not read: beyond, GOAWAY ENHANCE_YOUR_CALM."""
     max_write_backlog: int = 8 * 1024 * 1024

@@ -164,7 +164,12 @@ async def _serve_one(options: AuthzOptions) -> None:
     runtime = PolicyRuntime(options.policies, [AuthzApplier(core), BodyChecksApplier(body_checks)])
     await runtime.reload()
     server = await start_authz_grpc(
-        core, options.host, options.port, body_checks=body_checks, grpcio=options.grpcio, limits=options.limits
+        core,
+        options.host,
+        options.port,
+        body_checks=body_checks,
+        grpcio=options.grpcio,
+        limits=options.limits,
     )
     port = server.port
     runtime.on_applied(lambda _: server.health.notify())
