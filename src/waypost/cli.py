@@ -18,7 +18,7 @@ if TYPE_CHECKING:
     from waypost.h2grpc import Limits
     from waypost.policies.model import PolicySet
     from waypost.policies.types import Endpoint
-    from waypost.server.ratelimit import RateLimitOptions
+    from waypost.server.ratelimit import CounterOptions, RateLimitOptions
 
 __all__ = ["main"]
 
@@ -217,6 +217,7 @@ def _parser() -> argparse.ArgumentParser:
     authz.add_argument("--no-watch", action="store_true")
     authz.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
     authz.add_argument("--log-format", choices=("json", "console"))
+    _counter_arguments(authz)  # where consumer quotas are counted (--redis: shared with the RLS)
 
     keys = commands.add_parser("keys", help="API keys for Consumers")
     keys_commands = keys.add_subparsers(dest="keys_command", required=True)
@@ -314,6 +315,16 @@ def _ratelimit_arguments(parser: argparse.ArgumentParser, *, port_flag: str) -> 
         default=18001,
         help="gRPC port of the rate-limit service (18001)",
     )
+    _counter_arguments(parser)
+    parser.add_argument(
+        "--ratelimit-grpcio",
+        action="store_true",
+        help="serve the RLS with grpcio's server (slower) instead of waypost's own (waypost.h2grpc)",
+    )
+
+
+def _counter_arguments(parser: argparse.ArgumentParser) -> None:
+    """Where rate-limit counters live: the RLS's, and the consumer quotas ext_authz counts."""
     parser.add_argument(
         "--redis",
         metavar="URL",
@@ -327,10 +338,13 @@ def _ratelimit_arguments(parser: argparse.ArgumentParser, *, port_flag: str) -> 
     parser.add_argument(
         "--ratelimit-algorithm", choices=("fixed", "sliding"), default="fixed", help="window algorithm"
     )
-    parser.add_argument(
-        "--ratelimit-grpcio",
-        action="store_true",
-        help="serve the RLS with grpcio's server (slower) instead of waypost's own (waypost.h2grpc)",
+
+
+def _counter_options(args: argparse.Namespace) -> CounterOptions:
+    from waypost.server.ratelimit import CounterOptions
+
+    return CounterOptions(
+        redis=args.redis, algorithm=args.ratelimit_algorithm, fail_closed=args.ratelimit_fail_closed
     )
 
 
@@ -553,6 +567,7 @@ def _serve(args: argparse.Namespace) -> int:
             authz_addresses=tuple(args.authz_address),
             authz_http_addresses=tuple(args.authz_http_address),
             ratelimit_addresses=tuple(args.ratelimit_address),
+            counters=_counter_options(args),
         ),
         registry_redis=args.redis,
         portal=serve_portal_options(args),
@@ -586,6 +601,7 @@ def _authz(args: argparse.Namespace, argv: list[str]) -> int:
         workers=args.workers,
         grpcio=args.authz_grpcio,
         limits=_decision_limits(args),
+        counters=_counter_options(args),
     )
     return run_authz(options, argv)
 

@@ -7,7 +7,9 @@ with file:line, and the previous version keeps deciding.
 
 Standalone, one process per worker: ``--workers N`` starts N copies of itself, each with its own
 policy runtime and watcher, all bound to one port with SO_REUSEPORT, so the kernel spreads
-Envoy's connections across them (a Python process decides on one core).
+Envoy's connections across them (a Python process decides on one core). Consumer quotas counted
+in the decision (filters/authz/quota.py) live in ``--redis`` when given, shared with the RLS and
+every replica.
 """
 
 from __future__ import annotations
@@ -25,10 +27,12 @@ from typing import Any
 
 from waypost.filters.authz.core import AuthzCore, PreparedAuthz
 from waypost.filters.authz.grpc_service import AuthzGrpcService
+from waypost.filters.authz.quota import ConsumerQuota
 from waypost.filters.protect.service import BodyChecks, PreparedChecks
 from waypost.h2grpc import GrpcioServer, GrpcServer, Limits, start_grpc_server, start_grpcio_server
 from waypost.log import get_logger
 from waypost.policies.model import PolicySet
+from waypost.server.ratelimit import CounterOptions, LimiterApplier, open_limiter
 
 __all__ = [
     "DEFAULT_HTTP_PORT",
@@ -108,6 +112,8 @@ class AuthzOptions:
     grpcio: bool = False
     """Serve Check with grpcio's server instead of waypost's lean one (:mod:`waypost.h2grpc`)."""
     limits: Limits = field(default_factory=Limits)
+    counters: CounterOptions = field(default_factory=CounterOptions)
+    """Where consumer quotas are counted (``--redis``: shared with the RLS and every replica)."""
 
 
 def run_authz(options: AuthzOptions, argv: list[str]) -> int:
@@ -118,6 +124,11 @@ def run_authz(options: AuthzOptions, argv: list[str]) -> int:
     if options.port == 0 or options.http_port == 0:
         print("waypost authz: --workers needs fixed ports", file=sys.stderr)
         return 2
+    if options.counters.redis is None:
+        log.warning(
+            "consumer quotas are counted per worker process: give --redis to share them",
+            workers=options.workers,
+        )
     children = []
     child_argv = list(argv)
     for index in range(options.workers):
@@ -159,9 +170,13 @@ async def _serve_one(options: AuthzOptions) -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, stop.set)
-    core = AuthzCore()
+    # Consumer quotas are counted in the decision (filters/authz/quota.py), in --redis if given.
+    limiter = await open_limiter(options.counters)
+    core = AuthzCore(quota=ConsumerQuota(limiter))
     body_checks = BodyChecks()
-    runtime = PolicyRuntime(options.policies, [AuthzApplier(core), BodyChecksApplier(body_checks)])
+    runtime = PolicyRuntime(
+        options.policies, [AuthzApplier(core), BodyChecksApplier(body_checks), LimiterApplier(limiter)]
+    )
     await runtime.reload()
     server = await start_authz_grpc(
         core,
@@ -204,3 +219,4 @@ async def _serve_one(options: AuthzOptions) -> None:
         if http_server is not None:
             http_server.close()
         await server.stop()
+        await limiter.store.close()
