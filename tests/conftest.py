@@ -4,6 +4,13 @@ processes it started are attached to the report."""
 
 from __future__ import annotations
 
+import os
+
+# Before anything imports grpc: tests spawn waypost, Envoy and gRPC clients while gRPC servers and
+# channels are busy in this process, and grpcio's fork handlers can crash such a child between
+# fork and exec (grpc/grpc#43055). The children inherit the setting.
+os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
+
 import shutil
 import textwrap
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping

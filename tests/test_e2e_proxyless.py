@@ -14,49 +14,45 @@ import subprocess
 import sys
 import textwrap
 from collections.abc import Callable, Iterator
-from concurrent import futures
 from pathlib import Path
 
-import grpc
 import pytest
 
-from support.greeter_proto import message_class
 from support.procs import SRC_DIR, EnvoyProcess, WaypostProcess, wait_until
 
 pytestmark = pytest.mark.e2e
 
-HelloReply = message_class("HelloReply")
 TESTS_DIR = Path(__file__).parent
 
 
-def _greeter(reply: str) -> tuple[grpc.Server, int]:
-    """A real gRPC server whose SayHello answers ``reply``: which server took a call."""
-
-    def say_hello(request: bytes, context: grpc.ServicerContext) -> bytes:
-        return HelloReply(message=reply).SerializeToString()  # type: ignore[no-any-return]
-
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
-    handler = grpc.method_handlers_generic_handler(
-        "helloworld.Greeter", {"SayHello": grpc.unary_unary_rpc_method_handler(say_hello)}
-    )
-    server.add_generic_rpc_handlers((handler,))
-    port = server.add_insecure_port("127.0.0.1:0")
-    server.start()
-    return server, port
-
-
 @pytest.fixture
-def greeters() -> Iterator[Callable[[str], int]]:
-    started: list[grpc.Server] = []
+def greeters(tmp_path: Path) -> Iterator[Callable[[str], int]]:
+    """``greeters(reply)`` starts a real gRPC server answering ``reply`` (which server took a
+    call) in a process of its own, and returns its port."""
+    started: list[subprocess.Popen[str]] = []
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS_DIR), str(SRC_DIR)])}
 
     def start(reply: str) -> int:
-        server, port = _greeter(reply)
-        started.append(server)
-        return port
+        process = subprocess.Popen(
+            [sys.executable, "-m", "support.greeter_server", reply],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+        started.append(process)
+        assert process.stdout is not None
+        return int(process.stdout.readline())
 
     yield start
-    for server in started:
-        server.stop(grace=None)
+    for process in started:
+        assert process.stdin is not None
+        process.stdin.close()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
 
 
 class GrpcClient:

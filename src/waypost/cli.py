@@ -9,10 +9,16 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import sys
 from collections.abc import Coroutine, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+# grpcio's fork handlers (1.80 and later) can crash a child between fork and exec while gRPC is
+# busy in the parent (grpc/grpc#43055): `git` under serve, --git-pull and the portal. waypost
+# only forks to exec, so it needs none of them; read by grpcio when first imported, below.
+os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
 
 if TYPE_CHECKING:
     from waypost.h2grpc import Limits
