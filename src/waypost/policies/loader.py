@@ -59,6 +59,7 @@ from waypost.policies.model import (
     SourceRef,
 )
 from waypost.policies.sidecars import expand_sidecar
+from waypost.policies.teams import scope_teams, team_folders
 from waypost.policies.types import HEADER_NAME_PATTERN, NAME_PATTERN, PrivateBytes
 from waypost.policies.validate import Entry, Loc, validate
 
@@ -78,6 +79,7 @@ _KIND_ATTRIBUTES: Final = {
     "RateLimitPolicy": "rate_limit_policies",
     "GrpcTarget": "grpc_targets",
     "Sidecar": "sidecars",
+    "Team": "teams",
 }
 _KNOWN_KINDS: Final = ", ".join(KINDS)
 
@@ -755,6 +757,10 @@ class _Load:
     def display(self, relative: str) -> str:
         return self.root if relative == "." else os.path.join(self.root, relative)
 
+    def relative(self, path: str) -> str:
+        """A diagnostics path back to its path inside the directory (``/``-separated)."""
+        return os.path.relpath(path, self.root).replace(os.sep, "/")
+
     def fail(self, path: str, line: int, message: str, kind: str = "", name: str = "") -> None:
         self.diagnostics.append(Diagnostic(path, line, kind, name, message))
 
@@ -765,10 +771,12 @@ class _Load:
         for relative in self.policy_files():
             self.load_file(relative)
         self.expand_sidecars()
+        self.entries, overstepped = scope_teams(self.entries, self.relative)
+        self.diagnostics.extend(overstepped)
         self.diagnostics.extend(validate(self.entries, check_references=self.complete))
         self.read_referenced_files()
         if self.diagnostics:
-            raise PolicyError(self.diagnostics)
+            raise PolicyError(self.diagnostics, team_folders=team_folders(self.entries))
         return self.policy_set()
 
     def policy_files(self) -> list[str]:

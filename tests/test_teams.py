@@ -1,0 +1,192 @@
+"""Teams: scoped names, grants, cross-team references, and the isolation property."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from waypost.policies import PolicyError, load_policies
+from waypost.policies.teams import scoped
+
+PLATFORM = """\
+kind: Gateway
+name: edge
+port: 8080
+---
+kind: AuthPolicy
+name: keys
+shared: true
+identity: [{api_key: {}}]
+---
+kind: RateLimitPolicy
+name: internal
+limits: [{by: client_ip, requests: 10, per: second}]
+---
+kind: Team
+name: payments
+folders: [teams/payments]
+owners: ["@acme/payments"]
+gateways:
+  - gateway: edge
+    hosts: [{host: pay.example.com}, {host: api.example.com, path_prefix: /payments}]
+upstreams: [10.1.0.0/16, "*.payments.svc"]
+plans: [gold]
+limits: {routes: 3}
+---
+kind: Team
+name: search
+folders: [teams/search]
+owners: ["@acme/search"]
+gateways:
+  - gateway: edge
+    hosts: [{host: api.example.com, path_prefix: /search}]
+upstreams: [10.2.0.0/16]
+"""
+
+
+def team_docs(team: str, net: str, host: str, prefix: str, extra: str = "") -> str:
+    return f"""\
+kind: Service
+name: orders
+endpoints: ["10.{net}.0.5:9001"]
+---
+kind: Route
+name: orders
+gateway: edge
+hosts: [{host}]
+match: {{prefix: {prefix}}}
+backend: orders
+auth: keys
+{extra}"""
+
+
+def write(root: Path, files: dict[str, str]) -> Path:
+    for relative, text in files.items():
+        path = root / relative
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    return root
+
+
+def repo(tmp_path: Path, payments: str | None = None, search: str | None = None) -> Path:
+    return write(
+        tmp_path,
+        {
+            "platform.yaml": PLATFORM,
+            "teams/payments/policy.yaml": payments or team_docs("payments", "1", "api.example.com", "/payments"),
+            "teams/search/policy.yaml": search or team_docs("search", "2", "api.example.com", "/search"),
+        },
+    )
+
+
+def errors(directory: Path) -> list[str]:
+    with pytest.raises(PolicyError) as caught:
+        load_policies(directory)
+    return [str(d).removeprefix(f"{directory}/") for d in caught.value.diagnostics]
+
+
+def test_colliding_names_across_teams_coexist(tmp_path: Path) -> None:
+    policy = load_policies(repo(tmp_path))
+    assert set(policy.services) == {"payments~orders", "search~orders"}
+    assert set(policy.routes) == {"payments~orders", "search~orders"}
+    route = policy.routes[scoped("payments", "orders")]
+    assert route.backend == "payments~orders"
+    assert route.auth == "keys"  # the platform's shared AuthPolicy keeps its name
+    assert set(policy.teams) == {"payments", "search"}
+
+
+def test_host_not_granted(tmp_path: Path) -> None:
+    broken = team_docs("search", "2", "pay.example.com", "/search")
+    assert errors(repo(tmp_path, search=broken)) == [
+        "teams/search/policy.yaml:8: Route orders: hosts[0]: team search: host 'pay.example.com' is not"
+        " granted on Gateway edge (grant lacking: gateways[].hosts)"
+    ]
+
+
+def test_path_outside_prefix(tmp_path: Path) -> None:
+    broken = team_docs("search", "2", "api.example.com", "/payments/refunds")
+    assert errors(repo(tmp_path, search=broken)) == [
+        "teams/search/policy.yaml:9: Route orders: match.prefix: team search: matches paths outside"
+        " the team's path prefix on host 'api.example.com' (granted: '/search')"
+    ]
+
+
+def test_service_outside_upstreams(tmp_path: Path) -> None:
+    broken = team_docs("search", "1", "api.example.com", "/search")
+    assert errors(repo(tmp_path, search=broken)) == [
+        "teams/search/policy.yaml:3: Service orders: endpoints[0]: team search: '10.1.0.5' is outside"
+        " the team's upstreams (grant lacking: upstreams)"
+    ]
+
+
+def test_reference_across_teams(tmp_path: Path) -> None:
+    search = team_docs("search", "2", "api.example.com", "/search") + "---\n" + (
+        "kind: Route\nname: steal\ngateway: edge\nhosts: [api.example.com]\n"
+        "match: {prefix: /search/pay}\nbackend: refunds\n"
+    )
+    payments = team_docs("payments", "1", "api.example.com", "/payments") + (
+        "---\nkind: Service\nname: refunds\nendpoints: ['10.1.0.6:9001']\n"
+    )
+    assert errors(repo(tmp_path, payments=payments, search=search)) == [
+        "teams/search/policy.yaml:18: Route steal: backend: team search: 'refunds' is a Service of team"
+        " payments: a team may refer only to its own documents and shared ones"
+    ]
+
+
+def test_platform_document_not_shared(tmp_path: Path) -> None:
+    search = team_docs("search", "2", "api.example.com", "/search", "rate_limit: internal\n")
+    assert errors(repo(tmp_path, search=search)) == [
+        "teams/search/policy.yaml:12: Route orders: rate_limit: team search: 'internal' is a platform"
+        " RateLimitPolicy not marked shared: a team may refer only to its own documents and shared"
+        " ones (grant lacking: shared: true on RateLimitPolicy internal)"
+    ]
+
+
+def test_team_cannot_define_gateways_or_plans_or_exceed_limits(tmp_path: Path) -> None:
+    payments = team_docs("payments", "1", "api.example.com", "/payments") + "".join(
+        f"---\nkind: Route\nname: r{i}\ngateway: edge\nhosts: [pay.example.com]\nmatch: {{prefix: /r{i}}}\n"
+        "backend: orders\n"
+        for i in range(3)
+    ) + "---\nkind: Gateway\nname: own\nport: 9090\n---\nkind: Consumer\nname: c\nplan: platinum\n"
+    found = errors(repo(tmp_path, payments=payments))
+    assert found == [
+        "teams/payments/policy.yaml:28: Route r2: team payments: more than 3 Routes (grant lacking: limits)",
+        "teams/payments/policy.yaml:34: Gateway own: kind: team payments: a team may define only AuthPolicy,"
+        " Consumer, RateLimitPolicy, Route, Service; Gateway is the platform's",
+        "teams/payments/policy.yaml:40: Consumer c: plan: team payments: plan 'platinum' is not granted"
+        " (grant lacking: plans)",
+    ]
+
+
+def test_overlapping_grants_are_refused(tmp_path: Path) -> None:
+    platform = PLATFORM.replace("path_prefix: /search", "path_prefix: /pay")
+    write(tmp_path, {"platform.yaml": platform})
+    found = errors(tmp_path)
+    assert any(
+        "gateways[0].hosts[0]: host 'api.example.com' path '/pay' overlaps team payments's"
+        " 'api.example.com' path '/payments' on Gateway edge" in line
+        for line in found
+    ), found
+
+
+def test_team_files_stay_in_the_team_folder(tmp_path: Path) -> None:
+    payments = team_docs("payments", "1", "api.example.com", "/payments") + (
+        "---\nkind: Service\nname: tls\nendpoints: ['10.1.0.7:443']\ntls: {ca: ../../platform/ca.pem}\n"
+    )
+    found = errors(repo(tmp_path, payments=payments))
+    assert found[0].endswith("tls.ca: team payments: '../../platform/ca.pem' is outside the team's folders")
+
+
+def test_validate_cli_names_the_team(tmp_path: Path) -> None:
+    broken = team_docs("search", "2", "pay.example.com", "/search")
+    result = subprocess.run(
+        [sys.executable, "-m", "waypost", "validate", str(repo(tmp_path, search=broken))],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode != 0
+    assert "team search: host 'pay.example.com' is not granted" in result.stdout + result.stderr
