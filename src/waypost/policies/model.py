@@ -370,7 +370,8 @@ def _check_backend_form(backend: str | None, backends: tuple[Backend, ...] | Non
 
 
 def _weighted_backends(backend: str | None, backends: tuple[Backend, ...] | None) -> tuple[Backend, ...]:
-    return backends if backends is not None else (Backend(service=backend or ""),)
+    # Constructed, not validated: the name was checked when loaded (and may be team-scoped).
+    return backends if backends is not None else (Backend.model_construct(service=backend or ""),)
 
 
 class Rewrite(Spec):
