@@ -76,7 +76,8 @@ def repo(tmp_path: Path, payments: str | None = None, search: str | None = None)
         tmp_path,
         {
             "platform.yaml": PLATFORM,
-            "teams/payments/policy.yaml": payments or team_docs("payments", "1", "api.example.com", "/payments"),
+            "teams/payments/policy.yaml": payments
+            or team_docs("payments", "1", "api.example.com", "/payments"),
             "teams/search/policy.yaml": search or team_docs("search", "2", "api.example.com", "/search"),
         },
     )
@@ -123,9 +124,13 @@ def test_service_outside_upstreams(tmp_path: Path) -> None:
 
 
 def test_reference_across_teams(tmp_path: Path) -> None:
-    search = team_docs("search", "2", "api.example.com", "/search") + "---\n" + (
-        "kind: Route\nname: steal\ngateway: edge\nhosts: [api.example.com]\n"
-        "match: {prefix: /search/pay}\nbackend: refunds\n"
+    search = (
+        team_docs("search", "2", "api.example.com", "/search")
+        + "---\n"
+        + (
+            "kind: Route\nname: steal\ngateway: edge\nhosts: [api.example.com]\n"
+            "match: {prefix: /search/pay}\nbackend: refunds\n"
+        )
     )
     payments = team_docs("payments", "1", "api.example.com", "/payments") + (
         "---\nkind: Service\nname: refunds\nendpoints: ['10.1.0.6:9001']\n"
@@ -146,11 +151,15 @@ def test_platform_document_not_shared(tmp_path: Path) -> None:
 
 
 def test_team_cannot_define_gateways_or_plans_or_exceed_limits(tmp_path: Path) -> None:
-    payments = team_docs("payments", "1", "api.example.com", "/payments") + "".join(
-        f"---\nkind: Route\nname: r{i}\ngateway: edge\nhosts: [pay.example.com]\nmatch: {{prefix: /r{i}}}\n"
-        "backend: orders\n"
-        for i in range(3)
-    ) + "---\nkind: Gateway\nname: own\nport: 9090\n---\nkind: Consumer\nname: c\nplan: platinum\n"
+    payments = (
+        team_docs("payments", "1", "api.example.com", "/payments")
+        + "".join(
+            f"---\nkind: Route\nname: r{i}\ngateway: edge\nhosts: [pay.example.com]\n"
+            f"match: {{prefix: /r{i}}}\nbackend: orders\n"
+            for i in range(3)
+        )
+        + "---\nkind: Gateway\nname: own\nport: 9090\n---\nkind: Consumer\nname: c\nplan: platinum\n"
+    )
     found = errors(repo(tmp_path, payments=payments))
     assert found == [
         "teams/payments/policy.yaml:28: Route r2: team payments: more than 3 Routes (grant lacking: limits)",

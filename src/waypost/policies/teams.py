@@ -35,8 +35,14 @@ from waypost.policies.model import (
     Service,
     Team,
 )
-from waypost.policies.team_grants import grants_on, grants_overlap, host_covers, match_within, upstream_allowed
-from waypost.policies.team_grants import upstream_problem
+from waypost.policies.team_grants import (
+    grants_on,
+    grants_overlap,
+    host_covers,
+    match_within,
+    upstream_allowed,
+    upstream_problem,
+)
 from waypost.policies.validate import Entry, Loc
 
 __all__ = ["SEPARATOR", "TEAM_KINDS", "scope_teams", "scoped", "team_folders", "team_of_name"]
@@ -97,7 +103,9 @@ class _Scope:
         who = f"team {team}: " if team else ""
         field = _field(loc)
         text = f"{field}: {who}{message}" if field and loc != ("name",) else f"{who}{message}"
-        self.out.append(Diagnostic(entry.source.path, entry.source.line_of(loc), entry.kind, entry.name, text))
+        self.out.append(
+            Diagnostic(entry.source.path, entry.source.line_of(loc), entry.kind, entry.name, text)
+        )
 
     def team_of(self, entry: Entry) -> str | None:
         relative = self.relative(entry.source.path)
@@ -143,7 +151,9 @@ def _field(loc: Loc) -> str:
     return text
 
 
-def scope_teams(entries: Sequence[Entry], relative: Callable[[str], str]) -> tuple[list[Entry], list[Diagnostic]]:
+def scope_teams(
+    entries: Sequence[Entry], relative: Callable[[str], str]
+) -> tuple[list[Entry], list[Diagnostic]]:
     """Entries with team documents scoped and their references resolved, and every overstep.
 
     ``relative`` maps a source path (as in diagnostics) to its path inside the policy directory.
@@ -180,11 +190,15 @@ def _check_teams(scope: _Scope, entries: Sequence[Entry]) -> None:
         for index, folder in enumerate(team.folders):
             normal = normal_folder(folder)
             if normal is None:
-                scope.error(entry, ("folders", index), f"'{folder}' must be a folder inside the policy directory")
+                scope.error(
+                    entry, ("folders", index), f"'{folder}' must be a folder inside the policy directory"
+                )
                 continue
             for other_folder, other in claimed_folders.items():
                 if in_folder(normal, other_folder) or in_folder(other_folder, normal):
-                    scope.error(entry, ("folders", index), f"'{folder}' overlaps team {other}'s '{other_folder}'")
+                    scope.error(
+                        entry, ("folders", index), f"'{folder}' overlaps team {other}'s '{other_folder}'"
+                    )
             claimed_folders[normal] = name
             folders.append(normal)
         scope.folders[name] = tuple(folders)
@@ -218,7 +232,9 @@ def _scope_entry(scope: _Scope, entry: Entry, team: str, counts: dict[tuple[str,
     document = entry.document
     if entry.kind not in TEAM_KINDS:
         allowed = ", ".join(sorted(TEAM_KINDS))
-        scope.error(entry, ("kind",), f"a team may define only {allowed}; {entry.kind} is the platform's", team)
+        scope.error(
+            entry, ("kind",), f"a team may define only {allowed}; {entry.kind} is the platform's", team
+        )
         return replace(entry, name=name, document=None)
     count = counts[(team, entry.kind)] = counts.get((team, entry.kind), 0) + 1
     limit = {"Route": grants.limits.routes, "Consumer": grants.limits.consumers}.get(entry.kind)
@@ -238,7 +254,9 @@ def _scope_entry(scope: _Scope, entry: Entry, team: str, counts: dict[tuple[str,
     elif isinstance(document, RateLimitPolicy):
         for plan in document.plans:
             if plan not in grants.plans:
-                scope.error(entry, ("plans", plan), f"plan '{plan}' is not granted (grant lacking: plans)", team)
+                scope.error(
+                    entry, ("plans", plan), f"plan '{plan}' is not granted (grant lacking: plans)", team
+                )
     _check_files(scope, entry, team, document)
     return replace(entry, name=name, document=document.model_copy(update=update))
 
@@ -333,7 +351,9 @@ def _scope_consumer(scope: _Scope, entry: Entry, team: str, consumer: Consumer) 
 def _file_paths(document: BaseModel) -> list[tuple[Loc, str]]:
     found: list[tuple[Loc, str]] = []
     if isinstance(document, Service) and document.tls is not None:
-        found += [(("tls", f), v) for f in ("ca", "cert", "key") if (v := getattr(document.tls, f)) is not None]
+        found += [
+            (("tls", f), v) for f in ("ca", "cert", "key") if (v := getattr(document.tls, f)) is not None
+        ]
     elif isinstance(document, Route) and document.grpc_json is not None:
         found.append((("grpc_json", "descriptor"), document.grpc_json.descriptor))
     elif isinstance(document, AuthPolicy):
