@@ -199,3 +199,76 @@ def test_validate_cli_names_the_team(tmp_path: Path) -> None:
     )
     assert result.returncode != 0
     assert "team search: host 'pay.example.com' is not granted" in result.stdout + result.stderr
+
+
+# --- per-team last good (the policy runtime, without appliers) ---------------------------------
+
+
+async def test_runtime_holds_only_the_broken_team(tmp_path: Path) -> None:
+    from waypost.server.runtime import PolicyRuntime
+
+    directory = repo(tmp_path)
+    runtime = PolicyRuntime(directory, [])
+    assert await runtime.reload()
+    # payments breaks and adds a route; search adds one: search moves on, payments is held.
+    broken = team_docs("payments", "9", "api.example.com", "/payments") + (
+        "---\nkind: Route\nname: extra\ngateway: edge\nhosts: [pay.example.com]\nmatch: {prefix: /}\nbackend: orders\n"
+    )
+    moved = team_docs("search", "2", "api.example.com", "/search") + (
+        "---\nkind: Route\nname: extra\ngateway: edge\nhosts: [api.example.com]\nmatch: {prefix: /search/x}\n"
+        "backend: orders\n"
+    )
+    write(directory, {"teams/payments/policy.yaml": broken, "teams/search/policy.yaml": moved})
+    assert await runtime.reload()
+    assert runtime.current is not None
+    assert set(runtime.current.routes) == {"payments~orders", "search~orders", "search~extra"}
+    assert runtime.current.services["payments~orders"].endpoints[0].host == "10.1.0.5"  # the last good
+    status = runtime.lanes.status(runtime.current.teams)
+    assert status["payments"]["state"] == "held"
+    assert status["payments"]["errors"] == [
+        f"{directory}/teams/payments/policy.yaml:3: Service orders: endpoints[0]: team payments:"
+        " '10.9.0.5' is outside the team's upstreams (grant lacking: upstreams)"
+    ]
+    assert status["search"] == {"state": "serving", "owners": ["@acme/search"]}
+    assert runtime.last_failure is None
+    # The same broken files again: nothing new to apply, payments still held.
+    assert not await runtime.reload()
+    assert runtime.lanes.status(runtime.current.teams)["payments"]["state"] == "held"
+    # Fixed: payments moves on.
+    write(directory, {"teams/payments/policy.yaml": team_docs("payments", "1", "pay.example.com", "/")})
+    assert await runtime.reload()
+    assert runtime.lanes.held == {}
+    runtime.lanes.close()
+
+
+async def test_runtime_refuses_the_whole_change_when_the_platform_breaks(tmp_path: Path) -> None:
+    from waypost.server.runtime import PolicyRuntime
+
+    directory = repo(tmp_path)
+    runtime = PolicyRuntime(directory, [])
+    assert await runtime.reload()
+    version = runtime.version
+    write(
+        directory,
+        {
+            "platform.yaml": PLATFORM + "---\nkind: Service\nname: bad\n",
+            "teams/search/policy.yaml": team_docs("search", "9", "api.example.com", "/search"),
+        },
+    )
+    assert not await runtime.reload()
+    assert runtime.version == version
+    assert runtime.last_failure is not None
+    assert any("platform.yaml" in e for e in runtime.last_failure.errors)
+    runtime.lanes.close()
+
+
+async def test_a_team_broken_from_the_start_serves_nothing_and_says_so(tmp_path: Path) -> None:
+    from waypost.server.runtime import PolicyRuntime
+
+    directory = repo(tmp_path, search=team_docs("search", "9", "api.example.com", "/search"))
+    runtime = PolicyRuntime(directory, [])
+    assert await runtime.reload()
+    assert runtime.current is not None
+    assert set(runtime.current.routes) == {"payments~orders"}
+    assert runtime.lanes.status(runtime.current.teams)["search"]["state"] == "not serving"
+    runtime.lanes.close()
