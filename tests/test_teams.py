@@ -212,7 +212,8 @@ async def test_runtime_holds_only_the_broken_team(tmp_path: Path) -> None:
     assert await runtime.reload()
     # payments breaks and adds a route; search adds one: search moves on, payments is held.
     broken = team_docs("payments", "9", "api.example.com", "/payments") + (
-        "---\nkind: Route\nname: extra\ngateway: edge\nhosts: [pay.example.com]\nmatch: {prefix: /}\nbackend: orders\n"
+        "---\nkind: Route\nname: extra\ngateway: edge\nhosts: [pay.example.com]\n"
+        "match: {prefix: /}\nbackend: orders\n"
     )
     moved = team_docs("search", "2", "api.example.com", "/search") + (
         "---\nkind: Route\nname: extra\ngateway: edge\nhosts: [api.example.com]\nmatch: {prefix: /search/x}\n"
@@ -272,3 +273,46 @@ async def test_a_team_broken_from_the_start_serves_nothing_and_says_so(tmp_path:
     assert set(runtime.current.routes) == {"payments~orders"}
     assert runtime.lanes.status(runtime.current.teams)["search"]["state"] == "not serving"
     runtime.lanes.close()
+
+
+# --- views by team --------------------------------------------------------------------------------
+
+GOLDEN_TEAMS = Path(__file__).parent / "golden" / "teams" / "in"
+
+
+def test_diff_groups_changes_by_team(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from support.gitrepo import GitRepo
+    from waypost.cli import main
+
+    git = GitRepo.init(tmp_path / "repo")
+    git.copy_tree(GOLDEN_TEAMS, "policies")
+    before = git.commit_all("teams")
+    search = git.path / "policies" / "teams" / "search" / "orders.yaml"
+    search.write_text(
+        search.read_text().replace("10.2.0.5", "10.2.0.6").replace("/search/orders", "/search/o")
+    )
+    after = git.commit_all("search moves")
+    assert main(["diff", before, after, str(git.path / "policies")]) == 0
+    out = capsys.readouterr().out
+    assert "changes by team:\n  search: endpoints/search~orders, routes/edge\n" in out, out
+
+
+def test_codeowners_from_the_team_documents(tmp_path: Path) -> None:
+    from support.gitrepo import GitRepo
+
+    git = GitRepo.init(tmp_path / "repo")
+    git.copy_tree(GOLDEN_TEAMS, "policies")
+    result = subprocess.run(
+        [sys.executable, "-m", "waypost", "teams", "codeowners", "--platform", "@acme/platform"],
+        cwd=git.path / "policies",
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert result.stdout.splitlines()[1:] == [
+        "* @acme/platform",
+        "# team payments",
+        "/policies/teams/payments/ @acme/payments",
+        "# team search",
+        "/policies/teams/search/ @acme/search search-lead@example.com",
+    ]
