@@ -316,3 +316,31 @@ def test_codeowners_from_the_team_documents(tmp_path: Path) -> None:
         "# team search",
         "/policies/teams/search/ @acme/search search-lead@example.com",
     ]
+
+
+def test_a_teams_consumers_call_only_its_routes(tmp_path: Path) -> None:
+    import asyncio
+    import inspect
+
+    from waypost.filters.authz.core import AuthRequest, AuthzCore, hash_api_key
+
+    consumer = "---\nkind: Consumer\nname: shop\napi_keys: ['{}']\n"
+    payments = team_docs("payments", "1", "api.example.com", "/payments") + consumer.format(
+        hash_api_key("pay-key")
+    )
+    platform = PLATFORM + consumer.format(hash_api_key("platform-key")).replace("name: shop", "name: partner")
+    core = AuthzCore()
+    core.apply(load_policies(write(repo(tmp_path, payments=payments), {"platform.yaml": platform})))
+
+    def decide(route: str, key: str) -> tuple[int, str]:
+        request = AuthRequest(route=route, policies=(), method="GET", path="/x", headers={"x-api-key": key})
+        result = core.decide(request)
+        decision = asyncio.run(result) if inspect.isawaitable(result) else result
+        return decision.status, decision.reason
+
+    assert decide("payments~orders", "pay-key") == (200, "allowed")
+    assert decide("search~orders", "pay-key") == (
+        403,
+        "consumer of team payments: not a caller of this route",
+    )
+    assert decide("search~orders", "platform-key") == (200, "allowed")
