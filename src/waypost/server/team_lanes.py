@@ -58,19 +58,30 @@ class TeamLanes:
     """Keeps each team's last good folders and builds the combined tree when teams break."""
 
     def __init__(self) -> None:
-        self._work = tempfile.TemporaryDirectory(prefix="waypost-teams-")
+        self._scratch: tempfile.TemporaryDirectory[str] | None = None  # made on first use
         self._kept: Path | None = None  # last good team folders, laid out as in the directory
         self.held: dict[str, HeldTeam] = {}
 
+    @property
+    def _work(self) -> Path:
+        if self._scratch is None:
+            self._scratch = tempfile.TemporaryDirectory(prefix="waypost-teams-")
+        return Path(self._scratch.name)
+
     def close(self) -> None:
-        self._work.cleanup()
+        if self._scratch is not None:
+            self._scratch.cleanup()
+            self._scratch = None
+        self._kept = None
 
     def remember(self, source: Path, policy: PolicySet) -> None:
         """Keep the team folders of ``source``, the tree ``policy`` was loaded from."""
         if not policy.teams:
+            if self._kept is not None:
+                shutil.rmtree(self._kept, ignore_errors=True)
             self._kept = None
             return
-        kept = Path(tempfile.mkdtemp(dir=self._work.name, prefix="kept-"))
+        kept = Path(tempfile.mkdtemp(dir=self._work, prefix="kept-"))
         for team in policy.teams.values():
             for folder in filter(None, map(normal_folder, team.folders)):
                 if (source / folder).is_dir():
@@ -102,7 +113,7 @@ class TeamLanes:
         blamed = self.blame(directory, error)
         if blamed is None:
             return None
-        tree = Path(tempfile.mkdtemp(dir=self._work.name, prefix="combined-"))
+        tree = Path(tempfile.mkdtemp(dir=self._work, prefix="combined-"))
         shutil.copytree(directory, tree, ignore=_ignore_hidden, symlinks=False, dirs_exist_ok=True)
         now = time.time()
         held: dict[str, HeldTeam] = {}
@@ -123,7 +134,8 @@ class TeamLanes:
         return policy, tree, held
 
     def discard(self, tree: Path) -> None:
-        if Path(self._work.name) in tree.parents:
+        """Remove a combined tree once loaded (never the policy directory itself)."""
+        if self._scratch is not None and Path(self._scratch.name) in tree.parents:
             shutil.rmtree(tree, ignore_errors=True)
 
     def status(self, teams: Mapping[str, Any]) -> dict[str, Any]:
