@@ -13,6 +13,7 @@ with the other.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from collections.abc import Sequence
 
@@ -102,14 +103,21 @@ def upstream_allowed(team: Team, host: str) -> bool:
         address = None
     for grant in team.upstreams:
         if address is not None:
-            try:
-                if address in ipaddress.ip_network(grant, strict=False):
-                    return True
-            except ValueError:
-                continue
+            network = _network(grant)
+            if network is not None and address in network:
+                return True
         elif "/" not in grant and host_covers(grant.lower(), host.lower()):
             return True
     return False
+
+
+@functools.lru_cache(maxsize=4096)
+def _network(grant: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network | None:
+    # Parsed once per grant, not once per endpoint: thousands of endpoints share a few grants.
+    try:
+        return ipaddress.ip_network(grant, strict=False)
+    except ValueError:
+        return None
 
 
 def grants_on(team: Team, gateway: str) -> Sequence[HostGrant]:

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import posixpath
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Final
 
 from pydantic import BaseModel
@@ -98,6 +98,7 @@ class _Scope:
     folders: dict[str, tuple[str, ...]]
     owner: dict[int, str]  # id(entry) -> team
     defined: dict[tuple[str, str], Entry]  # (kind, final name) -> entry
+    by_path: dict[str, str | None] = field(default_factory=dict)  # source path -> its team
 
     def error(self, entry: Entry, loc: Loc, message: str, team: str | None = None) -> None:
         who = f"team {team}: " if team else ""
@@ -108,11 +109,15 @@ class _Scope:
         )
 
     def team_of(self, entry: Entry) -> str | None:
-        relative = self.relative(entry.source.path)
-        for team, folders in self.folders.items():
-            if any(in_folder(relative, folder) for folder in folders):
-                return team
-        return None
+        # Once per file, not per document, and by the file's ancestors: a directory of thousands
+        # of documents and dozens of teams would otherwise spend more here than in parsing.
+        path = entry.source.path
+        if path not in self.by_path:
+            by_folder = {folder: team for team, folders in self.folders.items() for folder in folders}
+            parts = self.relative(path).split("/")
+            ancestors = ("/".join(parts[:i]) for i in range(1, len(parts) + 1))
+            self.by_path[path] = next((by_folder[a] for a in ancestors if a in by_folder), None)
+        return self.by_path[path]
 
     def resolve(self, entry: Entry, team: str, loc: Loc, target: str, kind: str) -> str:
         """The final name a team document's reference to ``target`` means, reporting a lack."""
