@@ -286,13 +286,13 @@ def _scope_route(scope: _Scope, entry: Entry, team: str, route: Route) -> Mappin
         update["mirror"] = route.mirror.model_copy(
             update={"service": service(("mirror", "service"), route.mirror.service)}
         )
-    for field, kind in (("auth", "AuthPolicy"), ("rate_limit", "RateLimitPolicy")):
-        value = getattr(route, field)
+    for attribute, kind in (("auth", "AuthPolicy"), ("rate_limit", "RateLimitPolicy")):
+        value = getattr(route, attribute)
         names = tuple(
-            scope.resolve(entry, team, (field,) if isinstance(value, str) else (field, i), target, kind)
+            scope.resolve(entry, team, (attribute,) if isinstance(value, str) else (attribute, i), target, kind)
             for i, target in enumerate(_names(value))
         )
-        update[field] = names[0] if isinstance(value, str) else names
+        update[attribute] = names[0] if isinstance(value, str) else names
     _check_route_grants(scope, entry, team, route)
     return update
 
