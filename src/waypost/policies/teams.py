@@ -288,8 +288,9 @@ def _scope_route(scope: _Scope, entry: Entry, team: str, route: Route) -> Mappin
         )
     for attribute, kind in (("auth", "AuthPolicy"), ("rate_limit", "RateLimitPolicy")):
         value = getattr(route, attribute)
+        single = isinstance(value, str)
         names = tuple(
-            scope.resolve(entry, team, (attribute,) if isinstance(value, str) else (attribute, i), target, kind)
+            scope.resolve(entry, team, (attribute,) if single else (attribute, i), target, kind)
             for i, target in enumerate(_names(value))
         )
         update[attribute] = names[0] if isinstance(value, str) else names
