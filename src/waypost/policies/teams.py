@@ -45,13 +45,23 @@ from waypost.policies.team_grants import (
 )
 from waypost.policies.validate import Entry, Loc
 
-__all__ = ["SEPARATOR", "TEAM_KINDS", "scope_teams", "scoped", "team_folders", "team_of_name"]
+__all__ = [
+    "OWN_OR_SHARED",
+    "SEPARATOR",
+    "TEAM_KINDS",
+    "in_folder",
+    "normal_folder",
+    "scope_teams",
+    "scoped",
+    "team_folders",
+    "team_of_name",
+]
 
 SEPARATOR: Final = "~"
 """Between a team and a name: ``payments~orders``. API: it is in Envoy cluster and route names."""
 
 TEAM_KINDS: Final = frozenset({"Service", "Route", "AuthPolicy", "Consumer", "RateLimitPolicy"})
-_SHAREABLE: Final = frozenset({"Service", "AuthPolicy", "RateLimitPolicy"})
+OWN_OR_SHARED: Final = "a team may refer only to its own documents and shared ones"
 
 
 def scoped(team: str, name: str) -> str:
@@ -130,9 +140,8 @@ class _Scope:
                 self.error(
                     entry,
                     loc,
-                    f"'{target}' is a platform {kind} not marked shared: a team may refer only to"
-                    " its own documents and shared ones (grant lacking: shared: true on"
-                    f" {kind} {target})",
+                    f"'{target}' is a platform {kind} not marked shared: {OWN_OR_SHARED}"
+                    f" (grant lacking: shared: true on {kind} {target})",
                     team,
                 )
             return target
@@ -141,8 +150,7 @@ class _Scope:
                 self.error(
                     entry,
                     loc,
-                    f"'{target}' is a {kind} of team {other}: a team may refer only to its own"
-                    " documents and shared ones",
+                    f"'{target}' is a {kind} of team {other}: {OWN_OR_SHARED}",
                     team,
                 )
                 return scoped(other, target)
