@@ -142,6 +142,18 @@ def _parser() -> argparse.ArgumentParser:
         "--xds-sni", metavar="NAME", help="SNI and expected name of waypost's cert (default: the --xds host)"
     )
     bootstrap.add_argument(
+        "--max-connections",
+        type=int,
+        default=50_000,
+        help="open client connections this Envoy accepts in all (overload manager; default 50000)",
+    )
+    bootstrap.add_argument(
+        "--max-heap",
+        type=_byte_size,
+        metavar="SIZE",
+        help="heap size (e.g. 2Gi, 512Mi) at which Envoy sheds load: 503s past 98%%, no keep-alive past 95%%",
+    )
+    bootstrap.add_argument(
         "--register",
         type=_registration,
         metavar="SERVICE=IP:PORT",
@@ -224,6 +236,11 @@ def _parser() -> argparse.ArgumentParser:
     ratelimit.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
     ratelimit.add_argument("--log-format", choices=("json", "console"))
     _ratelimit_arguments(ratelimit, port_flag="--port")
+
+    from waypost.portal.cli import add_portal_command, add_serve_arguments
+
+    add_serve_arguments(serve)
+    add_portal_command(commands)
     return parser
 
 
@@ -335,6 +352,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _keys_new(args.consumer)
         if args.command == "ratelimit":
             return _ratelimit(args)
+        if args.command == "portal":
+            from waypost.portal.cli import run_portal_command
+
+            return run_portal_command(args)
         if args.command == "teams":
             from waypost.codeowners import run_codeowners
 
@@ -410,6 +431,17 @@ def _render(args: argparse.Namespace) -> int:
     return 0
 
 
+_SIZE_UNITS = {"": 1, "Ki": 1 << 10, "Mi": 1 << 20, "Gi": 1 << 30, "K": 1000, "M": 10**6, "G": 10**9}
+
+
+def _byte_size(text: str) -> int:
+    number = text.rstrip("KMGi")
+    unit = text[len(number) :]
+    if not number.isdigit() or unit not in _SIZE_UNITS:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a size like 512Mi, 2Gi or 1000000")
+    return int(number) * _SIZE_UNITS[unit]
+
+
 def _bootstrap(args: argparse.Namespace) -> int:
     from waypost.xds.bootstrap import render_bootstrap
 
@@ -428,6 +460,8 @@ def _bootstrap(args: argparse.Namespace) -> int:
             xds_client_cert=args.xds_client_cert,
             xds_client_key=args.xds_client_key,
             xds_sni=args.xds_sni,
+            max_connections=args.max_connections,
+            max_heap_bytes=args.max_heap,
             register=args.register,
         )
     except ValueError as exc:
@@ -460,6 +494,7 @@ def _grpc_bootstrap(args: argparse.Namespace) -> int:
 
 def _serve(args: argparse.Namespace) -> int:
     from waypost.log import configure_logging
+    from waypost.portal.cli import serve_portal_options
     from waypost.server.app import ServeOptions, serve
     from waypost.server.decisions import DecisionOptions
 
@@ -493,6 +528,7 @@ def _serve(args: argparse.Namespace) -> int:
             ratelimit_addresses=tuple(args.ratelimit_address),
         ),
         registry_redis=args.redis,
+        portal=serve_portal_options(args),
     )
     # Only once the arguments are known good: a usage error leaves logging as it was.
     configure_logging(args.log_level, json=None if args.log_format is None else args.log_format == "json")

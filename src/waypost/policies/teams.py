@@ -352,14 +352,18 @@ def _scope_consumer(scope: _Scope, entry: Entry, team: str, consumer: Consumer) 
         scope.error(entry, ("plan",), f"plan '{consumer.plan}' is not granted (grant lacking: plans)", team)
     if consumer.subscriptions is None:
         return {}
-    return {
-        "subscriptions": tuple(
-            s.model_copy(
-                update={"route": scope.resolve(entry, team, ("subscriptions", i, "route"), s.route, "Route")}
-            )
-            for i, s in enumerate(consumer.subscriptions)
-        )
-    }
+    subscriptions = []
+    for i, subscription in enumerate(consumer.subscriptions):
+        if subscription.plan is not None and subscription.plan not in grants.plans:
+            message = f"plan '{subscription.plan}' is not granted (grant lacking: plans)"
+            scope.error(entry, ("subscriptions", i, "plan"), message, team)
+        if subscription.route is None:  # an Api's: the platform's, by its own name
+            subscriptions.append(subscription)
+            continue
+        loc = ("subscriptions", i, "route")
+        route = scope.resolve(entry, team, loc, subscription.route, "Route")
+        subscriptions.append(subscription.model_copy(update={"route": route}))
+    return {"subscriptions": tuple(subscriptions)}
 
 
 def _file_paths(document: BaseModel) -> list[tuple[Loc, str]]:
