@@ -344,3 +344,14 @@ def test_a_teams_consumers_call_only_its_routes(tmp_path: Path) -> None:
         "consumer of team payments: not a caller of this route",
     )
     assert decide("search~orders", "platform-key") == (200, "allowed")
+
+
+def test_a_narrower_host_of_another_team_is_refused_whatever_the_prefixes(tmp_path: Path) -> None:
+    # search's api.example.com would be the virtual host Envoy picks for that host, hiding the
+    # wildcard's routes there although their prefixes differ.
+    platform = PLATFORM.replace("host: pay.example.com}", "host: '*.example.com', path_prefix: /pay}")
+    found = errors(write(repo(tmp_path), {"platform.yaml": platform}))
+    assert any(
+        "host 'api.example.com' path '/search' overlaps team payments's '*.example.com' path '/pay'" in line
+        for line in found
+    ), found

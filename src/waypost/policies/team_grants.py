@@ -63,7 +63,16 @@ def _prefixes_overlap(a: str, b: str) -> bool:
 
 
 def grants_overlap(a: HostGrant, b: HostGrant) -> bool:
-    return hosts_overlap(a.host, b.host) and _prefixes_overlap(a.path_prefix, b.path_prefix)
+    """True when two teams may not hold both grants on one Gateway.
+
+    Besides grants some request falls under, that includes two different host patterns that
+    overlap (``*.example.com`` and ``a.example.com``) whatever their prefixes: Envoy sends each
+    request to one virtual host, the most specific, so the narrower team's host would swallow the
+    wider team's requests on it (a 404 where its grant promised its Routes).
+    """
+    if not hosts_overlap(a.host, b.host):
+        return False
+    return a.host != b.host or _prefixes_overlap(a.path_prefix, b.path_prefix)
 
 
 def match_within(match: RouteMatch, prefix: str) -> bool:
