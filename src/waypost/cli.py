@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from waypost.policies.model import PolicySet
     from waypost.policies.types import Endpoint
-    from waypost.server.ratelimit import RateLimitOptions
+    from waypost.server.ratelimit import CounterOptions, RateLimitOptions
 
 __all__ = ["main"]
 
@@ -214,6 +214,7 @@ def _parser() -> argparse.ArgumentParser:
     authz.add_argument("--no-watch", action="store_true")
     authz.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
     authz.add_argument("--log-format", choices=("json", "console"))
+    _counter_arguments(authz)  # where consumer quotas are counted (--redis: shared with the RLS)
 
     keys = commands.add_parser("keys", help="API keys for Consumers")
     keys_commands = keys.add_subparsers(dest="keys_command", required=True)
@@ -286,6 +287,16 @@ def _ratelimit_arguments(parser: argparse.ArgumentParser, *, port_flag: str) -> 
         default=18001,
         help="gRPC port of the rate-limit service (18001)",
     )
+    _counter_arguments(parser)
+    parser.add_argument(
+        "--ratelimit-grpcio",
+        action="store_true",
+        help="serve the RLS with grpcio's server (slower) instead of waypost's lean HTTP/2 server",
+    )
+
+
+def _counter_arguments(parser: argparse.ArgumentParser) -> None:
+    """Where rate-limit counters live: the RLS's, and the consumer quotas ext_authz counts."""
     parser.add_argument(
         "--redis",
         metavar="URL",
@@ -299,10 +310,13 @@ def _ratelimit_arguments(parser: argparse.ArgumentParser, *, port_flag: str) -> 
     parser.add_argument(
         "--ratelimit-algorithm", choices=("fixed", "sliding"), default="fixed", help="window algorithm"
     )
-    parser.add_argument(
-        "--ratelimit-grpcio",
-        action="store_true",
-        help="serve the RLS with grpcio's server (slower) instead of waypost's lean HTTP/2 server",
+
+
+def _counter_options(args: argparse.Namespace) -> CounterOptions:
+    from waypost.server.ratelimit import CounterOptions
+
+    return CounterOptions(
+        redis=args.redis, algorithm=args.ratelimit_algorithm, fail_closed=args.ratelimit_fail_closed
     )
 
 
@@ -526,6 +540,7 @@ def _serve(args: argparse.Namespace) -> int:
             authz_addresses=tuple(args.authz_address),
             authz_http_addresses=tuple(args.authz_http_address),
             ratelimit_addresses=tuple(args.ratelimit_address),
+            counters=_counter_options(args),
         ),
         registry_redis=args.redis,
         portal=serve_portal_options(args),
@@ -557,6 +572,7 @@ def _authz(args: argparse.Namespace, argv: list[str]) -> int:
         admin_port=args.admin_port,
         watch=not args.no_watch,
         workers=args.workers,
+        counters=_counter_options(args),
     )
     return run_authz(options, argv)
 

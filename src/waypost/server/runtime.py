@@ -21,9 +21,11 @@ from typing import Any, Protocol, TypeVar
 from waypost.log import get_logger
 from waypost.metrics import POLICY_INFO, POLICY_LOADS
 from waypost.policies.diagnostics import PolicyError
+from waypost.policies.load_cache import LoadCache
 from waypost.policies.loader import load_policies
 from waypost.policies.model import PolicySet
 from waypost.server.gitinfo import GitInfo, git_info
+from waypost.server.heap import settle
 from waypost.server.team_lanes import HeldTeam, TeamLanes
 
 __all__ = ["LoadFailure", "PolicyApplier", "PolicyRuntime"]
@@ -70,6 +72,10 @@ class PolicyRuntime:
         """Per-team last good versions: which teams are held back, and why."""
         self._lock = asyncio.Lock()
         self._on_applied: list[Callable[[PolicySet], None]] = []
+        # Incremental reload: unchanged documents are not parsed or validated again (the result
+        # is that of a full load; see policies/load_cache.py).
+        self._load_cache = LoadCache()
+        self._applied = 0
 
     def on_applied(self, callback: Callable[[PolicySet], None]) -> None:
         """Call ``callback`` after each version goes live (health status, reports)."""
@@ -90,10 +96,11 @@ class PolicyRuntime:
             source = self.directory
             try:
                 try:
-                    policy = await asyncio.to_thread(load_policies, self.directory)
+                    policy = await asyncio.to_thread(load_policies, self.directory, self._load_cache)
                     held: dict[str, HeldTeam] = {}
                 except PolicyError as exc:
                     # Problems only in teams' folders: those teams keep their last good documents.
+                    # (Loaded without the cache: its entries name the policy directory's paths.)
                     fallback = await asyncio.to_thread(
                         self.lanes.fallback, self.directory, exc, load_policies
                     )
@@ -121,6 +128,8 @@ class PolicyRuntime:
             for applier, state in zip(self.appliers, prepared, strict=True):
                 applier.commit(state)
             self.current = policy
+            self._applied += 1
+            settle(self._applied)  # the new version's heap out of the collector's way (heap.py)
             self.last_failure = None
             self.lanes.held = held
             self.applied_at = time.time()
