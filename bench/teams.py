@@ -30,18 +30,20 @@ from waypost.policies.model import PolicySet
 from waypost.server.runtime import PolicyRuntime
 from waypost.xds.cache import SnapshotCache
 from waypost.xds.compiler import compile_policy
+from waypost.xds.compiler.memo import CompileMemo
 
 
 class XdsApplier:
-    """The xDS side of a reload (compile, prepare, commit) without the decision plane."""
+    """The xDS side of a reload (compile with serve's memo, prepare, commit), no decision plane."""
 
     name = "xds"
 
     def __init__(self) -> None:
         self.cache = SnapshotCache()
+        self.memo = CompileMemo()
 
     async def prepare(self, policy: PolicySet) -> Any:
-        return self.cache.prepare(compile_policy(policy))
+        return self.cache.prepare(compile_policy(policy, memo=self.memo))
 
     def commit(self, prepared: Any) -> None:
         self.cache.commit(prepared)
