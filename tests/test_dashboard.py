@@ -159,6 +159,15 @@ def test_dashboard_page_shows_nacks_as_text(tmp_path: Path) -> None:
                 "errors": ["policies/routes.yaml:7: Route r: backend 'x' is not a Service"],
                 "git": {"describe": "77aa88bb99cc"},
             },
+            "teams": {
+                "payments": {
+                    "state": "held",
+                    "since": 70.0,
+                    "owners": [],
+                    "errors": ["teams/payments/s.yaml:3: Service app: team payments: '10.9.9.9'"],
+                },
+                "search": {"state": "serving", "owners": []},
+            },
         },
         "nodes": [
             {
@@ -237,6 +246,10 @@ def test_dashboard_page_shows_nacks_as_text(tmp_path: Path) -> None:
         assert '<section class="error" id="pull-error">' in dom
         assert "Not possible to fast-forward" in dom
         assert "(commit 77aa88bb99cc)" in dom
+        # A team held at its last good version, with its errors; a serving team is not listed.
+        assert '<section class="error" id="teams-held">' in dom
+        assert "team payments (held, " in dom and "team payments: '10.9.9.9'" in dom
+        assert "team search" not in dom
         # A route whose decision service nothing serves: a banner, and the service marked.
         assert '<section class="error" id="unserved">' in dom
         assert "route orders needs the rate-limit service (waypost_ratelimit): name it with" in dom

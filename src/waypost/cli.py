@@ -1,4 +1,4 @@
-"""The `waypost` command line: validate, render, bootstrap, serve, diff, schema, docs.
+"""The `waypost` command line: validate, render, bootstrap, serve, diff, schema, docs, teams.
 
 A thin layer: parse arguments, call one stage, print its result. Exit codes: 0 success, 1 invalid
 policy (one `path:line: Kind name: message` line per problem on stderr), 2 usage errors.
@@ -230,6 +230,14 @@ def _parser() -> argparse.ArgumentParser:
     keys_new = keys_commands.add_parser("new", help="print a fresh API key once, and the line to commit")
     keys_new.add_argument("consumer")
 
+    teams = commands.add_parser("teams", help="views of the Team documents")
+    teams_commands = teams.add_subparsers(dest="teams_command", required=True)
+    owners = teams_commands.add_parser("codeowners", help="print a CODEOWNERS file from the Team documents")
+    owners.add_argument("directory", nargs="?", type=Path, default=Path("."), metavar="DIR")
+    owners.add_argument(
+        "--platform", action="append", default=[], metavar="OWNER", help="owns everything else (repeatable)"
+    )
+
     ratelimit = commands.add_parser("ratelimit", help="run only the rate-limit service (Envoy RLS)")
     ratelimit.add_argument("--policies", required=True, type=Path)
     ratelimit.add_argument("--host", default="0.0.0.0", help="address to listen on (default 0.0.0.0)")
@@ -405,6 +413,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from waypost.portal.cli import run_portal_command
 
             return run_portal_command(args)
+        if args.command == "teams":
+            from waypost.codeowners import run_codeowners
+
+            return run_codeowners(args.directory, args.platform)
     except argparse.ArgumentTypeError as exc:
         print(f"waypost: {exc}", file=sys.stderr)
         return 2

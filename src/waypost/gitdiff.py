@@ -14,17 +14,19 @@ import subprocess
 import sys
 import tarfile
 import tempfile
-from collections.abc import Iterable
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
 
+from envoy.config.route.v3 import route_pb2
 from google.protobuf import message
 
 from waypost.gitdiff_help import DIFF_HELP
 from waypost.policies.diagnostics import PolicyError
 from waypost.policies.loader import load_policies
 from waypost.policies.model import Gateway, PolicySet
+from waypost.policies.teams import team_of_name
 from waypost.progress import progress
 from waypost.xds.compiler import CompiledPolicy, compile_policy
 from waypost.xds.render import SECTIONS, dump_yaml, render_resources
@@ -106,6 +108,8 @@ class GroupChange:
     diffs: tuple[tuple[str, str], ...] = ()
     """``(mark + resource key, unified diff)`` per resource that differs; the mark is ``+``
     (added), ``-`` (removed) or ``~`` (changed)."""
+    teams: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    """Resource key (no mark) -> the teams (or ``(platform)``) whose documents changed it."""
 
     @property
     def changed(self) -> bool:
@@ -196,8 +200,10 @@ def diff_policies(
             rendered["a", group_a] = _resources(compiled_a, group_a)
         if ("b", group_b) not in rendered:
             rendered["b", group_b] = _resources(compiled_b, group_b)
-        diffs = _resource_diff(rendered["a", group_a], rendered["b", group_b], label_a, label_b)
-        changes.append(GroupChange(profile, group_a, group_b, diffs))
+        resources_a, resources_b = rendered["a", group_a], rendered["b", group_b]
+        diffs = _resource_diff(resources_a, resources_b, label_a, label_b)
+        teams = _changed_teams(resources_a, resources_b, diffs)
+        changes.append(GroupChange(profile, group_a, group_b, diffs, teams))
     return changes
 
 
@@ -289,6 +295,11 @@ def write_report(
         write(f"  {mark:9}  {change.profile.describe()}: {_gateways(change.gateways_a, change.gateways_b)}\n")
         if change.resources:
             write(f"             {' '.join(change.resources)}\n")
+    by_team = changes_by_team(changed)
+    if by_team:
+        write("changes by team:\n")
+        for team, keys in sorted(by_team.items(), key=lambda item: (item[0] == PLATFORM, item[0])):
+            write(f"  {team}: {', '.join(keys)}\n")
     if stat:
         return
     # A resource shared by several groups (a Gateway's route table, a Service's cluster) changes
@@ -310,3 +321,49 @@ def _gateways(a: tuple[str, ...], b: tuple[str, ...]) -> str:
     if a == b:
         return f"gateways {shown_a}"
     return f"gateways {shown_a} -> {', '.join(b) or '(none)'}"
+
+
+PLATFORM = "(platform)"
+
+
+def _route_bytes(entry: tuple[TypeUrl, message.Message] | None) -> dict[str, bytes]:
+    if entry is None or not isinstance(entry[1], route_pb2.RouteConfiguration):
+        return {}
+    return {
+        route.name: route.SerializeToString(deterministic=True)
+        for host in entry[1].virtual_hosts
+        for route in host.routes
+    }
+
+
+def _changed_teams(
+    a: Resources, b: Resources, diffs: Iterable[tuple[str, str]]
+) -> dict[str, tuple[str, ...]]:
+    """Resource key -> the teams whose names changed in it: a scoped resource is its team's; a
+    Gateway's route table is every team whose routes in it were added, removed or changed, and
+    the platform's when one of its own routes or the table itself changed."""
+    found: dict[str, tuple[str, ...]] = {}
+    for mark_key, _ in diffs:
+        key = mark_key[1:]
+        team = team_of_name(key.partition("/")[2])
+        if team is not None:
+            found[key] = (team,)
+            continue
+        old, new = _route_bytes(a.get(key)), _route_bytes(b.get(key))
+        changed = {name for name in old.keys() | new.keys() if old.get(name) != new.get(name)}
+        teams = sorted({team_of_name(name) or PLATFORM for name in changed})
+        found[key] = tuple(teams) if teams else (PLATFORM,)
+    return found
+
+
+def changes_by_team(changed: Iterable[GroupChange]) -> dict[str, list[str]]:
+    """Team -> the changed resources that carry its names; empty when no team is involved, so
+    an un-teamed repository's report is unchanged."""
+    found: dict[str, dict[str, None]] = {}
+    for change in changed:
+        for key, teams in change.teams.items():
+            for team in teams:
+                found.setdefault(team, {})[key] = None
+    if set(found) <= {PLATFORM}:
+        return {}
+    return {team: list(keys) for team, keys in found.items()}

@@ -7,7 +7,7 @@ the file. The loader collects every diagnostic of a directory and raises a singl
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 __all__ = ["MAX_REPORTED_PER_FILE", "MAX_REPORTED_TOTAL", "Diagnostic", "PolicyError", "capped"]
@@ -42,8 +42,13 @@ class PolicyError(Exception):
     """A policy directory is invalid; ``diagnostics`` lists every problem, by file and line."""
 
     diagnostics: tuple[Diagnostic, ...]
+    team_folders: Mapping[str, tuple[str, ...]]
+    """Team -> its folders, as the refused directory declared them: which problems are whose."""
 
-    def __init__(self, diagnostics: Iterable[Diagnostic]) -> None:
+    def __init__(
+        self, diagnostics: Iterable[Diagnostic], *, team_folders: Mapping[str, tuple[str, ...]] | None = None
+    ) -> None:
+        self.team_folders = dict(team_folders or {})
         # A stable sort: problems on one line keep the order they were found in.
         self.diagnostics = tuple(sorted(diagnostics, key=lambda d: (d.path, d.line)))
         super().__init__("\n".join(str(d) for d in self.diagnostics))

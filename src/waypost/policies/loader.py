@@ -63,6 +63,7 @@ from waypost.policies.model import (
 from waypost.policies.pem import certificate_problem, key_mismatch_problem, private_key_problem
 from waypost.policies.request_schemas import SchemaProblem, compile_validation
 from waypost.policies.sidecars import expand_sidecar
+from waypost.policies.teams import scope_teams, team_folders
 from waypost.policies.types import HEADER_NAME_PATTERN, NAME_PATTERN, PrivateBytes
 from waypost.policies.validate import Entry, Loc, validate
 
@@ -92,6 +93,7 @@ _KIND_ATTRIBUTES: Final = {
     "Sidecar": "sidecars",
     "Api": "apis",
     "Portal": "portals",
+    "Team": "teams",
 }
 _KNOWN_KINDS: Final = ", ".join(KINDS)
 
@@ -851,6 +853,10 @@ class _Load:
     def display(self, relative: str) -> str:
         return self.root if relative == "." else os.path.join(self.root, relative)
 
+    def relative(self, path: str) -> str:
+        """A diagnostics path back to its path inside the directory (``/``-separated)."""
+        return os.path.relpath(path, self.root).replace(os.sep, "/")
+
     def fail(self, path: str, line: int, message: str, kind: str = "", name: str = "") -> None:
         self.diagnostics.append(Diagnostic(path, line, kind, name, message))
 
@@ -862,10 +868,12 @@ class _Load:
             self.load_file(relative)
         self.report_unchecked()
         self.expand_sidecars()
+        self.entries, overstepped = scope_teams(self.entries, self.relative)
+        self.diagnostics.extend(overstepped)
         self.diagnostics.extend(validate(self.entries, check_references=self.complete))
         self.read_referenced_files()
         if self.diagnostics:
-            raise PolicyError(capped(self.diagnostics))
+            raise PolicyError(capped(self.diagnostics), team_folders=team_folders(self.entries))
         return self.policy_set()
 
     def policy_files(self) -> list[str]:

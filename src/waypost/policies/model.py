@@ -55,6 +55,7 @@ __all__ = [
     "Document",
     "Fault",
     "Gateway",
+    "GatewayGrant",
     "GatewayLimits",
     "GatewayTLS",
     "GrpcJson",
@@ -64,6 +65,7 @@ __all__ = [
     "GrpcTarget",
     "HeaderMutation",
     "HealthCheck",
+    "HostGrant",
     "IdentitySource",
     "Limit",
     "Mirror",
@@ -87,6 +89,8 @@ __all__ = [
     "SidecarTLS",
     "SourceRef",
     "Subscription",
+    "Team",
+    "TeamLimits",
     "Tracing",
     "UserAgents",
     "Validate",
@@ -326,6 +330,9 @@ class Service(Document):
     tls: ServiceTLS | None = None
     admission_control: AdmissionControl | None = None
     registration: Registration | None = None
+    shared: StrictBool = Field(
+        default=False, description="Platform documents only: Routes of every Team may use it (see Team)."
+    )
 
     @model_validator(mode="after")
     def _some_endpoints(self) -> Self:
@@ -405,7 +412,8 @@ def _check_backend_form(backend: str | None, backends: tuple[Backend, ...] | Non
 
 
 def _weighted_backends(backend: str | None, backends: tuple[Backend, ...] | None) -> tuple[Backend, ...]:
-    return backends if backends is not None else (Backend(service=backend or ""),)
+    # Constructed, not validated: the name was checked when loaded (and may be team-scoped).
+    return backends if backends is not None else (Backend.model_construct(service=backend or ""),)
 
 
 class Rewrite(Spec):
@@ -733,6 +741,9 @@ class AuthPolicy(Document):
     identity: tuple[IdentitySource, ...] = Field(min_length=1)
     rules: tuple[Rule, ...] = ()
     mode: Literal["enforce", "dry_run"] = "enforce"
+    shared: StrictBool = Field(
+        default=False, description="Platform documents only: Routes of every Team may use it (see Team)."
+    )
 
 
 # --- Consumer ------------------------------------------------------------------------------------
@@ -816,6 +827,62 @@ class RateLimitPolicy(Document):
     limits: tuple[Limit, ...] = ()
     plans: dict[StrictStr, PlanLimit] = Field(default_factory=dict)
     shadow: StrictBool = False
+    shared: StrictBool = Field(
+        default=False, description="Platform documents only: Routes of every Team may use it (see Team)."
+    )
+
+
+# --- Team ----------------------------------------------------------------------------------------
+
+
+class HostGrant(Spec):
+    """One host a Team may route on, optionally only under a path prefix."""
+
+    host: HostPattern = Field(description="A host name, '*.domain' or '*', as in Route.hosts.")
+    path_prefix: StrictStr = Field(
+        default="/",
+        pattern=r"^/",
+        description="The team's Routes on this host must match only paths starting with it.",
+    )
+
+
+class GatewayGrant(Spec):
+    gateway: Name
+    hosts: tuple[HostGrant, ...] = Field(min_length=1)
+
+
+class TeamLimits(Spec):
+    routes: NonNegativeInt | None = Field(default=None, description="Most Routes the team may define.")
+    consumers: NonNegativeInt | None = Field(default=None, description="Most Consumers the team may define.")
+
+
+class Team(Document):
+    """A team's lane in a shared repository, written by the platform team (outside team folders).
+
+    Documents under ``folders`` belong to the team: their names are scoped to it, they may refer
+    only to the team's own documents and to platform documents marked ``shared: true``, and they
+    must stay inside these grants. Teams define Services, Routes, AuthPolicies, Consumers and
+    RateLimitPolicies; Gateways stay the platform's.
+    """
+
+    kind: Literal["Team"] = "Team"
+    folders: tuple[StrictStr, ...] = Field(
+        min_length=1, description="Folders (relative to the policy directory) whose documents are the team's."
+    )
+    owners: tuple[StrictStr, ...] = Field(
+        default=(), description="Who approves changes to the folders (CODEOWNERS: '@org/team', emails)."
+    )
+    gateways: tuple[GatewayGrant, ...] = Field(
+        default=(), description="The Gateways and hosts (path prefixes) the team's Routes may use."
+    )
+    upstreams: tuple[StrictStr, ...] = Field(
+        default=(),
+        description="Where the team's Services may point: CIDRs (10.1.0.0/16) or host patterns (*.pay.svc).",
+    )
+    plans: tuple[StrictStr, ...] = Field(
+        default=(), description="Plans the team's Consumers and RateLimitPolicies may name."
+    )
+    limits: TeamLimits = Field(default_factory=TeamLimits)
 
 
 # --- Api and Portal: the developer portal's catalog ---------------------------------------------
@@ -929,6 +996,7 @@ KINDS: dict[str, type[Document]] = {
     "Sidecar": Sidecar,
     "Api": Api,
     "Portal": Portal,
+    "Team": Team,
 }
 
 
@@ -963,6 +1031,7 @@ class PolicySet:
     sidecars: Mapping[str, Sidecar] = field(default_factory=dict)
     apis: Mapping[str, Api] = field(default_factory=dict)
     portals: Mapping[str, Portal] = field(default_factory=dict)
+    teams: Mapping[str, Team] = field(default_factory=dict)
     files: Mapping[str, bytes] = field(default_factory=dict)
     sources: Mapping[tuple[str, str], SourceRef] = field(default_factory=dict, compare=False, repr=False)
     field_sources: Mapping[tuple[str, str, str], SourceRef] = field(

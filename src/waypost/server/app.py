@@ -94,6 +94,7 @@ def build_status(
             "version": runtime.version,
             "applied_at": runtime.applied_at,
             "git": runtime.git_status(),
+            "teams": runtime.lanes.status(runtime.current.teams if runtime.current is not None else {}),
             "last_error": None
             if failure is None
             else {

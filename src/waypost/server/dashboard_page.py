@@ -78,6 +78,10 @@ PAGE = r"""<!doctype html>
     <h2>Routes whose decision service nothing serves</h2>
     <pre id="unserved-text"></pre>
   </section>
+  <section class="error hidden" id="teams-held">
+    <h2>Teams held at their last good version</h2>
+    <pre id="teams-held-text"></pre>
+  </section>
   <section class="error hidden" id="load-error">
     <h2>Last policy change refused <span id="load-error-at"></span></h2>
     <pre id="load-error-text"></pre>
@@ -172,6 +176,12 @@ function render(data) {
     $("load-error-at").textContent = ago(err.at, now) + commit;
     $("load-error-text").textContent = err.errors.join("\n");
   }
+
+  const held = Object.entries(policy.teams || {}).filter(([, t]) => t.state !== "serving");
+  $("teams-held").classList.toggle("hidden", held.length === 0);
+  $("teams-held-text").textContent = held
+    .map(([name, t]) => "team " + name + " (" + t.state + ", " + ago(t.since, now) + "):\n  " + t.errors.join("\n  "))
+    .join("\n");
 
   const plane = st.decision_services || { clusters: {}, unserved: [] };
   const unserved = plane.unserved || [];

@@ -26,6 +26,7 @@ from waypost.policies.loader import load_policies
 from waypost.policies.model import PolicySet
 from waypost.server.gitinfo import GitInfo, git_info
 from waypost.server.heap import settle
+from waypost.server.team_lanes import HeldTeam, TeamLanes
 
 __all__ = ["LoadFailure", "PolicyApplier", "PolicyRuntime"]
 
@@ -67,6 +68,8 @@ class PolicyRuntime:
         """The commit of the applied version (None outside git)."""
         self.git_pull: dict[str, Any] | None = None
         """The last ``--git-pull`` result, written by :class:`~waypost.server.gitpull.GitPuller`."""
+        self.lanes = TeamLanes()
+        """Per-team last good versions: which teams are held back, and why."""
         self._lock = asyncio.Lock()
         self._on_applied: list[Callable[[PolicySet], None]] = []
         # Incremental reload: unchanged documents are not parsed or validated again (the result
@@ -90,19 +93,36 @@ class PolicyRuntime:
             # with the new files at worst, and the reload the watcher then runs (same content,
             # new commit) corrects it.
             git = await asyncio.to_thread(git_info, self.directory)
+            source = self.directory
             try:
-                policy = await asyncio.to_thread(load_policies, self.directory, self._load_cache)
+                try:
+                    policy = await asyncio.to_thread(load_policies, self.directory, self._load_cache)
+                    held: dict[str, HeldTeam] = {}
+                except PolicyError as exc:
+                    # Problems only in teams' folders: those teams keep their last good documents.
+                    # (Loaded without the cache: its entries name the policy directory's paths.)
+                    fallback = await asyncio.to_thread(
+                        self.lanes.fallback, self.directory, exc, load_policies
+                    )
+                    if fallback is None:
+                        raise
+                    policy, source, held = fallback
+                    self._hold(held, git)
                 if self.current is not None and self.current.version == policy.version:
                     POLICY_LOADS.labels("unchanged").inc()
                     self.last_failure = None
+                    self.lanes.held = held
                     if git != self.git:  # same files, new commit (e.g. one touching other paths)
                         self._set_git(git, policy)
+                    self.lanes.discard(source)
                     return False
                 prepared = [await applier.prepare(policy) for applier in self.appliers]
             except PolicyError as exc:
+                self.lanes.discard(source)
                 return self._fail([str(d) for d in exc.diagnostics], git)
             except Exception as exc:  # a compiler bug must not take the serving config down with it
                 log.exception("policy preparation failed")
+                self.lanes.discard(source)
                 return self._fail([f"{self.directory}: internal error while preparing: {exc}"], git)
             # No await from here on: every applier switches within one turn of the loop.
             for applier, state in zip(self.appliers, prepared, strict=True):
@@ -111,6 +131,7 @@ class PolicyRuntime:
             self._applied += 1
             settle(self._applied)  # the new version's heap out of the collector's way (heap.py)
             self.last_failure = None
+            self.lanes.held = held
             self.applied_at = time.time()
             POLICY_LOADS.labels("applied").inc()
             self._set_git(git, policy)
@@ -129,7 +150,21 @@ class PolicyRuntime:
                 routes=len(policy.routes),
                 ms=round((time.perf_counter() - started) * 1000, 1),
             )
+            # After the switch: the team folders that now serve are each team's last good.
+            await asyncio.to_thread(self.lanes.remember, source, policy)
+            self.lanes.discard(source)
             return True
+
+    def _hold(self, held: dict[str, HeldTeam], git: GitInfo | None) -> None:
+        for team, state in held.items():
+            for error in state.errors:
+                log.error(
+                    "team change refused",
+                    team=team,
+                    error=error,
+                    serving="last good" if state.serving_last_good else "nothing",
+                    rejected_git=git.describe if git else None,
+                )
 
     def _set_git(self, git: GitInfo | None, policy: PolicySet) -> None:
         self.git = git

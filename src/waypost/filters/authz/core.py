@@ -37,6 +37,7 @@ from waypost.log import get_logger
 from waypost.metrics import AUTHZ_DECISIONS
 from waypost.policies.cel_env import compile_expression
 from waypost.policies.model import AuthPolicy, Consumer, IdentitySource, PolicySet, Rule, RuleMatch
+from waypost.policies.teams import team_of_name
 
 __all__ = [
     "AuthRequest",
@@ -714,6 +715,12 @@ class AuthzCore:
         path: str,
         identity: Identity,
     ) -> Decision | None:
+        # A team's Consumers call only that team's Routes (platform Consumers call any route).
+        consumer_team = team_of_name(identity.consumer.name) if identity.consumer else None
+        if consumer_team is not None and consumer_team != team_of_name(plan.route):
+            return _deny(
+                403, f"consumer of team {consumer_team}: not a caller of this route", consumer=identity.name
+            )
         subscriptions = current.subscriptions.get(identity.consumer.name) if identity.consumer else None
         if subscriptions is not None:
             grant = subscriptions.get(plan.route)
