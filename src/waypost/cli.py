@@ -16,7 +16,9 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from waypost.filters.ratelimit.server import RateLimitOptions
+    from waypost.peers import PeerFilter
     from waypost.policies.model import PolicySet
+    from waypost.server.exposure import AdminAuth
 
 __all__ = ["main"]
 
@@ -113,7 +115,7 @@ def _parser() -> argparse.ArgumentParser:
 
     serve = commands.add_parser("serve", help="serve policies to Envoy over ADS, reloading on change")
     serve.add_argument("--policies", required=True, type=Path)
-    serve.add_argument("--host", default="0.0.0.0", help="address to listen on (default 0.0.0.0)")
+    serve.add_argument("--host", default="127.0.0.1", help="address every port listens on (default 127.0.0.1)")
     serve.add_argument("--xds-port", type=int, default=18000)
     serve.add_argument("--admin-port", type=int, default=9902)
     serve.add_argument(
@@ -153,12 +155,18 @@ def _parser() -> argparse.ArgumentParser:
 
     commands.add_parser("schema", help="print the JSON Schema of policy documents (schema/*.json)")
     commands.add_parser("docs", help="print the policy reference generated from the model (docs/)")
+    serve.add_argument(
+        "--allow-plaintext-secrets",
+        action="store_true",
+        help="send Gateway TLS private keys over plaintext xDS (default: withheld unless xDS uses TLS)",
+    )
+    _exposure_arguments(serve)
     serve.add_argument("--authz-port", type=int, help="also serve the ext_authz Check service on this port")
     serve.add_argument("--authz-http-port", type=int, help="and its HTTP endpoint (auth_service: http)")
 
     authz = commands.add_parser("authz", help="serve only the ext_authz decision service (gRPC Check)")
     authz.add_argument("--policies", required=True, type=Path)
-    authz.add_argument("--host", default="0.0.0.0")
+    authz.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     authz.add_argument("--port", type=int, default=9191)
     authz.add_argument("--http-port", type=int, help="also serve the HTTP endpoint (auth_service: http)")
     authz.add_argument("--admin-port", type=int, help="/healthz, /readyz, /metrics on this port")
@@ -166,6 +174,7 @@ def _parser() -> argparse.ArgumentParser:
     authz.add_argument("--no-watch", action="store_true")
     authz.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
     authz.add_argument("--log-format", choices=("json", "console"))
+    _exposure_arguments(authz)
 
     keys = commands.add_parser("keys", help="API keys for Consumers")
     keys_commands = keys.add_subparsers(dest="keys_command", required=True)
@@ -175,14 +184,68 @@ def _parser() -> argparse.ArgumentParser:
 
     ratelimit = commands.add_parser("ratelimit", help="run only the rate-limit service (Envoy RLS)")
     ratelimit.add_argument("--policies", required=True, type=Path)
-    ratelimit.add_argument("--host", default="0.0.0.0", help="address to listen on (default 0.0.0.0)")
+    ratelimit.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     ratelimit.add_argument("--admin-port", type=int, default=9903, help="/metrics, /readyz")
     ratelimit.add_argument("--no-watch", action="store_true", help="load once; do not watch the directory")
     ratelimit.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
     ratelimit.add_argument("--log-format", choices=("json", "console"))
     _ratelimit_arguments(ratelimit, port_flag="--port", required=True)
+    _exposure_arguments(ratelimit)
     return parser
 
+
+def _exposure_arguments(parser: argparse.ArgumentParser) -> None:
+    """Where the policy is read from, and who may reach the ports (see server/exposure.py)."""
+    parser.add_argument(
+        "--working-tree",
+        action="store_true",
+        help="in a git checkout, read the working files (uncommitted changes too) instead of HEAD's commit",
+    )
+    parser.add_argument("--admin-host", help="address of the admin port (default: --host)")
+    parser.add_argument(
+        "--admin-token-file",
+        type=Path,
+        metavar="PATH",
+        help="bearer token the admin pages require (or WAYPOST_ADMIN_TOKEN); needed off loopback",
+    )
+    parser.add_argument("--admin-cert", type=Path, metavar="PATH", help="serve the admin port over TLS")
+    parser.add_argument("--admin-key", type=Path, metavar="PATH", help="private key of --admin-cert")
+    parser.add_argument("--admin-ca", type=Path, metavar="PATH", help="require admin client certificates from this CA")
+    parser.add_argument(
+        "--decision-allow",
+        action="append",
+        default=[],
+        metavar="CIDR",
+        help="client networks the decision ports answer (the Envoys); needed off loopback",
+    )
+
+
+def _exposure(args: argparse.Namespace, *, admin: bool, decision: bool) -> tuple[AdminAuth, PeerFilter | None]:
+    """The admin authentication and decision allow-list the flags ask for; ArgumentTypeError
+    when a port would be open to anyone (see :func:`waypost.server.exposure.exposure_problems`)."""
+    from waypost.peers import PeerFilter
+    from waypost.server.exposure import AdminAuth, exposure_problems, read_admin_token
+
+    if (args.admin_cert is None) != (args.admin_key is None) or (args.admin_ca and args.admin_cert is None):
+        raise argparse.ArgumentTypeError("--admin-cert and --admin-key go together (and --admin-ca needs both)")
+    for path in (args.admin_cert, args.admin_key, args.admin_ca):
+        if path is not None and not path.is_file():
+            raise argparse.ArgumentTypeError(f"{path}: no such file")
+    try:
+        token = read_admin_token(args.admin_token_file)
+        peers = PeerFilter.parse(args.decision_allow) if args.decision_allow else None
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    auth = AdminAuth(token=token, cert=args.admin_cert, key=args.admin_key, client_ca=args.admin_ca)
+    problems = exposure_problems(
+        admin_host=(args.admin_host or args.host) if admin else None,
+        admin_auth=auth,
+        decision_host=args.host if decision else None,
+        decision_allow=peers,
+    )
+    if problems:
+        raise argparse.ArgumentTypeError("refusing to start: " + "; ".join(problems))
+    return auth, peers
 
 def _ratelimit_arguments(parser: argparse.ArgumentParser, *, port_flag: str, required: bool) -> None:
     parser.add_argument(
@@ -208,12 +271,13 @@ def _ratelimit_arguments(parser: argparse.ArgumentParser, *, port_flag: str, req
     )
 
 
-def _ratelimit_options(args: argparse.Namespace) -> RateLimitOptions | None:
+def _ratelimit_options(args: argparse.Namespace, peers: PeerFilter | None = None) -> RateLimitOptions | None:
     from waypost.filters.ratelimit.server import RateLimitOptions
 
     if args.ratelimit_port is None:
         return None
     return RateLimitOptions(
+        peers=peers,
         port=args.ratelimit_port,
         host=args.host,
         redis=args.redis,
@@ -359,7 +423,14 @@ def _serve(args: argparse.Namespace) -> int:
             if path is not None and not path.is_file():
                 raise argparse.ArgumentTypeError(f"{path}: no such file")
         xds_tls = XdsTls(cert=args.xds_cert, key=args.xds_key, client_ca=args.xds_ca)
+    decision = args.authz_port is not None or args.authz_http_port is not None or args.ratelimit_port is not None
+    admin_auth, peers = _exposure(args, admin=True, decision=decision)
     options = ServeOptions(
+        admin_host=args.admin_host,
+        admin_auth=admin_auth,
+        peers=peers,
+        working_tree=args.working_tree,
+        allow_plaintext_secrets=args.allow_plaintext_secrets,
         policies=args.policies,
         host=args.host,
         xds_port=args.xds_port,
@@ -369,7 +440,7 @@ def _serve(args: argparse.Namespace) -> int:
         authz_port=args.authz_port,
         authz_http_port=args.authz_http_port,
         xds_tls=xds_tls,
-        ratelimit=_ratelimit_options(args),
+        ratelimit=_ratelimit_options(args, peers),
     )
     # Only once the arguments are known good: a usage error leaves logging as it was.
     configure_logging(args.log_level, json=None if args.log_format is None else args.log_format == "json")
@@ -386,9 +457,10 @@ def _authz(args: argparse.Namespace, argv: list[str]) -> int:
     from waypost.filters.authz.server import AuthzOptions, run_authz
     from waypost.log import configure_logging
 
-    configure_logging(args.log_level, json=None if args.log_format is None else args.log_format == "json")
     if args.workers < 1:
         raise argparse.ArgumentTypeError("--workers must be at least 1")
+    admin_auth, peers = _exposure(args, admin=args.admin_port is not None, decision=True)
+    configure_logging(args.log_level, json=None if args.log_format is None else args.log_format == "json")
     # The children re-run this command line with --workers 1 (argparse keeps the last value).
     options = AuthzOptions(
         policies=args.policies,
@@ -398,6 +470,10 @@ def _authz(args: argparse.Namespace, argv: list[str]) -> int:
         admin_port=args.admin_port,
         watch=not args.no_watch,
         workers=args.workers,
+        working_tree=args.working_tree,
+        admin_host=args.admin_host,
+        admin_auth=admin_auth,
+        peers=peers,
     )
     return run_authz(options, argv)
 
@@ -417,13 +493,20 @@ def _ratelimit(args: argparse.Namespace) -> int:
     from waypost.filters.ratelimit.server import StandaloneOptions, serve_ratelimit
     from waypost.log import configure_logging
 
+    admin_auth, peers = _exposure(args, admin=True, decision=True)
     configure_logging(args.log_level, json=None if args.log_format is None else args.log_format == "json")
-    rl = _ratelimit_options(args)
+    rl = _ratelimit_options(args, peers)
     assert rl is not None
     _run(
         serve_ratelimit(
             StandaloneOptions(
-                policies=args.policies, ratelimit=rl, admin_port=args.admin_port, watch=not args.no_watch
+                policies=args.policies,
+                ratelimit=rl,
+                admin_port=args.admin_port,
+                watch=not args.no_watch,
+                working_tree=args.working_tree,
+                admin_host=args.admin_host,
+                admin_auth=admin_auth,
             )
         )
     )

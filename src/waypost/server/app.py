@@ -14,11 +14,13 @@ import grpc
 
 from waypost.filters.ratelimit.server import RateLimitOptions, RunningRateLimit, start_ratelimit
 from waypost.log import get_logger
+from waypost.peers import PeerFilter
 from waypost.server.admin import AdminServer
+from waypost.server.exposure import AdminAuth
 from waypost.server.dashboard import Dashboard
 from waypost.server.gitpull import GitPuller
 from waypost.server.runtime import PolicyRuntime
-from waypost.server.watch import PolicyWatcher
+from waypost.server.watch import PolicyWatcher, reload_on_sighup
 from waypost.xds.ads import AdsServer
 from waypost.xds.cache import SnapshotCache
 from waypost.xds.security import XdsTls, authorize_node
@@ -31,7 +33,10 @@ log = get_logger("waypost.serve")
 @dataclass(frozen=True, kw_only=True)
 class ServeOptions:
     policies: Path
-    host: str = "0.0.0.0"
+    host: str = "127.0.0.1"
+    """Where every port listens unless said otherwise (loopback: see server/exposure.py)."""
+    admin_host: str | None = None
+    """Where the admin port listens (default: ``host``)."""
     xds_port: int = 18000
     admin_port: int = 9902
     watch: bool = True
@@ -46,6 +51,14 @@ class ServeOptions:
     """TLS on the xDS port; with a client CA, mTLS and node ids checked against certificates."""
     ratelimit: RateLimitOptions | None = None
     """Also answer Envoy's RateLimitService (``--ratelimit-port``)."""
+    working_tree: bool = False
+    """In a git checkout, serve the working files instead of the commit HEAD names."""
+    admin_auth: AdminAuth | None = None
+    """Token and/or TLS for the admin port (required off loopback)."""
+    peers: PeerFilter | None = None
+    """Client networks allowed on the decision ports (``--decision-allow``)."""
+    allow_plaintext_secrets: bool = False
+    """Send SDS secrets with private keys over plaintext xDS (otherwise they are withheld)."""
 
 
 def build_status(runtime: PolicyRuntime, ads: AdsServer) -> dict[str, Any]:
@@ -69,8 +82,22 @@ def build_status(runtime: PolicyRuntime, ads: AdsServer) -> dict[str, Any]:
             },
         },
         "nodes": nodes,
+        "xds": {
+            # Private keys are not sent over plaintext xDS (serve --allow-plaintext-secrets).
+            "secrets_withheld": runtime.cache.withheld_secrets,
+        },
         "time": time.time(),
     }
+
+
+def _warn_withheld(cache: SnapshotCache) -> None:
+    withheld = cache.withheld_secrets
+    if withheld:
+        log.warning(
+            "private keys not sent over plaintext xDS; the listeners that need them wait "
+            "(serve xDS over TLS with --xds-cert/--xds-key/--xds-ca, or pass --allow-plaintext-secrets)",
+            secrets=withheld,
+        )
 
 
 async def serve(options: ServeOptions, *, stop: asyncio.Event | None = None) -> None:
@@ -80,8 +107,10 @@ async def serve(options: ServeOptions, *, stop: asyncio.Event | None = None) -> 
         with contextlib.suppress(NotImplementedError, RuntimeError):  # not the main thread
             loop.add_signal_handler(sig, stop.set)
 
-    cache = SnapshotCache()
-    runtime = PolicyRuntime(options.policies, cache)
+    withhold = options.xds_tls is None and not options.allow_plaintext_secrets
+    cache = SnapshotCache(withhold_private_keys=withhold)
+    runtime = PolicyRuntime(options.policies, cache, working_tree=options.working_tree, settle=options.debounce)
+    runtime.add_listener(lambda _: _warn_withheld(cache))
     await runtime.reload()  # an invalid first load still serves: not ready until a valid one
 
     mtls = options.xds_tls is not None and options.xds_tls.client_ca is not None
@@ -110,10 +139,14 @@ async def serve(options: ServeOptions, *, stop: asyncio.Event | None = None) -> 
 
         core = attach_authz(runtime)
         if options.authz_port is not None:
-            authz_server, authz_port = await start_authz_grpc(core, options.host, options.authz_port)
+            authz_server, authz_port = await start_authz_grpc(
+                core, options.host, options.authz_port, peers=options.peers
+            )
             log.info("ext_authz serving", authz_port=authz_port)
         if options.authz_http_port is not None:
-            authz_http, http_port = await start_authz_http(core, options.host, options.authz_http_port)
+            authz_http, http_port = await start_authz_http(
+                core, options.host, options.authz_http_port, peers=options.peers
+            )
             log.info("ext_authz http serving", authz_http_port=http_port)
     ratelimit: RunningRateLimit | None = None
     if options.ratelimit is not None:
@@ -121,24 +154,28 @@ async def serve(options: ServeOptions, *, stop: asyncio.Event | None = None) -> 
             options.ratelimit, lambda: runtime.current.policy if runtime.current is not None else None
         )
 
-    admin = AdminServer(ready=lambda: runtime.current is not None, status=lambda: build_status(runtime, ads))
+    admin = AdminServer(
+        ready=lambda: runtime.current is not None, status=lambda: build_status(runtime, ads), auth=options.admin_auth
+    )
     dashboard = Dashboard(lambda: build_status(runtime, ads))
     dashboard.install(admin)
     dashboard.start()
-    admin_port = await admin.start(options.host, options.admin_port)
+    admin_port = await admin.start(options.admin_host or options.host, options.admin_port)
     puller = GitPuller(runtime, options.git_pull) if options.git_pull else None
     if puller is not None:
         puller.start()
 
     watcher = None
     if options.watch:
-        watcher = PolicyWatcher(options.policies, runtime.reload, loop=loop, debounce=options.debounce)
+        watcher = PolicyWatcher.for_runtime(runtime, loop=loop, debounce=options.debounce)
         watcher.start()
+    reload_on_sighup(loop, runtime.reload)
     log.info(
         "waypost serving",
         policies=str(options.policies),
         xds_port=xds_port,
         xds_security="mtls" if mtls else "tls" if options.xds_tls else "plaintext",
+        private_keys="sent" if not withhold else "withheld",
         admin_port=admin_port,
         version=runtime.current.version if runtime.current else None,
         git=runtime.git.describe if runtime.git else None,

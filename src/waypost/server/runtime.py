@@ -17,9 +17,9 @@ from typing import Any
 from waypost.log import get_logger
 from waypost.metrics import POLICY_INFO, POLICY_LOADS
 from waypost.policies.diagnostics import PolicyError
-from waypost.policies.loader import load_policies
 from waypost.policies.model import PolicySet
 from waypost.server.gitinfo import GitInfo, git_info
+from waypost.server.settle import load_commit, load_settled
 from waypost.xds.cache import SnapshotCache
 from waypost.xds.compiler import CompiledPolicy, compile_policy
 
@@ -39,9 +39,15 @@ class LoadFailure:
 class PolicyRuntime:
     """Owns the reload cycle for one policy directory. Event loop only, one reload at a time."""
 
-    def __init__(self, directory: Path, cache: SnapshotCache) -> None:
+    def __init__(
+        self, directory: Path, cache: SnapshotCache, *, working_tree: bool = False, settle: float = 0.25
+    ) -> None:
         self.directory = directory
         self.cache = cache
+        self.working_tree = working_tree
+        """Read the working files even in a git checkout (default: the commit HEAD names)."""
+        self.settle = settle
+        """Files read from disk are applied once unchanged for this long (see server/settle.py)."""
         self.last_failure: LoadFailure | None = None
         self.applied_at: float | None = None
         self.git: GitInfo | None = None
@@ -72,9 +78,12 @@ class PolicyRuntime:
             # Read before the files: a pull landing in between leaves the previous commit shown
             # with the new files at worst, and the reload the watcher then runs (same content,
             # new commit) corrects it.
-            git = await asyncio.to_thread(git_info, self.directory)
+            git = await asyncio.to_thread(git_info, self.directory, working_tree=self.working_tree)
             try:
-                policy = await asyncio.to_thread(load_policies, self.directory)
+                if git is not None and not self.working_tree:
+                    policy = await load_commit(self.directory, git)
+                else:
+                    policy = await load_settled(self.directory, self.settle)
                 current = self.cache.compiled
                 if current is not None and current.version == policy.version:
                     POLICY_LOADS.labels("unchanged").inc()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterable, Mapping
+import dataclasses
 from dataclasses import dataclass
 
 from envoy.config.cluster.v3 import cluster_pb2
@@ -126,9 +127,22 @@ class Snapshot:
     resources: Mapping[TypeUrl, Mapping[str, EncodedResource]]
     cluster_refs: Mapping[TypeUrl, frozenset[str]]
     eds_clusters: frozenset[str]
+    withheld_secrets: frozenset[str] = frozenset()
+    """SDS secrets the policy has but this snapshot does not send (see :meth:`withholding`)."""
 
     def version(self, type_url: TypeUrl) -> str:
         return version_of(self.resources[type_url].values())
+
+    def withholding(self, secrets: frozenset[str]) -> Snapshot:
+        """This snapshot without the SDS secrets named (checked for consistency with them: the
+        listeners still name them, and Envoy keeps waiting for them rather than serving without)."""
+        names = secrets & self.resources[TypeUrl.SECRET].keys()
+        if not names:
+            return self
+        kept = {name: r for name, r in self.resources[TypeUrl.SECRET].items() if name not in names}
+        return dataclasses.replace(
+            self, resources={**self.resources, TypeUrl.SECRET: kept}, withheld_secrets=frozenset(names)
+        )
 
     @classmethod
     def build(

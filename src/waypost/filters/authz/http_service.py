@@ -22,6 +22,7 @@ import httptools
 
 from waypost.filters.authz.core import AuthRequest, AuthzCore, Decision
 from waypost.log import get_logger
+from waypost.peers import PeerFilter
 
 __all__ = ["PATH_PREFIX", "AuthzHttpProtocol", "encode_http", "start_authz_http"]
 
@@ -150,11 +151,17 @@ class AuthzHttpProtocol(asyncio.Protocol):
         self._transport = None
 
 
-async def start_authz_http(core: AuthzCore, host: str, port: int) -> tuple[Any, int]:
+async def start_authz_http(
+    core: AuthzCore, host: str, port: int, *, peers: PeerFilter | None = None
+) -> tuple[Any, int]:
     loop = asyncio.get_running_loop()
     cache = _Cache()
+
+    def factory() -> asyncio.Protocol:
+        return AuthzHttpProtocol(core, cache)
+
     server = await loop.create_server(
-        lambda: AuthzHttpProtocol(core, cache),
+        peers.protocol_factory(factory) if peers is not None else factory,
         host,
         port,
         reuse_port=True,

@@ -21,6 +21,8 @@ import grpc
 from waypost.filters.authz.core import AuthzCore
 from waypost.filters.authz.grpc_service import AuthzGrpcService
 from waypost.log import get_logger
+from waypost.peers import PeerFilter
+from waypost.server.exposure import AdminAuth
 from waypost.server.runtime import PolicyRuntime
 
 __all__ = ["AuthzOptions", "attach_authz", "run_authz", "start_authz_grpc"]
@@ -46,8 +48,10 @@ def attach_authz(runtime: PolicyRuntime) -> AuthzCore:
     return core
 
 
-async def start_authz_grpc(core: AuthzCore, host: str, port: int) -> tuple[grpc.aio.Server, int]:
-    server = grpc.aio.server(options=_GRPC_OPTIONS)
+async def start_authz_grpc(
+    core: AuthzCore, host: str, port: int, *, peers: PeerFilter | None = None
+) -> tuple[grpc.aio.Server, int]:
+    server = grpc.aio.server(options=_GRPC_OPTIONS, interceptors=[peers.interceptor()] if peers else None)
     AuthzGrpcService(core).add_to(server)
     bound = server.add_insecure_port(f"{host}:{port}")
     if bound == 0:
@@ -59,12 +63,19 @@ async def start_authz_grpc(core: AuthzCore, host: str, port: int) -> tuple[grpc.
 @dataclass(frozen=True, kw_only=True)
 class AuthzOptions:
     policies: Path
-    host: str = "0.0.0.0"
+    host: str = "127.0.0.1"
     port: int = 9191
     http_port: int | None = None
     admin_port: int | None = None
     watch: bool = True
     workers: int = 1
+    working_tree: bool = False
+    """In a git checkout, read the working files instead of the commit HEAD names."""
+    peers: PeerFilter | None = None
+    """Client networks allowed on the decision ports (``--decision-allow``); None: anyone."""
+    admin_host: str | None = None
+    """Where the admin port listens (default: ``host``)."""
+    admin_auth: AdminAuth | None = None
 
 
 def run_authz(options: AuthzOptions, argv: list[str]) -> int:
@@ -91,8 +102,14 @@ def run_authz(options: AuthzOptions, argv: list[str]) -> int:
             with contextlib.suppress(ProcessLookupError):
                 child.send_signal(signal.SIGTERM)
 
+    def reload(*_: object) -> None:
+        for child in children:
+            with contextlib.suppress(ProcessLookupError):
+                child.send_signal(signal.SIGHUP)
+
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGHUP, reload)
     codes = [child.wait() for child in children]
     return 0 if stopping else max(codes)
 
@@ -108,7 +125,7 @@ def _run_loop(coro: object) -> None:
 
 async def _serve_one(options: AuthzOptions) -> None:
     from waypost.server.admin import AdminServer
-    from waypost.server.watch import PolicyWatcher
+    from waypost.server.watch import PolicyWatcher, reload_on_sighup
     from waypost.xds.cache import SnapshotCache
 
     stop = asyncio.Event()
@@ -116,22 +133,25 @@ async def _serve_one(options: AuthzOptions) -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, stop.set)
-    runtime = PolicyRuntime(options.policies, SnapshotCache())
+    runtime = PolicyRuntime(options.policies, SnapshotCache(), working_tree=options.working_tree)
     await runtime.reload()
+    reload_on_sighup(loop, runtime.reload)
     core = attach_authz(runtime)
-    server, port = await start_authz_grpc(core, options.host, options.port)
+    server, port = await start_authz_grpc(core, options.host, options.port, peers=options.peers)
     http_server = None
     if options.http_port is not None:
         from waypost.filters.authz.http_service import start_authz_http
 
-        http_server, _ = await start_authz_http(core, options.host, options.http_port)
+        http_server, _ = await start_authz_http(core, options.host, options.http_port, peers=options.peers)
     admin = None
     if options.admin_port is not None:
-        admin = AdminServer(ready=lambda: core.version is not None, status=lambda: {"version": core.version})
-        admin_port = await admin.start(options.host, options.admin_port)
+        admin = AdminServer(
+            ready=lambda: core.version is not None, status=lambda: {"version": core.version}, auth=options.admin_auth
+        )
+        admin_port = await admin.start(options.admin_host or options.host, options.admin_port)
     watcher = None
     if options.watch:
-        watcher = PolicyWatcher(options.policies, runtime.reload, loop=loop)
+        watcher = PolicyWatcher.for_runtime(runtime, loop=loop)
         watcher.start()
     log.info(
         "waypost authz serving",

@@ -21,6 +21,7 @@ from typing import cast
 from envoy.service.ratelimit.v3 import rls_pb2
 
 from waypost.log import get_logger
+from waypost.peers import PeerFilter
 
 __all__ = ["H2RateLimitServer", "start_h2_server"]
 
@@ -258,12 +259,14 @@ class H2RateLimitServer:
         await self._server.wait_closed()
 
 
-async def start_h2_server(decide: Decide, host: str, port: int) -> H2RateLimitServer:
+async def start_h2_server(
+    decide: Decide, host: str, port: int, *, peers: PeerFilter | None = None
+) -> H2RateLimitServer:
     loop = asyncio.get_running_loop()
     connections: set[_Connection] = set()
 
-    def factory() -> _Connection:
+    def factory() -> asyncio.Protocol:
         return _Connection(decide, connections)
 
-    server = await loop.create_server(factory, host, port)
+    server = await loop.create_server(peers.protocol_factory(factory) if peers is not None else factory, host, port)
     return H2RateLimitServer(server, connections)

@@ -12,6 +12,7 @@ import signal
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import grpc
 
@@ -21,7 +22,11 @@ from waypost.filters.ratelimit.metrics import RATELIMIT_STORE_UP
 from waypost.filters.ratelimit.service import RateLimitService
 from waypost.filters.ratelimit.store import Algorithm, CounterStore, MemoryStore, RedisStore
 from waypost.log import get_logger
+from waypost.peers import PeerFilter
 from waypost.policies.model import PolicySet
+
+if TYPE_CHECKING:
+    from waypost.server.exposure import AdminAuth
 
 __all__ = ["RateLimitOptions", "RunningRateLimit", "StandaloneOptions", "serve_ratelimit", "start_ratelimit"]
 
@@ -31,13 +36,15 @@ log = get_logger("waypost.ratelimit")
 @dataclass(frozen=True, kw_only=True)
 class RateLimitOptions:
     port: int
-    host: str = "0.0.0.0"
+    host: str = "127.0.0.1"
     redis: str | None = None
     """``redis://host:port/db``: counters shared by every replica; None keeps them in process."""
     fail_closed: bool = False
     algorithm: Algorithm = "fixed"
     grpcio: bool = False
     """Serve with grpcio's aio server instead of the lean HTTP/2 server (see :mod:`h2server`)."""
+    peers: PeerFilter | None = None
+    """Client networks allowed (``--decision-allow``); None: anyone who reaches the port."""
 
 
 @dataclass
@@ -71,7 +78,7 @@ async def start_ratelimit(
     service = RateLimitService(limiter)
     running: RunningRateLimit
     if not options.grpcio:
-        h2 = await start_h2_server(service.answer, options.host, options.port)
+        h2 = await start_h2_server(service.answer, options.host, options.port, peers=options.peers)
         running = RunningRateLimit(server=h2, port=h2.port, limiter=limiter)
     else:
         running = await _start_grpcio(service, options, limiter)
@@ -94,7 +101,8 @@ async def _start_grpcio(
             ("grpc.keepalive_time_ms", 30_000),
             ("grpc.http2.max_pings_without_data", 0),
             ("grpc.keepalive_permit_without_calls", 1),
-        ]
+        ],
+        interceptors=[options.peers.interceptor()] if options.peers is not None else None,
     )
     service.add_to(server)
     port = server.add_insecure_port(f"{options.host}:{options.port}")
@@ -109,13 +117,18 @@ class StandaloneOptions:
     admin_port: int = 9903
     watch: bool = True
     debounce: float = 0.25
+    working_tree: bool = False
+    """In a git checkout, read the working files instead of the commit HEAD names."""
+    admin_host: str | None = None
+    """Where the admin port listens (default: the service's host)."""
+    admin_auth: AdminAuth | None = None
 
 
 async def serve_ratelimit(options: StandaloneOptions, *, stop: asyncio.Event | None = None) -> None:
     """``waypost ratelimit``: the RLS alone, with /metrics and hot reload, no xDS."""
     from waypost.server.admin import AdminServer
     from waypost.server.runtime import PolicyRuntime
-    from waypost.server.watch import PolicyWatcher
+    from waypost.server.watch import PolicyWatcher, reload_on_sighup
     from waypost.xds.cache import SnapshotCache
 
     stop = stop or asyncio.Event()
@@ -123,19 +136,23 @@ async def serve_ratelimit(options: StandaloneOptions, *, stop: asyncio.Event | N
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, stop.set)
-    runtime = PolicyRuntime(options.policies, SnapshotCache())
+    runtime = PolicyRuntime(
+        options.policies, SnapshotCache(), working_tree=options.working_tree, settle=options.debounce
+    )
     await runtime.reload()
+    reload_on_sighup(loop, runtime.reload)
     running = await start_ratelimit(
         options.ratelimit, lambda: runtime.current.policy if runtime.current is not None else None
     )
     admin = AdminServer(
         ready=lambda: runtime.current is not None,
         status=lambda: {"policy": runtime.current.version if runtime.current else None, "port": running.port},
+        auth=options.admin_auth,
     )
-    await admin.start(options.ratelimit.host, options.admin_port)
+    await admin.start(options.admin_host or options.ratelimit.host, options.admin_port)
     watcher = None
     if options.watch:
-        watcher = PolicyWatcher(options.policies, runtime.reload, loop=loop, debounce=options.debounce)
+        watcher = PolicyWatcher.for_runtime(runtime, loop=loop, debounce=options.debounce)
         watcher.start()
     try:
         await stop.wait()
