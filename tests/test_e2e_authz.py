@@ -282,7 +282,13 @@ roles: [ops]
     waypost = await asyncio.to_thread(
         start_waypost,
         policies,
-        args=["--authz-port", str(authz_port), "--authz-http-port", str(http_port), "--allow-plaintext-secrets"],
+        args=[
+            "--authz-port",
+            str(authz_port),
+            "--authz-http-port",
+            str(http_port),
+            "--allow-plaintext-secrets",
+        ],
     )
     envoy = await asyncio.to_thread(envoy_factory, waypost.xds_port, authz_port, http_port)
     await asyncio.to_thread(envoy.wait_for_listener, port)

@@ -115,7 +115,9 @@ def _parser() -> argparse.ArgumentParser:
 
     serve = commands.add_parser("serve", help="serve policies to Envoy over ADS, reloading on change")
     serve.add_argument("--policies", required=True, type=Path)
-    serve.add_argument("--host", default="127.0.0.1", help="address every port listens on (default 127.0.0.1)")
+    serve.add_argument(
+        "--host", default="127.0.0.1", help="address every port listens on (default 127.0.0.1)"
+    )
     serve.add_argument("--xds-port", type=int, default=18000)
     serve.add_argument("--admin-port", type=int, default=9902)
     serve.add_argument(
@@ -210,7 +212,9 @@ def _exposure_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--admin-cert", type=Path, metavar="PATH", help="serve the admin port over TLS")
     parser.add_argument("--admin-key", type=Path, metavar="PATH", help="private key of --admin-cert")
-    parser.add_argument("--admin-ca", type=Path, metavar="PATH", help="require admin client certificates from this CA")
+    parser.add_argument(
+        "--admin-ca", type=Path, metavar="PATH", help="require admin client certificates from this CA"
+    )
     parser.add_argument(
         "--decision-allow",
         action="append",
@@ -220,14 +224,18 @@ def _exposure_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _exposure(args: argparse.Namespace, *, admin: bool, decision: bool) -> tuple[AdminAuth, PeerFilter | None]:
+def _exposure(
+    args: argparse.Namespace, *, admin: bool, decision: bool
+) -> tuple[AdminAuth, PeerFilter | None]:
     """The admin authentication and decision allow-list the flags ask for; ArgumentTypeError
     when a port would be open to anyone (see :func:`waypost.server.exposure.exposure_problems`)."""
     from waypost.peers import PeerFilter
     from waypost.server.exposure import AdminAuth, exposure_problems, read_admin_token
 
     if (args.admin_cert is None) != (args.admin_key is None) or (args.admin_ca and args.admin_cert is None):
-        raise argparse.ArgumentTypeError("--admin-cert and --admin-key go together (and --admin-ca needs both)")
+        raise argparse.ArgumentTypeError(
+            "--admin-cert and --admin-key go together (and --admin-ca needs both)"
+        )
     for path in (args.admin_cert, args.admin_key, args.admin_ca):
         if path is not None and not path.is_file():
             raise argparse.ArgumentTypeError(f"{path}: no such file")
@@ -246,6 +254,7 @@ def _exposure(args: argparse.Namespace, *, admin: bool, decision: bool) -> tuple
     if problems:
         raise argparse.ArgumentTypeError("refusing to start: " + "; ".join(problems))
     return auth, peers
+
 
 def _ratelimit_arguments(parser: argparse.ArgumentParser, *, port_flag: str, required: bool) -> None:
     parser.add_argument(
@@ -423,7 +432,9 @@ def _serve(args: argparse.Namespace) -> int:
             if path is not None and not path.is_file():
                 raise argparse.ArgumentTypeError(f"{path}: no such file")
         xds_tls = XdsTls(cert=args.xds_cert, key=args.xds_key, client_ca=args.xds_ca)
-    decision = args.authz_port is not None or args.authz_http_port is not None or args.ratelimit_port is not None
+    decision = (
+        args.authz_port is not None or args.authz_http_port is not None or args.ratelimit_port is not None
+    )
     admin_auth, peers = _exposure(args, admin=True, decision=decision)
     options = ServeOptions(
         admin_host=args.admin_host,

@@ -37,7 +37,6 @@ def is_loopback(host: str) -> bool:
         return False  # a host name: it may resolve to anything
 
 
-
 class PeerFilter:
     """An allow-list of client networks for the decision ports."""
 
@@ -99,7 +98,9 @@ class _GuardedProtocol(asyncio.Protocol):
         address = peer[0] if isinstance(peer, tuple) and peer else ""
         if isinstance(peer, tuple) and not self._peers.allows(str(address)):
             self._refused = True
-            log.warning("decision port: connection refused, address not in --decision-allow", peer=str(address))
+            log.warning(
+                "decision port: connection refused, address not in --decision-allow", peer=str(address)
+            )
             transport.close()
             return
         self._inner.connection_made(transport)

@@ -47,6 +47,7 @@ from yaml.events import (
 )
 
 from waypost.policies.diagnostics import Diagnostic, PolicyError
+from waypost.policies.model import KINDS, AuthPolicy, Document, Gateway, PolicySet, Route, Service, SourceRef
 from waypost.policies.source import (
     MAX_POLICY_FILE_BYTES,
     MAX_REFERENCED_FILE_BYTES,
@@ -54,7 +55,6 @@ from waypost.policies.source import (
     PolicySource,
     SourceError,
 )
-from waypost.policies.model import KINDS, AuthPolicy, Document, Gateway, PolicySet, Route, Service, SourceRef
 from waypost.policies.types import HEADER_NAME_PATTERN, NAME_PATTERN, PrivateBytes
 from waypost.policies.validate import Entry, Loc, validate
 

@@ -54,7 +54,10 @@ MAX_TOTAL_BYTES: Final = 256 * 1024 * 1024
 MAX_SYMLINK_HOPS: Final = 8
 GIT_TIMEOUT: Final = 30.0
 _GIT_ENV: Final = {
-    "GIT_TERMINAL_PROMPT": "0", "GIT_PAGER": "cat", "LC_ALL": "C", "GIT_OPTIONAL_LOCKS": "0",
+    "GIT_TERMINAL_PROMPT": "0",
+    "GIT_PAGER": "cat",
+    "LC_ALL": "C",
+    "GIT_OPTIONAL_LOCKS": "0",
     "GIT_LITERAL_PATHSPECS": "1",
 }
 
@@ -98,7 +101,9 @@ class _Budget:
 
     def take(self, relative: str, size: int) -> None:
         if size > self.left:
-            raise SourceError(f"'{relative}': the policy directory holds more than {_mib(MAX_TOTAL_BYTES)} of files")
+            raise SourceError(
+                f"'{relative}': the policy directory holds more than {_mib(MAX_TOTAL_BYTES)} of files"
+            )
         self.left -= size
 
 
@@ -188,7 +193,9 @@ class DirectorySource:
         if real != self._root and not real.startswith(self._root + os.sep):
             raise SourceError(f"'{relative}' is a symlink to a file outside the policy directory; not read")
         if real != path and is_policy_file(relative) and not real.endswith((".yaml", ".yml")):
-            raise SourceError(f"'{relative}' is a symlink to a file that is not a policy file (*.yaml); not read")
+            raise SourceError(
+                f"'{relative}' is a symlink to a file that is not a policy file (*.yaml); not read"
+            )
         try:
             # lstat before open: a FIFO or a device is refused without ever being opened.
             mode = os.lstat(real).st_mode
@@ -319,7 +326,9 @@ class GitTreeSource:
                 mode, kind, oid, size = meta.decode().split()
                 path = name.decode(errors="surrogateescape")
                 if path.startswith(self._prefix):
-                    entries[path[len(self._prefix) :]] = _TreeEntry(mode, kind, oid, int(size) if size != "-" else 0)
+                    entries[path[len(self._prefix) :]] = _TreeEntry(
+                        mode, kind, oid, int(size) if size != "-" else 0
+                    )
             self._entries = entries
         return self._entries
 
@@ -366,7 +375,11 @@ class GitTreeSource:
             if entry.kind == "commit":
                 raise SourceError(f"'{relative}' is a git submodule, not a file")
             if entry.mode != "120000":
-                if path != posixpath.normpath(relative) and is_policy_file(relative) and not is_policy_file(path):
+                if (
+                    path != posixpath.normpath(relative)
+                    and is_policy_file(relative)
+                    and not is_policy_file(path)
+                ):
                     raise SourceError(
                         f"'{relative}' is a symlink to a file that is not a policy file (*.yaml); not read"
                     )
@@ -376,6 +389,8 @@ class GitTreeSource:
             target = self._blobs[entry.oid].decode(errors="surrogateescape")
             joined = posixpath.normpath(posixpath.join(posixpath.dirname(path), target))
             if target.startswith("/") or joined == ".." or joined.startswith("../"):
-                raise SourceError(f"'{relative}' is a symlink to a file outside the policy directory; not read")
+                raise SourceError(
+                    f"'{relative}' is a symlink to a file outside the policy directory; not read"
+                )
             path = joined
         raise SourceError(f"'{relative}': more than {MAX_SYMLINK_HOPS} symlinks in a row; not read")

@@ -53,7 +53,11 @@ PROBES = frozenset({"/healthz", "/readyz"})
 
 class AdminServer:
     def __init__(
-        self, *, ready: Callable[[], bool], status: Callable[[], dict[str, Any]], auth: AdminAuth | None = None
+        self,
+        *,
+        ready: Callable[[], bool],
+        status: Callable[[], dict[str, Any]],
+        auth: AdminAuth | None = None,
     ) -> None:
         self._auth = auth or AdminAuth()
         self._ready = ready

@@ -16,8 +16,8 @@ from waypost.filters.ratelimit.server import RateLimitOptions, RunningRateLimit,
 from waypost.log import get_logger
 from waypost.peers import PeerFilter
 from waypost.server.admin import AdminServer
-from waypost.server.exposure import AdminAuth
 from waypost.server.dashboard import Dashboard
+from waypost.server.exposure import AdminAuth
 from waypost.server.gitpull import GitPuller
 from waypost.server.runtime import PolicyRuntime
 from waypost.server.watch import PolicyWatcher, reload_on_sighup
@@ -109,7 +109,9 @@ async def serve(options: ServeOptions, *, stop: asyncio.Event | None = None) -> 
 
     withhold = options.xds_tls is None and not options.allow_plaintext_secrets
     cache = SnapshotCache(withhold_private_keys=withhold)
-    runtime = PolicyRuntime(options.policies, cache, working_tree=options.working_tree, settle=options.debounce)
+    runtime = PolicyRuntime(
+        options.policies, cache, working_tree=options.working_tree, settle=options.debounce
+    )
     runtime.add_listener(lambda _: _warn_withheld(cache))
     await runtime.reload()  # an invalid first load still serves: not ready until a valid one
 
@@ -155,7 +157,9 @@ async def serve(options: ServeOptions, *, stop: asyncio.Event | None = None) -> 
         )
 
     admin = AdminServer(
-        ready=lambda: runtime.current is not None, status=lambda: build_status(runtime, ads), auth=options.admin_auth
+        ready=lambda: runtime.current is not None,
+        status=lambda: build_status(runtime, ads),
+        auth=options.admin_auth,
     )
     dashboard = Dashboard(lambda: build_status(runtime, ads))
     dashboard.install(admin)

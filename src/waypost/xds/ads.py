@@ -71,6 +71,7 @@ def cap_text(text: str, limit: int) -> str:
         return text
     return f"{text[:limit]}... ({len(text) - limit} more characters)"
 
+
 """How long listeners and routes wait for cluster warming before going out anyway."""
 
 # The per-type services, for Envoys (or other xDS clients) that do not use ADS: service name ->
@@ -269,7 +270,8 @@ class XdsStream:
             raise _StreamError(grpc.StatusCode.INVALID_ARGUMENT, "first request must carry node.id")
         if len(request.node.id) > MAX_NODE_NAME or len(request.node.cluster) > MAX_NODE_NAME:
             raise _StreamError(
-                grpc.StatusCode.INVALID_ARGUMENT, f"node.id and node.cluster are at most {MAX_NODE_NAME} characters"
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"node.id and node.cluster are at most {MAX_NODE_NAME} characters",
             )
         node = NodeInfo.from_proto(request.node)
         if self._authorize is not None:

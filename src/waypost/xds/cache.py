@@ -60,7 +60,11 @@ class NodeInfo:
                 value = fields[key]
                 if not value.HasField("string_value"):
                     continue
-                if len(labels) >= MAX_LABELS or len(key) > MAX_LABEL_KEY or len(value.string_value) > MAX_LABEL_VALUE:
+                if (
+                    len(labels) >= MAX_LABELS
+                    or len(key) > MAX_LABEL_KEY
+                    or len(value.string_value) > MAX_LABEL_VALUE
+                ):
                     dropped += 1
                     continue
                 labels[key] = value.string_value
@@ -148,7 +152,9 @@ class SnapshotCache:
         """Names of the SDS secrets (with private keys) the current version does not send."""
         if not self.withhold_private_keys or self._compiled is None:
             return []
-        return sorted(_private_key_secrets(self._compiled.resources_for(tuple(sorted(self._compiled.gateways)))))
+        return sorted(
+            _private_key_secrets(self._compiled.resources_for(tuple(sorted(self._compiled.gateways))))
+        )
 
     def _build(self, compiled: CompiledPolicy, group: GroupKey, encoder: ResourceEncoder) -> Snapshot:
         resources = compiled.resources_for(group)

@@ -8,9 +8,9 @@ the same files hand Envoy identical versions and a failover causes no churn.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from collections.abc import Iterable, Mapping
-import dataclasses
 from dataclasses import dataclass
 
 from envoy.config.cluster.v3 import cluster_pb2

@@ -30,9 +30,9 @@ from urllib.parse import unquote
 
 import jwt
 
-from waypost.filters.authz.guard import REFILL_SECONDS, FailedKeyGuard
 from waypost.filters.authz.cel_env import compile_expression
 from waypost.filters.authz.decision_log import DecisionLog
+from waypost.filters.authz.guard import REFILL_SECONDS, FailedKeyGuard
 from waypost.filters.authz.jwks import KeySet, RemoteKeySet, parse_jwks
 from waypost.log import get_logger
 from waypost.metrics import AUTHZ_DECISIONS
@@ -161,7 +161,13 @@ class _Failure:
     challenge_error: bool = False
 
 
-_ERRORS = {401: "unauthorized", 403: "forbidden", 429: "too many requests", 500: "internal error", 503: "unavailable"}
+_ERRORS = {
+    401: "unauthorized",
+    403: "forbidden",
+    429: "too many requests",
+    500: "internal error",
+    503: "unavailable",
+}
 _JSON = (("content-type", "application/json"),)
 
 

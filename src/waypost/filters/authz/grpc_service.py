@@ -26,7 +26,11 @@ log = get_logger("waypost.authz.grpc")
 
 SERVICE_NAME = "envoy.service.auth.v3.Authorization"
 _OVERWRITE = base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD
-_GRPC_CODE = {401: 16, 403: 7, 429: 8}  # UNAUTHENTICATED, PERMISSION_DENIED, RESOURCE_EXHAUSTED; else UNAVAILABLE
+_GRPC_CODE = {
+    401: 16,
+    403: 7,
+    429: 8,
+}  # UNAUTHENTICATED, PERMISSION_DENIED, RESOURCE_EXHAUSTED; else UNAVAILABLE
 _CACHE_LIMIT = 10_000
 
 

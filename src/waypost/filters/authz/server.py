@@ -146,7 +146,9 @@ async def _serve_one(options: AuthzOptions) -> None:
     admin = None
     if options.admin_port is not None:
         admin = AdminServer(
-            ready=lambda: core.version is not None, status=lambda: {"version": core.version}, auth=options.admin_auth
+            ready=lambda: core.version is not None,
+            status=lambda: {"version": core.version},
+            auth=options.admin_auth,
         )
         admin_port = await admin.start(options.admin_host or options.host, options.admin_port)
     watcher = None

@@ -268,5 +268,7 @@ async def start_h2_server(
     def factory() -> asyncio.Protocol:
         return _Connection(decide, connections)
 
-    server = await loop.create_server(peers.protocol_factory(factory) if peers is not None else factory, host, port)
+    server = await loop.create_server(
+        peers.protocol_factory(factory) if peers is not None else factory, host, port
+    )
     return H2RateLimitServer(server, connections)
