@@ -5,8 +5,8 @@
 Envoy calls the ext_authz and rate-limit services; nothing else should. Off loopback, a
 :class:`PeerFilter` closes connections from other addresses as they are accepted (the asyncio
 servers: the lean HTTP/2 rate-limit server, the HTTP authz endpoint) or refuses their calls with
-``PERMISSION_DENIED`` (grpcio servers, which do not expose the accept). Loopback peers are always
-allowed.
+``PERMISSION_DENIED`` (grpcio servers, which do not expose the accept). The list is exact:
+Envoys on the same host need ``127.0.0.1/32`` in it too.
 """
 
 from __future__ import annotations
@@ -61,7 +61,7 @@ class PeerFilter:
             return False
         if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
             ip = ip.ipv4_mapped
-        return ip.is_loopback or any(ip in network for network in self.networks)
+        return any(ip in network for network in self.networks)
 
     def allows_grpc_peer(self, peer: str) -> bool:
         """``context.peer()`` form: ``ipv4:10.0.0.5:41234``, ``ipv6:[::1]:41234``, ``unix:...``."""

@@ -378,7 +378,7 @@ class GitTreeSource:
                 if (
                     path != posixpath.normpath(relative)
                     and is_policy_file(relative)
-                    and not is_policy_file(path)
+                    and not path.endswith((".yaml", ".yml"))
                 ):
                     raise SourceError(
                         f"'{relative}' is a symlink to a file that is not a policy file (*.yaml); not read"
