@@ -33,6 +33,9 @@ COMPOSED = {
     "conflicts with Route other (file:line): same gateway 'public', host '*' and match": "): same gateway",
     "waypost diff: unknown revision 'x'": "unknown revision '{rev}'",
     "waypost: --label expects key=value": "--label expects key=value",
+    "'x' is a FIFO, not a regular file; not read": ", not a regular file; not read",
+    "policy files kept changing for 30s; not applied": "policy files kept changing for",
+    "refusing to start: the admin port would listen on": "the admin port would listen on",
 }
 
 

@@ -422,6 +422,9 @@ class Demo:
                     str(self.policies),
                     "--host",
                     LOOPBACK,
+                    # policies/ sits in this repository's checkout: serve the files as edited
+                    # (the quickstart's "edit a file"), not the last commit.
+                    "--working-tree",
                     "--xds-port",
                     str(XDS_PORT),
                     "--admin-port",
