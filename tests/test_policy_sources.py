@@ -356,9 +356,6 @@ async def test_slow_in_place_rewrites_never_reach_envoy_half_written(
                 problems.append(f"secure without a key answered {secure.status_code}")
     await writer
     await hupper
-    print(
-        f"\nslow rewrites: {probes} probe pairs, {len(problems)} bad answers, versions {sorted(seen_versions)}"
-    )
     assert not problems, problems[:10]
     assert probes > 50 and seen_versions >= {"a", "b"}, (probes, seen_versions)
     assert waypost.running  # SIGHUP reloads, it does not end the process
