@@ -24,7 +24,6 @@ from pathlib import Path
 import grpc
 import httpx
 import pytest
-from envoy.service.auth.v3 import external_auth_pb2
 from google.protobuf import struct_pb2
 
 from authz_support import key_hash
@@ -32,6 +31,8 @@ from support import EchoFactory, EnvoyProcess, WaypostProcess, async_wait_until,
 from support.pki import TestCA
 from support.procs import SRC_DIR
 from test_ads_protocol import CDS, AdsClient
+from test_authz_standalone import check_grpc
+from test_policy_sources import start_stack
 from waypost.filters.authz.guard import BURST, FailedKeyGuard
 from waypost.peers import PeerFilter, is_loopback
 from waypost.server.exposure import AdminAuth, exposure_problems
@@ -204,18 +205,6 @@ def test_admin_client_certificates(tmp_path: Path, start_waypost: Callable[..., 
 # --- decision ports ---------------------------------------------------------------------------------
 
 
-def _check(port: int) -> external_auth_pb2.CheckResponse:
-    request = external_auth_pb2.CheckRequest()
-    request.attributes.request.http.path = "/"
-    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
-        call = channel.unary_unary(
-            "/envoy.service.auth.v3.Authorization/Check",
-            request_serializer=external_auth_pb2.CheckRequest.SerializeToString,
-            response_deserializer=external_auth_pb2.CheckResponse.FromString,
-        )
-        return call(request, timeout=5)  # type: ignore[no-any-return]
-
-
 def _first_bytes(port: int, source: str, payload: bytes) -> bytes:
     """What the server sends first after ``payload`` from ``source`` (b"": it closed at once)."""
     with socket.socket() as sock:
@@ -242,7 +231,7 @@ def test_decision_ports_answer_only_the_allowed_networks(
         ],
     )  # fmt: skip
     with pytest.raises(grpc.RpcError) as refused:
-        _check(authz_port)  # from 127.0.0.1: not on the list
+        check_grpc(authz_port, "any", {})  # from 127.0.0.1: not on the list
     assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED
     http_request = b"GET /_waypost/x HTTP/1.1\r\nhost: a\r\n\r\n"
     preface = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"
@@ -320,13 +309,8 @@ async def test_many_bad_keys_from_one_address_get_429_before_the_key_check(
     start_envoy: Callable[..., EnvoyProcess],
 ) -> None:
     backend = await echo_backend("echo")
-    port, authz_port = free_ports(2)
-    policies = _policies(tmp_path, port, backend.address, SECURE)
-    waypost = await asyncio.to_thread(start_waypost, policies, args=["--authz-port", str(authz_port)])
-    envoy = await asyncio.to_thread(
-        start_envoy, xds_port=waypost.xds_port, bootstrap_options={"authz": ("127.0.0.1", authz_port)}
-    )
-    await asyncio.to_thread(envoy.wait_for_listener, port)
+    port = free_ports(1)[0]
+    await start_stack(_policies(tmp_path, port, backend.address, SECURE), port, start_waypost, start_envoy)
     url = f"http://127.0.0.1:{port}/secure"
     async with httpx.AsyncClient(trust_env=False, timeout=5) as client:
         assert (await client.get(url, headers={"x-api-key": "acme-key"})).status_code == 200

@@ -213,13 +213,14 @@ def _stack_files(port: int, endpoint: str) -> dict[str, str]:
     }
 
 
-async def _start(
+async def start_stack(
     policies: Path,
     port: int,
     start_waypost: Callable[..., WaypostProcess],
     start_envoy: Callable[..., EnvoyProcess],
     args: list[str] | None = None,
 ) -> tuple[WaypostProcess, EnvoyProcess]:
+    """waypost with its ext_authz port, and an Envoy using it, serving ``port``."""
     authz_port = free_ports(1)[0]
     waypost = await asyncio.to_thread(
         start_waypost, policies, args=["--authz-port", str(authz_port), *(args or [])]
@@ -244,7 +245,7 @@ async def test_a_fifo_does_not_stall_reloads_and_readyz_tells_the_truth(
     policies.mkdir()
     for name, text in _stack_files(port, backend.address).items():
         (policies / name).write_text(text)
-    waypost, _ = await _start(policies, port, start_waypost, start_envoy)
+    waypost, _ = await start_stack(policies, port, start_waypost, start_envoy)
     os.mkfifo(policies / "stuck.yaml")
     status = await async_wait_until(
         lambda: (s := waypost.status()["policy"])["last_error"] and s, timeout=15, message="the FIFO refused"
@@ -275,7 +276,7 @@ async def test_a_checkout_serves_its_commit(
     for name, text in _stack_files(port, backend.address).items():
         repo.write(f"policies/{name}", text)
     first = repo.commit_all("policies")
-    waypost, _ = await _start(repo.path / "policies", port, start_waypost, start_envoy)
+    waypost, _ = await start_stack(repo.path / "policies", port, start_waypost, start_envoy)
     async with httpx.AsyncClient(trust_env=False, timeout=5) as client:
         secure = f"http://127.0.0.1:{port}/secure"
         assert (await client.get(secure)).status_code == 401
@@ -316,7 +317,7 @@ async def test_slow_in_place_rewrites_never_reach_envoy_half_written(
     policies.mkdir()
     for name, text in _stack_files(port, backend.address).items():
         (policies / name).write_text(text)
-    waypost, _ = await _start(policies, port, start_waypost, start_envoy)
+    waypost, _ = await start_stack(policies, port, start_waypost, start_envoy)
     target = policies / "routes.yaml"
     done = threading.Event()
 
