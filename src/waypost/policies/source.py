@@ -278,11 +278,13 @@ class _TreeEntry:
 class GitTreeSource:
     """The policy directory as committed in ``commit``: blobs read with git plumbing."""
 
-    def __init__(self, directory: str | os.PathLike[str], *, toplevel: str, commit: str) -> None:
-        self._display = os.fspath(directory)
+    def __init__(
+        self, directory: str | os.PathLike[str], *, toplevel: str, commit: str, display: str | None = None
+    ) -> None:
+        self._display = display if display is not None else os.fspath(directory)
         self._toplevel = toplevel
         self.commit = commit
-        real = os.path.realpath(self._display)
+        real = os.path.realpath(os.fspath(directory))
         prefix = os.path.relpath(real, os.path.realpath(toplevel)).replace(os.sep, "/")
         self._prefix = "" if prefix == "." else prefix + "/"
         self._budget = _Budget()

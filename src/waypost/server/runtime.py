@@ -79,6 +79,12 @@ class PolicyRuntime:
             # with the new files at worst, and the reload the watcher then runs (same content,
             # new commit) corrects it.
             git = await asyncio.to_thread(git_info, self.directory, working_tree=self.working_tree)
+            if git is not None and git.dirty and not git.working_tree and not (self.git and self.git.dirty):
+                log.warning(
+                    "uncommitted changes in the policy directory are not served "
+                    "(commit them, or serve --working-tree)",
+                    commit=git.short,
+                )
             try:
                 if git is not None and not self.working_tree:
                     policy = await load_commit(self.directory, git)
