@@ -56,9 +56,8 @@ def main() -> None:
                 times[name].append(time.perf_counter() - started)
         assert len(versions) == 1, "both sources must give the same version"
         for name, samples in times.items():
-            print(
-                f"{name:7} median {statistics.median(samples):.3f} s  (runs: {', '.join(f'{t:.3f}' for t in samples)})"
-            )
+            runs = ", ".join(f"{t:.3f}" for t in samples)
+            print(f"{name:7} median {statistics.median(samples):.3f} s  (runs: {runs})")
 
 
 if __name__ == "__main__":
