@@ -240,7 +240,8 @@ class DirectorySource:
         sha256, same names. Reads the files again (through a fresh source, with the same rules)."""
         again = DirectorySource(self._display)
         try:
-            if again.policy_files() is None or again._folders != self._folders:
+            again.policy_files()
+            if again._folders != self._folders:
                 return False
             for relative, seen in self._seen.items():
                 limit = max(seen.size, 1)

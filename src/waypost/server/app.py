@@ -113,6 +113,7 @@ async def serve(options: ServeOptions, *, stop: asyncio.Event | None = None) -> 
         options.policies, cache, working_tree=options.working_tree, settle=options.debounce
     )
     runtime.add_listener(lambda _: _warn_withheld(cache))
+    reload_on_sighup(loop, runtime.reload)  # before the first load: SIGHUP never ends the process
     await runtime.reload()  # an invalid first load still serves: not ready until a valid one
 
     mtls = options.xds_tls is not None and options.xds_tls.client_ca is not None
@@ -173,7 +174,6 @@ async def serve(options: ServeOptions, *, stop: asyncio.Event | None = None) -> 
     if options.watch:
         watcher = PolicyWatcher.for_runtime(runtime, loop=loop, debounce=options.debounce)
         watcher.start()
-    reload_on_sighup(loop, runtime.reload)
     log.info(
         "waypost serving",
         policies=str(options.policies),

@@ -134,8 +134,8 @@ async def _serve_one(options: AuthzOptions) -> None:
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, stop.set)
     runtime = PolicyRuntime(options.policies, SnapshotCache(), working_tree=options.working_tree)
-    await runtime.reload()
     reload_on_sighup(loop, runtime.reload)
+    await runtime.reload()
     core = attach_authz(runtime)
     server, port = await start_authz_grpc(core, options.host, options.port, peers=options.peers)
     http_server = None

@@ -139,8 +139,8 @@ async def serve_ratelimit(options: StandaloneOptions, *, stop: asyncio.Event | N
     runtime = PolicyRuntime(
         options.policies, SnapshotCache(), working_tree=options.working_tree, settle=options.debounce
     )
-    await runtime.reload()
     reload_on_sighup(loop, runtime.reload)
+    await runtime.reload()
     running = await start_ratelimit(
         options.ratelimit, lambda: runtime.current.policy if runtime.current is not None else None
     )
