@@ -26,13 +26,12 @@ import httpx
 import pytest
 from google.protobuf import struct_pb2
 
-from authz_support import key_hash
 from support import EchoFactory, EnvoyProcess, WaypostProcess, async_wait_until, free_ports, wait_until
 from support.pki import TestCA
 from support.procs import SRC_DIR
 from test_ads_protocol import CDS, AdsClient
 from test_authz_standalone import check_grpc
-from test_policy_sources import start_stack
+from test_policy_sources import AUTH, start_stack
 from waypost.filters.authz.guard import BURST, FailedKeyGuard
 from waypost.peers import PeerFilter, is_loopback
 from waypost.server.exposure import AdminAuth, exposure_problems
@@ -40,22 +39,18 @@ from waypost.server.exposure import AdminAuth, exposure_problems
 TOKEN = "admin-token-for-tests-0123456789"
 GATEWAY = "kind: Gateway\nname: public\nport: {port}\naddress: 127.0.0.1\n"
 SERVICE = 'kind: Service\nname: echo\nendpoints: ["{endpoint}"]\n'
-SECURE = f"""\
+SECURE = (
+    """\
 kind: Route
 name: secure
 gateway: public
-match: {{prefix: /secure}}
+match: {prefix: /secure}
 backend: echo
 auth: keys
 ---
-kind: AuthPolicy
-name: keys
-identity: [{{api_key: {{header: x-api-key}}}}]
----
-kind: Consumer
-name: acme
-api_keys: ["{key_hash("acme-key")}"]
 """
+    + AUTH
+)
 
 
 def _policies(tmp_path: Path, port: int = 18080, endpoint: str = "127.0.0.1:1", extra: str = "") -> Path:
