@@ -23,6 +23,8 @@ from waypost.server.runtime import PolicyRuntime
 from waypost.server.watch import PolicyWatcher, reload_on_sighup
 from waypost.xds.ads import AdsServer
 from waypost.xds.cache import SnapshotCache
+from waypost.xds.compiler.registered import allowed
+from waypost.xds.registry import RedisRegistrySync
 from waypost.xds.security import XdsTls, authorize_node
 
 __all__ = ["ServeOptions", "serve"]
@@ -59,6 +61,8 @@ class ServeOptions:
     """Client networks allowed on the decision ports (``--decision-allow``)."""
     allow_plaintext_secrets: bool = False
     """Send SDS secrets with private keys over plaintext xDS (otherwise they are withheld)."""
+    registry_redis: str | None = None
+    """``redis://...``: share self-registered endpoints with the other replicas through it."""
 
 
 def build_status(runtime: PolicyRuntime, ads: AdsServer) -> dict[str, Any]:
@@ -86,6 +90,7 @@ def build_status(runtime: PolicyRuntime, ads: AdsServer) -> dict[str, Any]:
             # Private keys are not sent over plaintext xDS (serve --allow-plaintext-secrets).
             "secrets_withheld": runtime.cache.withheld_secrets,
         },
+        "registered": registered_status(runtime.cache),
         "time": time.time(),
     }
 
@@ -100,6 +105,21 @@ def _warn_withheld(cache: SnapshotCache) -> None:
         )
 
 
+def registered_status(cache: SnapshotCache) -> list[dict[str, Any]]:
+    """Self-registered endpoints in force, and whether the policy lets each count."""
+    services = cache.compiled.policy.services if cache.compiled is not None else {}
+    return [
+        {
+            "service": claim.service,
+            "node": claim.node_id,
+            "address": str(claim.endpoint),
+            "live": claim.expires is None,
+            "allowed": allowed(services.get(claim.service), claim),
+        }
+        for claim in cache.registry.claims()
+    ]
+
+
 async def serve(options: ServeOptions, *, stop: asyncio.Event | None = None) -> None:
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -109,6 +129,10 @@ async def serve(options: ServeOptions, *, stop: asyncio.Event | None = None) -> 
 
     withhold = options.xds_tls is None and not options.allow_plaintext_secrets
     cache = SnapshotCache(withhold_private_keys=withhold)
+    registry_sync = None
+    if options.registry_redis:
+        registry_sync = RedisRegistrySync(options.registry_redis, cache.registry)
+        registry_sync.start()
     runtime = PolicyRuntime(
         options.policies, cache, working_tree=options.working_tree, settle=options.debounce
     )
@@ -200,5 +224,7 @@ async def serve(options: ServeOptions, *, stop: asyncio.Event | None = None) -> 
             await authz_server.stop(grace=0.5)
         await grpc_server.stop(grace=1)
         ads.close()
+        if registry_sync is not None:
+            await registry_sync.stop()
         if ratelimit is not None:
             await ratelimit.stop()
