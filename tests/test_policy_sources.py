@@ -310,16 +310,21 @@ async def test_slow_in_place_rewrites_never_reach_envoy_half_written(
     """routes.yaml is rewritten in place (truncate, then line by line, 40 ms apart), alternating
     two versions; SIGHUP asks for reloads all along. Each prefix of the file is valid YAML: no
     routes (public 404), or the secure route without its ``auth:`` line (200 without a key).
-    Through Envoy, neither may ever be seen."""
+    Through Envoy, neither may ever be seen while the writer never pauses longer than the settle
+    window (1 s here, so a loaded machine stalling the writer thread does not count as a bug)."""
     backend = await echo_backend("echo")
     port = free_ports(1)[0]
     policies = tmp_path / "policies"
     policies.mkdir()
     for name, text in _stack_files(port, backend.address).items():
         (policies / name).write_text(text)
-    waypost, _ = await start_stack(policies, port, start_waypost, start_envoy)
+    window = 1.0
+    waypost, _ = await start_stack(
+        policies, port, start_waypost, start_envoy, args=["--reload-debounce", f"{window}s"]
+    )
     target = policies / "routes.yaml"
     done = threading.Event()
+    gaps: list[float] = []  # between consecutive writes within a rewrite
 
     def write_slowly() -> None:
         for round_ in range(4):
@@ -327,11 +332,14 @@ async def test_slow_in_place_rewrites_never_reach_envoy_half_written(
             with target.open("r+") as handle:
                 handle.truncate(0)
                 handle.flush()
+                last = time.monotonic()
                 for line in lines:
                     time.sleep(0.04)
                     handle.write(line)
                     handle.flush()
-            time.sleep(0.8)  # a complete version rests: it is applied
+                    gaps.append(time.monotonic() - last)
+                    last = time.monotonic()
+            time.sleep(2 * window)  # a complete version rests: it is applied
         done.set()
 
     async def hup() -> None:
@@ -357,7 +365,9 @@ async def test_slow_in_place_rewrites_never_reach_envoy_half_written(
                 problems.append(f"secure without a key answered {secure.status_code}")
     await writer
     await hupper
-    assert not problems, problems[:10]
+    if problems and max(gaps) >= window:
+        pytest.skip(f"the machine stalled the writer {max(gaps):.2f}s, beyond the settle window")
+    assert not problems, (problems[:10], f"longest writer pause {max(gaps):.3f}s")
     assert probes > 50 and seen_versions >= {"a", "b"}, (probes, seen_versions)
     assert waypost.running  # SIGHUP reloads, it does not end the process
     assert "SIGHUP: reloading the policy" in waypost.log_text()

@@ -184,6 +184,14 @@ def _parser() -> argparse.ArgumentParser:
         help="every INTERVAL (30s, 5m or seconds), `git pull --ff-only` the policy checkout; "
         "a commit with invalid policy is refused and shown on /status",
     )
+    serve.add_argument(
+        "--reload-debounce",
+        type=_interval,
+        default=0.25,
+        metavar="INTERVAL",
+        help="reload this long after the last change; files read from disk must stay unchanged "
+        "this long to be applied (default 0.25s)",
+    )
 
     from waypost.gitdiff_help import DIFF_HELP
 
@@ -521,6 +529,7 @@ def _serve(args: argparse.Namespace) -> int:
         admin_port=args.admin_port,
         watch=not args.no_watch,
         git_pull=args.git_pull,
+        debounce=args.reload_debounce,
         authz_port=args.authz_port,
         authz_http_port=args.authz_http_port,
         xds_tls=xds_tls,

@@ -17,9 +17,9 @@ the policy directory, ``/``-separated) and the bytes of any file, policy or refe
 - Messages (:class:`SourceError`) name the path, never the content or a symlink's target.
 
 :class:`DirectorySource` also remembers what it read (stat and sha256 per file, the listing of
-each folder) so a caller can check that nothing changed while it parsed (:meth:`unchanged`):
-``waypost serve`` applies a plain directory only once its files stayed the same across the
-debounce window. :class:`GitTreeSource` reads blobs of one commit with git plumbing
+each folder) so a caller can check that nothing changed since (:meth:`unchanged`): ``waypost
+serve`` applies a plain directory only once its files read the same twice, a debounce window
+apart. :class:`GitTreeSource` reads blobs of one commit with git plumbing
 (``ls-tree``, ``cat-file``), never the working files, so a checkout or a pull in progress is
 never seen half-done. Every git call is a subprocess with a timeout.
 """
@@ -144,7 +144,7 @@ class _Seen:
 class DirectorySource:
     """The files of a directory on disk, read safely (see the module docstring).
 
-    One instance is one load: it records what it read, for :meth:`unchanged` and :meth:`newest`.
+    One instance is one load: it records what it read, for :meth:`unchanged`.
     """
 
     def __init__(self, directory: str | os.PathLike[str]) -> None:
@@ -154,6 +154,7 @@ class DirectorySource:
         self._problems: list[tuple[str, str]] = []
         self._seen: dict[str, _Seen] = {}
         self._folders: dict[str, tuple[int, tuple[str, ...]]] = {}  # relative -> (mtime_ns, names)
+        self._raced = False  # a file changed while being read
 
     @property
     def display(self) -> str:
@@ -218,26 +219,25 @@ class DirectorySource:
             data = _read_at_most(fd, limit + 1)
             if len(data) > limit:  # grew while being read
                 raise _too_large(relative, limit)
+            after = os.fstat(fd)
+            if (after.st_size, after.st_mtime_ns) != (before.st_size, before.st_mtime_ns):
+                self._raced = True
+                raise SourceError(f"'{relative}' changed while being read")
         except OSError as exc:
             raise SourceError(f"cannot read '{relative}': {exc.strerror}") from None
         finally:
             os.close(fd)
         self._budget.take(relative, len(data))
         self._seen[relative] = _Seen(
-            before.st_ino, len(data), before.st_mtime_ns, before.st_ctime_ns, hashlib.sha256(data).hexdigest()
+            after.st_ino, len(data), after.st_mtime_ns, after.st_ctime_ns, hashlib.sha256(data).hexdigest()
         )
         return data
-
-    def newest(self) -> float:
-        """When (epoch seconds) the newest change among the files and folders read was made."""
-        stamps = [seen.mtime_ns for seen in self._seen.values()]
-        stamps += [seen.ctime_ns for seen in self._seen.values()]
-        stamps += [mtime for mtime, _ in self._folders.values()]
-        return max(stamps, default=0) / 1e9
 
     def unchanged(self) -> bool:
         """Whether every file read (and every folder listed) is still as it was: same stat, same
         sha256, same names. Reads the files again (through a fresh source, with the same rules)."""
+        if self._raced:
+            return False
         again = DirectorySource(self._display)
         try:
             again.policy_files()

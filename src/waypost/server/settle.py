@@ -5,10 +5,10 @@ commit HEAD names, with git plumbing: a commit is immutable, so a checkout, a pu
 saving in place is never seen half-done, and uncommitted edits are not served.
 
 A plain directory (or ``--working-tree``) is read from disk, and applied only once every file
-read stayed the same across the settle window: when the newest change among the files and
-folders is younger than the window, the load waits out the rest of the window and reads again
-(stat and sha256 of every file, the listing of every folder); any difference starts over. A
-writer that pauses longer than the window in the middle of a file can still be caught half-way:
+read stayed the same across the settle window: the files are read again a window after the load
+read them (stat and sha256 of every file, the listing of every folder), and any difference
+starts over; a file that changed while being read counts as a difference. A writer that pauses
+longer than the window in the middle of a file can still be caught half-way:
 write policy files atomically (write a temporary file, then rename it over the old one), as
 ``git``, ``kubectl`` ConfigMap mounts and most editors do.
 """
@@ -46,16 +46,16 @@ async def load_settled(directory: Path, window: float) -> PolicySet:
     started = time.monotonic()
     while True:
         source = DirectorySource(directory)
+        read_at = time.monotonic()
         try:
             policy: PolicySet | None = await asyncio.to_thread(load_policies, source)
             error: PolicyError | None = None
         except PolicyError as exc:
             policy, error = None, exc
-        age = time.time() - source.newest()
-        if age >= window:
-            break
-        # Something changed within the window (a future mtime counts as just now): wait it out.
-        await asyncio.sleep(window - max(age, 0.0))
+        # Read twice, a window apart, and compare stat and sha256 of everything read. Always:
+        # file timestamps cannot decide it alone (a read racing a truncation can see the file
+        # already empty and its mtime not yet updated).
+        await asyncio.sleep(max(0.0, read_at + window - time.monotonic()))
         if await asyncio.to_thread(source.unchanged):
             break
         if time.monotonic() - started > MAX_SETTLE_SECONDS:
