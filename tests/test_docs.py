@@ -36,6 +36,10 @@ COMPOSED = {
     "'x' is a FIFO, not a regular file; not read": ", not a regular file; not read",
     "policy files kept changing for 30s; not applied": "policy files kept changing for",
     "refusing to start: the admin port would listen on": "the admin port would listen on",
+    "route orders needs the rate-limit service (waypost_ratelimit), which nothing serves": (
+        "), which nothing serves"
+    ),
+    "identity[0].custom.plugin: cannot import module 'x'": "cannot import module '{module_name}'",
 }
 
 

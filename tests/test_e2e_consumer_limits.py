@@ -15,7 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from support import EchoFactory, EnvoyProcess, WaypostProcess, async_wait_until, free_port, free_ports
+from support import EchoFactory, EnvoyProcess, WaypostProcess, async_wait_until, free_port
 
 pytestmark = pytest.mark.e2e
 
@@ -53,9 +53,9 @@ identity:
 kind: RateLimitPolicy
 name: per-consumer
 limits:
-  - {{by: consumer, requests: 10, per: minute}}
+  - {{by: consumer, requests: 10, per: hour}}
 plans:
-  gold: {{requests: 15, per: minute}}
+  gold: {{requests: 15, per: hour}}
 ---
 kind: Consumer
 name: acme
@@ -83,16 +83,8 @@ async def test_consumer_limit_plan_and_isolation(
     policies = tmp_path / "policies"
     policies.mkdir()
     (policies / "policy.yaml").write_text(policy_text(port, echo.address))
-    authz_port, rls_port = free_ports(2)
-    waypost = await asyncio.to_thread(
-        start_waypost, policies, args=["--authz-port", str(authz_port), "--ratelimit-port", str(rls_port)]
-    )
-    envoy = await asyncio.to_thread(
-        start_envoy,
-        xds_port=waypost.xds_port,
-        ratelimit_port=rls_port,
-        bootstrap_options={"authz": ("127.0.0.1", authz_port)},
-    )
+    waypost = await asyncio.to_thread(start_waypost, policies)
+    envoy = await asyncio.to_thread(start_envoy, xds_port=waypost.xds_port)
     await asyncio.to_thread(envoy.wait_for_listener, port)
 
     async with httpx.AsyncClient(trust_env=False, timeout=5) as client:
@@ -126,7 +118,7 @@ async def test_consumer_limit_plan_and_isolation(
         assert other.status_code == 200
         assert int(other.headers["ratelimit-remaining"]) < 10
 
-        # A gold consumer gets the plan's 15 per minute instead of the default 10.
+        # A gold consumer gets the plan's 15 per hour instead of the default 10.
         gold = [(await call("initech")).status_code for _ in range(15)]
         assert gold == [200] * 15
         assert (await call("initech")).status_code == 429

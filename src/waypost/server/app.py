@@ -1,4 +1,5 @@
-"""`waypost serve`: wires the policy runtime, snapshot cache, ADS server, admin page and watcher."""
+"""`waypost serve`: wires the policy runtime, its appliers (snapshot cache, in-process decision
+services), the ADS server, the admin page and the watcher."""
 
 from __future__ import annotations
 
@@ -6,28 +7,31 @@ import asyncio
 import contextlib
 import signal
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import grpc
 
-from waypost.filters.ratelimit.server import RateLimitOptions, RunningRateLimit, start_ratelimit
 from waypost.log import get_logger
-from waypost.peers import PeerFilter
+from waypost.policies.model import PolicySet
 from waypost.server.admin import AdminServer
 from waypost.server.dashboard import Dashboard
+from waypost.server.decisions import DecisionOptions, DecisionPlane
 from waypost.server.exposure import AdminAuth
 from waypost.server.gitpull import GitPuller
+from waypost.server.grpc_health import GrpcHealth
 from waypost.server.runtime import PolicyRuntime
 from waypost.server.watch import PolicyWatcher, reload_on_sighup
-from waypost.xds.ads import AdsServer
-from waypost.xds.cache import SnapshotCache
+from waypost.xds.ads import ADS_SERVICE, PER_TYPE_SERVICES, AdsServer
+from waypost.xds.cache import PreparedVersion, SnapshotCache
+from waypost.xds.compiler import compile_policy
+from waypost.xds.compiler.decisions import decision_needs, needed_clusters
 from waypost.xds.compiler.registered import allowed
 from waypost.xds.registry import RedisRegistrySync
 from waypost.xds.security import XdsTls, authorize_node
 
-__all__ = ["ServeOptions", "serve"]
+__all__ = ["ServeOptions", "XdsApplier", "serve"]
 
 log = get_logger("waypost.serve")
 
@@ -45,36 +49,49 @@ class ServeOptions:
     debounce: float = 0.25
     git_pull: float | None = None
     """Seconds between ``git pull --ff-only`` of the policy checkout; None: never pull."""
-    authz_port: int | None = None
-    """Serve the ext_authz Check service on this port (None: not at all)."""
-    authz_http_port: int | None = None
-    """Serve the decision core's HTTP endpoint (Gateways with ``auth_service: http``) here."""
     xds_tls: XdsTls | None = None
     """TLS on the xDS port; with a client CA, mTLS and node ids checked against certificates."""
-    ratelimit: RateLimitOptions | None = None
-    """Also answer Envoy's RateLimitService (``--ratelimit-port``)."""
+    decisions: DecisionOptions = field(default_factory=DecisionOptions)
+    """Where the decision services are: run here when needed (default) or named elsewhere."""
     working_tree: bool = False
     """In a git checkout, serve the working files instead of the commit HEAD names."""
     admin_auth: AdminAuth | None = None
     """Token and/or TLS for the admin port (required off loopback)."""
-    peers: PeerFilter | None = None
-    """Client networks allowed on the decision ports (``--decision-allow``)."""
     allow_plaintext_secrets: bool = False
     """Send SDS secrets with private keys over plaintext xDS (otherwise they are withheld)."""
     registry_redis: str | None = None
     """``redis://...``: share self-registered endpoints with the other replicas through it."""
 
 
-def build_status(runtime: PolicyRuntime, ads: AdsServer) -> dict[str, Any]:
-    compiled = runtime.current
-    current_version = compiled.version if compiled else None
-    nodes = []
-    nodes = [stream.status() for stream in ads.registry.streams()]
+class XdsApplier:
+    """The snapshot cache as a policy applier: compile with the decision services' endpoints
+    (starting the in-process ones a version needs first), encode every snapshot, then swap."""
+
+    name = "xds"
+
+    def __init__(self, cache: SnapshotCache, plane: DecisionPlane) -> None:
+        self.cache = cache
+        self.plane = plane
+
+    async def prepare(self, policy: PolicySet) -> PreparedVersion:
+        needs = await asyncio.to_thread(decision_needs, policy)
+        await self.plane.ensure(needed_clusters(needs, needs))
+        compiled = await asyncio.to_thread(compile_policy, policy, decisions=self.plane.endpoints())
+        return await asyncio.to_thread(self.cache.prepare, compiled)
+
+    def commit(self, prepared: PreparedVersion) -> None:
+        self.cache.commit(prepared)
+        self.plane.applied(prepared.compiled.decision_needs)
+
+
+def build_status(
+    runtime: PolicyRuntime, cache: SnapshotCache, ads: AdsServer, plane: DecisionPlane
+) -> dict[str, Any]:
     failure = runtime.last_failure
     return {
         "policy": {
             "directory": str(runtime.directory),
-            "version": current_version,
+            "version": runtime.version,
             "applied_at": runtime.applied_at,
             "git": runtime.git_status(),
             "last_error": None
@@ -85,12 +102,13 @@ def build_status(runtime: PolicyRuntime, ads: AdsServer) -> dict[str, Any]:
                 "git": failure.git.as_dict() if failure.git else None,
             },
         },
-        "nodes": nodes,
+        "decision_services": plane.status(),
+        "nodes": [stream.status() for stream in ads.registry.streams()],
+        "registered": registered_status(runtime, cache),
         "xds": {
             # Private keys are not sent over plaintext xDS (serve --allow-plaintext-secrets).
-            "secrets_withheld": runtime.cache.withheld_secrets,
+            "secrets_withheld": cache.withheld_secrets,
         },
-        "registered": registered_status(runtime.cache),
         "time": time.time(),
     }
 
@@ -105,16 +123,27 @@ def _warn_withheld(cache: SnapshotCache) -> None:
         )
 
 
-def registered_status(cache: SnapshotCache) -> list[dict[str, Any]]:
+def readiness_problems(runtime: PolicyRuntime, plane: DecisionPlane) -> list[str]:
+    """Why /readyz is not ready: no valid policy yet, or a route whose decision service nothing
+    serves (its requests would fail: 503, or a rate limit silently off)."""
+    if runtime.current is None:
+        return ["no valid policy loaded"]
+    return [
+        f"route {p['route']} needs {p['service']} ({p['cluster']}), which nothing serves: {p['fix']}"
+        for p in plane.unserved()
+    ]
+
+
+def registered_status(runtime: PolicyRuntime, cache: SnapshotCache) -> list[dict[str, Any]]:
     """Self-registered endpoints in force, and whether the policy lets each count."""
-    services = cache.compiled.policy.services if cache.compiled is not None else {}
+    services = runtime.current.services if runtime.current is not None else {}
     return [
         {
             "service": claim.service,
             "node": claim.node_id,
             "address": str(claim.endpoint),
             "live": claim.expires is None,
-            "allowed": allowed(services.get(claim.service), claim),
+            "allowed": allowed(services, claim),
         }
         for claim in cache.registry.claims()
     ]
@@ -127,18 +156,23 @@ async def serve(options: ServeOptions, *, stop: asyncio.Event | None = None) -> 
         with contextlib.suppress(NotImplementedError, RuntimeError):  # not the main thread
             loop.add_signal_handler(sig, stop.set)
 
+    plane = DecisionPlane(options.decisions)
+    await plane.open()
     withhold = options.xds_tls is None and not options.allow_plaintext_secrets
     cache = SnapshotCache(withhold_private_keys=withhold)
     registry_sync = None
     if options.registry_redis:
         registry_sync = RedisRegistrySync(options.registry_redis, cache.registry)
         registry_sync.start()
+    # Decision services first: they hold a version before Envoy can receive routes that call them.
     runtime = PolicyRuntime(
-        options.policies, cache, working_tree=options.working_tree, settle=options.debounce
+        options.policies,
+        [*plane.appliers(), XdsApplier(cache, plane)],
+        working_tree=options.working_tree,
+        settle=options.debounce,
     )
-    runtime.add_listener(lambda _: _warn_withheld(cache))
+    runtime.on_applied(lambda _: _warn_withheld(cache))
     reload_on_sighup(loop, runtime.reload)  # before the first load: SIGHUP never ends the process
-    await runtime.reload()  # an invalid first load still serves: not ready until a valid one
 
     mtls = options.xds_tls is not None and options.xds_tls.client_ca is not None
     ads = AdsServer(cache, authorizer=authorize_node if mtls else None)
@@ -151,6 +185,8 @@ async def serve(options: ServeOptions, *, stop: asyncio.Event | None = None) -> 
         ]
     )
     ads.add_to(grpc_server)
+    health = GrpcHealth(grpc_server, [ADS_SERVICE, *PER_TYPE_SERVICES])
+    runtime.on_applied(lambda _: health.set_serving(True))
     if options.xds_tls is not None:
         xds_port = grpc_server.add_secure_port(
             f"{options.host}:{options.xds_port}", options.xds_tls.server_credentials()
@@ -158,35 +194,16 @@ async def serve(options: ServeOptions, *, stop: asyncio.Event | None = None) -> 
     else:
         xds_port = grpc_server.add_insecure_port(f"{options.host}:{options.xds_port}")
     await grpc_server.start()
-
-    authz_server = authz_http = None
-    if options.authz_port is not None or options.authz_http_port is not None:
-        from waypost.filters.authz.http_service import start_authz_http
-        from waypost.filters.authz.server import attach_authz, start_authz_grpc
-
-        core = attach_authz(runtime)
-        if options.authz_port is not None:
-            authz_server, authz_port = await start_authz_grpc(
-                core, options.host, options.authz_port, peers=options.peers
-            )
-            log.info("ext_authz serving", authz_port=authz_port)
-        if options.authz_http_port is not None:
-            authz_http, http_port = await start_authz_http(
-                core, options.host, options.authz_http_port, peers=options.peers
-            )
-            log.info("ext_authz http serving", authz_http_port=http_port)
-    ratelimit: RunningRateLimit | None = None
-    if options.ratelimit is not None:
-        ratelimit = await start_ratelimit(
-            options.ratelimit, lambda: runtime.current.policy if runtime.current is not None else None
-        )
+    await health.start()
+    await runtime.reload()  # an invalid first load still serves: not ready until a valid one
 
     admin = AdminServer(
-        ready=lambda: runtime.current is not None,
-        status=lambda: build_status(runtime, ads),
+        ready=lambda: not readiness_problems(runtime, plane),
+        status=lambda: build_status(runtime, cache, ads, plane),
+        problems=lambda: readiness_problems(runtime, plane),
         auth=options.admin_auth,
     )
-    dashboard = Dashboard(lambda: build_status(runtime, ads))
+    dashboard = Dashboard(lambda: build_status(runtime, cache, ads, plane))
     dashboard.install(admin)
     dashboard.start()
     admin_port = await admin.start(options.admin_host or options.host, options.admin_port)
@@ -205,7 +222,8 @@ async def serve(options: ServeOptions, *, stop: asyncio.Event | None = None) -> 
         xds_security="mtls" if mtls else "tls" if options.xds_tls else "plaintext",
         private_keys="sent" if not withhold else "withheld",
         admin_port=admin_port,
-        version=runtime.current.version if runtime.current else None,
+        advertise_address=plane.advertise_address,
+        version=runtime.version,
         git=runtime.git.describe if runtime.git else None,
     )
     try:
@@ -218,13 +236,8 @@ async def serve(options: ServeOptions, *, stop: asyncio.Event | None = None) -> 
         if watcher is not None:
             watcher.stop()
         await admin.close()
-        if authz_http is not None:
-            authz_http.close()
-        if authz_server is not None:
-            await authz_server.stop(grace=0.5)
+        await plane.close()
         await grpc_server.stop(grace=1)
         ads.close()
         if registry_sync is not None:
             await registry_sync.stop()
-        if ratelimit is not None:
-            await ratelimit.stop()

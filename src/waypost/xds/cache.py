@@ -187,16 +187,14 @@ class SnapshotCache:
             except ValueError as exc:
                 log.warning("endpoint registration refused", node=node.id, error=str(exc))
                 return
-            service = self._compiled.policy.services.get(claim.service) if self._compiled else None
-            if self._compiled is not None and not allowed(service, claim):
+            services = self._compiled.policy.services if self._compiled else {}
+            if self._compiled is not None and not allowed(services, claim):
                 # Kept all the same: a later policy may allow it, and then it counts at once.
                 log.warning(
                     "endpoint registration not allowed by policy",
                     node=node.id,
                     service=claim.service,
-                    reason="no such Service"
-                    if service is None
-                    else "registration.nodes does not select this node",
+                    reason="no Service's registration takes this name from this node",
                 )
             self.registry.join(stream_id, claim)
 
@@ -214,9 +212,11 @@ class SnapshotCache:
         if self._compiled is None or self._served is None:
             return
         served = with_registered(self._compiled, self.registry.claims())
-        if served.load_assignments == self._served.load_assignments:
+        before, after = self._served.load_assignments, served.load_assignments
+        changed = {name for name in registrable_clusters(served) if before.get(name) != after.get(name)}
+        if not changed:
             return
-        encoder = self._encoder.without({(TypeUrl.ENDPOINT, name) for name in registrable_clusters(served)})
+        encoder = self._encoder.without({(TypeUrl.ENDPOINT, name) for name in changed})
         self.commit(self._prepare(self._compiled, served, encoder))
 
     @property

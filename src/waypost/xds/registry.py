@@ -37,6 +37,7 @@ __all__ = ["Claim", "EndpointRegistry", "RedisRegistrySync", "parse_claim"]
 log = get_logger("waypost.registry")
 
 REDIS_KEY = "wp:registry"
+BATCH_S = 0.02
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,10 +167,11 @@ class EndpointRegistry:
     def _changed(self) -> None:
         merged = {**self._remote, **self._claims}
         self._view = tuple(sorted(merged.values(), key=lambda c: (c.service, c.node_id)))
-        # Many joins in one loop tick (a fleet reconnecting) cost one snapshot rebuild.
+        # Changes within BATCH_S (a fleet reconnecting, steady churn) cost one snapshot rebuild
+        # and one push per stream: the rebuild rate stays bounded whatever the churn.
         if not self._change_pending:
             self._change_pending = True
-            asyncio.get_running_loop().call_soon(self._notify)
+            asyncio.get_running_loop().call_later(BATCH_S, self._notify)
 
     def _notify(self) -> None:
         self._change_pending = False
