@@ -32,11 +32,13 @@ from support.procs import SRC_DIR
 from test_ads_protocol import CDS, AdsClient
 from test_authz_standalone import check_grpc
 from test_policy_sources import AUTH, start_stack
+from waypost.contract import AUTHZ_CLUSTER, AUTHZ_HTTP_CLUSTER, RATELIMIT_CLUSTER
 from waypost.filters.authz.guard import BURST, FailedKeyGuard
 from waypost.peers import PeerFilter, is_loopback
 from waypost.server.exposure import AdminAuth, exposure_problems
 
 TOKEN = "admin-token-for-tests-0123456789"
+DECISION_CLUSTERS = (AUTHZ_CLUSTER, AUTHZ_HTTP_CLUSTER, RATELIMIT_CLUSTER)
 GATEWAY = "kind: Gateway\nname: public\nport: {port}\naddress: 127.0.0.1\n"
 SERVICE = 'kind: Service\nname: echo\nendpoints: ["{endpoint}"]\n'
 SECURE = (
@@ -59,6 +61,17 @@ def _policies(tmp_path: Path, port: int = 18080, endpoint: str = "127.0.0.1:1", 
     text = GATEWAY.format(port=port) + "---\n" + SERVICE.format(endpoint=endpoint)
     (policies / "policy.yaml").write_text(text + ("---\n" + extra if extra else ""))
     return policies
+
+
+def _decision_policies(tmp_path: Path) -> Path:
+    """Routes that need all three decision services, so serve runs them."""
+    web = (
+        "kind: Gateway\nname: web\nport: 18081\naddress: 127.0.0.1\nauth_service: http\n---\n"
+        "kind: Route\nname: web\ngateway: web\nmatch: {prefix: /}\nbackend: echo\nauth: keys\n"
+        "rate_limit: per-ip\n---\n"
+        "kind: RateLimitPolicy\nname: per-ip\nlimits: [{by: client_ip, requests: 100, per: minute}]\n---\n"
+    )
+    return _policies(tmp_path, extra=web + SECURE)
 
 
 def _run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -138,19 +151,8 @@ def test_open_ports_refuse_to_start(tmp_path: Path) -> None:
 def test_every_port_binds_loopback_by_default(
     tmp_path: Path, start_waypost: Callable[..., WaypostProcess]
 ) -> None:
-    authz_port, http_port, rls_port = free_ports(3)
-    waypost = start_waypost(
-        _policies(tmp_path),
-        host=None,  # no --host: the default
-        args=[
-            "--authz-port",
-            str(authz_port),
-            "--authz-http-port",
-            str(http_port),
-            "--ratelimit-port",
-            str(rls_port),
-        ],
-    )
+    waypost = start_waypost(_decision_policies(tmp_path), host=None)  # no --host: the default
+    authz_port, http_port, rls_port = (waypost.decision_port(c) for c in DECISION_CLUSTERS)
     for port in (waypost.xds_port, waypost.admin_port, authz_port, http_port, rls_port):
         assert _listening(port) == {"127.0.0.1"}, (port, _listening(port))
 
@@ -217,14 +219,8 @@ def _first_bytes(port: int, source: str, payload: bytes) -> bytes:
 def test_decision_ports_answer_only_the_allowed_networks(
     tmp_path: Path, start_waypost: Callable[..., WaypostProcess]
 ) -> None:
-    authz_port, http_port, rls_port = free_ports(3)
-    waypost = start_waypost(
-        _policies(tmp_path),
-        args=[
-            "--authz-port", str(authz_port), "--authz-http-port", str(http_port),
-            "--ratelimit-port", str(rls_port), "--decision-allow", "127.0.0.2/32",
-        ],
-    )  # fmt: skip
+    waypost = start_waypost(_decision_policies(tmp_path), args=["--decision-allow", "127.0.0.2/32"])
+    authz_port, http_port, rls_port = (waypost.decision_port(c) for c in DECISION_CLUSTERS)
     with pytest.raises(grpc.RpcError) as refused:
         check_grpc(authz_port, "any", {})  # from 127.0.0.1: not on the list
     assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED

@@ -220,14 +220,9 @@ async def start_stack(
     start_envoy: Callable[..., EnvoyProcess],
     args: list[str] | None = None,
 ) -> tuple[WaypostProcess, EnvoyProcess]:
-    """waypost with its ext_authz port, and an Envoy using it, serving ``port``."""
-    authz_port = free_ports(1)[0]
-    waypost = await asyncio.to_thread(
-        start_waypost, policies, args=["--authz-port", str(authz_port), *(args or [])]
-    )
-    envoy = await asyncio.to_thread(
-        start_envoy, xds_port=waypost.xds_port, bootstrap_options={"authz": ("127.0.0.1", authz_port)}
-    )
+    """waypost (running ext_authz itself, as routes need it) and an Envoy serving ``port``."""
+    waypost = await asyncio.to_thread(start_waypost, policies, args=args or [])
+    envoy = await asyncio.to_thread(start_envoy, xds_port=waypost.xds_port)
     await asyncio.to_thread(envoy.wait_for_listener, port)
     return waypost, envoy
 
