@@ -236,6 +236,11 @@ def _parser() -> argparse.ArgumentParser:
     ratelimit.add_argument("--log-format", choices=("json", "console"))
     _ratelimit_arguments(ratelimit, port_flag="--port")
     _exposure_arguments(ratelimit)
+
+    from waypost.portal.cli import add_portal_command, add_serve_arguments
+
+    add_serve_arguments(serve)
+    add_portal_command(commands)
     return parser
 
 
@@ -408,6 +413,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _keys_new(args.consumer)
         if args.command == "ratelimit":
             return _ratelimit(args)
+        if args.command == "portal":
+            from waypost.portal.cli import run_portal_command
+
+            return run_portal_command(args)
     except argparse.ArgumentTypeError as exc:
         print(f"waypost: {exc}", file=sys.stderr)
         return 2
@@ -529,6 +538,7 @@ def _grpc_bootstrap(args: argparse.Namespace) -> int:
 
 def _serve(args: argparse.Namespace) -> int:
     from waypost.log import configure_logging
+    from waypost.portal.cli import serve_portal_options
     from waypost.server.app import ServeOptions, serve
     from waypost.server.decisions import DecisionOptions
 
@@ -570,6 +580,7 @@ def _serve(args: argparse.Namespace) -> int:
             ratelimit_addresses=tuple(args.ratelimit_address),
         ),
         registry_redis=args.redis,
+        portal=serve_portal_options(args),
     )
     # Only once the arguments are known good: a usage error leaves logging as it was.
     configure_logging(args.log_level, json=None if args.log_format is None else args.log_format == "json")
