@@ -28,6 +28,7 @@ import grpc
 from waypost.contract import AUTHZ_GRPC_SERVICE
 from waypost.filters.authz.core import AuthzCore, PreparedAuthz
 from waypost.filters.authz.grpc_service import AuthzGrpcService
+from waypost.filters.protect.service import BodyChecks, PreparedChecks
 from waypost.log import get_logger
 from waypost.peers import PeerFilter
 from waypost.policies.model import PolicySet
@@ -39,6 +40,7 @@ __all__ = [
     "DEFAULT_PORT",
     "AuthzApplier",
     "AuthzOptions",
+    "BodyChecksApplier",
     "run_authz",
     "start_authz_grpc",
 ]
@@ -71,13 +73,35 @@ class AuthzApplier:
         self.core.commit(prepared)
 
 
+class BodyChecksApplier:
+    """Route body checks (validation, body screening) as a policy applier: schemas compiled off
+    the loop; a version whose checks do not compile is refused like any other bad version."""
+
+    name = "body_checks"
+
+    def __init__(self, checks: BodyChecks) -> None:
+        self.checks = checks
+
+    async def prepare(self, policy: PolicySet) -> PreparedChecks:
+        return await asyncio.to_thread(self.checks.prepare, policy)
+
+    def commit(self, prepared: PreparedChecks) -> None:
+        self.checks.commit(prepared)
+
+
 async def start_authz_grpc(
-    core: AuthzCore, host: str, port: int, *, peers: PeerFilter | None = None
+    core: AuthzCore,
+    host: str,
+    port: int,
+    *,
+    body_checks: BodyChecks | None = None,
+    peers: PeerFilter | None = None,
 ) -> tuple[grpc.aio.Server, int, GrpcHealth]:
     """The Check service on a grpcio server, with Health (SERVING once the core has a version)
-    and reflection; ``peers``: only those client networks. OSError when the port is taken."""
+    and reflection; with ``body_checks``, it also answers the body-checks filter's Checks;
+    ``peers``: only those client networks. OSError when the port is taken."""
     server = grpc.aio.server(options=_GRPC_OPTIONS, interceptors=[peers.interceptor()] if peers else None)
-    AuthzGrpcService(core).add_to(server)
+    AuthzGrpcService(core, body_checks=body_checks).add_to(server)
     health = GrpcHealth(server, [AUTHZ_GRPC_SERVICE])
     bound = server.add_insecure_port(f"{host}:{port}")
     if bound == 0:
@@ -162,10 +186,17 @@ async def _serve_one(options: AuthzOptions) -> None:
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, stop.set)
     core = AuthzCore()
-    runtime = PolicyRuntime(options.policies, [AuthzApplier(core)], working_tree=options.working_tree)
+    body_checks = BodyChecks()
+    runtime = PolicyRuntime(
+        options.policies,
+        [AuthzApplier(core), BodyChecksApplier(body_checks)],
+        working_tree=options.working_tree,
+    )
     reload_on_sighup(loop, runtime.reload)
     await runtime.reload()
-    server, port, health = await start_authz_grpc(core, options.host, options.port, peers=options.peers)
+    server, port, health = await start_authz_grpc(
+        core, options.host, options.port, body_checks=body_checks, peers=options.peers
+    )
     runtime.on_applied(lambda _: health.set_serving(True))
     http_server = None
     if options.http_port is not None:

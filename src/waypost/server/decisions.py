@@ -23,11 +23,18 @@ from typing import Any
 
 from waypost.contract import AUTHZ_CLUSTER, AUTHZ_HTTP_CLUSTER, DECISION_CLUSTERS, RATELIMIT_CLUSTER
 from waypost.filters.authz.core import AuthzCore
+from waypost.filters.protect.service import BodyChecks
 from waypost.filters.ratelimit.limiter import Limiter
 from waypost.log import get_logger
 from waypost.peers import PeerFilter
 from waypost.policies.types import Endpoint
-from waypost.server.authz import DEFAULT_HTTP_PORT, DEFAULT_PORT, AuthzApplier, start_authz_grpc
+from waypost.server.authz import (
+    DEFAULT_HTTP_PORT,
+    DEFAULT_PORT,
+    AuthzApplier,
+    BodyChecksApplier,
+    start_authz_grpc,
+)
 from waypost.server.grpc_health import GrpcHealth
 from waypost.server.ratelimit import LimiterApplier, RateLimitOptions, make_limiter, start_ratelimit
 from waypost.server.runtime import PolicyApplier
@@ -108,6 +115,8 @@ class DecisionPlane:
         }
         local_authz = self.local_enabled[AUTHZ_CLUSTER] or self.local_enabled[AUTHZ_HTTP_CLUSTER]
         self.core = AuthzCore() if local_authz else None
+        # Route body checks (validation, body screening) ride on the gRPC Check port.
+        self.body_checks = BodyChecks() if self.local_enabled[AUTHZ_CLUSTER] else None
         self.limiter: Limiter | None = None
         self._running: dict[str, _Local] = {}
         self._errors: dict[str, str] = {}
@@ -123,6 +132,8 @@ class DecisionPlane:
         appliers: list[PolicyApplier[Any]] = []
         if self.core is not None:
             appliers.append(AuthzApplier(self.core))
+        if self.body_checks is not None:
+            appliers.append(BodyChecksApplier(self.body_checks))
         if self.limiter is not None:
             appliers.append(LimiterApplier(self.limiter))
         return appliers
@@ -157,7 +168,11 @@ class DecisionPlane:
         assert self.core is not None
         if cluster == AUTHZ_CLUSTER:
             server, port, health = await start_authz_grpc(
-                self.core, host, self.options.authz_port, peers=self.options.peers
+                self.core,
+                host,
+                self.options.authz_port,
+                body_checks=self.body_checks,
+                peers=self.options.peers,
             )
 
             async def stop_grpc() -> None:
