@@ -57,7 +57,9 @@ class PolicyWatcher(FileSystemEventHandler):
     ) -> PolicyWatcher:
         """A watcher reloading ``runtime``: its directory, and its checkout's refs when it reads
         the committed policy."""
-        dirs = [] if runtime.working_tree else git_dirs(runtime.directory)
+        # Only for a checkout (known from the first load): no extra git process otherwise.
+        seen = runtime.git or (runtime.last_failure.git if runtime.last_failure else None)
+        dirs = git_dirs(runtime.directory) if seen is not None and not runtime.working_tree else []
         return cls(runtime.directory, runtime.reload, loop=loop, debounce=debounce, git_dirs=dirs)
 
     def start(self) -> None:
