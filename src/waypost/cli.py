@@ -19,7 +19,7 @@ if TYPE_CHECKING:
     from waypost.policies.model import PolicySet
     from waypost.policies.types import Endpoint
     from waypost.server.exposure import AdminAuth
-    from waypost.server.ratelimit import RateLimitOptions
+    from waypost.server.ratelimit import CounterOptions, RateLimitOptions
 
 __all__ = ["main"]
 
@@ -233,6 +233,7 @@ def _parser() -> argparse.ArgumentParser:
     authz.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
     authz.add_argument("--log-format", choices=("json", "console"))
     _exposure_arguments(authz)
+    _counter_arguments(authz)  # where consumer quotas are counted (--redis: shared with the RLS)
 
     keys = commands.add_parser("keys", help="API keys for Consumers")
     keys_commands = keys.add_subparsers(dest="keys_command", required=True)
@@ -358,6 +359,16 @@ def _ratelimit_arguments(parser: argparse.ArgumentParser, *, port_flag: str) -> 
         default=18001,
         help="gRPC port of the rate-limit service (18001)",
     )
+    _counter_arguments(parser)
+    parser.add_argument(
+        "--ratelimit-grpcio",
+        action="store_true",
+        help="serve the RLS with grpcio's server (slower) instead of waypost's lean HTTP/2 server",
+    )
+
+
+def _counter_arguments(parser: argparse.ArgumentParser) -> None:
+    """Where rate-limit counters live: the RLS's, and the consumer quotas ext_authz counts."""
     parser.add_argument(
         "--redis",
         metavar="URL",
@@ -371,10 +382,13 @@ def _ratelimit_arguments(parser: argparse.ArgumentParser, *, port_flag: str) -> 
     parser.add_argument(
         "--ratelimit-algorithm", choices=("fixed", "sliding"), default="fixed", help="window algorithm"
     )
-    parser.add_argument(
-        "--ratelimit-grpcio",
-        action="store_true",
-        help="serve the RLS with grpcio's server (slower) instead of waypost's lean HTTP/2 server",
+
+
+def _counter_options(args: argparse.Namespace) -> CounterOptions:
+    from waypost.server.ratelimit import CounterOptions
+
+    return CounterOptions(
+        redis=args.redis, algorithm=args.ratelimit_algorithm, fail_closed=args.ratelimit_fail_closed
     )
 
 
@@ -603,6 +617,7 @@ def _serve(args: argparse.Namespace) -> int:
             authz_addresses=tuple(args.authz_address),
             authz_http_addresses=tuple(args.authz_http_address),
             ratelimit_addresses=tuple(args.ratelimit_address),
+            counters=_counter_options(args),
         ),
         registry_redis=args.redis,
         portal=serve_portal_options(args),
@@ -639,6 +654,7 @@ def _authz(args: argparse.Namespace, argv: list[str]) -> int:
         admin_host=args.admin_host,
         admin_auth=admin_auth,
         peers=peers,
+        counters=_counter_options(args),
     )
     return run_authz(options, argv)
 

@@ -25,7 +25,7 @@ from waypost.server.runtime import PolicyRuntime
 from waypost.server.watch import PolicyWatcher, reload_on_sighup
 from waypost.xds.ads import ADS_SERVICE, PER_TYPE_SERVICES, AdsServer
 from waypost.xds.cache import PreparedVersion, SnapshotCache
-from waypost.xds.compiler import compile_policy
+from waypost.xds.compiler import CompileMemo, compile_policy
 from waypost.xds.compiler.decisions import decision_needs, needed_clusters
 from waypost.xds.compiler.registered import allowed
 from waypost.xds.registry import RedisRegistrySync
@@ -77,11 +77,16 @@ class XdsApplier:
     def __init__(self, cache: SnapshotCache, plane: DecisionPlane) -> None:
         self.cache = cache
         self.plane = plane
+        # Incremental reload: unchanged resources are not compiled (nor, in the cache, encoded)
+        # again; the result is that of a full compile (see xds/compiler/memo.py).
+        self.memo = CompileMemo()
 
     async def prepare(self, policy: PolicySet) -> PreparedVersion:
         needs = await asyncio.to_thread(decision_needs, policy)
         await self.plane.ensure(needed_clusters(needs, needs))
-        compiled = await asyncio.to_thread(compile_policy, policy, decisions=self.plane.endpoints())
+        compiled = await asyncio.to_thread(
+            compile_policy, policy, decisions=self.plane.endpoints(), memo=self.memo
+        )
         return await asyncio.to_thread(self.cache.prepare, compiled)
 
     def commit(self, prepared: PreparedVersion) -> None:

@@ -7,7 +7,9 @@ with file:line, and the previous version keeps deciding.
 
 Standalone, one process per worker: ``--workers N`` starts N copies of itself, each with its own
 policy runtime and watcher, all bound to one port with SO_REUSEPORT, so the kernel spreads
-Envoy's connections across them (a Python process decides on one core).
+Envoy's connections across them (a Python process decides on one core). Consumer quotas counted
+in the decision (filters/authz/quota.py) live in ``--redis`` when given, shared with the RLS and
+every replica.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import signal
 import subprocess
 import sys
 from collections.abc import Coroutine
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -28,12 +30,14 @@ import grpc
 from waypost.contract import AUTHZ_GRPC_SERVICE
 from waypost.filters.authz.core import AuthzCore, PreparedAuthz
 from waypost.filters.authz.grpc_service import AuthzGrpcService
+from waypost.filters.authz.quota import ConsumerQuota
 from waypost.filters.protect.service import BodyChecks, PreparedChecks
 from waypost.log import get_logger
 from waypost.peers import PeerFilter
 from waypost.policies.model import PolicySet
 from waypost.server.exposure import AdminAuth
 from waypost.server.grpc_health import GrpcHealth
+from waypost.server.ratelimit import CounterOptions, LimiterApplier, open_limiter
 
 __all__ = [
     "DEFAULT_HTTP_PORT",
@@ -128,6 +132,8 @@ class AuthzOptions:
     admin_host: str | None = None
     """Where the admin port listens (default: ``host``)."""
     admin_auth: AdminAuth | None = None
+    counters: CounterOptions = field(default_factory=CounterOptions)
+    """Where consumer quotas are counted (``--redis``: shared with the RLS and every replica)."""
 
 
 def run_authz(options: AuthzOptions, argv: list[str]) -> int:
@@ -138,6 +144,11 @@ def run_authz(options: AuthzOptions, argv: list[str]) -> int:
     if options.port == 0 or options.http_port == 0:
         print("waypost authz: --workers needs fixed ports", file=sys.stderr)
         return 2
+    if options.counters.redis is None:
+        log.warning(
+            "consumer quotas are counted per worker process: give --redis to share them",
+            workers=options.workers,
+        )
     children = []
     child_argv = list(argv)
     for index in range(options.workers):
@@ -185,11 +196,13 @@ async def _serve_one(options: AuthzOptions) -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, stop.set)
-    core = AuthzCore()
+    # Consumer quotas are counted in the decision (filters/authz/quota.py), in --redis if given.
+    limiter = await open_limiter(options.counters)
+    core = AuthzCore(quota=ConsumerQuota(limiter))
     body_checks = BodyChecks()
     runtime = PolicyRuntime(
         options.policies,
-        [AuthzApplier(core), BodyChecksApplier(body_checks)],
+        [AuthzApplier(core), BodyChecksApplier(body_checks), LimiterApplier(limiter)],
         working_tree=options.working_tree,
     )
     reload_on_sighup(loop, runtime.reload)
@@ -233,3 +246,4 @@ async def _serve_one(options: AuthzOptions) -> None:
         if http_server is not None:
             http_server.close()
         await server.stop(grace=0.5)
+        await limiter.store.close()

@@ -18,11 +18,12 @@ from __future__ import annotations
 import contextlib
 import socket
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from waypost.contract import AUTHZ_CLUSTER, AUTHZ_HTTP_CLUSTER, DECISION_CLUSTERS, RATELIMIT_CLUSTER
 from waypost.filters.authz.core import AuthzCore
+from waypost.filters.authz.quota import ConsumerQuota
 from waypost.filters.protect.service import BodyChecks
 from waypost.filters.ratelimit.limiter import Limiter
 from waypost.log import get_logger
@@ -36,7 +37,14 @@ from waypost.server.authz import (
     start_authz_grpc,
 )
 from waypost.server.grpc_health import GrpcHealth
-from waypost.server.ratelimit import LimiterApplier, RateLimitOptions, make_limiter, start_ratelimit
+from waypost.server.ratelimit import (
+    CounterOptions,
+    LimiterApplier,
+    RateLimitOptions,
+    make_limiter,
+    open_limiter,
+    start_ratelimit,
+)
 from waypost.server.runtime import PolicyApplier
 from waypost.xds.compiler import DecisionEndpoints
 
@@ -76,6 +84,9 @@ class DecisionOptions:
     ratelimit_addresses: tuple[Endpoint, ...] = ()
     peers: PeerFilter | None = None
     """Client networks the in-process decision ports answer (``--decision-allow``); None: all."""
+    counters: CounterOptions = field(default_factory=CounterOptions)
+    """Where the in-process ext_authz counts consumer quotas when no rate-limit service runs here
+    (with one, its counters are shared)."""
 
 
 def default_advertise_address(host: str) -> str:
@@ -118,6 +129,8 @@ class DecisionPlane:
         # Route body checks (validation, body screening) ride on the gRPC Check port.
         self.body_checks = BodyChecks() if self.local_enabled[AUTHZ_CLUSTER] else None
         self.limiter: Limiter | None = None
+        self.quota_limiter: Limiter | None = None
+        """ext_authz's own limiter for consumer quotas, when no rate-limit service runs here."""
         self._running: dict[str, _Local] = {}
         self._errors: dict[str, str] = {}
         self._needs: Mapping[str, frozenset[str]] = {}
@@ -126,6 +139,13 @@ class DecisionPlane:
     async def open(self) -> None:
         if self.local_enabled[RATELIMIT_CLUSTER] and self.options.ratelimit is not None:
             self.limiter = await make_limiter(self.options.ratelimit)
+        if self.core is not None:
+            # One hop: the decision counts consumer quotas (filters/authz/quota.py), with the
+            # RLS's counters when it runs here, else with a limiter of its own.
+            limiter = self.limiter
+            if limiter is None:
+                limiter = self.quota_limiter = await open_limiter(self.options.counters)
+            self.core.quota = ConsumerQuota(limiter)
 
     def appliers(self) -> list[PolicyApplier[Any]]:
         """The in-process decision services' appliers, to commit with the xDS snapshot."""
@@ -136,6 +156,8 @@ class DecisionPlane:
             appliers.append(BodyChecksApplier(self.body_checks))
         if self.limiter is not None:
             appliers.append(LimiterApplier(self.limiter))
+        if self.quota_limiter is not None:
+            appliers.append(LimiterApplier(self.quota_limiter))
         return appliers
 
     async def ensure(self, needed: frozenset[str]) -> None:
@@ -265,3 +287,5 @@ class DecisionPlane:
         self._running.clear()
         if self.limiter is not None and not store_closed:
             await self.limiter.store.close()
+        if self.quota_limiter is not None:
+            await self.quota_limiter.store.close()

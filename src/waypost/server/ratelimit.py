@@ -33,11 +33,13 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DEFAULT_PORT",
+    "CounterOptions",
     "LimiterApplier",
     "RateLimitOptions",
     "RunningRateLimit",
     "StandaloneOptions",
     "make_limiter",
+    "open_limiter",
     "serve_ratelimit",
     "start_ratelimit",
 ]
@@ -92,17 +94,32 @@ class RunningRateLimit:
         await self.limiter.store.close()
 
 
-def make_store(options: RateLimitOptions) -> CounterStore:
-    if options.redis:
-        return RedisStore(options.redis, options.algorithm)
-    return MemoryStore(options.algorithm)
+@dataclass(frozen=True, kw_only=True)
+class CounterOptions:
+    """Where counters live, for the RLS and for consumer quotas counted by ext_authz."""
+
+    redis: str | None = None
+    """``redis://host:port/db``: counters shared by every replica; None keeps them in process."""
+    algorithm: Algorithm = "fixed"
+    fail_closed: bool = False
 
 
-async def make_limiter(options: RateLimitOptions) -> Limiter:
-    store = make_store(options)
+async def open_limiter(options: CounterOptions) -> Limiter:
+    """A limiter on a ready store (Redis connected and its script loaded, when ``redis``): for the
+    RLS, and for the ext_authz service counting consumer quotas itself (filters.authz.quota).
+    A policy runtime feeds it through a :class:`LimiterApplier`."""
+    store: CounterStore = (
+        RedisStore(options.redis, options.algorithm) if options.redis else MemoryStore(options.algorithm)
+    )
     if isinstance(store, RedisStore):
         await store.prepare()
     return Limiter(store, fail_closed=options.fail_closed)
+
+
+async def make_limiter(options: RateLimitOptions) -> Limiter:
+    return await open_limiter(
+        CounterOptions(redis=options.redis, algorithm=options.algorithm, fail_closed=options.fail_closed)
+    )
 
 
 async def start_ratelimit(options: RateLimitOptions, limiter: Limiter) -> RunningRateLimit:

@@ -21,8 +21,10 @@ from typing import Any, Protocol, TypeVar
 from waypost.log import get_logger
 from waypost.metrics import POLICY_INFO, POLICY_LOADS
 from waypost.policies.diagnostics import PolicyError
+from waypost.policies.load_cache import LoadCache
 from waypost.policies.model import PolicySet
 from waypost.server.gitinfo import GitInfo, git_info
+from waypost.server.heap import settle
 from waypost.server.settle import load_commit, load_settled
 
 __all__ = ["LoadFailure", "PolicyApplier", "PolicyRuntime"]
@@ -78,6 +80,10 @@ class PolicyRuntime:
         """The last ``--git-pull`` result, written by :class:`~waypost.server.gitpull.GitPuller`."""
         self._lock = asyncio.Lock()
         self._on_applied: list[Callable[[PolicySet], None]] = []
+        # Incremental reload: unchanged documents are not parsed or validated again (the result
+        # is that of a full load; see policies/load_cache.py).
+        self._load_cache = LoadCache()
+        self._applied = 0
 
     def on_applied(self, callback: Callable[[PolicySet], None]) -> None:
         """Call ``callback`` after each version goes live (health status, reports)."""
@@ -103,9 +109,9 @@ class PolicyRuntime:
                 )
             try:
                 if git is not None and not self.working_tree:
-                    policy = await load_commit(self.directory, git)
+                    policy = await load_commit(self.directory, git, self._load_cache)
                 else:
-                    policy = await load_settled(self.directory, self.settle)
+                    policy = await load_settled(self.directory, self.settle, self._load_cache)
                 if self.current is not None and self.current.version == policy.version:
                     POLICY_LOADS.labels("unchanged").inc()
                     self.last_failure = None
@@ -122,6 +128,8 @@ class PolicyRuntime:
             for applier, state in zip(self.appliers, prepared, strict=True):
                 applier.commit(state)
             self.current = policy
+            self._applied += 1
+            settle(self._applied)  # the new version's heap out of the collector's way (heap.py)
             self.last_failure = None
             self.applied_at = time.time()
             POLICY_LOADS.labels("applied").inc()

@@ -22,6 +22,7 @@ from typing import Final
 
 from waypost.log import get_logger
 from waypost.policies.diagnostics import Diagnostic, PolicyError
+from waypost.policies.load_cache import LoadCache
 from waypost.policies.loader import load_policies
 from waypost.policies.model import PolicySet
 from waypost.policies.source import DirectorySource, GitTreeSource
@@ -35,20 +36,20 @@ MAX_SETTLE_SECONDS: Final = 30.0
 """Give up (the previous version keeps serving) when files keep changing for this long."""
 
 
-async def load_commit(directory: Path, git: GitInfo) -> PolicySet:
-    """The policy as committed in ``git.commit``."""
+async def load_commit(directory: Path, git: GitInfo, cache: LoadCache | None = None) -> PolicySet:
+    """The policy as committed in ``git.commit`` (``cache``: see :func:`load_policies`)."""
     source = GitTreeSource(directory, toplevel=git.toplevel, commit=git.commit)
-    return await asyncio.to_thread(load_policies, source)
+    return await asyncio.to_thread(load_policies, source, cache)
 
 
-async def load_settled(directory: Path, window: float) -> PolicySet:
+async def load_settled(directory: Path, window: float, cache: LoadCache | None = None) -> PolicySet:
     """The policy from disk, once unchanged across ``window`` seconds; raises PolicyError."""
     started = time.monotonic()
     while True:
         source = DirectorySource(directory)
         read_at = time.monotonic()
         try:
-            policy: PolicySet | None = await asyncio.to_thread(load_policies, source)
+            policy: PolicySet | None = await asyncio.to_thread(load_policies, source, cache)
             error: PolicyError | None = None
         except PolicyError as exc:
             policy, error = None, exc

@@ -28,11 +28,8 @@ log = get_logger("waypost.authz.grpc")
 
 SERVICE_NAME = AUTHZ_GRPC_SERVICE
 _OVERWRITE = base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD
-_GRPC_CODE = {
-    401: 16,
-    403: 7,
-    429: 8,
-}  # UNAUTHENTICATED, PERMISSION_DENIED, RESOURCE_EXHAUSTED; else UNAVAILABLE
+# UNAUTHENTICATED, PERMISSION_DENIED, RESOURCE_EXHAUSTED; anything else UNAVAILABLE
+_GRPC_CODE = {401: 16, 403: 7, 429: 8}
 _CACHE_LIMIT = 10_000
 
 
@@ -58,10 +55,8 @@ def encode_decision(decision: Decision) -> bytes:
     response = external_auth_pb2.CheckResponse()
     if decision.allowed:
         response.status.code = 0
-        response.ok_response.headers.extend(
-            base_pb2.HeaderValueOption(header=base_pb2.HeaderValue(key=k, value=v), append_action=_OVERWRITE)
-            for k, v in decision.headers
-        )
+        response.ok_response.headers.extend(_options(decision.headers))
+        response.ok_response.response_headers_to_add.extend(_options(decision.client_headers))
         if decision.consumer:
             # CONTRACT (rate limits): namespace envoy.filters.http.ext_authz, string keys
             # `consumer` and `plan` (plan only when the Consumer has one).
@@ -75,13 +70,17 @@ def encode_decision(decision: Decision) -> bytes:
         denied.status.code = http_status_pb2.StatusCode.Value(
             http_status_pb2.StatusCode.Name(decision.status)
         )
-        denied.headers.extend(
-            base_pb2.HeaderValueOption(header=base_pb2.HeaderValue(key=k, value=v), append_action=_OVERWRITE)
-            for k, v in decision.headers
-        )
+        denied.headers.extend(_options(decision.headers))
         denied.body = decision.body.decode()
     encoded: bytes = response.SerializeToString(deterministic=True)
     return encoded
+
+
+def _options(headers: tuple[tuple[str, str], ...]) -> list[base_pb2.HeaderValueOption]:
+    return [
+        base_pb2.HeaderValueOption(header=base_pb2.HeaderValue(key=k, value=v), append_action=_OVERWRITE)
+        for k, v in headers
+    ]
 
 
 def _struct(values: dict[str, str]) -> struct_pb2.Struct:

@@ -36,6 +36,7 @@ _REASONS = {
     400: "Bad Request",
     401: "Unauthorized",
     403: "Forbidden",
+    429: "Too Many Requests",
     500: "Internal Server Error",
 }
 _CACHE_LIMIT = 10_000
@@ -48,6 +49,8 @@ def encode_http(decision: Decision) -> bytes:
     reason = _REASONS.get(decision.status, "Service Unavailable")
     lines = [f"HTTP/1.1 {decision.status} {reason}"]
     lines += [f"{name}: {value}" for name, value in decision.headers]
+    # Allowed: the rate-limit headers for the client (Envoy's allowed_client_headers_on_success).
+    lines += [f"{name}: {value}" for name, value in decision.client_headers]
     if decision.allowed and decision.consumer:
         lines.append(f"{METADATA_CONSUMER}: {decision.consumer}")
         if decision.plan:
@@ -62,6 +65,9 @@ class _Cache:
         self.head: dict[Decision, bytes] = {}
 
     def get(self, decision: Decision, *, head: bool = False) -> bytes:
+        if decision.client_headers and not head:
+            # A counted quota's headers change with every request: nothing to reuse.
+            return encode_http(decision)
         cache = self.head if head else self.encoded
         encoded = cache.get(decision)
         if encoded is None:
