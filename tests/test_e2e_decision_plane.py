@@ -4,7 +4,7 @@
 - two `waypost serve` replicas sharing a real Redis hold one consumer limit across both;
 - a standalone `waypost authz --workers 2`, named by `--authz-address`, answers for a fleet
   (Envoy gRPC-health-checks it);
-- grpc.health.v1.Health and reflection on the grpcio ports, with a real grpcio client;
+- grpc.health.v1.Health and reflection on the xDS and decision ports, with a real grpcio client;
 - a route needing a decision service nothing serves shows in /readyz, /status and the log.
 """
 

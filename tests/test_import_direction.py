@@ -22,6 +22,7 @@ LAYERS: dict[str, tuple[int, str]] = {
     "waypost.peers": (0, "base"),
     "waypost.policies": (0, "policies"),
     "waypost.contract": (1, "shared names"),
+    "waypost.h2grpc": (1, "gRPC transport"),  # the decision ports' server: below both services
     "waypost.xds": (2, "compiler"),
     "waypost.filters": (2, "decision services"),
     "waypost.server": (3, "server"),

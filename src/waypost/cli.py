@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from waypost.h2grpc import Limits
     from waypost.peers import PeerFilter
     from waypost.policies.model import PolicySet
     from waypost.policies.types import Endpoint
@@ -229,6 +230,8 @@ def _parser() -> argparse.ArgumentParser:
     authz.add_argument("--http-port", type=int, help="also serve the HTTP endpoint (auth_service: http)")
     authz.add_argument("--admin-port", type=int, help="/healthz, /readyz, /metrics on this port")
     authz.add_argument("--workers", type=int, default=1, help="processes sharing the port (SO_REUSEPORT)")
+    authz.add_argument("--authz-grpcio", action="store_true", help=_GRPCIO_HELP)
+    _decision_limit_arguments(authz)
     authz.add_argument("--no-watch", action="store_true")
     authz.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
     authz.add_argument("--log-format", choices=("json", "console"))
@@ -249,6 +252,7 @@ def _parser() -> argparse.ArgumentParser:
     ratelimit.add_argument("--log-format", choices=("json", "console"))
     _ratelimit_arguments(ratelimit, port_flag="--port")
     _exposure_arguments(ratelimit)
+    _decision_limit_arguments(ratelimit)
 
     from waypost.portal.cli import add_portal_command, add_serve_arguments
 
@@ -348,7 +352,39 @@ def _decision_arguments(serve: argparse.ArgumentParser) -> None:
         help="the address Envoys reach this process's decision services at (NAT, containers); "
         "default: --host, or this host's outbound address when --host listens on all",
     )
+    group.add_argument("--authz-grpcio", action="store_true", help=_GRPCIO_HELP)
     _ratelimit_arguments(serve, port_flag="--ratelimit-port")
+    _decision_limit_arguments(serve)
+
+
+_GRPCIO_HELP = "serve gRPC Check with grpcio's server (slower) instead of waypost's own (waypost.h2grpc)"
+
+
+def _decision_limit_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--max-connections",
+        type=int,
+        default=1000,
+        help="open connections per decision port (at the cap the longest-idle one is closed; default 1000)",
+    )
+    parser.add_argument(
+        "--idle-timeout",
+        type=float,
+        default=300.0,
+        help="seconds a decision-port connection may stay without a call (default 300)",
+    )
+
+
+def _decision_limits(args: argparse.Namespace) -> Limits:
+    from waypost.h2grpc import Limits
+
+    if args.max_connections < 1 or args.idle_timeout <= 0:
+        raise argparse.ArgumentTypeError("--max-connections and --idle-timeout must be positive")
+    return Limits(
+        max_connections=args.max_connections,
+        idle_timeout=args.idle_timeout,
+        handshake_timeout=min(10.0, args.idle_timeout),
+    )
 
 
 def _ratelimit_arguments(parser: argparse.ArgumentParser, *, port_flag: str) -> None:
@@ -363,7 +399,7 @@ def _ratelimit_arguments(parser: argparse.ArgumentParser, *, port_flag: str) -> 
     parser.add_argument(
         "--ratelimit-grpcio",
         action="store_true",
-        help="serve the RLS with grpcio's server (slower) instead of waypost's lean HTTP/2 server",
+        help="serve the RLS with grpcio's server (slower) instead of waypost's own (waypost.h2grpc)",
     )
 
 
@@ -403,6 +439,7 @@ def _ratelimit_options(args: argparse.Namespace, peers: PeerFilter | None = None
         fail_closed=args.ratelimit_fail_closed,
         algorithm=args.ratelimit_algorithm,
         grpcio=args.ratelimit_grpcio,
+        limits=_decision_limits(args),
     )
 
 
@@ -612,6 +649,8 @@ def _serve(args: argparse.Namespace) -> int:
             authz=not args.no_authz,
             authz_port=args.authz_port,
             authz_http_port=args.authz_http_port,
+            authz_grpcio=args.authz_grpcio,
+            limits=_decision_limits(args),
             ratelimit=None if args.no_ratelimit else _ratelimit_options(args, peers),
             peers=peers,
             authz_addresses=tuple(args.authz_address),
@@ -654,6 +693,8 @@ def _authz(args: argparse.Namespace, argv: list[str]) -> int:
         admin_host=args.admin_host,
         admin_auth=admin_auth,
         peers=peers,
+        grpcio=args.authz_grpcio,
+        limits=_decision_limits(args),
         counters=_counter_options(args),
     )
     return run_authz(options, argv)

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import grpc
 
+from waypost.h2grpc import Service, add_to_grpcio
 from waypost.log import get_logger
 from waypost.policies.model import PolicySet
 from waypost.server.admin import AdminServer
@@ -20,7 +21,6 @@ from waypost.server.dashboard import Dashboard
 from waypost.server.decisions import DecisionOptions, DecisionPlane
 from waypost.server.exposure import AdminAuth
 from waypost.server.gitpull import GitPuller
-from waypost.server.grpc_health import GrpcHealth
 from waypost.server.runtime import PolicyRuntime
 from waypost.server.watch import PolicyWatcher, reload_on_sighup
 from waypost.xds.ads import ADS_SERVICE, PER_TYPE_SERVICES, AdsServer
@@ -195,8 +195,16 @@ async def serve(options: ServeOptions, *, stop: asyncio.Event | None = None) -> 
         ]
     )
     ads.add_to(grpc_server)
-    health = GrpcHealth(grpc_server, [ADS_SERVICE, *PER_TYPE_SERVICES])
-    runtime.on_applied(lambda _: health.set_serving(True))
+
+    # Health (NOT_SERVING until a valid version is applied) and reflection for the xDS services,
+    # whose methods AdsServer registered itself.
+    def ready() -> bool:
+        return runtime.current is not None
+
+    health = add_to_grpcio(
+        grpc_server, [Service(name, {}, ready=ready) for name in (ADS_SERVICE, *PER_TYPE_SERVICES)]
+    )
+    runtime.on_applied(lambda _: health.notify())
     if options.xds_tls is not None:
         xds_port = grpc_server.add_secure_port(
             f"{options.host}:{options.xds_port}", options.xds_tls.server_credentials()
@@ -204,7 +212,6 @@ async def serve(options: ServeOptions, *, stop: asyncio.Event | None = None) -> 
     else:
         xds_port = grpc_server.add_insecure_port(f"{options.host}:{options.xds_port}")
     await grpc_server.start()
-    await health.start()
     await runtime.reload()  # an invalid first load still serves: not ready until a valid one
 
     # Before the admin port answers: /readyz 200 means the portal is up too (or said why not).

@@ -25,18 +25,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import grpc
-
-from waypost.contract import AUTHZ_GRPC_SERVICE
 from waypost.filters.authz.core import AuthzCore, PreparedAuthz
 from waypost.filters.authz.grpc_service import AuthzGrpcService
 from waypost.filters.authz.quota import ConsumerQuota
 from waypost.filters.protect.service import BodyChecks, PreparedChecks
+from waypost.h2grpc import GrpcioServer, GrpcServer, Limits, start_grpc_server, start_grpcio_server
 from waypost.log import get_logger
 from waypost.peers import PeerFilter
 from waypost.policies.model import PolicySet
 from waypost.server.exposure import AdminAuth
-from waypost.server.grpc_health import GrpcHealth
 from waypost.server.ratelimit import CounterOptions, LimiterApplier, open_limiter
 
 __all__ = [
@@ -53,13 +50,6 @@ log = get_logger("waypost.authz.server")
 
 DEFAULT_PORT = 9191
 DEFAULT_HTTP_PORT = 9192
-
-_GRPC_OPTIONS = [
-    ("grpc.so_reuseport", 1),
-    ("grpc.keepalive_permit_without_calls", 1),
-    ("grpc.http2.max_pings_without_data", 0),
-    ("grpc.max_concurrent_streams", 1024),
-]
 
 
 class AuthzApplier:
@@ -99,21 +89,18 @@ async def start_authz_grpc(
     port: int,
     *,
     body_checks: BodyChecks | None = None,
+    grpcio: bool = False,
+    limits: Limits | None = None,
     peers: PeerFilter | None = None,
-) -> tuple[grpc.aio.Server, int, GrpcHealth]:
-    """The Check service on a grpcio server, with Health (SERVING once the core has a version)
-    and reflection; with ``body_checks``, it also answers the body-checks filter's Checks;
-    ``peers``: only those client networks. OSError when the port is taken."""
-    server = grpc.aio.server(options=_GRPC_OPTIONS, interceptors=[peers.interceptor()] if peers else None)
-    AuthzGrpcService(core, body_checks=body_checks).add_to(server)
-    health = GrpcHealth(server, [AUTHZ_GRPC_SERVICE])
-    bound = server.add_insecure_port(f"{host}:{port}")
-    if bound == 0:
-        raise OSError(f"cannot listen on {host}:{port} for ext_authz")
-    await server.start()
-    await health.start()
-    health.set_serving(core.version is not None)
-    return server, bound, health
+) -> GrpcServer | GrpcioServer:
+    """The gRPC Check service on ``host:port`` (SO_REUSEPORT: workers share it), with Health
+    (SERVING once the core has a version) and reflection; with ``body_checks``, it also answers the
+    body-checks filter's Checks; ``peers``: only those client networks. Waypost's own gRPC server
+    unless ``grpcio``. OSError when the port is taken."""
+    registration = AuthzGrpcService(core, body_checks=body_checks).service()
+    if grpcio:
+        return await start_grpcio_server([registration], host, port, reuse_port=True, peers=peers)
+    return await start_grpc_server([registration], host, port, reuse_port=True, limits=limits, peers=peers)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -132,6 +119,9 @@ class AuthzOptions:
     admin_host: str | None = None
     """Where the admin port listens (default: ``host``)."""
     admin_auth: AdminAuth | None = None
+    grpcio: bool = False
+    """Serve Check with grpcio's server instead of waypost's lean one (:mod:`waypost.h2grpc`)."""
+    limits: Limits = field(default_factory=Limits)
     counters: CounterOptions = field(default_factory=CounterOptions)
     """Where consumer quotas are counted (``--redis``: shared with the RLS and every replica)."""
 
@@ -207,15 +197,24 @@ async def _serve_one(options: AuthzOptions) -> None:
     )
     reload_on_sighup(loop, runtime.reload)
     await runtime.reload()
-    server, port, health = await start_authz_grpc(
-        core, options.host, options.port, body_checks=body_checks, peers=options.peers
+    server = await start_authz_grpc(
+        core,
+        options.host,
+        options.port,
+        body_checks=body_checks,
+        grpcio=options.grpcio,
+        limits=options.limits,
+        peers=options.peers,
     )
-    runtime.on_applied(lambda _: health.set_serving(True))
+    port = server.port
+    runtime.on_applied(lambda _: server.health.notify())
     http_server = None
     if options.http_port is not None:
         from waypost.filters.authz.http_service import start_authz_http
 
-        http_server, _ = await start_authz_http(core, options.host, options.http_port, peers=options.peers)
+        http_server, _ = await start_authz_http(
+            core, options.host, options.http_port, limits=options.limits, peers=options.peers
+        )
     admin = None
     if options.admin_port is not None:
         admin = AdminServer(
@@ -245,5 +244,5 @@ async def _serve_one(options: AuthzOptions) -> None:
             await admin.close()
         if http_server is not None:
             http_server.close()
-        await server.stop(grace=0.5)
+        await server.stop()
         await limiter.store.close()

@@ -26,6 +26,8 @@ from waypost.filters.authz.core import AuthzCore
 from waypost.filters.authz.quota import ConsumerQuota
 from waypost.filters.protect.service import BodyChecks
 from waypost.filters.ratelimit.limiter import Limiter
+from waypost.h2grpc import Limits
+from waypost.h2grpc.health import Health
 from waypost.log import get_logger
 from waypost.peers import PeerFilter
 from waypost.policies.types import Endpoint
@@ -36,7 +38,6 @@ from waypost.server.authz import (
     BodyChecksApplier,
     start_authz_grpc,
 )
-from waypost.server.grpc_health import GrpcHealth
 from waypost.server.ratelimit import (
     CounterOptions,
     LimiterApplier,
@@ -77,6 +78,10 @@ class DecisionOptions:
     """Run ext_authz in process when a version needs it and no address is named for it."""
     authz_port: int = DEFAULT_PORT
     authz_http_port: int = DEFAULT_HTTP_PORT
+    authz_grpcio: bool = False
+    """Serve Check with grpcio's server instead of waypost's own (:mod:`waypost.h2grpc`)."""
+    limits: Limits = field(default_factory=Limits)
+    """Connections, streams and sizes allowed per client on the ext_authz ports (issue 12)."""
     ratelimit: RateLimitOptions | None = None
     """The in-process rate-limit service's settings; None: never run it here."""
     authz_addresses: tuple[Endpoint, ...] = ()
@@ -105,7 +110,7 @@ def default_advertise_address(host: str) -> str:
 class _Local:
     port: int
     stop: Callable[[], Awaitable[None]]
-    health: GrpcHealth | None = None
+    health: Health | None = None
 
 
 class DecisionPlane:
@@ -189,22 +194,24 @@ class DecisionPlane:
             return _Local(running.port, running.stop, running.health)
         assert self.core is not None
         if cluster == AUTHZ_CLUSTER:
-            server, port, health = await start_authz_grpc(
+            server = await start_authz_grpc(
                 self.core,
                 host,
                 self.options.authz_port,
                 body_checks=self.body_checks,
+                grpcio=self.options.authz_grpcio,
+                limits=self.options.limits,
                 peers=self.options.peers,
             )
-
-            async def stop_grpc() -> None:
-                await server.stop(grace=0.5)
-
-            return _Local(port, stop_grpc, health)
+            return _Local(server.port, server.stop, server.health)
         from waypost.filters.authz.http_service import start_authz_http
 
         http, port = await start_authz_http(
-            self.core, host, self.options.authz_http_port, peers=self.options.peers
+            self.core,
+            host,
+            self.options.authz_http_port,
+            limits=self.options.limits,
+            peers=self.options.peers,
         )
 
         async def stop_http() -> None:
@@ -228,7 +235,7 @@ class DecisionPlane:
         self._needs = needs
         for local in self._running.values():
             if local.health is not None:
-                local.health.set_serving(True)
+                local.health.notify()  # readiness is read per call; Watch streams hear it now
         for problem in self.unserved():
             key = (problem["route"], problem["cluster"])
             if key not in self._reported:

@@ -1,25 +1,27 @@
-"""`envoy.service.auth.v3.Authorization/Check` over grpc aio, on raw bytes.
+"""`envoy.service.auth.v3.Authorization/Check`, registered with :mod:`waypost.h2grpc`, on raw bytes.
 
 The handler takes the serialized CheckRequest and returns serialized CheckResponse bytes itself
 (no generated servicer), so each response is encoded once per distinct decision and reused:
 a denial or an allow for the same consumer on the same route is the same bytes every time.
+A decision made inline is answered inline (no task, no await): the lean server writes it at once.
 """
 
 from __future__ import annotations
 
 import inspect
-from typing import Any
+from collections.abc import Awaitable
 
-import grpc
 from envoy.config.core.v3 import base_pb2
 from envoy.service.auth.v3 import external_auth_pb2
 from envoy.type.v3 import http_status_pb2
 from google.protobuf import struct_pb2
+from google.protobuf.message import DecodeError
 from google.rpc import status_pb2
 
 from waypost.contract import AUTHZ_GRPC_SERVICE, METADATA_CONSUMER, METADATA_PLAN
 from waypost.filters.authz.core import AuthRequest, AuthzCore, Decision
 from waypost.filters.protect.service import CHECK_EXTENSION, BodyChecks
+from waypost.h2grpc import GrpcError, Service, Status, UnaryMethod
 from waypost.log import get_logger
 
 __all__ = ["SERVICE_NAME", "AuthzGrpcService", "encode_decision", "request_from_check"]
@@ -90,7 +92,7 @@ def _struct(values: dict[str, str]) -> struct_pb2.Struct:
 
 
 class AuthzGrpcService:
-    """The Check method, registered on any grpc.aio server with :meth:`add_to`."""
+    """The Check method: :meth:`service` is its registration (lean server or grpcio)."""
 
     def __init__(self, core: AuthzCore, *, body_checks: BodyChecks | None = None) -> None:
         self.core = core
@@ -99,29 +101,26 @@ class AuthzGrpcService:
         self.body_checks = body_checks
         self._encoded: dict[Decision, bytes] = {}
 
-    def add_to(self, server: grpc.aio.Server) -> None:
-        handler = grpc.method_handlers_generic_handler(
-            SERVICE_NAME,
-            {
-                "Check": grpc.unary_unary_rpc_method_handler(
-                    self.check, request_deserializer=None, response_serializer=None
-                )
-            },
+    def service(self) -> Service:
+        """Healthy (SERVING) once the core holds a valid policy version."""
+        return Service(
+            SERVICE_NAME, {"Check": UnaryMethod(self.check)}, ready=lambda: self.core.version is not None
         )
-        server.add_generic_rpc_handlers((handler,))
 
-    async def check(self, body: bytes, context: Any) -> bytes:
+    def check(self, body: bytes) -> bytes | Awaitable[bytes]:
         try:
             check = external_auth_pb2.CheckRequest.FromString(body)
-        except Exception:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "malformed CheckRequest")
-            raise
+        except DecodeError as exc:
+            raise GrpcError(Status.INVALID_ARGUMENT, "malformed CheckRequest") from exc
         if self.body_checks is not None and CHECK_EXTENSION in check.attributes.context_extensions:
             return self.body_checks.check(check)
         decision = self.core.decide(request_from_check(check))
         if inspect.isawaitable(decision):
-            decision = await decision
+            return self._later(decision)
         return self.encode(decision)
+
+    async def _later(self, decision: Awaitable[Decision]) -> bytes:
+        return self.encode(await decision)
 
     def encode(self, decision: Decision) -> bytes:
         encoded = self._encoded.get(decision)
