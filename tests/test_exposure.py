@@ -216,18 +216,24 @@ def _first_bytes(port: int, source: str, payload: bytes) -> bytes:
 
 
 @pytest.mark.e2e
+@pytest.mark.parametrize("server", ["lean", "grpcio"])
 def test_decision_ports_answer_only_the_allowed_networks(
-    tmp_path: Path, start_waypost: Callable[..., WaypostProcess]
+    server: str, tmp_path: Path, start_waypost: Callable[..., WaypostProcess]
 ) -> None:
-    waypost = start_waypost(_decision_policies(tmp_path), args=["--decision-allow", "127.0.0.2/32"])
+    grpcio = ["--authz-grpcio", "--ratelimit-grpcio"] if server == "grpcio" else []
+    waypost = start_waypost(_decision_policies(tmp_path), args=["--decision-allow", "127.0.0.2/32", *grpcio])
     authz_port, http_port, rls_port = (waypost.decision_port(c) for c in DECISION_CLUSTERS)
     with pytest.raises(grpc.RpcError) as refused:
         check_grpc(authz_port, "any", {})  # from 127.0.0.1: not on the list
-    assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    # Waypost's own gRPC server closes the connection as it is accepted (UNAVAILABLE to the
+    # client); grpcio's (--authz-grpcio) answers each call PERMISSION_DENIED.
+    expected = grpc.StatusCode.PERMISSION_DENIED if grpcio else grpc.StatusCode.UNAVAILABLE
+    assert refused.value.code() == expected
     http_request = b"GET /_waypost/x HTTP/1.1\r\nhost: a\r\n\r\n"
     preface = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"
     assert _first_bytes(http_port, "127.0.0.1", http_request) == b""
-    assert _first_bytes(rls_port, "127.0.0.1", preface) == b""
+    if not grpcio:  # grpcio's RLS refuses per call (as the Check above), not per connection
+        assert _first_bytes(rls_port, "127.0.0.1", preface) == b""
     assert _first_bytes(http_port, "127.0.0.2", http_request).startswith(b"HTTP/1.1 ")
     assert _first_bytes(rls_port, "127.0.0.2", preface)[3:4] == b"\x04"  # the server's SETTINGS
     assert "address not in --decision-allow" in waypost.log_text()
