@@ -26,4 +26,6 @@ RUN pip install --require-hashes --no-deps -r requirements.lock && pip install -
 USER waypost
 EXPOSE 18000 9902
 ENTRYPOINT ["waypost"]
+# Every interface, explicitly (the default is loopback): the admin port then needs
+# WAYPOST_ADMIN_TOKEN (or --admin-token-file / --admin-ca), and decision ports --decision-allow.
 CMD ["serve", "--policies", "/policies", "--host", "0.0.0.0"]

@@ -257,7 +257,7 @@ kind: Consumer
 name: billing
 roles: [ops]
 """)
-    waypost = await asyncio.to_thread(start_waypost, policies)
+    waypost = await asyncio.to_thread(start_waypost, policies, args=["--allow-plaintext-secrets"])
     envoy = await asyncio.to_thread(envoy_factory, waypost.xds_port)
     await asyncio.to_thread(envoy.wait_for_listener, port)
 

@@ -59,7 +59,8 @@ async def test_https_mtls_and_rotation_without_listener_churn(
         "kind: Route\nname: s\ngateway: secure\nmatch: {prefix: /}\nbackend: alpha\n---\n"
         "kind: Route\nname: m\ngateway: mutual\nmatch: {prefix: /}\nbackend: alpha\n"
     )
-    waypost = await asyncio.to_thread(start_waypost, policies)
+    # Plaintext xDS on loopback: private keys are sent only when allowed (test_exposure covers the refusal).
+    waypost = await asyncio.to_thread(start_waypost, policies, args=["--allow-plaintext-secrets"])
     envoy = await asyncio.to_thread(start_envoy, xds_port=waypost.xds_port)
     await asyncio.to_thread(envoy.wait_for_listener, https_port)
     await asyncio.to_thread(envoy.wait_for_listener, mtls_port)

@@ -61,7 +61,8 @@ async def test_sidecars_call_each_other_over_mtls_with_inbound_features(
     (policies / "certs" / "ca.pem").write_bytes(ca.cert_path.read_bytes())
     outsider = TestCA.create(tmp_path / "other-ca").issue("web", dns=["web"], client=True)
     (policies / "mesh.yaml").write_text(_policy(inbound, outbound, app.port))
-    waypost = await asyncio.to_thread(start_waypost, policies)
+    # Sidecar certificates travel over SDS: allowed over this loopback plaintext xDS.
+    waypost = await asyncio.to_thread(start_waypost, policies, args=["--allow-plaintext-secrets"])
 
     orders = await asyncio.to_thread(
         start_envoy,

@@ -29,7 +29,7 @@ async def _start_stack(
     start_envoy: Callable[..., EnvoyProcess],
     port: int,
 ) -> EnvoyProcess:
-    waypost = await asyncio.to_thread(start_waypost, policies)
+    waypost = await asyncio.to_thread(start_waypost, policies, args=["--allow-plaintext-secrets"])
     envoy = await asyncio.to_thread(start_envoy, xds_port=waypost.xds_port, node_cluster="edge")
     await asyncio.to_thread(envoy.wait_for_listener, port)
     return envoy

@@ -19,6 +19,7 @@ LAYERS: dict[str, tuple[int, str]] = {
     "waypost.log": (0, "base"),
     "waypost.metrics": (0, "base"),
     "waypost.progress": (0, "base"),
+    "waypost.peers": (0, "base"),
     "waypost.policies": (0, "policies"),
     "waypost.contract": (1, "shared names"),
     "waypost.h2grpc": (1, "gRPC transport"),  # the decision ports' server: below both services

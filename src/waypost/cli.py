@@ -22,8 +22,10 @@ os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
 
 if TYPE_CHECKING:
     from waypost.h2grpc import Limits
+    from waypost.peers import PeerFilter
     from waypost.policies.model import PolicySet
     from waypost.policies.types import Endpoint
+    from waypost.server.exposure import AdminAuth
     from waypost.server.ratelimit import CounterOptions, RateLimitOptions
 
 __all__ = ["main"]
@@ -169,7 +171,9 @@ def _parser() -> argparse.ArgumentParser:
 
     serve = commands.add_parser("serve", help="serve policies to Envoy over ADS, reloading on change")
     serve.add_argument("--policies", required=True, type=Path)
-    serve.add_argument("--host", default="0.0.0.0", help="address to listen on (default 0.0.0.0)")
+    serve.add_argument(
+        "--host", default="127.0.0.1", help="address every port listens on (default 127.0.0.1)"
+    )
     serve.add_argument("--xds-port", type=int, default=18000)
     serve.add_argument("--admin-port", type=int, default=9902)
     serve.add_argument(
@@ -192,6 +196,14 @@ def _parser() -> argparse.ArgumentParser:
         help="every INTERVAL (30s, 5m or seconds), `git pull --ff-only` the policy checkout; "
         "a commit with invalid policy is refused and shown on /status",
     )
+    serve.add_argument(
+        "--reload-debounce",
+        type=_interval,
+        default=0.25,
+        metavar="INTERVAL",
+        help="reload this long after the last change; files read from disk must stay unchanged "
+        "this long to be applied (default 0.25s)",
+    )
 
     from waypost.gitdiff_help import DIFF_HELP
 
@@ -209,11 +221,17 @@ def _parser() -> argparse.ArgumentParser:
 
     commands.add_parser("schema", help="print the JSON Schema of policy documents (schema/*.json)")
     commands.add_parser("docs", help="print the policy reference generated from the model (docs/)")
+    serve.add_argument(
+        "--allow-plaintext-secrets",
+        action="store_true",
+        help="send Gateway TLS private keys over plaintext xDS (default: withheld unless xDS uses TLS)",
+    )
+    _exposure_arguments(serve)
     _decision_arguments(serve)
 
     authz = commands.add_parser("authz", help="serve only the ext_authz decision service (gRPC Check)")
     authz.add_argument("--policies", required=True, type=Path)
-    authz.add_argument("--host", default="0.0.0.0")
+    authz.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     authz.add_argument("--port", type=int, default=9191, help="the gRPC Check service (default 9191)")
     authz.add_argument("--http-port", type=int, help="also serve the HTTP endpoint (auth_service: http)")
     authz.add_argument("--admin-port", type=int, help="/healthz, /readyz, /metrics on this port")
@@ -223,6 +241,7 @@ def _parser() -> argparse.ArgumentParser:
     authz.add_argument("--no-watch", action="store_true")
     authz.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
     authz.add_argument("--log-format", choices=("json", "console"))
+    _exposure_arguments(authz)
     _counter_arguments(authz)  # where consumer quotas are counted (--redis: shared with the RLS)
 
     keys = commands.add_parser("keys", help="API keys for Consumers")
@@ -240,12 +259,13 @@ def _parser() -> argparse.ArgumentParser:
 
     ratelimit = commands.add_parser("ratelimit", help="run only the rate-limit service (Envoy RLS)")
     ratelimit.add_argument("--policies", required=True, type=Path)
-    ratelimit.add_argument("--host", default="0.0.0.0", help="address to listen on (default 0.0.0.0)")
+    ratelimit.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     ratelimit.add_argument("--admin-port", type=int, default=9903, help="/metrics, /readyz")
     ratelimit.add_argument("--no-watch", action="store_true", help="load once; do not watch the directory")
     ratelimit.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
     ratelimit.add_argument("--log-format", choices=("json", "console"))
     _ratelimit_arguments(ratelimit, port_flag="--port")
+    _exposure_arguments(ratelimit)
     _decision_limit_arguments(ratelimit)
 
     from waypost.portal.cli import add_portal_command, add_serve_arguments
@@ -253,6 +273,66 @@ def _parser() -> argparse.ArgumentParser:
     add_serve_arguments(serve)
     add_portal_command(commands)
     return parser
+
+
+def _exposure_arguments(parser: argparse.ArgumentParser) -> None:
+    """Where the policy is read from, and who may reach the ports (see server/exposure.py)."""
+    parser.add_argument(
+        "--working-tree",
+        action="store_true",
+        help="in a git checkout, read the working files (uncommitted changes too) instead of HEAD's commit",
+    )
+    parser.add_argument("--admin-host", help="address of the admin port (default: --host)")
+    parser.add_argument(
+        "--admin-token-file",
+        type=Path,
+        metavar="PATH",
+        help="bearer token the admin pages require (or WAYPOST_ADMIN_TOKEN); needed off loopback",
+    )
+    parser.add_argument("--admin-cert", type=Path, metavar="PATH", help="serve the admin port over TLS")
+    parser.add_argument("--admin-key", type=Path, metavar="PATH", help="private key of --admin-cert")
+    parser.add_argument(
+        "--admin-ca", type=Path, metavar="PATH", help="require admin client certificates from this CA"
+    )
+    parser.add_argument(
+        "--decision-allow",
+        action="append",
+        default=[],
+        metavar="CIDR",
+        help="client networks the decision ports answer (the Envoys); needed off loopback",
+    )
+
+
+def _exposure(
+    args: argparse.Namespace, *, admin: bool, decision: bool
+) -> tuple[AdminAuth, PeerFilter | None]:
+    """The admin authentication and decision allow-list the flags ask for; ArgumentTypeError
+    when a port would be open to anyone (see :func:`waypost.server.exposure.exposure_problems`)."""
+    from waypost.peers import PeerFilter
+    from waypost.server.exposure import AdminAuth, exposure_problems, read_admin_token
+
+    if (args.admin_cert is None) != (args.admin_key is None) or (args.admin_ca and args.admin_cert is None):
+        raise argparse.ArgumentTypeError(
+            "--admin-cert and --admin-key go together (and --admin-ca needs both)"
+        )
+    for path in (args.admin_cert, args.admin_key, args.admin_ca):
+        if path is not None and not path.is_file():
+            raise argparse.ArgumentTypeError(f"{path}: no such file")
+    try:
+        token = read_admin_token(args.admin_token_file)
+        peers = PeerFilter.parse(args.decision_allow) if args.decision_allow else None
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    auth = AdminAuth(token=token, cert=args.admin_cert, key=args.admin_key, client_ca=args.admin_ca)
+    problems = exposure_problems(
+        admin_host=(args.admin_host or args.host) if admin else None,
+        admin_auth=auth,
+        decision_host=args.host if decision else None,
+        decision_allow=peers,
+    )
+    if problems:
+        raise argparse.ArgumentTypeError("refusing to start: " + "; ".join(problems))
+    return auth, peers
 
 
 def _decision_arguments(serve: argparse.ArgumentParser) -> None:
@@ -362,10 +442,11 @@ def _counter_options(args: argparse.Namespace) -> CounterOptions:
     )
 
 
-def _ratelimit_options(args: argparse.Namespace) -> RateLimitOptions:
+def _ratelimit_options(args: argparse.Namespace, peers: PeerFilter | None = None) -> RateLimitOptions:
     from waypost.server.ratelimit import RateLimitOptions
 
     return RateLimitOptions(
+        peers=peers,
         port=args.ratelimit_port,
         host=args.host,
         redis=args.redis,
@@ -565,13 +646,20 @@ def _serve(args: argparse.Namespace) -> int:
             if path is not None and not path.is_file():
                 raise argparse.ArgumentTypeError(f"{path}: no such file")
         xds_tls = XdsTls(cert=args.xds_cert, key=args.xds_key, client_ca=args.xds_ca)
+    # serve runs the decision services itself when the policy needs them, unless switched off.
+    admin_auth, peers = _exposure(args, admin=True, decision=not (args.no_authz and args.no_ratelimit))
     options = ServeOptions(
+        admin_host=args.admin_host,
+        admin_auth=admin_auth,
+        working_tree=args.working_tree,
+        allow_plaintext_secrets=args.allow_plaintext_secrets,
         policies=args.policies,
         host=args.host,
         xds_port=args.xds_port,
         admin_port=args.admin_port,
         watch=not args.no_watch,
         git_pull=args.git_pull,
+        debounce=args.reload_debounce,
         xds_tls=xds_tls,
         decisions=DecisionOptions(
             host=args.host,
@@ -581,7 +669,8 @@ def _serve(args: argparse.Namespace) -> int:
             authz_http_port=args.authz_http_port,
             authz_grpcio=args.authz_grpcio,
             limits=_decision_limits(args),
-            ratelimit=None if args.no_ratelimit else _ratelimit_options(args),
+            ratelimit=None if args.no_ratelimit else _ratelimit_options(args, peers),
+            peers=peers,
             authz_addresses=tuple(args.authz_address),
             authz_http_addresses=tuple(args.authz_http_address),
             ratelimit_addresses=tuple(args.ratelimit_address),
@@ -605,9 +694,10 @@ def _authz(args: argparse.Namespace, argv: list[str]) -> int:
     from waypost.log import configure_logging
     from waypost.server.authz import AuthzOptions, run_authz
 
-    configure_logging(args.log_level, json=None if args.log_format is None else args.log_format == "json")
     if args.workers < 1:
         raise argparse.ArgumentTypeError("--workers must be at least 1")
+    admin_auth, peers = _exposure(args, admin=args.admin_port is not None, decision=True)
+    configure_logging(args.log_level, json=None if args.log_format is None else args.log_format == "json")
     # The children re-run this command line with --workers 1 (argparse keeps the last value).
     options = AuthzOptions(
         policies=args.policies,
@@ -617,6 +707,10 @@ def _authz(args: argparse.Namespace, argv: list[str]) -> int:
         admin_port=args.admin_port,
         watch=not args.no_watch,
         workers=args.workers,
+        working_tree=args.working_tree,
+        admin_host=args.admin_host,
+        admin_auth=admin_auth,
+        peers=peers,
         grpcio=args.authz_grpcio,
         limits=_decision_limits(args),
         counters=_counter_options(args),
@@ -639,12 +733,19 @@ def _ratelimit(args: argparse.Namespace) -> int:
     from waypost.log import configure_logging
     from waypost.server.ratelimit import StandaloneOptions, serve_ratelimit
 
+    admin_auth, peers = _exposure(args, admin=True, decision=True)
     configure_logging(args.log_level, json=None if args.log_format is None else args.log_format == "json")
-    rl = _ratelimit_options(args)
+    rl = _ratelimit_options(args, peers)
     _run(
         serve_ratelimit(
             StandaloneOptions(
-                policies=args.policies, ratelimit=rl, admin_port=args.admin_port, watch=not args.no_watch
+                policies=args.policies,
+                ratelimit=rl,
+                admin_port=args.admin_port,
+                watch=not args.no_watch,
+                working_tree=args.working_tree,
+                admin_host=args.admin_host,
+                admin_auth=admin_auth,
             )
         )
     )

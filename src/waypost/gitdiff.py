@@ -1,7 +1,8 @@
 """``waypost diff REV_A REV_B [DIR]``: what a policy change does to each Envoy node group.
 
-This is what a reviewer reads on a policy pull request: the policy directory is materialized at
-both revisions (``git archive`` into temporary directories, so the working tree is never touched),
+This is what a reviewer reads on a policy pull request: the policy directory is read at both
+revisions straight from git (:class:`~waypost.policies.source.GitTreeSource`, as ``serve`` reads
+a checkout's commit; the working tree is never touched),
 each is loaded and compiled exactly as ``waypost serve`` would, and for every node group the
 Envoy resources (as ``waypost render`` prints them) are compared.
 """
@@ -9,11 +10,8 @@ Envoy resources (as ``waypost render`` prints them) are compared.
 from __future__ import annotations
 
 import difflib
-import io
 import subprocess
 import sys
-import tarfile
-import tempfile
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +24,7 @@ from waypost.gitdiff_help import DIFF_HELP
 from waypost.policies.diagnostics import PolicyError
 from waypost.policies.loader import load_policies
 from waypost.policies.model import Gateway, PolicySet
+from waypost.policies.source import GitTreeSource
 from waypost.policies.teams import team_of_name
 from waypost.progress import progress
 from waypost.xds.compiler import CompiledPolicy, compile_policy
@@ -224,53 +223,33 @@ def _prefix(directory: Path) -> str:
     return result.stdout.decode().strip()
 
 
-def materialize(directory: Path, rev: str, into: Path) -> bool:
-    """Write DIR as of ``rev`` under ``into``; False when DIR does not exist at ``rev``."""
+def _load_at(directory: Path, rev: str) -> PolicySet | None:
+    """DIR as committed in ``rev`` (read from the commit, like ``serve``); None when DIR does not
+    exist at ``rev``."""
     commit = _git(directory, "rev-parse", "--verify", "--quiet", f"{rev}^{{commit}}")
     if commit.returncode != 0:
         raise DiffError(f"unknown revision '{rev}'")
     prefix = _prefix(directory).rstrip("/")
     tree = f"{rev}:{prefix}" if prefix else f"{rev}^{{tree}}"
     if _git(directory, "cat-file", "-e", tree).returncode != 0:
-        return False
-    # From the top: run inside a sub-directory, git archive limits itself to that directory.
-    toplevel = Path(_git(directory, "rev-parse", "--show-toplevel").stdout.decode().strip())
-    archive = _git(toplevel, "archive", "--format=tar", tree)
-    if archive.returncode != 0:
-        raise DiffError(f"git archive {tree} failed: {archive.stderr.decode().strip()}")
-    try:
-        with tarfile.open(fileobj=io.BytesIO(archive.stdout)) as tar:
-            if hasattr(tarfile, "data_filter"):  # Python 3.11.4+: refuse links leaving `into`
-                tar.extractall(into, filter="data")
-            else:  # git archive of a tree writes only paths inside it
-                tar.extractall(into)
-    except tarfile.TarError as exc:  # e.g. a committed symlink pointing outside the directory
-        raise DiffError(f"cannot check out {tree}: {exc}") from None
-    return True
-
-
-def _load_at(directory: Path, rev: str, scratch: Path) -> PolicySet | None:
-    into = scratch / "tree"
-    into.mkdir()
-    if not materialize(directory, rev, into):
         return None
+    toplevel = _git(directory, "rev-parse", "--show-toplevel").stdout.decode().strip()
+    source = GitTreeSource(
+        directory, toplevel=toplevel, commit=commit.stdout.decode().strip(), display=f"{rev}:{prefix}"
+    )
     try:
-        return load_policies(into)
+        return load_policies(source)
     except PolicyError as exc:
-        shown = f"{rev}:{_prefix(directory)}".rstrip("/") or rev
-        lines = [str(d).replace(str(into), shown, 1) for d in exc.diagnostics]
+        lines = [str(d) for d in exc.diagnostics]
         raise DiffError("\n".join([f"the policy at {rev} is invalid:", *lines])) from None
 
 
 def run_diff(rev_a: str, rev_b: str, directory: Path, *, exit_code: bool, stat: bool = False) -> int:
     try:
-        with tempfile.TemporaryDirectory(prefix="waypost-diff-") as tmp:
-            (Path(tmp) / "a").mkdir()
-            (Path(tmp) / "b").mkdir()
-            with progress(f"loading {directory} at {rev_a}"):
-                policy_a = _load_at(directory, rev_a, Path(tmp) / "a")
-            with progress(f"loading {directory} at {rev_b}"):
-                policy_b = _load_at(directory, rev_b, Path(tmp) / "b")
+        with progress(f"loading {directory} at {rev_a}"):
+            policy_a = _load_at(directory, rev_a)
+        with progress(f"loading {directory} at {rev_b}"):
+            policy_b = _load_at(directory, rev_b)
     except DiffError as exc:
         print(f"waypost diff: {exc}", file=sys.stderr)
         return 2

@@ -278,18 +278,24 @@ class WaypostProcess(ManagedProcess):
         workdir: Path | str,
         xds_port: int | None = None,
         admin_port: int | None = None,
-        host: str = "127.0.0.1",
+        host: str | None = "127.0.0.1",
         args: Sequence[str] = (),
         env: Mapping[str, str] | None = None,
     ) -> None:
         super().__init__(workdir)
         self.policies = Path(policies).resolve()
+        # host=None: no --host flag, the default (loopback) applies.
+        self.bind = host
+        host = host or "127.0.0.1"
         picked = iter(free_ports(2, host))
         self.xds_port = xds_port if xds_port is not None else next(picked)
         self.admin_port = admin_port if admin_port is not None else next(picked)
         self.host = host
         self.extra_args = list(args)
         self.extra_env = dict(env or {})
+        token = self.extra_env.get("WAYPOST_ADMIN_TOKEN")
+        self.admin_headers = {"authorization": f"Bearer {token}"} if token else {}
+        """What /status and /metrics need when the admin port requires a token."""
 
     @property
     def admin_url(self) -> str:
@@ -317,8 +323,7 @@ class WaypostProcess(ManagedProcess):
             str(self.xds_port),
             "--admin-port",
             str(self.admin_port),
-            "--host",
-            self.host,
+            *(["--host", self.bind] if self.bind is not None else []),
             *DECISION_PORTS_ANY,
             *self.extra_args,
         ]
@@ -348,6 +353,12 @@ class WaypostProcess(ManagedProcess):
     def readyz(self) -> int:
         return get(f"{self.admin_url}/readyz", timeout=2).status_code
 
+    def send_signal(self, signum: int) -> None:
+        """Send ``signum`` (e.g. SIGHUP) to the running process."""
+        if self._proc is None:
+            raise RuntimeError("waypost is not started")
+        self._proc.send_signal(signum)
+
     def decision_port(self, cluster: str) -> int:
         """The port of an in-process decision service (``waypost_authz``, ...) from /status."""
         port = self.status()["decision_services"]["clusters"][cluster]["local_port"]
@@ -363,14 +374,14 @@ class WaypostProcess(ManagedProcess):
 
     def status(self) -> dict[str, Any]:
         """The JSON of ``/status``: policy version, last load error, connected nodes."""
-        response = get(f"{self.admin_url}/status", timeout=5)
+        response = get(f"{self.admin_url}/status", headers=self.admin_headers, timeout=5)
         response.raise_for_status()
         result: dict[str, Any] = response.json()
         return result
 
     def metrics(self) -> str:
         """The Prometheus text of ``/metrics``."""
-        response = get(f"{self.admin_url}/metrics", timeout=5)
+        response = get(f"{self.admin_url}/metrics", headers=self.admin_headers, timeout=5)
         response.raise_for_status()
         return response.text
 

@@ -472,6 +472,9 @@ class Demo:
                     str(self.served),
                     "--host",
                     LOOPBACK,
+                    # policies/ sits in this repository's checkout: serve the files as edited
+                    # (the quickstart's "edit a file"), not the last commit.
+                    "--working-tree",
                     "--xds-port",
                     str(XDS_PORT),
                     "--admin-port",

@@ -17,6 +17,7 @@ from waypost.h2grpc.api import GrpcError, Service, StreamMethod, UnaryMethod
 from waypost.h2grpc.health import Health
 from waypost.h2grpc.server import with_health_and_reflection
 from waypost.log import get_logger
+from waypost.peers import PeerFilter
 
 __all__ = ["GrpcioServer", "add_to_grpcio", "start_grpcio_server"]
 
@@ -92,9 +93,17 @@ class GrpcioServer:
 
 
 async def start_grpcio_server(
-    services: Sequence[Service], host: str, port: int, *, reuse_port: bool = False
+    services: Sequence[Service],
+    host: str,
+    port: int,
+    *,
+    reuse_port: bool = False,
+    peers: PeerFilter | None = None,
 ) -> GrpcioServer:
-    server = grpc.aio.server(options=[*_OPTIONS, ("grpc.so_reuseport", int(reuse_port))])
+    server = grpc.aio.server(
+        options=[*_OPTIONS, ("grpc.so_reuseport", int(reuse_port))],
+        interceptors=[peers.interceptor()] if peers is not None else None,
+    )
     health = add_to_grpcio(server, services)
     bound = server.add_insecure_port(f"{host}:{port}")
     if bound == 0:

@@ -16,6 +16,7 @@ from waypost.h2grpc.connection import H2Connection
 from waypost.h2grpc.conns import ConnectionSlots
 from waypost.h2grpc.health import Health
 from waypost.h2grpc.reflection import Reflection
+from waypost.peers import PeerFilter
 
 __all__ = ["GrpcServer", "start_grpc_server", "with_health_and_reflection"]
 
@@ -61,6 +62,7 @@ async def start_grpc_server(
     *,
     limits: Limits | None = None,
     reuse_port: bool = False,
+    peers: PeerFilter | None = None,
 ) -> GrpcServer:
     limits = limits or Limits()
     everything, health = with_health_and_reflection(services)
@@ -71,7 +73,16 @@ async def start_grpc_server(
         handshake_timeout=limits.handshake_timeout,
     )
     loop = asyncio.get_running_loop()
+
+    def factory() -> asyncio.Protocol:
+        return H2Connection(table, limits, slots)
+
+    # ``peers`` (--decision-allow): other client addresses are disconnected as they connect.
     server = await loop.create_server(
-        lambda: H2Connection(table, limits, slots), host, port, reuse_port=reuse_port or None, backlog=1024
+        peers.protocol_factory(factory) if peers is not None else factory,
+        host,
+        port,
+        reuse_port=reuse_port or None,
+        backlog=1024,
     )
     return GrpcServer(server, slots, health)

@@ -63,6 +63,13 @@ from waypost.policies.model import (
 from waypost.policies.pem import certificate_problem, key_mismatch_problem, private_key_problem
 from waypost.policies.request_schemas import SchemaProblem, compile_validation
 from waypost.policies.sidecars import expand_sidecar
+from waypost.policies.source import (
+    MAX_POLICY_FILE_BYTES,
+    MAX_REFERENCED_FILE_BYTES,
+    DirectorySource,
+    PolicySource,
+    SourceError,
+)
 from waypost.policies.teams import scope_teams, team_folders
 from waypost.policies.types import HEADER_NAME_PATTERN, NAME_PATTERN, PrivateBytes
 from waypost.policies.validate import Entry, Loc, validate
@@ -98,21 +105,24 @@ _KIND_ATTRIBUTES: Final = {
 _KNOWN_KINDS: Final = ", ".join(KINDS)
 
 
-def load_policies(directory: str | os.PathLike[str], cache: LoadCache | None = None) -> PolicySet:
-    """Load and validate every policy file under ``directory``.
+def load_policies(
+    directory: str | os.PathLike[str] | PolicySource, cache: LoadCache | None = None
+) -> PolicySet:
+    """Load and validate every policy file under ``directory`` (a path, read with
+    :class:`~waypost.policies.source.DirectorySource`, or any source, e.g. a git commit's tree).
 
     Raises :class:`PolicyError` listing every problem found; never any other exception for bad
     input. Paths in messages are ``directory`` as given joined with each file's relative path.
     With a ``cache`` (one per directory, kept across loads), unchanged documents are not parsed
     or validated again; the result is the same as without it.
     """
-    root = os.fspath(directory)
+    source = DirectorySource(directory) if isinstance(directory, str | os.PathLike) else directory
     with _gc_paused():
         if cache is None:
-            return _Load(root).run()
+            return _Load(source).run()
         cache.begin()
         try:
-            return _Load(root, cache).run()
+            return _Load(source, cache).run()
         finally:
             cache.end()
 
@@ -839,8 +849,9 @@ def _gc_paused() -> Iterator[None]:
 class _Load:
     """One load of one directory: collects entries, files and diagnostics as it goes."""
 
-    def __init__(self, root: str, cache: LoadCache | None = None) -> None:
-        self.root = root
+    def __init__(self, source: PolicySource, cache: LoadCache | None = None) -> None:
+        self.source = source
+        self.root = source.display
         self.cache = cache
         self.diagnostics: list[Diagnostic] = []
         self.entries: list[Entry] = []
@@ -861,10 +872,14 @@ class _Load:
         self.diagnostics.append(Diagnostic(path, line, kind, name, message))
 
     def run(self) -> PolicySet:
-        if not os.path.isdir(self.root):
-            what = "does not exist" if not os.path.exists(self.root) else "is not a directory"
-            raise PolicyError([Diagnostic(self.root, 0, "", "", f"policy directory {what}")])
-        for relative in self.policy_files():
+        try:
+            files = self.source.policy_files()
+        except SourceError as exc:
+            raise PolicyError([Diagnostic(self.root, 0, "", "", str(exc))]) from None
+        for relative, message in self.source.problems():
+            self.complete = False
+            self.fail(self.display(relative), 0, message)
+        for relative in files:
             self.load_file(relative)
         self.report_unchecked()
         self.expand_sidecars()
@@ -876,33 +891,13 @@ class _Load:
             raise PolicyError(capped(self.diagnostics), team_folders=team_folders(self.entries))
         return self.policy_set()
 
-    def policy_files(self) -> list[str]:
-        found: list[str] = []
-
-        def unreadable(exc: OSError) -> None:
-            self.complete = False
-            where = os.path.relpath(exc.filename, self.root) if exc.filename else "."
-            self.fail(self.display(where), 0, f"cannot read directory: {exc.strerror}")
-
-        # Hidden entries are skipped: .git, editor lock files, and the `..data` directory of a
-        # Kubernetes ConfigMap mount (whose visible files are symlinks into it, read as usual).
-        for current, directories, names in os.walk(self.root, onerror=unreadable):
-            directories[:] = [name for name in directories if not name.startswith(".")]
-            relative_dir = os.path.relpath(current, self.root)
-            for name in names:
-                if not name.startswith(".") and name.endswith((".yaml", ".yml")):
-                    relative = name if relative_dir == "." else os.path.join(relative_dir, name)
-                    found.append(relative.replace(os.sep, "/"))
-        return sorted(found)
-
     def load_file(self, relative: str) -> None:
         path = self.display(relative)
         try:
-            with open(os.path.join(self.root, relative), "rb") as handle:
-                data = handle.read()
-        except OSError as exc:
+            data = self.source.read(relative, limit=MAX_POLICY_FILE_BYTES)
+        except SourceError as exc:
             self.complete = False
-            self.fail(path, 0, f"cannot read file: {exc.strerror}")
+            self.fail(path, 0, str(exc))
             return
         if len(data) > MAX_FILE_BYTES:
             self.complete = False
@@ -939,7 +934,7 @@ class _Load:
 
     def load_apart(self, path: str, data: bytes, offset: int) -> FileResult:
         """:meth:`load_data` into a result of its own, for the :class:`LoadCache`."""
-        part = _Load(self.root)
+        part = _Load(self.source)
         part.load_data(path, data, offset)
         part.report_unchecked()
         lines = tuple(cast(_Source, e.source).document.line for e in part.entries)
@@ -970,7 +965,10 @@ class _Load:
             self.fail(path, line, _at(loc, message), kind, name)
         if not is_mapping:
             if not document.fatal:
-                message = f"a policy document is a mapping with kind and name, got {_show(value)}"
+                # The value's type, never its text: a file that is not policy at all (a key, a
+                # password file) must not have its first line printed.
+                got = "a string" if isinstance(value, str) else _show(value)
+                message = f"a policy document is a mapping with kind and name, got {got}"
                 self.fail(path, document.line, message)
             return
         if model is None:
@@ -1068,14 +1066,9 @@ class _Load:
             return f"{shown} is outside the policy directory"
         if normal not in cache:
             try:
-                with open(os.path.join(self.root, normal), "rb") as handle:
-                    cache[normal] = handle.read()
-            except FileNotFoundError:
-                cache[normal] = f"file {shown} not found"
-            except IsADirectoryError:
-                cache[normal] = f"{shown} is a directory, not a file"
-            except OSError as exc:
-                cache[normal] = f"cannot read {shown}: {exc.strerror}"
+                cache[normal] = self.source.read(normal, limit=MAX_REFERENCED_FILE_BYTES)
+            except SourceError as exc:
+                cache[normal] = str(exc)
         data = cache[normal]
         if isinstance(data, str):
             return data

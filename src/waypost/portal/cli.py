@@ -54,7 +54,7 @@ def add_portal_command(commands: Any) -> None:
     portal.add_argument(
         "--policies", type=Path, help="a checkout of the policy repository (for its upstream)"
     )
-    portal.add_argument("--host", default="0.0.0.0")
+    portal.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     portal.add_argument("--port", type=int, default=DEFAULT_PORT)
     portal.add_argument("--redis", metavar="URL", help="the rate-limit counters, for usage and quota pages")
     portal.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))

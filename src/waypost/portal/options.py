@@ -13,7 +13,7 @@ SECRET_ENV = "WAYPOST_PORTAL_SECRET"
 @dataclass(frozen=True, kw_only=True)
 class PortalOptions:
     port: int
-    host: str = "0.0.0.0"
+    host: str = "127.0.0.1"
     repo: str | None = None
     """Git URL or path of the upstream; None: the upstream of ``policies``' checkout."""
     branch: str | None = None

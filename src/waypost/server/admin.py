@@ -2,7 +2,9 @@
 
 A deliberately small HTTP/1.1 server on asyncio streams: it answers a handful of GETs from
 operators and probes, one request per connection, and never lets a malformed request escape as
-anything but a 4xx.
+anything but a 4xx. With an :class:`~waypost.server.exposure.AdminAuth` token, every page but
+the probes (``/healthz``, ``/readyz``) needs it (401 otherwise); with its certificate, the port
+speaks TLS and may require client certificates.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from typing import Any
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from waypost.log import get_logger
+from waypost.server.exposure import AdminAuth
 
 __all__ = ["AdminServer", "Response"]
 
@@ -24,6 +27,7 @@ log = get_logger("waypost.admin")
 _REASONS = {
     200: "OK",
     400: "Bad Request",
+    401: "Unauthorized",
     404: "Not Found",
     405: "Method Not Allowed",
     503: "Service Unavailable",
@@ -43,6 +47,9 @@ class Response:
 
 Handler = Callable[[], Awaitable[Response] | Response]
 
+PROBES = frozenset({"/healthz", "/readyz"})
+"""Pages load balancers and kubelets call without credentials; they reveal only up/ready."""
+
 
 class AdminServer:
     def __init__(
@@ -51,7 +58,9 @@ class AdminServer:
         ready: Callable[[], bool],
         status: Callable[[], dict[str, Any]],
         problems: Callable[[], list[str]] | None = None,
+        auth: AdminAuth | None = None,
     ) -> None:
+        self._auth = auth or AdminAuth()
         self._ready = ready
         self._status = status
         self._problems = problems
@@ -74,7 +83,7 @@ class AdminServer:
         return Response.json(200 if ready else 503, body)
 
     async def start(self, host: str, port: int) -> int:
-        self._server = await asyncio.start_server(self._serve, host, port)
+        self._server = await asyncio.start_server(self._serve, host, port, ssl=self._auth.ssl_context())
         return int(self._server.sockets[0].getsockname()[1])
 
     async def close(self) -> None:
@@ -93,8 +102,10 @@ class AdminServer:
             log.exception("admin request failed")
             response = Response.json(500, {"error": "internal error"})
         reason = _REASONS.get(response.status, "Error")
+        # Browsers answer a Basic challenge with a password prompt: the token goes there.
+        challenge = 'www-authenticate: Basic realm="waypost admin"\r\n' if response.status == 401 else ""
         writer.write(
-            f"HTTP/1.1 {response.status} {reason}\r\ncontent-type: {response.content_type}\r\n"
+            f"HTTP/1.1 {response.status} {reason}\r\n{challenge}content-type: {response.content_type}\r\n"
             f"content-length: {len(response.body)}\r\nconnection: close\r\n\r\n".encode()
             + response.body
         )
@@ -116,4 +127,18 @@ class AdminServer:
             return Response.json(404, {"error": f"no such page: {target}", "pages": sorted(self._routes)})
         if method not in ("GET", "HEAD"):
             return Response.json(405, {"error": "only GET is served here"})
+        if target not in PROBES and not self._auth.allows(_header(head, b"authorization")):
+            return _UNAUTHORIZED
         return handler()
+
+
+_UNAUTHORIZED = Response.json(401, {"error": "authentication required: Authorization: Bearer <admin token>"})
+
+
+def _header(head: bytes, name: bytes) -> str | None:
+    """The first value of header ``name`` (lower case) in a request head, or None."""
+    for line in head.split(b"\r\n")[1:]:
+        key, sep, value = line.partition(b":")
+        if sep and key.strip().lower() == name:
+            return value.strip().decode("latin-1")
+    return None

@@ -19,9 +19,10 @@ from waypost.policies.model import PolicySet
 from waypost.server.admin import AdminServer
 from waypost.server.dashboard import Dashboard
 from waypost.server.decisions import DecisionOptions, DecisionPlane
+from waypost.server.exposure import AdminAuth
 from waypost.server.gitpull import GitPuller
 from waypost.server.runtime import PolicyRuntime
-from waypost.server.watch import PolicyWatcher
+from waypost.server.watch import PolicyWatcher, reload_on_sighup
 from waypost.xds.ads import ADS_SERVICE, PER_TYPE_SERVICES, AdsServer
 from waypost.xds.cache import PreparedVersion, SnapshotCache
 from waypost.xds.compiler import CompileMemo, compile_policy
@@ -41,7 +42,10 @@ log = get_logger("waypost.serve")
 @dataclass(frozen=True, kw_only=True)
 class ServeOptions:
     policies: Path
-    host: str = "0.0.0.0"
+    host: str = "127.0.0.1"
+    """Where every port listens unless said otherwise (loopback: see server/exposure.py)."""
+    admin_host: str | None = None
+    """Where the admin port listens (default: ``host``)."""
     xds_port: int = 18000
     admin_port: int = 9902
     watch: bool = True
@@ -52,6 +56,12 @@ class ServeOptions:
     """TLS on the xDS port; with a client CA, mTLS and node ids checked against certificates."""
     decisions: DecisionOptions = field(default_factory=DecisionOptions)
     """Where the decision services are: run here when needed (default) or named elsewhere."""
+    working_tree: bool = False
+    """In a git checkout, serve the working files instead of the commit HEAD names."""
+    admin_auth: AdminAuth | None = None
+    """Token and/or TLS for the admin port (required off loopback)."""
+    allow_plaintext_secrets: bool = False
+    """Send SDS secrets with private keys over plaintext xDS (otherwise they are withheld)."""
     registry_redis: str | None = None
     """``redis://...``: share self-registered endpoints with the other replicas through it."""
     portal: PortalOptions | None = None
@@ -106,8 +116,22 @@ def build_status(
         "decision_services": plane.status(),
         "nodes": [stream.status() for stream in ads.registry.streams()],
         "registered": registered_status(runtime, cache),
+        "xds": {
+            # Private keys are not sent over plaintext xDS (serve --allow-plaintext-secrets).
+            "secrets_withheld": cache.withheld_secrets,
+        },
         "time": time.time(),
     }
+
+
+def _warn_withheld(cache: SnapshotCache) -> None:
+    withheld = cache.withheld_secrets
+    if withheld:
+        log.warning(
+            "private keys not sent over plaintext xDS; the listeners that need them wait "
+            "(serve xDS over TLS with --xds-cert/--xds-key/--xds-ca, or pass --allow-plaintext-secrets)",
+            secrets=withheld,
+        )
 
 
 def readiness_problems(runtime: PolicyRuntime, plane: DecisionPlane) -> list[str]:
@@ -145,13 +169,21 @@ async def serve(options: ServeOptions, *, stop: asyncio.Event | None = None) -> 
 
     plane = DecisionPlane(options.decisions)
     await plane.open()
-    cache = SnapshotCache()
+    withhold = options.xds_tls is None and not options.allow_plaintext_secrets
+    cache = SnapshotCache(withhold_private_keys=withhold)
     registry_sync = None
     if options.registry_redis:
         registry_sync = RedisRegistrySync(options.registry_redis, cache.registry)
         registry_sync.start()
     # Decision services first: they hold a version before Envoy can receive routes that call them.
-    runtime = PolicyRuntime(options.policies, [*plane.appliers(), XdsApplier(cache, plane)])
+    runtime = PolicyRuntime(
+        options.policies,
+        [*plane.appliers(), XdsApplier(cache, plane)],
+        working_tree=options.working_tree,
+        settle=options.debounce,
+    )
+    runtime.on_applied(lambda _: _warn_withheld(cache))
+    reload_on_sighup(loop, runtime.reload)  # before the first load: SIGHUP never ends the process
 
     mtls = options.xds_tls is not None and options.xds_tls.client_ca is not None
     ads = AdsServer(cache, authorizer=authorize_node if mtls else None)
@@ -196,24 +228,26 @@ async def serve(options: ServeOptions, *, stop: asyncio.Event | None = None) -> 
         ready=lambda: not readiness_problems(runtime, plane),
         status=lambda: build_status(runtime, cache, ads, plane),
         problems=lambda: readiness_problems(runtime, plane),
+        auth=options.admin_auth,
     )
     dashboard = Dashboard(lambda: build_status(runtime, cache, ads, plane))
     dashboard.install(admin)
     dashboard.start()
-    admin_port = await admin.start(options.host, options.admin_port)
+    admin_port = await admin.start(options.admin_host or options.host, options.admin_port)
     puller = GitPuller(runtime, options.git_pull) if options.git_pull else None
     if puller is not None:
         puller.start()
 
     watcher = None
     if options.watch:
-        watcher = PolicyWatcher(options.policies, runtime.reload, loop=loop, debounce=options.debounce)
+        watcher = PolicyWatcher.for_runtime(runtime, loop=loop, debounce=options.debounce)
         watcher.start()
     log.info(
         "waypost serving",
         policies=str(options.policies),
         xds_port=xds_port,
         xds_security="mtls" if mtls else "tls" if options.xds_tls else "plaintext",
+        private_keys="sent" if not withhold else "withheld",
         admin_port=admin_port,
         advertise_address=plane.advertise_address,
         version=runtime.version,

@@ -31,7 +31,9 @@ from waypost.filters.authz.quota import ConsumerQuota
 from waypost.filters.protect.service import BodyChecks, PreparedChecks
 from waypost.h2grpc import GrpcioServer, GrpcServer, Limits, start_grpc_server, start_grpcio_server
 from waypost.log import get_logger
+from waypost.peers import PeerFilter
 from waypost.policies.model import PolicySet
+from waypost.server.exposure import AdminAuth
 from waypost.server.ratelimit import CounterOptions, LimiterApplier, open_limiter
 
 __all__ = [
@@ -89,26 +91,34 @@ async def start_authz_grpc(
     body_checks: BodyChecks | None = None,
     grpcio: bool = False,
     limits: Limits | None = None,
+    peers: PeerFilter | None = None,
 ) -> GrpcServer | GrpcioServer:
     """The gRPC Check service on ``host:port`` (SO_REUSEPORT: workers share it), with Health
     (SERVING once the core has a version) and reflection; with ``body_checks``, it also answers the
-    body-checks filter's Checks. Waypost's own gRPC server unless ``grpcio``. OSError when the port
-    is taken."""
+    body-checks filter's Checks; ``peers``: only those client networks. Waypost's own gRPC server
+    unless ``grpcio``. OSError when the port is taken."""
     registration = AuthzGrpcService(core, body_checks=body_checks).service()
     if grpcio:
-        return await start_grpcio_server([registration], host, port, reuse_port=True)
-    return await start_grpc_server([registration], host, port, reuse_port=True, limits=limits)
+        return await start_grpcio_server([registration], host, port, reuse_port=True, peers=peers)
+    return await start_grpc_server([registration], host, port, reuse_port=True, limits=limits, peers=peers)
 
 
 @dataclass(frozen=True, kw_only=True)
 class AuthzOptions:
     policies: Path
-    host: str = "0.0.0.0"
+    host: str = "127.0.0.1"
     port: int = DEFAULT_PORT
     http_port: int | None = None
     admin_port: int | None = None
     watch: bool = True
     workers: int = 1
+    working_tree: bool = False
+    """In a git checkout, read the working files instead of the commit HEAD names."""
+    peers: PeerFilter | None = None
+    """Client networks allowed on the decision ports (``--decision-allow``); None: anyone."""
+    admin_host: str | None = None
+    """Where the admin port listens (default: ``host``)."""
+    admin_auth: AdminAuth | None = None
     grpcio: bool = False
     """Serve Check with grpcio's server instead of waypost's lean one (:mod:`waypost.h2grpc`)."""
     limits: Limits = field(default_factory=Limits)
@@ -145,8 +155,14 @@ def run_authz(options: AuthzOptions, argv: list[str]) -> int:
             with contextlib.suppress(ProcessLookupError):
                 child.send_signal(signal.SIGTERM)
 
+    def reload(*_: object) -> None:
+        for child in children:
+            with contextlib.suppress(ProcessLookupError):
+                child.send_signal(signal.SIGHUP)
+
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGHUP, reload)
     codes = [child.wait() for child in children]
     return 0 if stopping else max(codes)
 
@@ -163,7 +179,7 @@ def _run_loop(coro: Coroutine[Any, Any, None]) -> None:
 async def _serve_one(options: AuthzOptions) -> None:
     from waypost.server.admin import AdminServer
     from waypost.server.runtime import PolicyRuntime
-    from waypost.server.watch import PolicyWatcher
+    from waypost.server.watch import PolicyWatcher, reload_on_sighup
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -175,8 +191,11 @@ async def _serve_one(options: AuthzOptions) -> None:
     core = AuthzCore(quota=ConsumerQuota(limiter))
     body_checks = BodyChecks()
     runtime = PolicyRuntime(
-        options.policies, [AuthzApplier(core), BodyChecksApplier(body_checks), LimiterApplier(limiter)]
+        options.policies,
+        [AuthzApplier(core), BodyChecksApplier(body_checks), LimiterApplier(limiter)],
+        working_tree=options.working_tree,
     )
+    reload_on_sighup(loop, runtime.reload)
     await runtime.reload()
     server = await start_authz_grpc(
         core,
@@ -185,6 +204,7 @@ async def _serve_one(options: AuthzOptions) -> None:
         body_checks=body_checks,
         grpcio=options.grpcio,
         limits=options.limits,
+        peers=options.peers,
     )
     port = server.port
     runtime.on_applied(lambda _: server.health.notify())
@@ -192,14 +212,20 @@ async def _serve_one(options: AuthzOptions) -> None:
     if options.http_port is not None:
         from waypost.filters.authz.http_service import start_authz_http
 
-        http_server, _ = await start_authz_http(core, options.host, options.http_port, limits=options.limits)
+        http_server, _ = await start_authz_http(
+            core, options.host, options.http_port, limits=options.limits, peers=options.peers
+        )
     admin = None
     if options.admin_port is not None:
-        admin = AdminServer(ready=lambda: core.version is not None, status=lambda: {"version": core.version})
-        admin_port = await admin.start(options.host, options.admin_port)
+        admin = AdminServer(
+            ready=lambda: core.version is not None,
+            status=lambda: {"version": core.version},
+            auth=options.admin_auth,
+        )
+        admin_port = await admin.start(options.admin_host or options.host, options.admin_port)
     watcher = None
     if options.watch:
-        watcher = PolicyWatcher(options.policies, runtime.reload, loop=loop)
+        watcher = PolicyWatcher.for_runtime(runtime, loop=loop)
         watcher.start()
     log.info(
         "waypost authz serving",

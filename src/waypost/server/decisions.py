@@ -29,6 +29,7 @@ from waypost.filters.ratelimit.limiter import Limiter
 from waypost.h2grpc import Limits
 from waypost.h2grpc.health import Health
 from waypost.log import get_logger
+from waypost.peers import PeerFilter
 from waypost.policies.types import Endpoint
 from waypost.server.authz import (
     DEFAULT_HTTP_PORT,
@@ -71,7 +72,7 @@ _OFF_FLAG = {
 
 @dataclass(frozen=True, kw_only=True)
 class DecisionOptions:
-    host: str = "0.0.0.0"
+    host: str = "127.0.0.1"
     advertise_address: str | None = None
     authz: bool = True
     """Run ext_authz in process when a version needs it and no address is named for it."""
@@ -86,6 +87,8 @@ class DecisionOptions:
     authz_addresses: tuple[Endpoint, ...] = ()
     authz_http_addresses: tuple[Endpoint, ...] = ()
     ratelimit_addresses: tuple[Endpoint, ...] = ()
+    peers: PeerFilter | None = None
+    """Client networks the in-process decision ports answer (``--decision-allow``); None: all."""
     counters: CounterOptions = field(default_factory=CounterOptions)
     """Where the in-process ext_authz counts consumer quotas when no rate-limit service runs here
     (with one, its counters are shared)."""
@@ -198,12 +201,17 @@ class DecisionPlane:
                 body_checks=self.body_checks,
                 grpcio=self.options.authz_grpcio,
                 limits=self.options.limits,
+                peers=self.options.peers,
             )
             return _Local(server.port, server.stop, server.health)
         from waypost.filters.authz.http_service import start_authz_http
 
         http, port = await start_authz_http(
-            self.core, host, self.options.authz_http_port, limits=self.options.limits
+            self.core,
+            host,
+            self.options.authz_http_port,
+            limits=self.options.limits,
+            peers=self.options.peers,
         )
 
         async def stop_http() -> None:

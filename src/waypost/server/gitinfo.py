@@ -2,9 +2,12 @@
 
 When the policy directory sits in a git checkout, people name policy versions by commit, not by
 content hash: ``/status``, the "policy applied" log line, the ``waypost_policy`` metric and
-``waypost validate`` all show ``<commit>`` or ``<commit>-dirty`` (uncommitted changes inside the
-policy directory are what is applied). The content hash stays the xDS version: two replicas on
-the same files agree on it whatever their checkouts look like.
+``waypost validate`` all show ``<commit>``. ``waypost serve`` serves what is committed (the tree
+of HEAD, see :class:`~waypost.policies.source.GitTreeSource`), so uncommitted changes are not
+applied and the version stays ``<commit>`` (``dirty`` says they exist); with ``--working-tree``,
+and in ``waypost validate``, the working files are what is read and the version is
+``<commit>-dirty`` when they differ from the commit. The content hash stays the xDS version: two
+replicas on the same files agree on it whatever their checkouts look like.
 
 Every git call is a subprocess with a timeout and no prompt, so a hung remote or a credential
 prompt can never stall the control plane; any failure means "not in git" (``None``) or a failed
@@ -20,7 +23,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["GitInfo", "PullResult", "git_info", "git_pull"]
+__all__ = ["GitInfo", "PullResult", "git_dirs", "git_info", "git_pull"]
 
 GIT_TIMEOUT = 10.0
 """Seconds for a local git query; a pull gets its own, longer timeout."""
@@ -41,6 +44,8 @@ class GitInfo:
     branch: str | None
     """The checked-out branch; None on a detached HEAD."""
     toplevel: str
+    working_tree: bool = True
+    """The working files are what is read (``--working-tree``, ``validate``); False: the commit."""
 
     @property
     def short(self) -> str:
@@ -48,8 +53,8 @@ class GitInfo:
 
     @property
     def describe(self) -> str:
-        """``<short commit>`` or ``<short commit>-dirty``: the version people read."""
-        return f"{self.short}-dirty" if self.dirty else self.short
+        """``<short commit>``, or ``<short commit>-dirty`` when uncommitted changes are read."""
+        return f"{self.short}-dirty" if self.dirty and self.working_tree else self.short
 
     def as_dict(self) -> dict[str, Any]:
         return {**asdict(self), "short": self.short, "describe": self.describe}
@@ -68,7 +73,7 @@ def _git(directory: Path | str, *args: str, timeout: float = GIT_TIMEOUT) -> sub
     )
 
 
-def git_info(directory: Path | str) -> GitInfo | None:
+def git_info(directory: Path | str, *, working_tree: bool = True) -> GitInfo | None:
     """The commit ``directory`` is at, or None when it is not in a git checkout (or git is
     missing, or the checkout is unreadable, e.g. owned by another user)."""
     try:
@@ -92,7 +97,25 @@ def git_info(directory: Path | str) -> GitInfo | None:
         dirty=bool(status.stdout.strip()),
         branch=branch.stdout.strip() or None if branch.returncode == 0 else None,
         toplevel=toplevel,
+        working_tree=working_tree,
     )
+
+
+def git_dirs(directory: Path | str) -> list[Path]:
+    """The git directories whose ``HEAD`` and refs say which commit ``directory`` is at (a linked
+    worktree has its own ``HEAD`` and shares the refs of the main one); [] outside git."""
+    try:
+        result = _git(directory, "rev-parse", "--absolute-git-dir", "--git-common-dir")
+    except (OSError, subprocess.TimeoutExpired):
+        return []
+    if result.returncode != 0:
+        return []
+    found: list[Path] = []
+    for line in result.stdout.splitlines():
+        path = (Path(directory) / line.strip()).resolve()
+        if path not in found:
+            found.append(path)
+    return found
 
 
 @dataclass(frozen=True)

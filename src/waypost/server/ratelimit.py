@@ -12,6 +12,7 @@ import contextlib
 import signal
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from waypost.filters.ratelimit.limiter import Limiter
 from waypost.filters.ratelimit.metrics import RATELIMIT_STORE_UP
@@ -21,7 +22,11 @@ from waypost.filters.ratelimit.table import RateLimitTable
 from waypost.h2grpc import GrpcioServer, GrpcServer, Limits, start_grpc_server, start_grpcio_server
 from waypost.h2grpc.health import Health
 from waypost.log import get_logger
+from waypost.peers import PeerFilter
 from waypost.policies.model import PolicySet
+
+if TYPE_CHECKING:
+    from waypost.server.exposure import AdminAuth
 
 __all__ = [
     "DEFAULT_PORT",
@@ -44,7 +49,7 @@ DEFAULT_PORT = 18001
 @dataclass(frozen=True, kw_only=True)
 class RateLimitOptions:
     port: int = DEFAULT_PORT
-    host: str = "0.0.0.0"
+    host: str = "127.0.0.1"
     redis: str | None = None
     """``redis://host:port/db``: counters shared by every replica; None keeps them in process."""
     fail_closed: bool = False
@@ -53,6 +58,8 @@ class RateLimitOptions:
     """Serve with grpcio's aio server instead of the lean one (see :mod:`waypost.h2grpc`)."""
     limits: Limits = field(default_factory=Limits)
     """Connections, streams and sizes the lean server allows (issue 12: bounded per client)."""
+    peers: PeerFilter | None = None
+    """Client networks allowed (``--decision-allow``); None: anyone who reaches the port."""
 
 
 class LimiterApplier:
@@ -120,9 +127,11 @@ async def start_ratelimit(options: RateLimitOptions, limiter: Limiter) -> Runnin
     registration = RateLimitService(limiter).service(ready=lambda: limiter.table is not None)
     server: GrpcServer | GrpcioServer
     if options.grpcio:
-        server = await start_grpcio_server([registration], options.host, options.port)
+        server = await start_grpcio_server([registration], options.host, options.port, peers=options.peers)
     else:
-        server = await start_grpc_server([registration], options.host, options.port, limits=options.limits)
+        server = await start_grpc_server(
+            [registration], options.host, options.port, limits=options.limits, peers=options.peers
+        )
     running = RunningRateLimit(server=server, port=server.port, limiter=limiter)
     log.info(
         "rate-limit service listening",
@@ -142,13 +151,18 @@ class StandaloneOptions:
     admin_port: int = 9903
     watch: bool = True
     debounce: float = 0.25
+    working_tree: bool = False
+    """In a git checkout, read the working files instead of the commit HEAD names."""
+    admin_host: str | None = None
+    """Where the admin port listens (default: the service's host)."""
+    admin_auth: AdminAuth | None = None
 
 
 async def serve_ratelimit(options: StandaloneOptions, *, stop: asyncio.Event | None = None) -> None:
     """``waypost ratelimit``: the RLS alone, with /metrics and hot reload, no xDS."""
     from waypost.server.admin import AdminServer
     from waypost.server.runtime import PolicyRuntime
-    from waypost.server.watch import PolicyWatcher
+    from waypost.server.watch import PolicyWatcher, reload_on_sighup
 
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -156,18 +170,25 @@ async def serve_ratelimit(options: StandaloneOptions, *, stop: asyncio.Event | N
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, stop.set)
     limiter = await make_limiter(options.ratelimit)
-    runtime = PolicyRuntime(options.policies, [LimiterApplier(limiter)])
+    runtime = PolicyRuntime(
+        options.policies,
+        [LimiterApplier(limiter)],
+        working_tree=options.working_tree,
+        settle=options.debounce,
+    )
+    reload_on_sighup(loop, runtime.reload)
     await runtime.reload()
     running = await start_ratelimit(options.ratelimit, limiter)
     runtime.on_applied(lambda _: running.health.notify())
     admin = AdminServer(
         ready=lambda: runtime.current is not None,
         status=lambda: {"policy": runtime.version, "port": running.port},
+        auth=options.admin_auth,
     )
-    await admin.start(options.ratelimit.host, options.admin_port)
+    await admin.start(options.admin_host or options.ratelimit.host, options.admin_port)
     watcher = None
     if options.watch:
-        watcher = PolicyWatcher(options.policies, runtime.reload, loop=loop, debounce=options.debounce)
+        watcher = PolicyWatcher.for_runtime(runtime, loop=loop, debounce=options.debounce)
         watcher.start()
     try:
         await stop.wait()

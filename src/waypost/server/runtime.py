@@ -26,6 +26,7 @@ from waypost.policies.loader import load_policies
 from waypost.policies.model import PolicySet
 from waypost.server.gitinfo import GitInfo, git_info
 from waypost.server.heap import settle
+from waypost.server.settle import load_commit, load_settled
 from waypost.server.team_lanes import HeldTeam, TeamLanes
 
 __all__ = ["LoadFailure", "PolicyApplier", "PolicyRuntime"]
@@ -58,10 +59,21 @@ class LoadFailure:
 class PolicyRuntime:
     """Owns the reload cycle for one policy directory. Event loop only, one reload at a time."""
 
-    def __init__(self, directory: Path, appliers: Sequence[PolicyApplier[Any]]) -> None:
+    def __init__(
+        self,
+        directory: Path,
+        appliers: Sequence[PolicyApplier[Any]],
+        *,
+        working_tree: bool = False,
+        settle: float = 0.25,
+    ) -> None:
         self.directory = directory
         self.appliers = tuple(appliers)
         self.current: PolicySet | None = None
+        self.working_tree = working_tree
+        """Read the working files even in a git checkout (default: the commit HEAD names)."""
+        self.settle = settle
+        """Files read from disk are applied once unchanged for this long (see server/settle.py)."""
         self.last_failure: LoadFailure | None = None
         self.applied_at: float | None = None
         self.git: GitInfo | None = None
@@ -92,17 +104,32 @@ class PolicyRuntime:
             # Read before the files: a pull landing in between leaves the previous commit shown
             # with the new files at worst, and the reload the watcher then runs (same content,
             # new commit) corrects it.
-            git = await asyncio.to_thread(git_info, self.directory)
+            git = await asyncio.to_thread(git_info, self.directory, working_tree=self.working_tree)
+            if git is not None and git.dirty and not git.working_tree and not (self.git and self.git.dirty):
+                log.warning(
+                    "uncommitted changes in the policy directory are not served "
+                    "(commit them, or serve --working-tree)",
+                    commit=git.short,
+                )
+            serving_commit = git is not None and not self.working_tree
+            # Team lanes rebuild a tree from the directory's files: only when they are what is
+            # served (working tree, or a clean checkout of the commit served).
+            lanes_usable = not serving_commit or (git is not None and not git.dirty)
             source = self.directory
             try:
                 try:
-                    policy = await asyncio.to_thread(load_policies, self.directory, self._load_cache)
+                    if git is not None and serving_commit:
+                        policy = await load_commit(self.directory, git, self._load_cache)
+                    else:
+                        policy = await load_settled(self.directory, self.settle, self._load_cache)
                     held: dict[str, HeldTeam] = {}
                 except PolicyError as exc:
                     # Problems only in teams' folders: those teams keep their last good documents.
                     # (Loaded without the cache: its entries name the policy directory's paths.)
-                    fallback = await asyncio.to_thread(
-                        self.lanes.fallback, self.directory, exc, load_policies
+                    fallback = (
+                        await asyncio.to_thread(self.lanes.fallback, self.directory, exc, load_policies)
+                        if lanes_usable
+                        else None
                     )
                     if fallback is None:
                         raise
@@ -151,7 +178,8 @@ class PolicyRuntime:
                 ms=round((time.perf_counter() - started) * 1000, 1),
             )
             # After the switch: the team folders that now serve are each team's last good.
-            await asyncio.to_thread(self.lanes.remember, source, policy)
+            if lanes_usable:
+                await asyncio.to_thread(self.lanes.remember, source, policy)
             self.lanes.discard(source)
             return True
 

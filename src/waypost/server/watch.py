@@ -1,21 +1,30 @@
-"""Watch the policy directory (watchdog) and ask for a debounced reload on any change.
+"""What triggers a policy reload: file events (watchdog), a new commit, and SIGHUP.
 
 A ``git pull`` or an editor's save touches several files in quick succession; the debounce
-turns that burst into one reload of the final state.
+turns that burst into one reload of the final state. When the policy is read from a commit, the
+checkout's ``HEAD`` and refs are watched too (a commit, checkout or pull moves them). SIGHUP asks
+for a reload, as with nginx and Kong, instead of ending the process.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+import contextlib
+import signal
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 
 from waypost.log import get_logger
+from waypost.server.gitinfo import git_dirs
 
-__all__ = ["PolicyWatcher"]
+if TYPE_CHECKING:
+    from waypost.server.runtime import PolicyRuntime
+
+__all__ = ["PolicyWatcher", "reload_on_sighup"]
 
 log = get_logger("waypost.watch")
 
@@ -30,8 +39,10 @@ class PolicyWatcher(FileSystemEventHandler):
         *,
         loop: asyncio.AbstractEventLoop,
         debounce: float = 0.25,
+        git_dirs: Sequence[Path] = (),
     ) -> None:
         self._directory = directory.resolve()
+        self._git_dirs = [path.resolve() for path in git_dirs]
         self._reload = reload
         self._loop = loop
         self._debounce = debounce
@@ -40,8 +51,22 @@ class PolicyWatcher(FileSystemEventHandler):
         self._again = False
         self._observer = Observer()
 
+    @classmethod
+    def for_runtime(
+        cls, runtime: PolicyRuntime, *, loop: asyncio.AbstractEventLoop, debounce: float = 0.25
+    ) -> PolicyWatcher:
+        """A watcher reloading ``runtime``: its directory, and its checkout's refs when it reads
+        the committed policy."""
+        # Only for a checkout (known from the first load): no extra git process otherwise.
+        seen = runtime.git or (runtime.last_failure.git if runtime.last_failure else None)
+        dirs = git_dirs(runtime.directory) if seen is not None and not runtime.working_tree else []
+        return cls(runtime.directory, runtime.reload, loop=loop, debounce=debounce, git_dirs=dirs)
+
     def start(self) -> None:
         self._observer.schedule(self, str(self._directory), recursive=True)
+        for git_dir in self._git_dirs:
+            if not git_dir.is_relative_to(self._directory):
+                self._observer.schedule(self, str(git_dir), recursive=True)
         self._observer.start()
 
     def stop(self) -> None:
@@ -59,8 +84,14 @@ class PolicyWatcher(FileSystemEventHandler):
         self._loop.call_soon_threadsafe(self._schedule)
 
     def _ignored(self, path: str) -> bool:
+        resolved = Path(path).resolve()
+        for git_dir in self._git_dirs:
+            if resolved.is_relative_to(git_dir):
+                # Only what says which commit is checked out; objects and the index are noise.
+                name = resolved.relative_to(git_dir).as_posix().removesuffix(".lock")
+                return not (name in ("HEAD", "packed-refs") or name.startswith("refs/"))
         try:
-            relative = Path(path).resolve().relative_to(self._directory)
+            relative = resolved.relative_to(self._directory)
         except ValueError:
             return True
         # Hidden entries (.git, editor swap files) are not policy; the loader skips them too.
@@ -87,3 +118,25 @@ class PolicyWatcher(FileSystemEventHandler):
                 log.exception("reload failed")
             if not self._again:
                 return
+
+
+def reload_on_sighup(loop: asyncio.AbstractEventLoop, reload: Callable[[], Awaitable[object]]) -> None:
+    """Reload on SIGHUP (``kill -HUP``, ``systemctl reload``) instead of dying; a reload already
+    running finishes first (the runtime serializes them)."""
+    tasks: set[asyncio.Task[object]] = set()
+
+    async def run() -> object:
+        try:
+            return await reload()
+        except Exception:
+            log.exception("reload failed")
+            return None
+
+    def on_signal() -> None:
+        log.info("SIGHUP: reloading the policy")
+        task = loop.create_task(run())
+        tasks.add(task)  # keep a reference until done: the loop holds tasks weakly
+        task.add_done_callback(tasks.discard)
+
+    with contextlib.suppress(NotImplementedError, RuntimeError):  # not the main thread
+        loop.add_signal_handler(signal.SIGHUP, on_signal)

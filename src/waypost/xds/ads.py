@@ -59,6 +59,19 @@ ADS_SERVICE = "envoy.service.discovery.v3.AggregatedDiscoveryService"
 CONTROL_PLANE = encode_field(6, encode_field(1, b"waypost"))
 DELTA_CONTROL_PLANE = encode_field(7, encode_field(1, b"waypost"))
 GATE_TIMEOUT_S = 5.0
+MAX_NACK_DETAIL = 4096
+"""Characters of a NACK's ``error_detail`` kept (stored, logged, shown); Envoy's are a line or two."""
+MAX_NODE_NAME = 256
+"""Longest ``node.id`` / ``node.cluster`` accepted; a longer one is refused (INVALID_ARGUMENT)."""
+
+
+def cap_text(text: str, limit: int) -> str:
+    """``text`` cut to ``limit`` characters, saying how much was left out."""
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}... ({len(text) - limit} more characters)"
+
+
 """How long listeners and routes wait for cluster warming before going out anyway."""
 
 # The per-type services, for Envoys (or other xDS clients) that do not use ADS: service name ->
@@ -255,6 +268,11 @@ class XdsStream:
     def _identify(self, request: Any) -> NodeInfo:
         if not request.HasField("node") or not request.node.id:
             raise _StreamError(grpc.StatusCode.INVALID_ARGUMENT, "first request must carry node.id")
+        if len(request.node.id) > MAX_NODE_NAME or len(request.node.cluster) > MAX_NODE_NAME:
+            raise _StreamError(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"node.id and node.cluster are at most {MAX_NODE_NAME} characters",
+            )
         node = NodeInfo.from_proto(request.node)
         if self._authorize is not None:
             refusal = self._authorize(node)
@@ -272,6 +290,7 @@ class XdsStream:
             node=node.id,
             cluster=node.cluster,
             labels=dict(node.labels),
+            labels_dropped=node.labels_dropped or None,
             protocol=self.protocol,
             stream=self.stream_id,
         )
@@ -316,6 +335,7 @@ class XdsStream:
         assert self.node is not None
         if state.nacked_version == version:
             return  # logged and counted already
+        error = cap_text(error, MAX_NACK_DETAIL)
         state.nacked_version = version
         state.last_nack = NackRecord(version=version, message=error, at=time.time())
         XDS_NACKS.labels(type_url.short).inc()
@@ -448,6 +468,7 @@ class XdsStream:
             "id": node.id if node else None,
             "cluster": node.cluster if node else None,
             "labels": dict(node.labels) if node else {},
+            "labels_dropped": node.labels_dropped if node else 0,
             "client": ("grpc" if node.proxyless else "envoy") if node else None,
             "gateways": list(snapshot.group) if snapshot else [],
             "policy_version": snapshot.policy_version if snapshot else None,

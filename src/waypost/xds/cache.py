@@ -1,5 +1,9 @@
 """The snapshot cache: compiled policy versions in, one snapshot per node group out.
 
+With ``withhold_private_keys`` (plaintext xDS without ``--allow-plaintext-secrets``), SDS secrets
+carrying a private key are left out of every snapshot: a listener that needs one waits for it
+instead of being served, and :attr:`SnapshotCache.withheld_secrets` says which (for /status).
+
 Contract: lives on one asyncio event loop and is not thread-safe; ``publish`` and
 ``snapshot_for`` are called from that loop only. A published version is all or nothing: every
 snapshot is built and checked for consistency before the swap, so a failure leaves the last good
@@ -13,6 +17,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from envoy.config.core.v3 import base_pb2
+from envoy.extensions.transport_sockets.tls.v3 import secret_pb2
+from google.protobuf import message
 
 from waypost.log import get_logger
 from waypost.xds.compiler import CompiledPolicy
@@ -30,13 +36,26 @@ DEFAULT_GRACE_S = 10.0
 """A claim's grace when its Service is gone or takes no registrations (the policy changed)."""
 
 
+MAX_LABELS = 64
+"""Labels kept per node (in key order); a node announcing more is shown with ``labels_dropped``."""
+MAX_LABEL_KEY = 128
+MAX_LABEL_VALUE = 256
+"""Longer labels are dropped, not cut: a cut value could match another selector."""
+
+
 @dataclass(frozen=True)
 class NodeInfo:
-    """The identity an Envoy node announces: its id, ``node.cluster`` and metadata labels."""
+    """The identity an Envoy node announces: its id, ``node.cluster`` and metadata labels.
+
+    A node's metadata is self-declared and is stored, logged and shown on /status: labels are
+    capped (:data:`MAX_LABELS`, :data:`MAX_LABEL_KEY`, :data:`MAX_LABEL_VALUE`) before anything
+    keeps them.
+    """
 
     id: str
     cluster: str
     labels: Mapping[str, str] = field(default_factory=dict)
+    labels_dropped: int = 0
     proxyless: bool = False
     """A gRPC library's own xDS client (``user_agent_name`` "gRPC ..."), not an Envoy."""
     register: tuple[str, str] | None = None
@@ -45,10 +64,21 @@ class NodeInfo:
     @classmethod
     def from_proto(cls, node: base_pb2.Node) -> NodeInfo:
         labels: dict[str, str] = {}
+        dropped = 0
         if "labels" in node.metadata.fields:
-            for key, value in node.metadata.fields["labels"].struct_value.fields.items():
-                if value.HasField("string_value"):
-                    labels[key] = value.string_value
+            fields = node.metadata.fields["labels"].struct_value.fields
+            for key in sorted(fields):
+                value = fields[key]
+                if not value.HasField("string_value"):
+                    continue
+                if (
+                    len(labels) >= MAX_LABELS
+                    or len(key) > MAX_LABEL_KEY
+                    or len(value.string_value) > MAX_LABEL_VALUE
+                ):
+                    dropped += 1
+                    continue
+                labels[key] = value.string_value
         proxyless = node.user_agent_name.lower().startswith("grpc")
         register = None
         if "register" in node.metadata.fields:
@@ -56,7 +86,14 @@ class NodeInfo:
             service, address = claim.get("service"), claim.get("address")
             if service is not None and address is not None:
                 register = (service.string_value, address.string_value)
-        return cls(id=node.id, cluster=node.cluster, labels=labels, proxyless=proxyless, register=register)
+        return cls(
+            id=node.id,
+            cluster=node.cluster,
+            labels=labels,
+            labels_dropped=dropped,
+            proxyless=proxyless,
+            register=register,
+        )
 
     def group(self, compiled: CompiledPolicy) -> GroupKey:
         """The node group this node belongs to under ``compiled``."""
@@ -77,7 +114,8 @@ class PreparedVersion:
 class SnapshotCache:
     """Holds the current compiled policy and the snapshots cut from it, one per node group."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, withhold_private_keys: bool = False) -> None:
+        self.withhold_private_keys = withhold_private_keys
         self._compiled: CompiledPolicy | None = None
         self._served: CompiledPolicy | None = None
         self.registry = EndpointRegistry(grace_for=self._grace_for, on_change=self._refresh_registered)
@@ -111,7 +149,7 @@ class SnapshotCache:
         groups = {node.group(compiled) for node in list(self._watched.values())}
         # The group of every Gateway proves all of them cut cleanly, even ones no node has yet.
         groups.add(tuple(sorted(compiled.gateways)))
-        snapshots = {group: _build(served, group, encoder) for group in groups}
+        snapshots = {group: self._build(served, group, encoder) for group in groups}
         return PreparedVersion(compiled=compiled, encoder=encoder, snapshots=snapshots, served=served)
 
     def commit(self, prepared: PreparedVersion) -> None:
@@ -133,7 +171,7 @@ class SnapshotCache:
         group = node.group(self._compiled)
         snapshot = self._snapshots.get(group)
         if snapshot is None:
-            snapshot = self._snapshots[group] = _build(self._served, group, self._encoder)
+            snapshot = self._snapshots[group] = self._build(self._served, group, self._encoder)
         return snapshot
 
     def group_for(self, node: NodeInfo) -> GroupKey:
@@ -186,11 +224,28 @@ class SnapshotCache:
         encoder = self._encoder.without({(TypeUrl.ENDPOINT, name) for name in changed})
         self.commit(self._prepare(self._compiled, served, encoder))
 
+    @property
+    def withheld_secrets(self) -> list[str]:
+        """Names of the SDS secrets (with private keys) the current version does not send."""
+        if not self.withhold_private_keys or self._compiled is None:
+            return []
+        return sorted(
+            _private_key_secrets(self._compiled.resources_for(tuple(sorted(self._compiled.gateways))))
+        )
 
-def _build(compiled: CompiledPolicy, group: GroupKey, encoder: ResourceEncoder) -> Snapshot:
-    return Snapshot.build(
-        policy_version=compiled.version,
-        group=group,
-        resources=compiled.resources_for(group),
-        encoder=encoder,
+    def _build(self, compiled: CompiledPolicy, group: GroupKey, encoder: ResourceEncoder) -> Snapshot:
+        resources = compiled.resources_for(group)
+        snapshot = Snapshot.build(
+            policy_version=compiled.version, group=group, resources=resources, encoder=encoder
+        )
+        if self.withhold_private_keys:
+            snapshot = snapshot.withholding(_private_key_secrets(resources))
+        return snapshot
+
+
+def _private_key_secrets(resources: Mapping[TypeUrl, Mapping[str, message.Message]]) -> frozenset[str]:
+    return frozenset(
+        name
+        for name, secret in resources.get(TypeUrl.SECRET, {}).items()
+        if isinstance(secret, secret_pb2.Secret) and secret.HasField("tls_certificate")
     )

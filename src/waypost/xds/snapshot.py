@@ -171,6 +171,8 @@ class Snapshot:
     resources: Mapping[TypeUrl, Mapping[str, EncodedResource]]
     cluster_refs: Mapping[TypeUrl, frozenset[str]]
     eds_clusters: frozenset[str]
+    withheld_secrets: frozenset[str] = frozenset()
+    """SDS secrets the policy has but this snapshot does not send (see :meth:`withholding`)."""
     _versions: dict[TypeUrl, str] = dataclasses.field(default_factory=dict, compare=False, repr=False)
     """Computed once: every stream of the group asks for them (a sort and a hash each)."""
     _names: dict[TypeUrl, frozenset[str]] = dataclasses.field(default_factory=dict, compare=False, repr=False)
@@ -196,6 +198,23 @@ class Snapshot:
             resources = self.resources[type_url]
             body = self._bodies[type_url] = b"".join(resources[name].sotw_entry for name in sorted(resources))
         return body
+
+    def withholding(self, secrets: frozenset[str]) -> Snapshot:
+        """This snapshot without the SDS secrets named (checked for consistency with them: the
+        listeners still name them, and Envoy keeps waiting for them rather than serving without)."""
+        names = secrets & self.resources[TypeUrl.SECRET].keys()
+        if not names:
+            return self
+        kept = {name: r for name, r in self.resources[TypeUrl.SECRET].items() if name not in names}
+        # Fresh memo tables: the ones of ``self`` describe the full resources.
+        return dataclasses.replace(
+            self,
+            resources={**self.resources, TypeUrl.SECRET: kept},
+            withheld_secrets=frozenset(names),
+            _versions={},
+            _names={},
+            _bodies={},
+        )
 
     @classmethod
     def build(

@@ -31,6 +31,7 @@ import jwt
 
 from waypost.contract import CONSUMER_HEADER
 from waypost.filters.authz.decision_log import DecisionLog
+from waypost.filters.authz.guard import REFILL_SECONDS, FailedKeyGuard
 from waypost.filters.authz.jwks import KeySet, RemoteKeySet, parse_jwks
 from waypost.filters.authz.plugins import load_plugins
 from waypost.log import get_logger
@@ -159,7 +160,13 @@ class _Failure:
     challenge_error: bool = False
 
 
-_ERRORS = {401: "unauthorized", 403: "forbidden", 500: "internal error", 503: "unavailable"}
+_ERRORS = {
+    401: "unauthorized",
+    403: "forbidden",
+    429: "too many requests",
+    500: "internal error",
+    503: "unavailable",
+}
 _JSON = (("content-type", "application/json"),)
 
 
@@ -184,9 +191,10 @@ Quota = Callable[[str, Decision], "Decision | Awaitable[Decision]"]
 
 
 class _Index:
-    """Consumers of one policy version, by key hash and by name."""
+    """Consumers of one policy version, by key hash and by name; ``failed_keys`` outlives versions."""
 
-    def __init__(self, consumers: Mapping[str, Consumer]) -> None:
+    def __init__(self, consumers: Mapping[str, Consumer], failed_keys: FailedKeyGuard | None = None) -> None:
+        self.failed_keys = failed_keys or FailedKeyGuard()
         self.by_name = dict(consumers)
         self.by_key: dict[str, tuple[str, Consumer]] = {}
         for consumer in consumers.values():
@@ -206,10 +214,17 @@ def _api_key_source(header: str, index: _Index) -> Source:
         value = request.headers.get(header)
         if not value:
             return None
+        # Checked before the key: an address that keeps guessing learns nothing more. Only known
+        # addresses count (the HTTP endpoint is not told the client's; see guard.py).
+        address = request.source_ip
+        if address and index.failed_keys.blocked(address):
+            return _Failure(429, "too many invalid api keys from this address")
         digest = hashlib.sha256(value.encode()).hexdigest()
         found = index.by_key.get(digest)
         # The dict lookup finds the candidate; the comparison that decides runs in constant time.
         if found is None or not hmac.compare_digest(found[0], digest):
+            if address:
+                index.failed_keys.failed(address)
             return _Failure(401, "invalid api key")
         consumer = found[1]
         return Identity(
@@ -575,6 +590,7 @@ class AuthzCore:
         """``quota``: counts an admitted consumer's request (one hop, see quota.py); settable
         later as :attr:`quota`, before the first decision."""
         self._current: _Version | None = None
+        self.failed_keys = FailedKeyGuard()
         self.quota = quota
 
     @property
@@ -589,7 +605,7 @@ class AuthzCore:
         """Every route's plan for ``policy``, not yet current. Any thread; PolicyError (file:line)
         when a ``custom`` plugin cannot be imported: the version is refused, nothing changes."""
         plugins = load_plugins(policy)
-        index = _Index(policy.consumers)
+        index = _Index(policy.consumers, self.failed_keys)
         policy_plans = {
             name: _build_policy_plan(auth, policy, index, plugins)
             for name, auth in sorted(policy.auth_policies.items())
@@ -684,7 +700,13 @@ class AuthzCore:
         if identity is None:
             denial = _deny(401, "missing credentials", (("www-authenticate", policy.challenge),))
         elif isinstance(identity, _Failure):
-            extra = (("www-authenticate", policy.challenge_error),) if identity.status == 401 else ()
+            extra = (
+                (("www-authenticate", policy.challenge_error),)
+                if identity.status == 401
+                else (("retry-after", str(int(REFILL_SECONDS))),)
+                if identity.status == 429
+                else ()
+            )
             denial = _deny(identity.status, identity.reason, extra)
         else:
             denial = self._authorize(current, plan, policy, request, path, identity)

@@ -32,6 +32,7 @@ from waypost.filters.authz.core import AuthRequest, AuthzCore, Decision
 from waypost.h2grpc import Limits
 from waypost.h2grpc.conns import ConnectionSlots
 from waypost.log import get_logger
+from waypost.peers import PeerFilter
 
 __all__ = [
     "MAX_HEADERS",
@@ -273,9 +274,10 @@ class AuthzHttpProtocol(asyncio.Protocol):
 
 
 async def start_authz_http(
-    core: AuthzCore, host: str, port: int, *, limits: Limits | None = None
+    core: AuthzCore, host: str, port: int, *, limits: Limits | None = None, peers: PeerFilter | None = None
 ) -> tuple[Any, int]:
-    """Listen on ``host:port``; the connection cap and idle timeout are ``limits``' (the gRPC port's)."""
+    """Listen on ``host:port``; the connection cap and idle timeout are ``limits``' (the gRPC port's);
+    ``peers``: only those client networks."""
     limits = limits or Limits()
     loop = asyncio.get_running_loop()
     cache = _Cache()
@@ -284,8 +286,12 @@ async def start_authz_http(
         idle_timeout=limits.idle_timeout,
         handshake_timeout=limits.handshake_timeout,
     )
+
+    def factory() -> asyncio.Protocol:
+        return AuthzHttpProtocol(core, cache, slots)
+
     server = await loop.create_server(
-        lambda: AuthzHttpProtocol(core, cache, slots),
+        peers.protocol_factory(factory) if peers is not None else factory,
         host,
         port,
         reuse_port=True,

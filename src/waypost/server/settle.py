@@ -1,0 +1,72 @@
+"""Read a policy set that is not being written: the commit of a checkout, or settled files.
+
+In a git checkout (the default of ``waypost serve``) the policy is read from the tree of the
+commit HEAD names, with git plumbing: a commit is immutable, so a checkout, a pull or an editor
+saving in place is never seen half-done, and uncommitted edits are not served.
+
+A plain directory (or ``--working-tree``) is read from disk, and applied only once every file
+read stayed the same across the settle window: the files are read again a window after the load
+read them (stat and sha256 of every file, the listing of every folder), and any difference
+starts over; a file that changed while being read counts as a difference. A writer that pauses
+longer than the window in the middle of a file can still be caught half-way:
+write policy files atomically (write a temporary file, then rename it over the old one), as
+``git``, ``kubectl`` ConfigMap mounts and most editors do.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+from typing import Final
+
+from waypost.log import get_logger
+from waypost.policies.diagnostics import Diagnostic, PolicyError
+from waypost.policies.load_cache import LoadCache
+from waypost.policies.loader import load_policies
+from waypost.policies.model import PolicySet
+from waypost.policies.source import DirectorySource, GitTreeSource
+from waypost.server.gitinfo import GitInfo
+
+__all__ = ["MAX_SETTLE_SECONDS", "load_commit", "load_settled"]
+
+log = get_logger("waypost.policy")
+
+MAX_SETTLE_SECONDS: Final = 30.0
+"""Give up (the previous version keeps serving) when files keep changing for this long."""
+
+
+async def load_commit(directory: Path, git: GitInfo, cache: LoadCache | None = None) -> PolicySet:
+    """The policy as committed in ``git.commit`` (``cache``: see :func:`load_policies`)."""
+    source = GitTreeSource(directory, toplevel=git.toplevel, commit=git.commit)
+    return await asyncio.to_thread(load_policies, source, cache)
+
+
+async def load_settled(directory: Path, window: float, cache: LoadCache | None = None) -> PolicySet:
+    """The policy from disk, once unchanged across ``window`` seconds; raises PolicyError."""
+    started = time.monotonic()
+    while True:
+        source = DirectorySource(directory)
+        read_at = time.monotonic()
+        try:
+            policy: PolicySet | None = await asyncio.to_thread(load_policies, source, cache)
+            error: PolicyError | None = None
+        except PolicyError as exc:
+            policy, error = None, exc
+        # Read twice, a window apart, and compare stat and sha256 of everything read. Always:
+        # file timestamps cannot decide it alone (a read racing a truncation can see the file
+        # already empty and its mtime not yet updated).
+        await asyncio.sleep(max(0.0, read_at + window - time.monotonic()))
+        if await asyncio.to_thread(source.unchanged):
+            break
+        if time.monotonic() - started > MAX_SETTLE_SECONDS:
+            message = (
+                f"policy files kept changing for {MAX_SETTLE_SECONDS:g}s; not applied "
+                "(write files atomically: a temporary file, then rename)"
+            )
+            raise PolicyError([Diagnostic(str(directory), 0, "", "", message)])
+        log.debug("policy files still changing; reading again", directory=str(directory))
+    if error is not None:
+        raise error
+    assert policy is not None
+    return policy
