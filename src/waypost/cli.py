@@ -1,4 +1,4 @@
-"""The `waypost` command line: validate, render, bootstrap, serve, diff, schema, docs.
+"""The `waypost` command line: validate, render, bootstrap, serve, top, diff, schema, docs.
 
 A thin layer: parse arguments, call one stage, print its result. Exit codes: 0 success, 1 invalid
 policy (one `path:line: Kind name: message` line per problem on stderr), 2 usage errors.
@@ -13,6 +13,8 @@ import sys
 from collections.abc import Coroutine, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from waypost.cli_analytics import add_serve_arguments, add_top_parser, analytics_options, run_top
 
 if TYPE_CHECKING:
     from waypost.filters.ratelimit.server import RateLimitOptions
@@ -172,6 +174,8 @@ def _parser() -> argparse.ArgumentParser:
     keys_new = keys_commands.add_parser("new", help="print a fresh API key once, and the line to commit")
     keys_new.add_argument("consumer")
     _ratelimit_arguments(serve, port_flag="--ratelimit-port", required=False)
+    add_serve_arguments(serve)
+    add_top_parser(commands)
 
     ratelimit = commands.add_parser("ratelimit", help="run only the rate-limit service (Envoy RLS)")
     ratelimit.add_argument("--policies", required=True, type=Path)
@@ -254,6 +258,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _keys_new(args.consumer)
         if args.command == "ratelimit":
             return _ratelimit(args)
+        if args.command == "top":
+            return run_top(args)
     except argparse.ArgumentTypeError as exc:
         print(f"waypost: {exc}", file=sys.stderr)
         return 2
@@ -370,6 +376,8 @@ def _serve(args: argparse.Namespace) -> int:
         authz_http_port=args.authz_http_port,
         xds_tls=xds_tls,
         ratelimit=_ratelimit_options(args),
+        analytics=analytics_options(args),
+        advertise_address=args.advertise_address,
     )
     # Only once the arguments are known good: a usage error leaves logging as it was.
     configure_logging(args.log_level, json=None if args.log_format is None else args.log_format == "json")

@@ -12,9 +12,12 @@ from typing import Any
 
 import grpc
 
+from waypost.analytics import Analytics, AnalyticsOptions
 from waypost.filters.ratelimit.server import RateLimitOptions, RunningRateLimit, start_ratelimit
 from waypost.log import get_logger
+from waypost.policies.types import Endpoint
 from waypost.server.admin import AdminServer
+from waypost.server.analytics_pages import install_analytics
 from waypost.server.dashboard import Dashboard
 from waypost.server.gitpull import GitPuller
 from waypost.server.runtime import PolicyRuntime
@@ -46,6 +49,16 @@ class ServeOptions:
     """TLS on the xDS port; with a client CA, mTLS and node ids checked against certificates."""
     ratelimit: RateLimitOptions | None = None
     """Also answer Envoy's RateLimitService (``--ratelimit-port``)."""
+    analytics: AnalyticsOptions | None = None
+    """Collect Envoy's access logs (``--analytics-port``): call analytics."""
+    advertise_address: str | None = None
+    """The address Envoys reach this waypost at, for clusters compiled into CDS (the analytics
+    collector). Default: ``host``, or 127.0.0.1 when listening on every address."""
+
+    def advertised(self) -> str:
+        if self.advertise_address:
+            return self.advertise_address
+        return "127.0.0.1" if self.host in ("0.0.0.0", "::", "") else self.host
 
 
 def build_status(runtime: PolicyRuntime, ads: AdsServer) -> dict[str, Any]:
@@ -81,7 +94,13 @@ async def serve(options: ServeOptions, *, stop: asyncio.Event | None = None) -> 
             loop.add_signal_handler(sig, stop.set)
 
     cache = SnapshotCache()
-    runtime = PolicyRuntime(options.policies, cache)
+    analytics = Analytics(options.analytics) if options.analytics is not None else None
+    collector = None
+    if analytics is not None:
+        collector = Endpoint(options.advertised(), await analytics.start(options.host))
+    runtime = PolicyRuntime(options.policies, cache, collector=collector)
+    if analytics is not None:
+        runtime.add_listener(lambda compiled: analytics.set_policy(compiled.policy))
     await runtime.reload()  # an invalid first load still serves: not ready until a valid one
 
     mtls = options.xds_tls is not None and options.xds_tls.client_ca is not None
@@ -124,6 +143,8 @@ async def serve(options: ServeOptions, *, stop: asyncio.Event | None = None) -> 
     admin = AdminServer(ready=lambda: runtime.current is not None, status=lambda: build_status(runtime, ads))
     dashboard = Dashboard(lambda: build_status(runtime, ads))
     dashboard.install(admin)
+    if analytics is not None:
+        install_analytics(admin, analytics)
     dashboard.start()
     admin_port = await admin.start(options.host, options.admin_port)
     puller = GitPuller(runtime, options.git_pull) if options.git_pull else None
@@ -161,3 +182,5 @@ async def serve(options: ServeOptions, *, stop: asyncio.Event | None = None) -> 
         ads.close()
         if ratelimit is not None:
             await ratelimit.stop()
+        if analytics is not None:
+            await analytics.stop()

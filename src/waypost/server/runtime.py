@@ -19,6 +19,7 @@ from waypost.metrics import POLICY_INFO, POLICY_LOADS
 from waypost.policies.diagnostics import PolicyError
 from waypost.policies.loader import load_policies
 from waypost.policies.model import PolicySet
+from waypost.policies.types import Endpoint
 from waypost.server.gitinfo import GitInfo, git_info
 from waypost.xds.cache import SnapshotCache
 from waypost.xds.compiler import CompiledPolicy, compile_policy
@@ -39,9 +40,11 @@ class LoadFailure:
 class PolicyRuntime:
     """Owns the reload cycle for one policy directory. Event loop only, one reload at a time."""
 
-    def __init__(self, directory: Path, cache: SnapshotCache) -> None:
+    def __init__(self, directory: Path, cache: SnapshotCache, *, collector: Endpoint | None = None) -> None:
         self.directory = directory
         self.cache = cache
+        self.collector = collector
+        """Where Envoys reach the analytics collector (compiled into each version), if served."""
         self.last_failure: LoadFailure | None = None
         self.applied_at: float | None = None
         self.git: GitInfo | None = None
@@ -82,7 +85,7 @@ class PolicyRuntime:
                     if git != self.git:  # same files, new commit (e.g. one touching other paths)
                         self._set_git(git, policy)
                     return False
-                compiled = await asyncio.to_thread(compile_policy, policy)
+                compiled = await asyncio.to_thread(compile_policy, policy, collector=self.collector)
                 prepared = await asyncio.to_thread(self.cache.prepare, compiled)
             except PolicyError as exc:
                 return self._fail([str(d) for d in exc.diagnostics], git)

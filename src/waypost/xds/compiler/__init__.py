@@ -17,6 +17,8 @@ from envoy.extensions.transport_sockets.tls.v3 import secret_pb2
 from google.protobuf import message
 
 from waypost.policies.model import PolicySet, Route
+from waypost.policies.types import Endpoint
+from waypost.xds.compiler.analytics import analytics_cluster, gateway_logs, patch_hcm_analytics
 from waypost.xds.compiler.clusters import build_cluster, build_load_assignment
 from waypost.xds.compiler.features import GATEWAY_CLUSTERS, HTTP_FEATURES
 from waypost.xds.compiler.listeners import build_listener
@@ -77,7 +79,9 @@ class CompiledPolicy:
         }
 
 
-def compile_policy(policy: PolicySet) -> CompiledPolicy:
+def compile_policy(policy: PolicySet, *, collector: Endpoint | None = None) -> CompiledPolicy:
+    """``collector``: where Envoys reach waypost's analytics collector (``waypost serve
+    --analytics-port``); None compiles no access-log stream (see :mod:`.analytics`)."""
     routes_by_gateway: dict[str, list[Route]] = {name: [] for name in policy.gateways}
     for route in policy.routes.values():
         routes_by_gateway[route.gateway].append(route)
@@ -89,9 +93,17 @@ def compile_policy(policy: PolicySet) -> CompiledPolicy:
         routes = sorted(routes_by_gateway[name], key=lambda r: r.name)
         features = [f for f in bound_features if f.applies(gateway, routes)]
         own_clusters = [c for build in GATEWAY_CLUSTERS for c in build(gateway)]
+        streams_log = collector is not None and gateway_logs(gateway)
+        if streams_log:
+            assert collector is not None
+            own_clusters.append(analytics_cluster(collector))
         clusters.update((c.name, c) for c in own_clusters)
         gateways[name] = GatewayResources(
-            listener=build_listener(gateway, [f.http_filter(gateway, routes) for f in features]),
+            listener=build_listener(
+                gateway,
+                [f.http_filter(gateway, routes) for f in features],
+                extra_hooks=(patch_hcm_analytics,) if streams_log else (),
+            ),
             route_config=build_route_configuration(gateway, routes, policy.services, features),
             secrets=build_secrets(gateway, policy.files),
             clusters=frozenset(cluster_name(s) for r in routes for s in r.services)

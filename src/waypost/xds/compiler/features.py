@@ -31,7 +31,7 @@ from waypost.xds.compiler.protection import (
 )
 from waypost.xds.compiler.ratelimit import GlobalRateLimitFeature, LocalRateLimitFeature
 
-__all__ = ["GATEWAY_CLUSTERS", "HCM_HOOKS", "HTTP_FEATURES", "HttpFeature"]
+__all__ = ["GATEWAY_CLUSTERS", "HCM_HOOKS", "HTTP_FEATURES", "HcmHook", "HttpFeature"]
 
 
 class HttpFeature(Protocol):
