@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Debian packages the test suite runs for real: redis-server (shared rate-limit counters) and
-# chromium (dashboard page tests). `bench` adds wrk, the load generator of the benchmarks.
+# chromium (dashboard page tests), prometheus (the analytics fleet view). `bench` adds wrk, the load generator of the benchmarks.
 # Installs only what is missing; needs root (or sudo) and Debian's apt.
 set -euo pipefail
-want=(redis-server chromium)
+want=(redis-server chromium prometheus)
 [ "${1:-}" = "bench" ] && want+=(wrk)
 need=()
 for pkg in "${want[@]}"; do

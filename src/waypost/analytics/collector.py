@@ -99,16 +99,19 @@ class Collector:
     ) -> als_pb2.StreamAccessLogsResponse:
         STREAMS.inc()
         gateway = ""
+        entries = ENTRIES.labels("")
         try:
             async for message in request_iterator:
                 if message.HasField("identifier"):
                     gateway = message.identifier.log_name
-                self.ingest(gateway, message.http_logs.log_entry, int(time.time()))
+                    entries = ENTRIES.labels(message.identifier.node.id)
+                entries.inc(self.ingest(gateway, message.http_logs.log_entry, int(time.time())))
         finally:
             STREAMS.dec()
         return als_pb2.StreamAccessLogsResponse()
 
-    def ingest(self, gateway: str, entries: Iterable[accesslog_pb2.HTTPAccessLogEntry], now: int) -> None:
+    def ingest(self, gateway: str, entries: Iterable[accesslog_pb2.HTTPAccessLogEntry], now: int) -> int:
+        """Record a batch; returns how many entries it held."""
         aggregator = self.aggregator
         n = 0
         for entry in entries:
@@ -118,7 +121,7 @@ class Collector:
             except (ValueError, KeyError, ZeroDivisionError) as exc:
                 DROPPED.labels("bad_entry").inc()
                 log.warning("analytics entry refused", gateway=gateway, error=str(exc))
-        ENTRIES.inc(n)
+        return n
 
 
 def _record(aggregator: Aggregator, now: int, gateway: str, entry: accesslog_pb2.HTTPAccessLogEntry) -> None:

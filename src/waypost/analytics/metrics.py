@@ -10,10 +10,14 @@
 - ``waypost_analytics_bytes_total{gateway,api,route,direction}``.
 - ``waypost_analytics_anomaly{consumer,kind}`` (1 while raised) and
   ``waypost_analytics_anomalies_total{kind}``.
-- ``waypost_analytics_entries_total``, ``waypost_analytics_streams``,
-  ``waypost_analytics_dropped_total{reason}`` (entries or rows waypost itself lost: a bad entry,
-  a failed write). Entries Envoy drops are Envoy's counter
-  ``access_logs.grpc_access_log.logs_dropped`` (its admin /stats), since they never reach us.
+- ``waypost_analytics_entries_total{node}`` (per Envoy node id: bounded by the fleet),
+  ``waypost_analytics_streams``, ``waypost_analytics_dropped_total{reason}`` (entries or rows
+  waypost itself lost: a bad entry, a failed write).
+
+Entries Envoy loses never reach waypost, so Envoy counts them: ``logs_dropped`` (the stream was
+backed up) and, while the collector is unreachable, entries handed to the logger
+(``access_logs.grpc_access_log.logs_written``) that waypost never received: ``logs_written``
+minus ``waypost_analytics_entries_total{node}`` (docs/analytics.md has the PromQL).
 
 These are the contract of the fleet view (:mod:`waypost.analytics.fleet`): Prometheus sums them
 across replicas.
@@ -34,7 +38,9 @@ from waypost.analytics.cells import Cell, Key
 
 __all__ = ["DROPPED", "DURATION_BUCKETS", "ENTRIES", "MAX_SERIES", "STREAMS", "AnalyticsMetrics"]
 
-ENTRIES = Counter("waypost_analytics_entries_total", "Access-log entries received from Envoy.")
+ENTRIES = Counter(
+    "waypost_analytics_entries_total", "Access-log entries received, by Envoy node id.", ["node"]
+)
 STREAMS = Gauge("waypost_analytics_streams", "Envoy access-log streams connected.")
 DROPPED = Counter(
     "waypost_analytics_dropped_total",

@@ -145,7 +145,7 @@ async function load() {
     {x: xs, y: data.series.map(p => p.denied), name: "401/403", type: "bar", marker:{color:"#d9822b"}},
     {x: xs, y: data.series.map(p => p.limited), name: "429", type: "bar", marker:{color:"#9b59b6"}},
   ], layout({barmode: "stack"}), config);
-  Plotly.react("c-latency", ["p50_ms", "p95_ms", "p99_ms"].map(k => ({x: xs, y: data.series.map(p => p[k]), name: k.replace("_ms", ""), mode: "lines"})), layout(), config);
+  Plotly.react("c-latency", ["p50_ms", "p95_ms", "p99_ms"].map(k => ({x: xs, y: data.series.map(p => p[k]), name: k.replace("_ms", ""), mode: "lines+markers", connectgaps: false})), layout(), config);
   const bars = (items, key) => [{y: items.map(i => label(i[key])).reverse(), x: items.map(i => i.requests).reverse(), type: "bar", orientation: "h", marker:{color:"#2f6fdb"}, customdata: items.map(i => i[key]).reverse()}];
   Plotly.react("c-apis", bars(data.top_apis, "api"), layout({showlegend:false, margin:{l:110,r:12,t:8,b:30}}), config);
   Plotly.react("c-consumers", bars(data.top_consumers, "consumer"), layout({showlegend:false, margin:{l:110,r:12,t:8,b:30}}), config);

@@ -137,8 +137,10 @@ def figures(
     for row in rows:
         buckets.setdefault(row.start, []).append(row)
     series = []
-    for t in sorted(buckets):
-        s = _summary(buckets[t])
+    # Every bucket of the range, empty ones as zeros, so a chart spans the range chosen.
+    first = start - start % resolution
+    for t in range(first, end - end % resolution + 1, resolution):
+        s = _summary(buckets.get(t, []))
         series.append(
             {k: s[k] for k in ("requests", "errors", "denied", "limited", "p50_ms", "p95_ms", "p99_ms")}
             | {"t": t}
