@@ -229,3 +229,50 @@ async def test_service_validates_queries(tmp_path: Path) -> None:
     finally:
         await analytics.stop()
     await asyncio.sleep(0)
+
+
+def test_metrics_bounded_labels_histogram_and_anomaly_gauge() -> None:
+    from prometheus_client import CollectorRegistry, generate_latest
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from waypost.analytics.anomaly import Anomaly
+    from waypost.analytics.metrics import AnalyticsMetrics
+
+    agg = Aggregator()
+    for ms in (3.0, 30.0, 300.0):
+        record(agg, T0, ms=ms)
+    anomaly = Anomaly("acme", "requests", T0, T0, 10.0, 1.0, "request rate spike")
+    metrics = AnalyticsMetrics(lambda: [anomaly], lambda: {"requests": 1, "errors": 0, "denied": 0})
+    for key, cell in agg.flush(T0 + 1).seconds[T0].items():
+        metrics.add(key, cell)
+    registry = CollectorRegistry()
+    registry.register(metrics)
+    samples = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for f in text_string_to_metric_families(generate_latest(registry).decode())
+        for s in f.samples
+    }
+    labels = (
+        ("api", ""),
+        ("consumer", "acme"),
+        ("gateway", "public"),
+        ("route", "orders"),
+        ("status", "2xx"),
+    )
+    assert samples[("waypost_analytics_requests_total", labels)] == 3
+    route = (("api", ""), ("gateway", "public"), ("route", "orders"))
+    assert samples[("waypost_analytics_request_duration_seconds_count", route)] == 3
+    assert (
+        samples[
+            ("waypost_analytics_request_duration_seconds_bucket", tuple(sorted((*route, ("le", "0.005")))))
+        ]
+        == 1
+    )
+    assert (
+        samples[
+            ("waypost_analytics_request_duration_seconds_bucket", tuple(sorted((*route, ("le", "0.05")))))
+        ]
+        == 2
+    )
+    assert samples[("waypost_analytics_anomaly", (("consumer", "acme"), ("kind", "requests")))] == 1
+    assert samples[("waypost_analytics_anomalies_total", (("kind", "requests"),))] == 1

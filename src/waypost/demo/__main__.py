@@ -53,6 +53,7 @@ WAYPOST_ADMIN_PORT = 9902
 ENVOY_ADMIN_PORT = 9901  # Envoy's customary admin port
 AUTHZ_PORT = 9191  # ext_authz decisions (`waypost serve --authz-port`)
 RATELIMIT_PORT = 9192  # rate-limit decisions (`waypost serve --ratelimit-port`)
+ANALYTICS_PORT = 9193  # Envoy's access-log stream (`waypost serve --analytics-port`)
 ACME_KEY = "demo-acme-key"  # policies/partners.yaml holds their hashes
 TRIAL_KEY = "demo-trial-key"
 
@@ -398,6 +399,7 @@ class Demo:
                 (LOOPBACK, ENVOY_ADMIN_PORT, "Envoy admin"),
                 (LOOPBACK, AUTHZ_PORT, "waypost ext_authz"),
                 (LOOPBACK, RATELIMIT_PORT, "waypost rate limit"),
+                (LOOPBACK, ANALYTICS_PORT, "waypost analytics collector"),
             ]
         )
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -430,6 +432,10 @@ class Demo:
                     str(AUTHZ_PORT),
                     "--ratelimit-port",
                     str(RATELIMIT_PORT),
+                    "--analytics-port",
+                    str(ANALYTICS_PORT),
+                    "--data-dir",
+                    str(self.workdir / "data"),
                 ],
                 self.workdir / "waypost.log",
                 env,
@@ -518,7 +524,8 @@ class Demo:
         self.say()
         self.say(
             f"Envoy admin: http://{LOOPBACK}:{ENVOY_ADMIN_PORT}/config_dump   "
-            f"waypost dashboard: http://{LOOPBACK}:{WAYPOST_ADMIN_PORT}/"
+            f"waypost dashboard: http://{LOOPBACK}:{WAYPOST_ADMIN_PORT}/   "
+            f"call analytics: http://{LOOPBACK}:{WAYPOST_ADMIN_PORT}/analytics"
         )
         self.say(f"Logs and bootstrap: {self.workdir}/. Edit a policy file and waypost reloads it live.")
         self.say("Press Ctrl-C to stop.")
