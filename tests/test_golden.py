@@ -1,8 +1,9 @@
 """Golden tests: each tests/golden/NAME/in/ policy directory renders to the files in out/.
 
 A valid case renders one YAML file per resource type for the node in NAME/case.yaml (default:
-cluster `edge`, no labels; `collector: HOST:PORT` compiles as served with an analytics
-collector), and that output also passes `envoy --mode validate`. An invalid case
+cluster `edge`, no labels; `grpc_client: true` renders for a proxyless gRPC client;
+`collector: HOST:PORT` compiles as served with an analytics collector), and an Envoy node's
+output also passes `envoy --mode validate`. An invalid case
 renders `diagnostics.txt`, the exact lines `waypost validate` prints.
 
 Regenerate after an intended change, then review the diff like code:
@@ -50,7 +51,9 @@ def node_resources(case: str, monkeypatch: pytest.MonkeyPatch) -> NodeResources 
     collector = parse_endpoint(options["collector"]) if "collector" in options else None
     compiled = compile_policy(policy, collector=collector)
     return compiled.resources_for(
-        compiled.select_gateways(node.get("cluster", "edge"), node.get("labels", {}))
+        compiled.select_gateways(
+            node.get("cluster", "edge"), node.get("labels", {}), proxyless=node.get("grpc_client", False)
+        )
     )
 
 
@@ -77,7 +80,15 @@ def test_golden_output(case: str, monkeypatch: pytest.MonkeyPatch) -> None:
         assert (out / name).read_text() == text, f"{case}/out/{name} differs; review and regenerate"
 
 
-@pytest.mark.parametrize("case", [c for c in CASES if not (GOLDEN / c / "out" / "diagnostics.txt").exists()])
+@pytest.mark.parametrize(
+    "case",
+    [
+        c
+        for c in CASES
+        if not (GOLDEN / c / "out" / "diagnostics.txt").exists()
+        and not case_options(c).get("node", {}).get("grpc_client", False)  # gRPC's config, not Envoy's
+    ],
+)
 def test_golden_output_passes_envoy_validate(
     case: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, envoy_bin: Path
 ) -> None:

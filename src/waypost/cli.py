@@ -74,6 +74,22 @@ def _parser() -> argparse.ArgumentParser:
         "--label", action="append", default=[], metavar="KEY=VALUE", help="node metadata label"
     )
     render.add_argument("--format", choices=("yaml", "json"), default="yaml")
+    render.add_argument(
+        "--grpc-client", action="store_true", help="as a proxyless gRPC client would (GrpcTargets)"
+    )
+
+    grpc_bootstrap = commands.add_parser(
+        "grpc-bootstrap", help="print the GRPC_XDS_BOOTSTRAP file of a proxyless gRPC client"
+    )
+    grpc_bootstrap.add_argument("--node-id", required=True)
+    grpc_bootstrap.add_argument("--node-cluster", required=True)
+    grpc_bootstrap.add_argument("--xds", required=True, type=_host_port, metavar="HOST:PORT")
+    grpc_bootstrap.add_argument(
+        "--label", action="append", default=[], metavar="KEY=VALUE", help="node metadata label"
+    )
+    grpc_bootstrap.add_argument("--xds-tls-ca", metavar="PATH", help="CA file to verify waypost (TLS)")
+    grpc_bootstrap.add_argument("--xds-client-cert", metavar="PATH", help="client certificate (mTLS)")
+    grpc_bootstrap.add_argument("--xds-client-key", metavar="PATH", help="private key of --xds-client-cert")
 
     bootstrap = commands.add_parser("bootstrap", help="print an Envoy bootstrap that connects to waypost")
     bootstrap.add_argument("--node-id", required=True)
@@ -236,6 +252,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _render(args)
         if args.command == "bootstrap":
             return _bootstrap(args)
+        if args.command == "grpc-bootstrap":
+            return _grpc_bootstrap(args)
         if args.command == "serve":
             return _serve(args)
         if args.command == "diff":
@@ -313,7 +331,7 @@ def _render(args: argparse.Namespace) -> int:
         return 1
     with progress("compiling"):
         compiled = compile_policy(policy)
-    group = compiled.select_gateways(args.node_cluster, _labels(args.label))
+    group = compiled.select_gateways(args.node_cluster, _labels(args.label), proxyless=args.grpc_client)
     with progress("rendering"):
         rendered = render_resources(compiled.resources_for(group))
     if args.format == "json":
@@ -344,6 +362,27 @@ def _bootstrap(args: argparse.Namespace) -> int:
             xds_client_key=args.xds_client_key,
             xds_sni=args.xds_sni,
             ratelimit_port=args.ratelimit_port,
+        )
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    sys.stdout.write(text)
+    return 0
+
+
+def _grpc_bootstrap(args: argparse.Namespace) -> int:
+    from waypost.xds.grpc_bootstrap import render_grpc_bootstrap
+
+    host, port = args.xds
+    try:
+        text = render_grpc_bootstrap(
+            node_id=args.node_id,
+            node_cluster=args.node_cluster,
+            xds_host=host,
+            xds_port=port,
+            labels=_labels(args.label),
+            xds_tls_ca=args.xds_tls_ca,
+            xds_client_cert=args.xds_client_cert,
+            xds_client_key=args.xds_client_key,
         )
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None

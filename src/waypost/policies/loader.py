@@ -65,6 +65,7 @@ _KIND_ATTRIBUTES: Final = {
     "AuthPolicy": "auth_policies",
     "Consumer": "consumers",
     "RateLimitPolicy": "rate_limit_policies",
+    "GrpcTarget": "grpc_targets",
 }
 _KNOWN_KINDS: Final = ", ".join(KINDS)
 
@@ -250,7 +251,9 @@ def _read_events(parser: yaml.CSafeLoader, documents: list[_Document]) -> None:
     value: Any
 
     while True:
-        event = get_event()
+        # Any: the branches below test ``type(event) is X`` (cheaper than isinstance in this loop),
+        # which the type checker cannot narrow on.
+        event: Any = get_event()
         event_type = type(event)
         if event_type is ScalarEvent:
             text: str = event.value

@@ -49,6 +49,10 @@ __all__ = [
     "GatewayLimits",
     "GatewayTLS",
     "GrpcJson",
+    "GrpcMatch",
+    "GrpcRetries",
+    "GrpcRoute",
+    "GrpcTarget",
     "HeaderMutation",
     "HealthCheck",
     "IdentitySource",
@@ -319,6 +323,18 @@ class Backend(Spec):
     weight: Annotated[StrictInt, Field(ge=0, le=1_000_000)] = 1
 
 
+def _check_backend_form(backend: str | None, backends: tuple[Backend, ...] | None) -> None:
+    """``backend`` or weighted ``backends``, the choice every route kind offers."""
+    if (backend is None) == (backends is None):
+        raise ValueError("exactly one of backend, backends is required")
+    if backends is not None and sum(b.weight for b in backends) == 0:
+        raise ValueError("backends: at least one weight must be above 0")
+
+
+def _weighted_backends(backend: str | None, backends: tuple[Backend, ...] | None) -> tuple[Backend, ...]:
+    return backends if backends is not None else (Backend(service=backend or ""),)
+
+
 class Rewrite(Spec):
     prefix: StrictStr = Field(pattern=r"^/")
 
@@ -410,15 +426,12 @@ class Route(Document):
 
     @model_validator(mode="after")
     def _exactly_one_backend_form(self) -> Self:
-        if (self.backend is None) == (self.backends is None):
-            raise ValueError("exactly one of backend, backends is required")
-        if self.backends is not None and sum(b.weight for b in self.backends) == 0:
-            raise ValueError("backends: at least one weight must be above 0")
+        _check_backend_form(self.backend, self.backends)
         return self
 
     @property
     def weighted_backends(self) -> tuple[Backend, ...]:
-        return self.backends if self.backends is not None else (Backend(service=self.backend or ""),)
+        return _weighted_backends(self.backend, self.backends)
 
     @property
     def services(self) -> tuple[str, ...]:
@@ -435,6 +448,84 @@ class Route(Document):
     @property
     def rate_limit_policies(self) -> tuple[str, ...]:
         return (self.rate_limit,) if isinstance(self.rate_limit, str) else self.rate_limit
+
+
+# --- GrpcTarget ----------------------------------------------------------------------------------
+
+GrpcRetryOn = Literal["cancelled", "deadline-exceeded", "internal", "resource-exhausted", "unavailable"]
+GRPC_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$"
+
+
+class GrpcMatch(Spec):
+    """Which calls a GrpcTarget route takes: all of them unless narrowed."""
+
+    service: Annotated[StrictStr, Field(pattern=GRPC_NAME_PATTERN)] | None = Field(
+        default=None, description="Fully qualified gRPC service, e.g. helloworld.Greeter."
+    )
+    method: Annotated[StrictStr, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")] | None = Field(
+        default=None, description="One method of service (requires service)."
+    )
+    headers: dict[HeaderName, StrictStr] = Field(
+        default_factory=dict, description="Call metadata that must have exactly these values."
+    )
+
+    @model_validator(mode="after")
+    def _method_needs_service(self) -> Self:
+        if self.method is not None and self.service is None:
+            raise ValueError("method needs service: a method is named within its service")
+        return self
+
+
+class GrpcRetries(Spec):
+    """Retry a failed call on another endpoint, as gRPC's own retry policy (gRFC A44) does."""
+
+    attempts: Annotated[StrictInt, Field(ge=1, le=4)] = Field(
+        default=1, description="Retries after the first try (gRPC allows 5 tries in all)."
+    )
+    on: tuple[GrpcRetryOn, ...] = Field(default=("unavailable",), min_length=1)
+
+
+class GrpcRoute(Spec):
+    """A route of a GrpcTarget; the first route whose match fits a call takes it."""
+
+    match: GrpcMatch = Field(default_factory=GrpcMatch)
+    backend: Name | None = None
+    backends: tuple[Backend, ...] | None = Field(default=None, min_length=1)
+    timeout: Duration | None = Field(default=None, description="Longest a call may take, retries included.")
+    retries: GrpcRetries | None = None
+
+    @model_validator(mode="after")
+    def _exactly_one_backend_form(self) -> Self:
+        _check_backend_form(self.backend, self.backends)
+        return self
+
+    @property
+    def weighted_backends(self) -> tuple[Backend, ...]:
+        return _weighted_backends(self.backend, self.backends)
+
+
+class GrpcTarget(Document):
+    """Services published to proxyless gRPC clients (gRPC's own xDS client, ``xds:///`` targets).
+
+    A client dialing ``xds:///<target>`` gets this target's routes and the endpoints of their
+    Services straight from waypost, with no proxy on the path.
+    """
+
+    kind: Literal["GrpcTarget"] = "GrpcTarget"
+    target: Annotated[StrictStr, Field(pattern=r"^[A-Za-z0-9]([A-Za-z0-9.-]{0,252})(:[0-9]{1,5})?$")] = Field(
+        description="The name clients dial as xds:///<target>, e.g. orders.example:9000."
+    )
+    nodes: NodeSelector | None = Field(
+        default=None, description="Which clients get it (their bootstrap's node cluster and labels)."
+    )
+    routes: tuple[GrpcRoute, ...] = Field(min_length=1)
+
+    def selects(self, node_cluster: str, node_labels: Mapping[str, str]) -> bool:
+        return self.nodes is None or self.nodes.matches(node_cluster, node_labels)
+
+    @property
+    def services(self) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(b.service for route in self.routes for b in route.weighted_backends))
 
 
 # --- AuthPolicy ----------------------------------------------------------------------------------
@@ -563,6 +654,7 @@ KINDS: dict[str, type[Document]] = {
     "AuthPolicy": AuthPolicy,
     "Consumer": Consumer,
     "RateLimitPolicy": RateLimitPolicy,
+    "GrpcTarget": GrpcTarget,
 }
 
 
@@ -593,5 +685,6 @@ class PolicySet:
     auth_policies: Mapping[str, AuthPolicy] = field(default_factory=dict)
     consumers: Mapping[str, Consumer] = field(default_factory=dict)
     rate_limit_policies: Mapping[str, RateLimitPolicy] = field(default_factory=dict)
+    grpc_targets: Mapping[str, GrpcTarget] = field(default_factory=dict)
     files: Mapping[str, bytes] = field(default_factory=dict)
     sources: Mapping[tuple[str, str], SourceRef] = field(default_factory=dict, compare=False, repr=False)

@@ -15,7 +15,8 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from waypost.policies.diagnostics import Diagnostic
-from waypost.policies.model import Consumer, DenyRule, Document, Gateway, NodeSelector, Route
+from waypost.policies.model import Consumer, DenyRule, Document, Gateway, GrpcTarget, NodeSelector, Route
+from waypost.policies.validate_grpc import check_grpc_targets
 
 __all__ = ["Entry", "Loc", "Source", "regex_problem", "validate"]
 
@@ -62,6 +63,7 @@ def validate(entries: Sequence[Entry], *, check_references: bool = True) -> list
     _check_consumers(valid, out)
     _check_routes(valid, out)
     _check_gateways(valid, out)
+    check_grpc_targets(valid, out)
     return out
 
 
@@ -125,6 +127,12 @@ def _check_references(
                 expect(entry, ("mirror", "service"), document.mirror.service, "Service")
             expect_names(entry, "auth", document.auth, "AuthPolicy")
             expect_names(entry, "rate_limit", document.rate_limit, "RateLimitPolicy")
+        elif isinstance(document, GrpcTarget):
+            for r, grpc_route in enumerate(document.routes):
+                if grpc_route.backend is not None:
+                    expect(entry, ("routes", r, "backend"), grpc_route.backend, "Service")
+                for index, backend in enumerate(grpc_route.backends or ()):
+                    expect(entry, ("routes", r, "backends", index, "service"), backend.service, "Service")
         elif isinstance(document, Consumer):
             for index, subscription in enumerate(document.subscriptions or ()):
                 expect(entry, ("subscriptions", index, "route"), subscription.route, "Route")

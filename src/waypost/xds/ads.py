@@ -402,10 +402,13 @@ class XdsStream:
         cds = self.types.get(TypeUrl.CLUSTER)
         if cds is None:
             return True  # this node takes clusters from elsewhere
-        settled = cds.acked_version == version_of(self._desired(TypeUrl.CLUSTER, snapshot))
+        desired = self._desired(TypeUrl.CLUSTER, snapshot)
+        settled = cds.acked_version == version_of(desired)
         if settled:
             eds = self.types.get(TypeUrl.ENDPOINT)
-            needed = snapshot.eds_clusters & snapshot.resources[TypeUrl.CLUSTER].keys()
+            # Only the clusters the node takes: a gRPC client subscribes to clusters by name, and
+            # only once routes naming them have reached it.
+            needed = snapshot.eds_clusters & {r.name for r in desired}
             settled = not needed or (eds is not None and needed <= eds.sent_names)
         if settled:
             self._gate_blocked_since = None
@@ -445,6 +448,7 @@ class XdsStream:
             "id": node.id if node else None,
             "cluster": node.cluster if node else None,
             "labels": dict(node.labels) if node else {},
+            "client": ("grpc" if node.proxyless else "envoy") if node else None,
             "gateways": list(snapshot.group) if snapshot else [],
             "policy_version": snapshot.policy_version if snapshot else None,
             "protocol": self.protocol,

@@ -29,6 +29,8 @@ class NodeInfo:
     id: str
     cluster: str
     labels: Mapping[str, str] = field(default_factory=dict)
+    proxyless: bool = False
+    """A gRPC library's own xDS client (``user_agent_name`` "gRPC ..."), not an Envoy."""
 
     @classmethod
     def from_proto(cls, node: base_pb2.Node) -> NodeInfo:
@@ -37,7 +39,12 @@ class NodeInfo:
             for key, value in node.metadata.fields["labels"].struct_value.fields.items():
                 if value.HasField("string_value"):
                     labels[key] = value.string_value
-        return cls(id=node.id, cluster=node.cluster, labels=labels)
+        proxyless = node.user_agent_name.lower().startswith("grpc")
+        return cls(id=node.id, cluster=node.cluster, labels=labels, proxyless=proxyless)
+
+    def group(self, compiled: CompiledPolicy) -> GroupKey:
+        """The node group this node belongs to under ``compiled``."""
+        return compiled.select_gateways(self.cluster, self.labels, proxyless=self.proxyless)
 
 
 @dataclass(frozen=True)
@@ -72,7 +79,7 @@ class SnapshotCache:
         """Encode and check every snapshot ``compiled`` needs now. Pure and thread-safe: run it
         off the event loop; raises :class:`~waypost.xds.snapshot.InconsistentSnapshot`."""
         encoder = ResourceEncoder()
-        groups = {compiled.select_gateways(n.cluster, n.labels) for n in list(self._watched.values())}
+        groups = {node.group(compiled) for node in list(self._watched.values())}
         # The group of every Gateway proves all of them cut cleanly, even ones no node has yet.
         groups.add(tuple(sorted(compiled.gateways)))
         snapshots = {group: _build(compiled, group, encoder) for group in groups}
@@ -94,14 +101,14 @@ class SnapshotCache:
         """The snapshot a node should hold now, or None before the first policy is published."""
         if self._compiled is None:
             return None
-        group = self._compiled.select_gateways(node.cluster, node.labels)
+        group = node.group(self._compiled)
         snapshot = self._snapshots.get(group)
         if snapshot is None:
             snapshot = self._snapshots[group] = _build(self._compiled, group, self._encoder)
         return snapshot
 
     def group_for(self, node: NodeInfo) -> GroupKey:
-        return () if self._compiled is None else self._compiled.select_gateways(node.cluster, node.labels)
+        return () if self._compiled is None else node.group(self._compiled)
 
     async def wait_for_change(self, generation: int) -> None:
         """Return once the generation has moved past ``generation``."""

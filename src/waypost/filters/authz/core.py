@@ -172,8 +172,8 @@ def _deny(status: int, reason: str, extra: tuple[tuple[str, str], ...] = (), con
     return Decision(status=status, reason=reason, consumer=consumer, headers=_JSON + extra, body=body)
 
 
-def _json_str(text: str) -> str:
-    return json.dumps(text)
+def _json_str(value: object) -> str:
+    return json.dumps(value)
 
 
 # --- Identity sources ---------------------------------------------------------------------------

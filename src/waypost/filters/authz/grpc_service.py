@@ -74,7 +74,8 @@ def encode_decision(decision: Decision) -> bytes:
             for k, v in decision.headers
         )
         denied.body = decision.body.decode()
-    return response.SerializeToString(deterministic=True)
+    encoded: bytes = response.SerializeToString(deterministic=True)
+    return encoded
 
 
 def _struct(values: dict[str, str]) -> struct_pb2.Struct:

@@ -30,7 +30,7 @@ _UNITS = {
     "hour": rls_pb2.RateLimitResponse.RateLimit.HOUR,
     "day": rls_pb2.RateLimitResponse.RateLimit.DAY,
 }
-_OK_EMPTY = _Response(overall_code=_Response.OK).SerializeToString()
+_OK_EMPTY: bytes = _Response(overall_code=_Response.OK).SerializeToString()
 
 
 class RateLimitService:

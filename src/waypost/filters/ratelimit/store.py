@@ -54,7 +54,7 @@ class CounterStore(Protocol):
     async def close(self) -> None: ...
 
 
-def _sliding(current: int, previous: int, elapsed: float, window: float) -> float:
+def _sliding(current: float, previous: float, elapsed: float, window: float) -> float:
     # The sliding-window counter (Cloudflare's): the previous window weighted by its overlap.
     return current + previous * (1.0 - elapsed / window)
 
@@ -281,11 +281,11 @@ class RedisStore:
             raw = await self._call(_command(b"EVAL", _SCRIPT, len(keys), *keys, *args))
         if isinstance(raw, _RespError) or not isinstance(raw, list):
             raise StoreUnavailable(f"unexpected reply from Redis: {raw!r}")
-        now = int(raw[0]) / 1000.0  # type: ignore[call-overload]
+        now = int(raw[0]) / 1000.0
         out = []
         sliding = self.algorithm == "sliding"
         for i, (_, window) in enumerate(counters):
-            current, previous = int(raw[1 + 2 * i]), int(raw[2 + 2 * i])  # type: ignore[call-overload]
+            current, previous = int(raw[1 + 2 * i]), int(raw[2 + 2 * i])
             start = math.floor(now / window) * window
             used = _sliding(current, previous, now - start, window) if sliding else current
             out.append(Count(used, start + window - now))

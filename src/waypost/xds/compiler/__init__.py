@@ -22,7 +22,13 @@ from waypost.xds.compiler.analytics import analytics_cluster, gateway_logs, patc
 from waypost.xds.compiler.clusters import build_cluster, build_load_assignment
 from waypost.xds.compiler.features import GATEWAY_CLUSTERS, HTTP_FEATURES
 from waypost.xds.compiler.listeners import build_listener
-from waypost.xds.compiler.names import cluster_name
+from waypost.xds.compiler.names import cluster_name, grpc_client_cluster_name, grpc_target_key
+from waypost.xds.compiler.proxyless import (
+    build_grpc_client_cluster,
+    build_grpc_client_load_assignment,
+    build_grpc_listener,
+    build_grpc_route_configuration,
+)
 from waypost.xds.compiler.routes import build_route_configuration
 from waypost.xds.compiler.secrets import build_secrets
 from waypost.xds.compiler.upstream_tls import build_service_secrets, patch_cluster_tls
@@ -56,8 +62,22 @@ class CompiledPolicy:
     cluster_secrets: Mapping[str, tuple[secret_pb2.Secret, ...]] = field(default_factory=dict)
     """SDS secrets a cluster uses (upstream client certificates), by cluster name."""
 
-    def select_gateways(self, node_cluster: str, node_labels: Mapping[str, str]) -> tuple[str, ...]:
-        """The names of the Gateways a node gets; nodes with the same tuple share one snapshot."""
+    def select_gateways(
+        self, node_cluster: str, node_labels: Mapping[str, str], *, proxyless: bool = False
+    ) -> tuple[str, ...]:
+        """The names of the Gateways a node gets; nodes with the same tuple share one snapshot.
+
+        A proxyless gRPC client (``proxyless``) gets the GrpcTargets that select it instead, under
+        :func:`~waypost.xds.compiler.names.grpc_target_key`: never an Envoy's listeners, and an
+        Envoy never gets an ``api_listener`` it would refuse."""
+        if proxyless:
+            return tuple(
+                sorted(
+                    grpc_target_key(name)
+                    for name, target in self.policy.grpc_targets.items()
+                    if target.selects(node_cluster, node_labels)
+                )
+            )
         return tuple(
             sorted(name for name, gw in self.policy.gateways.items() if gw.selects(node_cluster, node_labels))
         )
@@ -109,6 +129,7 @@ def compile_policy(policy: PolicySet, *, collector: Endpoint | None = None) -> C
             clusters=frozenset(cluster_name(s) for r in routes for s in r.services)
             | {c.name for c in own_clusters},
         )
+    _compile_grpc_targets(policy, gateways)
     load_assignments: dict[str, endpoint_pb2.ClusterLoadAssignment] = {}
     cluster_secrets: dict[str, tuple[secret_pb2.Secret, ...]] = {}
     for _, service in sorted(policy.services.items()):
@@ -119,6 +140,11 @@ def compile_policy(policy: PolicySet, *, collector: Endpoint | None = None) -> C
             cluster_secrets[xds_cluster.name] = build_service_secrets(service, policy.files)
         if xds_cluster.type == cluster_pb2.Cluster.EDS:
             load_assignments[xds_cluster.name] = build_load_assignment(service)
+    for name in sorted({name for target in policy.grpc_targets.values() for name in target.services}):
+        service = policy.services[name]
+        grpc_cluster = build_grpc_client_cluster(service)
+        clusters[grpc_cluster.name] = grpc_cluster
+        load_assignments[grpc_cluster.name] = build_grpc_client_load_assignment(service)
     return CompiledPolicy(
         version=policy.version,
         policy=policy,
@@ -127,3 +153,14 @@ def compile_policy(policy: PolicySet, *, collector: Endpoint | None = None) -> C
         load_assignments=load_assignments,
         cluster_secrets=cluster_secrets,
     )
+
+
+def _compile_grpc_targets(policy: PolicySet, gateways: dict[str, GatewayResources]) -> None:
+    """Each GrpcTarget as the listener group a proxyless client selects (see ``select_gateways``)."""
+    for name, target in sorted(policy.grpc_targets.items()):
+        gateways[grpc_target_key(name)] = GatewayResources(
+            listener=build_grpc_listener(target),
+            route_config=build_grpc_route_configuration(target),
+            secrets=(),
+            clusters=frozenset(grpc_client_cluster_name(s) for s in target.services),
+        )

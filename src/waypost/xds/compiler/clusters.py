@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from envoy.config.cluster.v3 import circuit_breaker_pb2, cluster_pb2, outlier_detection_pb2
-from envoy.config.core.v3 import address_pb2, health_check_pb2, protocol_pb2
+from envoy.config.core.v3 import address_pb2, base_pb2, health_check_pb2, protocol_pb2
 from envoy.config.endpoint.v3 import endpoint_components_pb2, endpoint_pb2
 from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2
 from envoy.type.v3 import http_pb2
@@ -91,12 +91,20 @@ def build_load_assignment(service: Service) -> endpoint_pb2.ClusterLoadAssignmen
     return load_assignment(cluster_name(service.name), service.endpoints)
 
 
-def load_assignment(name: str, endpoints: Iterable[Endpoint]) -> endpoint_pb2.ClusterLoadAssignment:
-    """One locality holding ``endpoints``: the shape every waypost cluster uses."""
+def load_assignment(
+    name: str, endpoints: Iterable[Endpoint], *, locality_weight: int | None = None
+) -> endpoint_pb2.ClusterLoadAssignment:
+    """One locality holding ``endpoints``: the shape every waypost cluster uses. Envoy ignores a
+    locality's weight unless told to; gRPC clients need one, and the locality itself, even empty
+    (``locality_weight``)."""
+    weight = wrappers_pb2.UInt32Value(value=locality_weight) if locality_weight is not None else None
+    locality = base_pb2.Locality() if locality_weight is not None else None
     return endpoint_pb2.ClusterLoadAssignment(
         cluster_name=name,
         endpoints=[
             endpoint_components_pb2.LocalityLbEndpoints(
+                load_balancing_weight=weight,
+                locality=locality,
                 lb_endpoints=[
                     endpoint_components_pb2.LbEndpoint(
                         endpoint=endpoint_components_pb2.Endpoint(
@@ -108,7 +116,7 @@ def load_assignment(name: str, endpoints: Iterable[Endpoint]) -> endpoint_pb2.Cl
                         )
                     )
                     for endpoint in endpoints
-                ]
+                ],
             )
         ],
     )

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 __all__ = [
     "cluster_name",
+    "grpc_client_cluster_name",
+    "grpc_route_config_name",
+    "grpc_target_key",
     "listener_name",
     "route_config_name",
     "secret_name_ca",
@@ -45,3 +48,17 @@ def tracing_cluster_name(gateway: str) -> str:
 
 def secret_name_upstream_cert(service: str) -> str:
     return f"{service}/client-cert"
+
+
+def grpc_target_key(target: str) -> str:
+    """A GrpcTarget among a node group's sources (beside Gateway names, which have no colon)."""
+    return f"grpc:{target}"
+
+
+def grpc_route_config_name(target: str) -> str:
+    return f"{target}/grpc"
+
+
+def grpc_client_cluster_name(service: str) -> str:
+    # Apart from the Service's Envoy cluster: gRPC clients get a leaner cluster of their own.
+    return f"{service}/grpc"

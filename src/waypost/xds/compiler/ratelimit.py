@@ -66,7 +66,7 @@ class _Policies:
 
     def global_entries(self, route: Route) -> list[tuple[RateLimitPolicy, str, str]]:
         """(policy, limit id, by) of every descriptor the route sends to the RLS."""
-        entries = []
+        entries: list[tuple[RateLimitPolicy, str, str]] = []
         for name in route.rate_limit_policies:
             policy = self.by_name.get(name)
             if policy is None:
