@@ -25,7 +25,6 @@ import os
 import random
 import re
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -35,7 +34,6 @@ from pathlib import Path
 import grpc
 import yaml
 from authz import upstream_bootstrap, wait_port
-from envoy.data.accesslog.v3 import accesslog_pb2
 from envoy.service.accesslog.v3 import als_pb2
 from google.protobuf import struct_pb2
 from prometheus_client.parser import text_string_to_metric_families
@@ -103,7 +101,8 @@ def metric(admin: int, name: str) -> float:
 
 def ingest(work: Path, seconds: float) -> tuple[float, int, int]:
     (work / "ingest-policies").mkdir()
-    (work / "ingest-policies" / "p.yaml").write_text("kind: Gateway\nname: bench\nport: 1\naddress: 127.0.0.1\n")
+    gateway = "kind: Gateway\nname: bench\nport: 1\naddress: 127.0.0.1\n"
+    (work / "ingest-policies" / "p.yaml").write_text(gateway)
     port, admin, xds = free_port(), free_port(), free_port()
     argv = [sys.executable, "-m", "waypost", "serve", "--policies", str(work / "ingest-policies")]
     argv += ["--xds-port", str(xds), "--admin-port", str(admin), "--host", "127.0.0.1", "--no-watch"]
@@ -159,28 +158,35 @@ def envoy_ratio(work: Path, seconds: float, rounds: int) -> dict[str, float]:
     policy_file = policies / "p.yaml"
     policy_file.write_text(policy(gateway, upstream, analytics=True))
     (work / "upstream.yaml").write_text(yaml.safe_dump(upstream_bootstrap(upstream)))
-    bootstrap = build_bootstrap(node_id="bench", node_cluster="edge", xds_host="127.0.0.1", xds_port=xds, admin_port=0)
+    bootstrap = build_bootstrap(
+        node_id="bench", node_cluster="edge", xds_host="127.0.0.1", xds_port=xds, admin_port=0
+    )
     (work / "bootstrap.yaml").write_text(yaml.safe_dump(bootstrap))
     envoy = str(find_envoy())
     admin_file = work / "envoy-admin.txt"
+    envoy_flags = ["--concurrency", "1", "--use-dynamic-base-id", "-l", "error"]
+    serve = [sys.executable, "-m", "waypost", "serve", "--policies", str(policies), "--xds-port", str(xds)]
+    serve += ["--admin-port", str(admin), "--host", "127.0.0.1", "--analytics-port", str(collector)]
+    serve += ["--data-dir", str(work / "envoy-data"), "--log-level", "warning"]
     procs = [
-        spawn([envoy, "-c", str(work / "upstream.yaml"), "--concurrency", "1", "--use-dynamic-base-id", "-l", "error"], work / "up.log"),
-        spawn(
-            [sys.executable, "-m", "waypost", "serve", "--policies", str(policies), "--xds-port", str(xds),
-             "--admin-port", str(admin), "--host", "127.0.0.1", "--analytics-port", str(collector),
-             "--data-dir", str(work / "envoy-data"), "--log-level", "warning"],
-            work / "waypost.log",
-        ),
-    ]  # fmt: skip
+        spawn([envoy, "-c", str(work / "upstream.yaml"), *envoy_flags], work / "up.log"),
+        spawn(serve, work / "waypost.log"),
+    ]
     try:
         wait_port(xds)
         procs.append(
             spawn(
-                [envoy, "-c", str(work / "bootstrap.yaml"), "--concurrency", "1", "--use-dynamic-base-id",
-                 "-l", "error", "--admin-address-path", str(admin_file)],
+                [
+                    envoy,
+                    "-c",
+                    str(work / "bootstrap.yaml"),
+                    *envoy_flags,
+                    "--admin-address-path",
+                    str(admin_file),
+                ],
                 work / "envoy.log",
             )
-        )  # fmt: skip
+        )
         wait_port(gateway)
         wait_port(upstream)
         time.sleep(0.5)
@@ -200,11 +206,16 @@ def envoy_ratio(work: Path, seconds: float, rounds: int) -> dict[str, float]:
         written0 = envoy_stat(admin_file, "access_logs.grpc_access_log.logs_written")
         dropped0 = envoy_stat(admin_file, "access_logs.grpc_access_log.logs_dropped")
         received0 = metric(admin, "waypost_analytics_entries_total")
-        for _ in range(rounds):
-            on.append(wrk(gateway, "/", seconds))
-            switch(False)
-            off.append(wrk(gateway, "/", seconds))
-            switch(True)
+        state = True
+        for i in range(rounds):
+            # Alternate which state goes first, and warm each state up after its listener update,
+            # so neither side always runs right after a push.
+            for want in (True, False) if i % 2 == 0 else (False, True):
+                if want != state:
+                    switch(want)
+                    state = want
+                wrk(gateway, "/", 1)
+                (on if want else off).append(wrk(gateway, "/", seconds))
         time.sleep(2)
         return {
             "on": statistics.median(on),
@@ -230,6 +241,10 @@ def poisson(rng: random.Random, mean: float) -> int:
         k += 1
 
 
+def binomial(rng: random.Random, n: int, p: float) -> int:
+    return sum(1 for _ in range(n) if rng.random() < p) if n < 2000 else poisson(rng, n * p)
+
+
 def anomalies(consumers: int = 500, hours: float = 6.0) -> tuple[int, int]:
     """(anomalies raised, consumer-windows evaluated) on steady traffic."""
     rng = random.Random(42)
@@ -242,9 +257,7 @@ def anomalies(consumers: int = 500, hours: float = 6.0) -> tuple[int, int]:
         for i, rate in enumerate(rates):
             n = poisson(rng, rate * WINDOW)
             if n:
-                errors = sum(1 for _ in range(n) if rng.random() < 0.01) if n < 2000 else poisson(rng, n * 0.01)
-                denied = sum(1 for _ in range(n) if rng.random() < 0.02) if n < 2000 else poisson(rng, n * 0.02)
-                counts[f"c{i}"] = WindowCounts(n, errors, denied)
+                counts[f"c{i}"] = WindowCounts(n, binomial(rng, n, 0.01), binomial(rng, n, 0.02))
         # One observe per window: the detector sums seconds, so a whole window at once is the same.
         detector.observe(second, counts)
     return sum(detector.raised_total.values()), detector.windows_evaluated
@@ -259,18 +272,22 @@ def main() -> None:
     args = parser.parse_args()
     if args.anomalies:
         raised, windows = anomalies()
-        print(f"anomaly rule on steady traffic: {raised} raised over {windows:,} consumer-windows "
-              f"({raised / windows:.2e} per window)")  # fmt: skip
+        print(
+            f"anomaly rule on steady traffic: {raised} raised over {windows:,} consumer-windows "
+            f"({raised / windows:.2e} per window)"
+        )
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         per_cpu, received, sent = ingest(work, args.seconds)
-        print(f"ingest: {per_cpu:,.0f} entries per server CPU-second ({received:,} of {sent:,} sent received)")
+        print(f"ingest: {per_cpu:,.0f} entries per server CPU-second ({received:,} of {sent:,} received)")
         if not args.skip_envoy:
             r = envoy_ratio(work, args.seconds, args.rounds)
+            ratio = r["on"] / r["off"]
+            print(f"envoy: analytics on {r['on']:,.0f} req/s, off {r['off']:,.0f} req/s, on/off {ratio:.3f}")
             print(
-                f"envoy: analytics on {r['on']:,.0f} req/s, off {r['off']:,.0f} req/s, ratio {r['on'] / r['off']:.3f}; "
-                f"logs written {r['written']:,.0f}, dropped by Envoy {r['dropped']:,.0f}, received {r['received']:,.0f}"
-            )  # fmt: skip
+                f"  Envoy logs written {r['written']:,.0f}, dropped {r['dropped']:,.0f}; "
+                f"waypost received {r['received']:,.0f}"
+            )
 
 
 if __name__ == "__main__":
