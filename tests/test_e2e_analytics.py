@@ -16,7 +16,7 @@ import httpx
 import pytest
 
 from support import EchoFactory, EnvoyProcess, WaypostProcess, async_wait_until
-from support.analytics import DELAY_MS, KEYS, figures, send_traffic, start_stack, wait_total
+from support.analytics import DELAY_MS, KEYS, figures, send_traffic, start_stack, wait_in_sync, wait_total
 
 pytestmark = pytest.mark.e2e
 
@@ -27,7 +27,7 @@ async def test_figures_match_what_was_sent_and_survive_a_restart(
     start_waypost: Callable[..., WaypostProcess],
     start_envoy: Callable[..., EnvoyProcess],
 ) -> None:
-    waypost, envoy, port = await start_stack(tmp_path, echo_backend, start_waypost, start_envoy)
+    waypost, _, port = await start_stack(tmp_path, echo_backend, start_waypost, start_envoy)
     sent, slowest = await send_traffic(port)
     assert sent == 17
     # The warm-up calls are acme's on /orders (200 once the decision service answers).
@@ -75,7 +75,7 @@ async def test_figures_match_what_was_sent_and_survive_a_restart(
     after = await asyncio.to_thread(figures, waypost)
     assert after["totals"]["requests"] == sent + warm
     assert {c["consumer"]: c["requests"] for c in after["top_consumers"]}["globex"] == 4
-    await asyncio.to_thread(envoy.wait_for_listener, port)
+    await wait_in_sync(waypost)
     async with httpx.AsyncClient(trust_env=False, timeout=10) as client:
 
         async def ok() -> bool:
@@ -118,6 +118,7 @@ async def test_envoy_keeps_serving_without_the_collector(
         assert (envoy.stat("cluster.waypost_analytics.upstream_cx_connect_fail") or 0) >= 1
         # ...and waypost what it received, per Envoy: the difference is what was lost.
         await asyncio.to_thread(waypost.start)
+        await wait_in_sync(waypost)
         for _ in range(5):
             assert (await client.get(f"http://127.0.0.1:{port}/orders/3")).status_code == 200
         await wait_total(waypost, 10)

@@ -18,7 +18,16 @@ from support.echo import EchoFactory
 from support.ports import free_port
 from support.procs import EnvoyProcess, WaypostProcess, async_wait_until
 
-__all__ = ["DELAY_MS", "KEYS", "figures", "policy_text", "send_traffic", "start_stack", "wait_total"]
+__all__ = [
+    "DELAY_MS",
+    "KEYS",
+    "figures",
+    "policy_text",
+    "send_traffic",
+    "start_stack",
+    "wait_in_sync",
+    "wait_total",
+]
 
 KEYS = {"acme": "acme-key-1", "globex": "globex-key-1", "initech": "initech-key-1"}
 DELAY_MS = 40
@@ -156,3 +165,14 @@ async def send_traffic(port: int) -> tuple[int, float]:
         for _ in range(2):
             assert await call(None, "/orders/3") == 401
     return sent - warm, slowest
+
+
+async def wait_in_sync(waypost: WaypostProcess) -> None:
+    """Until every connected Envoy holds the current config: after a restart with the collector on
+    another port (port 0), entries reach it only once Envoy has the new cluster."""
+
+    def in_sync() -> bool:
+        nodes = waypost.status()["nodes"]
+        return bool(nodes) and all(t["in_sync"] for n in nodes for t in n["types"].values())
+
+    await async_wait_until(in_sync, timeout=20, interval=0.2, message="Envoy in sync")

@@ -74,6 +74,7 @@ class Analytics:
         self._task: asyncio.Task[None] | None = None
         self._write_lock = asyncio.Lock()
         self._last_prune = 0.0
+        self._streaming: list[str] = []
 
     # --- lifecycle ------------------------------------------------------------------------------
 
@@ -106,6 +107,17 @@ class Analytics:
 
     def set_policy(self, policy: PolicySet) -> None:
         self.aggregator.api_of = route_apis(policy)
+        self._streaming = sorted(name for name, gw in policy.gateways.items() if gw.analytics.enabled)
+
+    def status(self) -> dict[str, Any]:
+        """For /status: where the collector listens, what it holds, which Gateways stream to it."""
+        return {
+            "collector_port": self.port,
+            "store": str(self.store.path) if self.store is not None else None,
+            "entries": self.aggregator.entries,
+            "gateways": self._streaming,
+            "anomalies": [a.as_dict() for a in self.detector.active()],
+        }
 
     async def _run(self) -> None:
         while True:

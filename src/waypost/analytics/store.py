@@ -8,25 +8,29 @@ REPLACE) every flush, so after a restart the store holds everything up to the la
 
 Retention is per resolution (:class:`Retention`); :meth:`Store.prune` deletes older rows.
 
-Thread-safety: one connection, used from one worker thread at a time (the service serialises
-calls through ``asyncio.to_thread`` under a lock); SQLite's WAL lets readers in other processes
-(``sqlite3`` on the file) look while waypost writes.
+Thread-safety: one connection behind one lock: every method may be called from any thread
+(the service calls them through ``asyncio.to_thread``), one at a time. SQLite's WAL lets readers in
+other processes (``sqlite3`` on the file) look while waypost writes.
 """
 
 from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Sequence
+import threading
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
 from waypost.analytics.aggregate import DAY, HOUR, MINUTE, SECOND, Row
 from waypost.analytics.cells import Cell, Key
 from waypost.analytics.sketch import decode
 
 __all__ = ["FILE_NAME", "Retention", "Store", "StoredRow"]
+
+P = ParamSpec("P")
+R = TypeVar("R")
 
 FILE_NAME = "analytics.sqlite3"
 _SCHEMA_VERSION = 1
@@ -69,8 +73,18 @@ class StoredRow:
     cell: Cell
 
 
+def _locked(method: Callable[Concatenate[Store, P], R]) -> Callable[Concatenate[Store, P], R]:
+    # One statement or transaction at a time on the shared connection.
+    def call(self: Store, /, *args: P.args, **kwargs: P.kwargs) -> R:
+        with self._lock:
+            return method(self, *args, **kwargs)
+
+    return call
+
+
 class Store:
     def __init__(self, directory: Path) -> None:
+        self._lock = threading.Lock()
         directory.mkdir(parents=True, exist_ok=True)
         self.path = directory / FILE_NAME
         self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
@@ -87,9 +101,11 @@ class Store:
                 f"{self.path}: analytics schema {found[0]}, this waypost reads {_SCHEMA_VERSION}"
             )
 
+    @_locked
     def close(self) -> None:
         self._db.close()
 
+    @_locked
     def write(self, rows: Sequence[Row], plans: dict[str, str] | None = None) -> None:
         with self._db:
             self._db.execute("BEGIN")
@@ -116,6 +132,7 @@ class Store:
             if plans:
                 self._db.executemany("INSERT OR REPLACE INTO consumers VALUES (?, ?)", plans.items())
 
+    @_locked
     def prune(self, now: int, retention: Retention) -> int:
         deleted = 0
         with self._db:
@@ -133,6 +150,7 @@ class Store:
             out.extend(self.rows(resolution, now - now % resolution, now))
         return out
 
+    @_locked
     def rows(
         self, resolution: int, start: int, end: int, where: dict[str, str] | None = None
     ) -> list[StoredRow]:
@@ -154,9 +172,11 @@ class Store:
         )
         return [_stored(row) for row in cursor]
 
+    @_locked
     def plans(self) -> dict[str, str]:
         return dict(self._db.execute("SELECT consumer, plan FROM consumers").fetchall())
 
+    @_locked
     def count_rows(self) -> int:
         return int(self._db.execute("SELECT count(*) FROM buckets").fetchone()[0])
 

@@ -102,6 +102,9 @@ async def serve(options: ServeOptions, *, stop: asyncio.Event | None = None) -> 
     if analytics is not None:
         runtime.add_listener(lambda compiled: analytics.set_policy(compiled.policy))
     await runtime.reload()  # an invalid first load still serves: not ready until a valid one
+    gateways = runtime.current.policy.gateways.values() if runtime.current is not None else ()
+    if analytics is None and any(g.analytics.enabled for g in gateways):
+        log.info("call analytics off: serve with --analytics-port to collect the Gateways' access logs")
 
     mtls = options.xds_tls is not None and options.xds_tls.client_ca is not None
     ads = AdsServer(cache, authorizer=authorize_node if mtls else None)
@@ -140,8 +143,11 @@ async def serve(options: ServeOptions, *, stop: asyncio.Event | None = None) -> 
             options.ratelimit, lambda: runtime.current.policy if runtime.current is not None else None
         )
 
-    admin = AdminServer(ready=lambda: runtime.current is not None, status=lambda: build_status(runtime, ads))
-    dashboard = Dashboard(lambda: build_status(runtime, ads))
+    def status() -> dict[str, Any]:
+        return build_status(runtime, ads) | {"analytics": analytics.status() if analytics else None}
+
+    admin = AdminServer(ready=lambda: runtime.current is not None, status=status)
+    dashboard = Dashboard(status)
     dashboard.install(admin)
     if analytics is not None:
         install_analytics(admin, analytics)
