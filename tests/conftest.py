@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from support import EXAMPLE_POLICIES, EchoFactory, EnvoyProcess, ManagedProcess, WaypostProcess
+from support.redis import RedisProcess, find_redis_server
 from waypost.demo import EnvoyNotFoundError, find_envoy
 from waypost.demo.echo import EchoServer, start_echo
 
@@ -120,4 +121,22 @@ def start_envoy(
 
     yield start
     for process in reversed(started):
+        process.stop()
+
+
+@pytest.fixture
+def start_redis(tmp_path: Path) -> Iterator[Callable[[], RedisProcess]]:
+    """A real redis-server on a free loopback port (never a fake)."""
+    binary = find_redis_server()
+    if binary is None:
+        pytest.fail("redis-server is not installed: run `make system-deps`", pytrace=False)
+    started: list[RedisProcess] = []
+
+    def start() -> RedisProcess:
+        process = RedisProcess(workdir=tmp_path, binary=binary)
+        started.append(process)
+        return process.start()
+
+    yield start
+    for process in started:
         process.stop()

@@ -6,7 +6,7 @@ One stack per test, several assertions each, to keep the suite lean.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -20,27 +20,9 @@ from support import (
     async_wait_until,
     free_port,
 )
-from support.redis import RedisProcess, find_redis_server
+from support.redis import RedisProcess
 
 pytestmark = pytest.mark.e2e
-
-
-@pytest.fixture
-def start_redis(tmp_path: Path) -> Iterator[Callable[[], RedisProcess]]:
-    """A real redis-server on a free loopback port (never a fake)."""
-    binary = find_redis_server()
-    if binary is None:
-        pytest.fail("redis-server is not installed: run `make system-deps`", pytrace=False)
-    started: list[RedisProcess] = []
-
-    def start() -> RedisProcess:
-        process = RedisProcess(workdir=tmp_path, binary=binary)
-        started.append(process)
-        return process.start()
-
-    yield start
-    for process in started:
-        process.stop()
 
 
 def policy_text(port: int, echo: EchoServer) -> str:

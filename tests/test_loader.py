@@ -168,7 +168,7 @@ CASES = [
     ),
     case(
         "kind: Service\nname: s\nendpoints: []\n",
-        "policies/t.yaml:3: Service s: endpoints: must not be empty",
+        "policies/t.yaml:3: Service s: endpoints: must not be empty (unless registration is set)",
         id="empty-list",
     ),
     # --- missing fields ---------------------------------------------------------------------------

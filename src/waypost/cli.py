@@ -42,6 +42,22 @@ def _host_port(value: str) -> tuple[str, int]:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def _registration(value: str) -> tuple[str, str]:
+    """SERVICE=IP:PORT of ``--register``: checked here, so a typo never reaches a bootstrap."""
+    from waypost.policies.types import parse_endpoint
+
+    service, sep, address = value.partition("=")
+    if not sep or not service:
+        raise argparse.ArgumentTypeError(f"'{value}' is not SERVICE=IP:PORT")
+    try:
+        endpoint = parse_endpoint(address)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    if not endpoint.is_ip:
+        raise argparse.ArgumentTypeError(f"'{address}': a registered endpoint is an IP address and port")
+    return service, str(endpoint)
+
+
 def _interval(value: str) -> float:
     from waypost.policies.types import parse_duration
 
@@ -90,6 +106,12 @@ def _parser() -> argparse.ArgumentParser:
     grpc_bootstrap.add_argument("--xds-tls-ca", metavar="PATH", help="CA file to verify waypost (TLS)")
     grpc_bootstrap.add_argument("--xds-client-cert", metavar="PATH", help="client certificate (mTLS)")
     grpc_bootstrap.add_argument("--xds-client-key", metavar="PATH", help="private key of --xds-client-cert")
+    grpc_bootstrap.add_argument(
+        "--register",
+        type=_registration,
+        metavar="SERVICE=IP:PORT",
+        help="be an endpoint of SERVICE at IP:PORT while connected (where its registration allows)",
+    )
 
     bootstrap = commands.add_parser("bootstrap", help="print an Envoy bootstrap that connects to waypost")
     bootstrap.add_argument("--node-id", required=True)
@@ -127,6 +149,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     bootstrap.add_argument(
         "--ratelimit-port", type=int, help="waypost's rate-limit service port (on the --xds host)"
+    )
+    bootstrap.add_argument(
+        "--register",
+        type=_registration,
+        metavar="SERVICE=IP:PORT",
+        help="be an endpoint of SERVICE at IP:PORT while connected (where its registration allows)",
     )
 
     serve = commands.add_parser("serve", help="serve policies to Envoy over ADS, reloading on change")
@@ -212,7 +240,11 @@ def _ratelimit_arguments(parser: argparse.ArgumentParser, *, port_flag: str, req
         required=required,
         help="gRPC port of the rate-limit service",
     )
-    parser.add_argument("--redis", metavar="URL", help="redis://HOST:PORT/DB: counters shared by replicas")
+    parser.add_argument(
+        "--redis",
+        metavar="URL",
+        help="redis://HOST:PORT/DB: counters (and, for serve, registered endpoints) shared by replicas",
+    )
     parser.add_argument(
         "--ratelimit-fail-closed",
         action="store_true",
@@ -362,6 +394,7 @@ def _bootstrap(args: argparse.Namespace) -> int:
             xds_client_key=args.xds_client_key,
             xds_sni=args.xds_sni,
             ratelimit_port=args.ratelimit_port,
+            register=args.register,
         )
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
@@ -383,6 +416,7 @@ def _grpc_bootstrap(args: argparse.Namespace) -> int:
             xds_tls_ca=args.xds_tls_ca,
             xds_client_cert=args.xds_client_cert,
             xds_client_key=args.xds_client_key,
+            register=args.register,
         )
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
@@ -415,6 +449,7 @@ def _serve(args: argparse.Namespace) -> int:
         authz_http_port=args.authz_http_port,
         xds_tls=xds_tls,
         ratelimit=_ratelimit_options(args),
+        registry_redis=args.redis,
         analytics=analytics_options(args),
         advertise_address=args.advertise_address,
     )

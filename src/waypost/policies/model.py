@@ -18,9 +18,11 @@ from pydantic import (
     StrictBool,
     StrictInt,
     StrictStr,
+    ValidationError,
     field_validator,
     model_validator,
 )
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from waypost.policies.types import (
     Duration,
@@ -61,6 +63,7 @@ __all__ = [
     "NodeSelector",
     "PolicySet",
     "RateLimitPolicy",
+    "Registration",
     "Retries",
     "Route",
     "RouteMatch",
@@ -270,9 +273,30 @@ class ServiceTLS(Spec):
         return self
 
 
+def _field_error(field: str, value: object, message: str) -> ValidationError:
+    """A cross-field check's error, placed at ``field`` (its line) rather than the document's."""
+    details = InitErrorDetails(type=PydanticCustomError("value_error", message), loc=(field,), input=value)
+    return ValidationError.from_exception_data("field", [details])
+
+
+class Registration(Spec):
+    """Nodes that may add themselves as endpoints of a Service while their xDS stream is up.
+
+    A node announces ``register: {service: NAME, address: HOST:PORT}`` in its metadata
+    (``waypost bootstrap --register``); it is an endpoint only if this selector matches it.
+    """
+
+    nodes: NodeSelector = Field(description="Which nodes may register: node cluster and/or labels.")
+    grace: Duration = Field(
+        default=10_000, description="How long an endpoint stays after its node's stream drops."
+    )
+
+
 class Service(Document):
     kind: Literal["Service"] = "Service"
-    endpoints: tuple[EndpointField, ...] = Field(min_length=1)
+    endpoints: tuple[EndpointField, ...] = Field(
+        default=(), description="Required unless registration is set (then it may add to them)."
+    )
     protocol: Literal["http1", "http2", "grpc"] = "http1"
     lb: Literal["round_robin", "least_request", "random", "ring_hash", "maglev"] = "round_robin"
     connect_timeout: Duration = 5000
@@ -280,6 +304,17 @@ class Service(Document):
     circuit_breaker: CircuitBreaker | None = None
     outlier_detection: OutlierDetection | None = None
     tls: ServiceTLS | None = None
+    registration: Registration | None = None
+
+    @model_validator(mode="after")
+    def _some_endpoints(self) -> Self:
+        if not self.endpoints and self.registration is None:
+            raise _field_error("endpoints", self.endpoints, "must not be empty (unless registration is set)")
+        if self.registration is not None and self.uses_dns:
+            raise _field_error(
+                "registration", None, "a Service with DNS endpoints cannot take registered ones"
+            )
+        return self
 
     @property
     def uses_dns(self) -> bool:

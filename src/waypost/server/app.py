@@ -24,6 +24,8 @@ from waypost.server.runtime import PolicyRuntime
 from waypost.server.watch import PolicyWatcher
 from waypost.xds.ads import AdsServer
 from waypost.xds.cache import SnapshotCache
+from waypost.xds.compiler.registered import allowed
+from waypost.xds.registry import RedisRegistrySync
 from waypost.xds.security import XdsTls, authorize_node
 
 __all__ = ["ServeOptions", "serve"]
@@ -49,6 +51,8 @@ class ServeOptions:
     """TLS on the xDS port; with a client CA, mTLS and node ids checked against certificates."""
     ratelimit: RateLimitOptions | None = None
     """Also answer Envoy's RateLimitService (``--ratelimit-port``)."""
+    registry_redis: str | None = None
+    """``redis://...``: share self-registered endpoints with the other replicas through it."""
     analytics: AnalyticsOptions | None = None
     """Collect Envoy's access logs (``--analytics-port``): call analytics."""
     advertise_address: str | None = None
@@ -82,8 +86,24 @@ def build_status(runtime: PolicyRuntime, ads: AdsServer) -> dict[str, Any]:
             },
         },
         "nodes": nodes,
+        "registered": registered_status(runtime.cache),
         "time": time.time(),
     }
+
+
+def registered_status(cache: SnapshotCache) -> list[dict[str, Any]]:
+    """Self-registered endpoints in force, and whether the policy lets each count."""
+    services = cache.compiled.policy.services if cache.compiled is not None else {}
+    return [
+        {
+            "service": claim.service,
+            "node": claim.node_id,
+            "address": str(claim.endpoint),
+            "live": claim.expires is None,
+            "allowed": allowed(services.get(claim.service), claim),
+        }
+        for claim in cache.registry.claims()
+    ]
 
 
 async def serve(options: ServeOptions, *, stop: asyncio.Event | None = None) -> None:
@@ -94,6 +114,10 @@ async def serve(options: ServeOptions, *, stop: asyncio.Event | None = None) -> 
             loop.add_signal_handler(sig, stop.set)
 
     cache = SnapshotCache()
+    registry_sync = None
+    if options.registry_redis:
+        registry_sync = RedisRegistrySync(options.registry_redis, cache.registry)
+        registry_sync.start()
     analytics = Analytics(options.analytics) if options.analytics is not None else None
     collector = None
     if analytics is not None:
@@ -186,6 +210,8 @@ async def serve(options: ServeOptions, *, stop: asyncio.Event | None = None) -> 
             await authz_server.stop(grace=0.5)
         await grpc_server.stop(grace=1)
         ads.close()
+        if registry_sync is not None:
+            await registry_sync.stop()
         if ratelimit is not None:
             await ratelimit.stop()
         if analytics is not None:

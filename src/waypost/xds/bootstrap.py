@@ -81,6 +81,7 @@ def build_bootstrap(
     xds_client_key: str | None = None,
     xds_sni: str | None = None,
     ratelimit_port: int | None = None,
+    register: tuple[str, str] | None = None,
 ) -> dict[str, Any]:
     """Return an Envoy v3 bootstrap (as JSON-compatible data) that takes all config from waypost.
 
@@ -95,7 +96,8 @@ def build_bootstrap(
     matched as an IP SAN). ``xds_client_cert``/``xds_client_key`` make Envoy present a client
     certificate, for a waypost serving mTLS (``waypost serve --xds-ca``).
     ``ratelimit_port`` adds the cluster to waypost's rate-limit service (on ``xds_host``), needed
-    by Gateways whose Routes have global rate limits.
+    by Gateways whose Routes have global rate limits. ``register`` (service, "ip:port") makes this
+    Envoy an endpoint of that Service while it is connected, where the policy allows it.
     """
     if not node_id:
         raise ValueError("node_id must not be empty")
@@ -128,13 +130,12 @@ def build_bootstrap(
         if not 1 <= ratelimit_port <= 65535:
             raise ValueError(f"ratelimit_port {ratelimit_port} is not between 1 and 65535")
         static_clusters.append(_grpc_cluster(RATELIMIT_CLUSTER, host, ratelimit_port))
+    # waypost reads the node's labels from here to match Gateway `nodes: {labels: ...}`.
+    metadata: dict[str, Any] = {"labels": {str(k): str(v) for k, v in sorted((labels or {}).items())}}
+    if register is not None:
+        metadata["register"] = {"service": register[0], "address": register[1]}
     return {
-        "node": {
-            "id": node_id,
-            "cluster": node_cluster,
-            # waypost reads the node's labels from here to match Gateway `nodes: {labels: ...}`.
-            "metadata": {"labels": {str(k): str(v) for k, v in sorted((labels or {}).items())}},
-        },
+        "node": {"id": node_id, "cluster": node_cluster, "metadata": metadata},
         "admin": {
             "address": _socket_address(_strip_brackets(admin_address), admin_port),
             # Operators and health probes must still reach admin when the connection cap is hit.

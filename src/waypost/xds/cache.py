@@ -14,12 +14,20 @@ from dataclasses import dataclass, field
 
 from envoy.config.core.v3 import base_pb2
 
+from waypost.log import get_logger
 from waypost.xds.compiler import CompiledPolicy
+from waypost.xds.compiler.registered import allowed, registrable_clusters, with_registered
+from waypost.xds.registry import EndpointRegistry, parse_claim
 from waypost.xds.snapshot import ResourceEncoder, Snapshot
+from waypost.xds.types import TypeUrl
 
 __all__ = ["NodeInfo", "PreparedVersion", "SnapshotCache"]
 
+log = get_logger("waypost.xds")
+
 GroupKey = tuple[str, ...]
+DEFAULT_GRACE_S = 10.0
+"""A claim's grace when its Service is gone or takes no registrations (the policy changed)."""
 
 
 @dataclass(frozen=True)
@@ -31,6 +39,8 @@ class NodeInfo:
     labels: Mapping[str, str] = field(default_factory=dict)
     proxyless: bool = False
     """A gRPC library's own xDS client (``user_agent_name`` "gRPC ..."), not an Envoy."""
+    register: tuple[str, str] | None = None
+    """(service, address) from ``metadata.register``: the node claims to be that endpoint."""
 
     @classmethod
     def from_proto(cls, node: base_pb2.Node) -> NodeInfo:
@@ -40,7 +50,13 @@ class NodeInfo:
                 if value.HasField("string_value"):
                     labels[key] = value.string_value
         proxyless = node.user_agent_name.lower().startswith("grpc")
-        return cls(id=node.id, cluster=node.cluster, labels=labels, proxyless=proxyless)
+        register = None
+        if "register" in node.metadata.fields:
+            claim = node.metadata.fields["register"].struct_value.fields
+            service, address = claim.get("service"), claim.get("address")
+            if service is not None and address is not None:
+                register = (service.string_value, address.string_value)
+        return cls(id=node.id, cluster=node.cluster, labels=labels, proxyless=proxyless, register=register)
 
     def group(self, compiled: CompiledPolicy) -> GroupKey:
         """The node group this node belongs to under ``compiled``."""
@@ -54,6 +70,8 @@ class PreparedVersion:
     compiled: CompiledPolicy
     encoder: ResourceEncoder
     snapshots: Mapping[GroupKey, Snapshot]
+    served: CompiledPolicy
+    """``compiled`` with the registered endpoints in force when it was prepared."""
 
 
 class SnapshotCache:
@@ -61,6 +79,8 @@ class SnapshotCache:
 
     def __init__(self) -> None:
         self._compiled: CompiledPolicy | None = None
+        self._served: CompiledPolicy | None = None
+        self.registry = EndpointRegistry(grace_for=self._grace_for, on_change=self._refresh_registered)
         self._encoder = ResourceEncoder()
         self._snapshots: dict[GroupKey, Snapshot] = {}
         self._watched: dict[int, NodeInfo] = {}
@@ -78,16 +98,20 @@ class SnapshotCache:
     def prepare(self, compiled: CompiledPolicy) -> PreparedVersion:
         """Encode and check every snapshot ``compiled`` needs now. Pure and thread-safe: run it
         off the event loop; raises :class:`~waypost.xds.snapshot.InconsistentSnapshot`."""
-        encoder = ResourceEncoder()
+        return self._prepare(compiled, with_registered(compiled, self.registry.claims()), ResourceEncoder())
+
+    def _prepare(
+        self, compiled: CompiledPolicy, served: CompiledPolicy, encoder: ResourceEncoder
+    ) -> PreparedVersion:
         groups = {node.group(compiled) for node in list(self._watched.values())}
         # The group of every Gateway proves all of them cut cleanly, even ones no node has yet.
         groups.add(tuple(sorted(compiled.gateways)))
-        snapshots = {group: _build(compiled, group, encoder) for group in groups}
-        return PreparedVersion(compiled=compiled, encoder=encoder, snapshots=snapshots)
+        snapshots = {group: _build(served, group, encoder) for group in groups}
+        return PreparedVersion(compiled=compiled, encoder=encoder, snapshots=snapshots, served=served)
 
     def commit(self, prepared: PreparedVersion) -> None:
         """Make a prepared version current and wake every stream. Event loop only."""
-        self._compiled, self._encoder = prepared.compiled, prepared.encoder
+        self._compiled, self._served, self._encoder = prepared.compiled, prepared.served, prepared.encoder
         self._snapshots = dict(prepared.snapshots)
         self._generation += 1
         changed, self._changed = self._changed, asyncio.Event()
@@ -99,12 +123,12 @@ class SnapshotCache:
 
     def snapshot_for(self, node: NodeInfo) -> Snapshot | None:
         """The snapshot a node should hold now, or None before the first policy is published."""
-        if self._compiled is None:
+        if self._compiled is None or self._served is None:
             return None
         group = node.group(self._compiled)
         snapshot = self._snapshots.get(group)
         if snapshot is None:
-            snapshot = self._snapshots[group] = _build(self._compiled, group, self._encoder)
+            snapshot = self._snapshots[group] = _build(self._served, group, self._encoder)
         return snapshot
 
     def group_for(self, node: NodeInfo) -> GroupKey:
@@ -116,11 +140,48 @@ class SnapshotCache:
             await self._changed.wait()
 
     def watch(self, stream_id: int, node: NodeInfo) -> None:
-        """Tell the cache a node is connected, so publish prepares its group ahead of time."""
+        """Tell the cache a node is connected, so publish prepares its group ahead of time; a node
+        that announces ``register`` becomes an endpoint while it stays (see :mod:`.registry`)."""
         self._watched[stream_id] = node
+        if node.register is not None:
+            try:
+                claim = parse_claim(node.register, node.id, node.cluster, node.labels)
+            except ValueError as exc:
+                log.warning("endpoint registration refused", node=node.id, error=str(exc))
+                return
+            service = self._compiled.policy.services.get(claim.service) if self._compiled else None
+            if self._compiled is not None and not allowed(service, claim):
+                # Kept all the same: a later policy may allow it, and then it counts at once.
+                log.warning(
+                    "endpoint registration not allowed by policy",
+                    node=node.id,
+                    service=claim.service,
+                    reason="no such Service"
+                    if service is None
+                    else "registration.nodes does not select this node",
+                )
+            self.registry.join(stream_id, claim)
 
     def unwatch(self, stream_id: int) -> None:
         self._watched.pop(stream_id, None)
+        self.registry.leave(stream_id)
+
+    def _grace_for(self, service: str) -> float:
+        found = self._compiled.policy.services.get(service) if self._compiled else None
+        registration = found.registration if found is not None else None
+        return registration.grace / 1000 if registration is not None else DEFAULT_GRACE_S
+
+    def _refresh_registered(self) -> None:
+        """The claims changed: rebuild the snapshots with them, re-encoding only endpoints."""
+        if self._compiled is None or self._served is None:
+            return
+        served = with_registered(self._compiled, self.registry.claims())
+        before, after = self._served.load_assignments, served.load_assignments
+        changed = {name for name in registrable_clusters(served) if before.get(name) != after.get(name)}
+        if not changed:
+            return
+        encoder = self._encoder.without({(TypeUrl.ENDPOINT, name) for name in changed})
+        self.commit(self._prepare(self._compiled, served, encoder))
 
 
 def _build(compiled: CompiledPolicy, group: GroupKey, encoder: ResourceEncoder) -> Snapshot:

@@ -24,6 +24,7 @@ def render_grpc_bootstrap(
     xds_tls_ca: str | None = None,
     xds_client_cert: str | None = None,
     xds_client_key: str | None = None,
+    register: tuple[str, str] | None = None,
 ) -> str:
     """The bootstrap JSON. Raises ValueError on an inconsistent set of TLS files."""
     if (xds_client_cert is None) != (xds_client_key is None):
@@ -49,7 +50,10 @@ def render_grpc_bootstrap(
         "node": {
             "id": node_id,
             "cluster": node_cluster,
-            "metadata": {"labels": dict(labels or {})},
+            "metadata": {
+                "labels": dict(labels or {}),
+                **({"register": {"service": register[0], "address": register[1]}} if register else {}),
+            },
             "locality": {},
         },
     }

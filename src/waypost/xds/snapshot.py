@@ -98,6 +98,13 @@ class ResourceEncoder:
     def __init__(self) -> None:
         self._done: dict[tuple[TypeUrl, str], EncodedResource] = {}
 
+    def without(self, keys: set[tuple[TypeUrl, str]]) -> ResourceEncoder:
+        """A copy that re-encodes ``keys`` and reuses every other resource's bytes: for a change of
+        the same policy version that touches only those resources (registered endpoints)."""
+        derived = ResourceEncoder()
+        derived._done = {key: encoded for key, encoded in self._done.items() if key not in keys}
+        return derived
+
     def encode(self, type_url: TypeUrl, name: str, msg: message.Message) -> EncodedResource:
         key = (type_url, name)
         encoded = self._done.get(key)
