@@ -85,7 +85,10 @@ class PolicyRuntime:
                     if git != self.git:  # same files, new commit (e.g. one touching other paths)
                         self._set_git(git, policy)
                     return False
-                compiled = await asyncio.to_thread(compile_policy, policy, collector=self.collector)
+                if self.collector is None:
+                    compiled = await asyncio.to_thread(compile_policy, policy)
+                else:
+                    compiled = await asyncio.to_thread(compile_policy, policy, collector=self.collector)
                 prepared = await asyncio.to_thread(self.cache.prepare, compiled)
             except PolicyError as exc:
                 return self._fail([str(d) for d in exc.diagnostics], git)
