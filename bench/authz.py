@@ -273,6 +273,11 @@ def main() -> int:
                     str(xds_port),
                     "--admin-port",
                     str(admin_port),
+                    # The standalone decision service below, named once: Envoy learns it over EDS.
+                    "--authz-address",
+                    f"127.0.0.1:{authz_port}",
+                    "--authz-http-address",
+                    f"127.0.0.1:{http_port}",
                     "--no-watch",
                 ],
                 env=env,
@@ -308,8 +313,6 @@ def main() -> int:
             xds_host="127.0.0.1",
             xds_port=xds_port,
             admin_port=0,
-            authz=("127.0.0.1", authz_port),
-            authz_http=("127.0.0.1", http_port),
         )
         (work / "envoy.yaml").write_text(yaml.safe_dump(bootstrap))
         for port in (backend_port, xds_port, authz_port, http_port):

@@ -192,7 +192,9 @@ def grpc_decisions(
 
 def decision_core(policies: Path, seconds: float) -> float:
     policy = load_policies(policies)
-    service = RateLimitService(Limiter(lambda: policy, MemoryStore()))
+    limiter = Limiter(MemoryStore())
+    limiter.apply(policy)
+    service = RateLimitService(limiter)
     requests = [rls_pb2.RateLimitRequest.FromString(b) for b in request_bytes()]
     raw = request_bytes()
 
@@ -274,8 +276,6 @@ def envoy_ratio(work: Path, seconds: float, rounds: int) -> tuple[float, float, 
         xds_host="127.0.0.1",
         xds_port=xds,
         admin_port=0,
-        ratelimit_port=rls,
-        authz_http=("127.0.0.1", authz_http),
     )
     (work / "bootstrap.yaml").write_text(yaml.safe_dump(bootstrap))
     try:

@@ -215,7 +215,7 @@ def test_compiler_wires_ext_authz_only_where_needed(tmp_path: Path) -> None:
         "kind: Route\nname: internal\ngateway: internal\nmatch: {prefix: /}\nbackend: echo\n",
     )
     compiled = compile_policy(policy)
-    SnapshotCache().prepare(compiled)  # the bootstrap cluster does not make snapshots inconsistent
+    SnapshotCache().prepare(compiled)  # the decision clusters travel with the snapshot: consistent
 
     def filters(gateway: str) -> dict[str, object]:
         hcm = hcm_pb2.HttpConnectionManager()

@@ -14,7 +14,7 @@ import grpc
 import pytest
 from envoy.service.auth.v3 import external_auth_pb2
 
-from authz_support import KEYS, consumers_yaml, key_hash, policy_yaml
+from authz_support import KEYS, PLUGIN_DIR, consumers_yaml, key_hash, policy_yaml
 from support import free_ports, wait_until
 from support.procs import SRC_DIR
 
@@ -68,7 +68,7 @@ def test_standalone_workers_both_protocols_and_reload(tmp_path: Path) -> None:
     (policies / "policy.yaml").write_text(policy_yaml(18080, "127.0.0.1:9"))
     (policies / "consumers.yaml").write_text(consumers_yaml())
     grpc_port, http_port = free_ports(2)
-    env = {**os.environ, "PYTHONPATH": str(SRC_DIR)}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(SRC_DIR), str(PLUGIN_DIR)])}
     argv = [sys.executable, "-m", "waypost", "authz", "--policies", str(policies), "--host", "127.0.0.1"]
     argv += ["--port", str(grpc_port), "--http-port", str(http_port), "--workers", "2"]
     log = (tmp_path / "authz.log").open("wb")

@@ -72,6 +72,53 @@ def test_envoy_validate_accepts_bootstrap(variant: str, envoy_bin: Path, tmp_pat
     assert result.returncode == 0, result.stdout + result.stderr
 
 
+# Plain scalars Envoy's YAML reader would turn into booleans, null or numbers.
+TRAPS = ["n", "y", "no", "on", "null", "~", "1e3", "0x10"]
+
+
+@pytest.mark.parametrize("value", TRAPS)
+def test_bootstrap_strings_never_change_type(value: str, envoy_bin: Path, tmp_path: Path) -> None:
+    text = render_bootstrap(**{**BASE, "node_id": value, "node_cluster": value, "labels": {value: value}})
+    node = yaml.safe_load(text)["node"]
+    assert node == {"id": value, "cluster": value, "metadata": {"labels": {value: value}}}
+    path = tmp_path / "bootstrap.yaml"
+    path.write_text(text)
+    result = subprocess.run(
+        [str(envoy_bin), "--mode", "validate", "-c", str(path), "-l", "warning", "--use-dynamic-base-id"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.e2e
+def test_envoy_sees_trap_node_identities(start_envoy: Callable[..., EnvoyProcess]) -> None:
+    """The node id, cluster and labels Envoy sends are the strings the bootstrap was made for."""
+    port = free_port()
+    # Envoys first, then the gRPC server: forking next to grpcio's threads is not safe.
+    envoys = [
+        start_envoy(xds_port=port, node_id=value, node_cluster=value, labels={value: value})
+        for value in TRAPS
+    ]
+    with _fake_ads(port) as (ads, _):
+        seen = {}
+        try:
+            while len(seen) < len(TRAPS):
+                _, request = ads.requests.get(timeout=20)
+                if not request.HasField("node"):  # only a stream's first request names the node
+                    continue
+                seen[request.node.id] = (
+                    request.node.cluster,
+                    json_format.MessageToDict(request.node.metadata),
+                )
+        except queue.Empty:
+            pytest.fail(f"only {sorted(seen)} reached the control plane\n{envoys[-1].log_tail()}")
+        for envoy in envoys:
+            envoy.stop()
+    assert seen == {value: (value, {"labels": {value: value}}) for value in TRAPS}
+
+
 def test_node_identity_and_labels() -> None:
     node = _bootstrap(labels={"zone": "a", "tier": "gold"})["node"]
     assert node == {"id": "edge-1", "cluster": "edge", "metadata": {"labels": {"tier": "gold", "zone": "a"}}}
@@ -168,8 +215,6 @@ def test_compose_bootstrap_is_up_to_date() -> None:
         admin_address="0.0.0.0",
         admin_port=9901,
         labels={"env": "compose"},
-        authz=("waypost", 9191),
-        ratelimit_port=9192,
     )
     assert committed == expected
 
@@ -195,11 +240,11 @@ class _RecordingAds(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: i
 
 
 @contextmanager
-def _fake_ads() -> Iterator[tuple[_RecordingAds, int]]:
+def _fake_ads(port: int = 0) -> Iterator[tuple[_RecordingAds, int]]:
     servicer = _RecordingAds()
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=16))  # a thread per open stream
     ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server(servicer, server)
-    port = server.add_insecure_port("127.0.0.1:0")  # the server picks the port: no race
+    port = server.add_insecure_port(f"127.0.0.1:{port}")  # 0: the server picks the port, no race
     server.start()
     try:
         yield servicer, port

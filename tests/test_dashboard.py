@@ -136,6 +136,37 @@ def test_dashboard_page_shows_nacks_as_text(tmp_path: Path) -> None:
                 },
             }
         ],
+        "decision_services": {
+            "advertise_address": "10.1.2.3",
+            "clusters": {
+                "waypost_authz": {
+                    "service": "the ext_authz decision service (gRPC)",
+                    "needed_by": ["orders"],
+                    "endpoints": ["10.1.2.3:9191"],
+                    "served_by": "this process",
+                    "local_port": 9191,
+                    "health_checked": False,
+                    "error": None,
+                },
+                "waypost_ratelimit": {
+                    "service": "the rate-limit service",
+                    "needed_by": ["orders"],
+                    "endpoints": [],
+                    "served_by": None,
+                    "local_port": None,
+                    "health_checked": False,
+                    "error": None,
+                },
+            },
+            "unserved": [
+                {
+                    "route": "orders",
+                    "cluster": "waypost_ratelimit",
+                    "service": "the rate-limit service",
+                    "fix": "name it with --ratelimit-address HOST:PORT, or drop --no-ratelimit",
+                }
+            ],
+        },
         "time": 100.0,
     }
     ready = threading.Event()
@@ -169,6 +200,12 @@ def test_dashboard_page_shows_nacks_as_text(tmp_path: Path) -> None:
         assert '<section class="error" id="pull-error">' in dom
         assert "Not possible to fast-forward" in dom
         assert "(commit 77aa88bb99cc)" in dom
+        # A route whose decision service nothing serves: a banner, and the service marked.
+        assert '<section class="error" id="unserved">' in dom
+        assert "route orders needs the rate-limit service (waypost_ratelimit): name it with" in dom
+        assert '<tr data-cluster="waypost_ratelimit">' in dom
+        assert '<span class="badge bad">nothing</span>' in dom
+        assert "10.1.2.3:9191" in dom
         ARTIFACTS.mkdir(exist_ok=True)
         headless(url, tmp_path / "chrome-shot", f"--screenshot={ARTIFACTS / 'dashboard-nack.png'}")
     finally:

@@ -33,6 +33,10 @@ COMPOSED = {
     "conflicts with Route other (file:line): same gateway 'public', host '*' and match": "): same gateway",
     "waypost diff: unknown revision 'x'": "unknown revision '{rev}'",
     "waypost: --label expects key=value": "--label expects key=value",
+    "route orders needs the rate-limit service (waypost_ratelimit), which nothing serves": (
+        "), which nothing serves"
+    ),
+    "identity[0].custom.plugin: cannot import module 'x'": "cannot import module '{module_name}'",
 }
 
 

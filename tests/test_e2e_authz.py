@@ -1,8 +1,9 @@
 """End to end: AuthPolicy and Consumer through a real Envoy calling waypost's ext_authz Check.
 
-One stack (echo backend, `waypost serve --authz-port`, Envoy) and many assertions: each outcome
-of the spec, JWT attacks, forged identity headers, path tricks, plugins, dry run, hot reload of
-keys and subscriptions, and finally the decision service going away (fail closed).
+One stack (echo backend, `waypost serve` running its decision service, Envoy bootstrapped with only
+the xDS address) and many assertions: each outcome of the spec, JWT attacks, forged identity
+headers, path tricks, plugins, dry run, hot reload of keys and subscriptions, and finally the
+decision service going away (fail closed).
 """
 
 from __future__ import annotations
@@ -19,40 +20,19 @@ import pytest
 from authz_support import KEYS, PLUGIN_DIR, Signer, consumers_yaml, key_hash, policy_yaml, write_pki
 from support import EchoFactory, EnvoyProcess, WaypostProcess, async_wait_until, free_ports
 from support.procs import SRC_DIR
-from waypost.xds.bootstrap import AUTHZ_CLUSTER, AUTHZ_HTTP_CLUSTER, build_bootstrap
+from waypost.contract import AUTHZ_CLUSTER, AUTHZ_HTTP_CLUSTER
 
 pytestmark = pytest.mark.e2e
 
 
-def start_envoy_with_authz(
-    tmp_path: Path, envoy_bin: Path, xds_port: int, authz_port: int, http_port: int
-) -> EnvoyProcess:
-    envoy = EnvoyProcess(xds_port=xds_port, workdir=tmp_path, envoy_bin=envoy_bin, node_cluster="edge")
-    clusters = build_bootstrap(
-        node_id="x",
-        node_cluster="x",
-        xds_host="127.0.0.1",
-        xds_port=xds_port,
-        authz=("127.0.0.1", authz_port),
-        authz_http=("127.0.0.1", http_port),
-    )["static_resources"]["clusters"][1:]
-    assert [c["name"] for c in clusters] == [AUTHZ_CLUSTER, AUTHZ_HTTP_CLUSTER]
-    envoy.bootstrap["static_resources"]["clusters"].extend(clusters)
-    return envoy
-
-
 @pytest.fixture
-def envoy_factory(tmp_path: Path, envoy_bin: Path, request: pytest.FixtureRequest):  # type: ignore[no-untyped-def]
-    started: list[EnvoyProcess] = []
+def envoy_factory(start_envoy: Callable[..., EnvoyProcess]) -> Callable[[int], EnvoyProcess]:
+    """An Envoy bootstrapped with only the xDS address: the decision clusters arrive over CDS."""
 
-    def start(xds_port: int, authz_port: int, http_port: int) -> EnvoyProcess:
-        envoy = start_envoy_with_authz(tmp_path, envoy_bin, xds_port, authz_port, http_port)
-        started.append(envoy)
-        return envoy.start()
+    def start(xds_port: int) -> EnvoyProcess:
+        return start_envoy(xds_port=xds_port, node_cluster="edge")
 
-    yield start
-    for envoy in started:
-        envoy.stop()
+    return start
 
 
 async def raw_get(port: int, path: str, **headers: str) -> tuple[int, str]:
@@ -73,7 +53,7 @@ async def test_authz_end_to_end(
     tmp_path: Path,
     echo_backend: EchoFactory,
     start_waypost: Callable[..., WaypostProcess],
-    envoy_factory: Callable[[int, int, int], EnvoyProcess],
+    envoy_factory: Callable[[int], EnvoyProcess],
 ) -> None:
     backend = await echo_backend("orders")
     signer = Signer.new()
@@ -85,14 +65,12 @@ async def test_authz_end_to_end(
         policy_yaml(port, backend.address, auth_service=transport, plugins_port=plugins_port)
     )
     (policies / "consumers.yaml").write_text(consumers_yaml())
-    authz_port, http_port = free_ports(2)
     waypost = await asyncio.to_thread(
         start_waypost,
         policies,
-        args=["--authz-port", str(authz_port), "--authz-http-port", str(http_port)],
         env={"PYTHONPATH": os.pathsep.join([str(SRC_DIR), str(PLUGIN_DIR)])},
     )
-    envoy = await asyncio.to_thread(envoy_factory, waypost.xds_port, authz_port, http_port)
+    envoy = await asyncio.to_thread(envoy_factory, waypost.xds_port)
     await asyncio.to_thread(envoy.wait_for_listener, port)
     await asyncio.to_thread(envoy.wait_for_listener, plugins_port)
     base = f"http://127.0.0.1:{port}"
@@ -245,12 +223,12 @@ async def test_mtls_identity_through_envoy(
     tmp_path: Path,
     echo_backend: EchoFactory,
     start_waypost: Callable[..., WaypostProcess],
-    envoy_factory: Callable[[int, int, int], EnvoyProcess],
+    envoy_factory: Callable[[int], EnvoyProcess],
 ) -> None:
     backend = await echo_backend("billing")
     policies = tmp_path / "policies"
     pki = write_pki(policies / "certs")
-    port, authz_port, http_port = free_ports(3)
+    port = free_ports(1)[0]
     (policies / "policy.yaml").write_text(f"""
 kind: Gateway
 name: secure
@@ -279,10 +257,8 @@ kind: Consumer
 name: billing
 roles: [ops]
 """)
-    waypost = await asyncio.to_thread(
-        start_waypost, policies, args=["--authz-port", str(authz_port), "--authz-http-port", str(http_port)]
-    )
-    envoy = await asyncio.to_thread(envoy_factory, waypost.xds_port, authz_port, http_port)
+    waypost = await asyncio.to_thread(start_waypost, policies)
+    envoy = await asyncio.to_thread(envoy_factory, waypost.xds_port)
     await asyncio.to_thread(envoy.wait_for_listener, port)
 
     def client(label: str) -> httpx.AsyncClient:

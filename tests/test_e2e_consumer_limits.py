@@ -15,7 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from support import EchoFactory, EnvoyProcess, WaypostProcess, async_wait_until, free_port, free_ports
+from support import EchoFactory, EnvoyProcess, WaypostProcess, async_wait_until, free_port
 
 pytestmark = pytest.mark.e2e
 
@@ -83,16 +83,8 @@ async def test_consumer_limit_plan_and_isolation(
     policies = tmp_path / "policies"
     policies.mkdir()
     (policies / "policy.yaml").write_text(policy_text(port, echo.address))
-    authz_port, rls_port = free_ports(2)
-    waypost = await asyncio.to_thread(
-        start_waypost, policies, args=["--authz-port", str(authz_port), "--ratelimit-port", str(rls_port)]
-    )
-    envoy = await asyncio.to_thread(
-        start_envoy,
-        xds_port=waypost.xds_port,
-        ratelimit_port=rls_port,
-        bootstrap_options={"authz": ("127.0.0.1", authz_port)},
-    )
+    waypost = await asyncio.to_thread(start_waypost, policies)
+    envoy = await asyncio.to_thread(start_envoy, xds_port=waypost.xds_port)
     await asyncio.to_thread(envoy.wait_for_listener, port)
 
     async with httpx.AsyncClient(trust_env=False, timeout=5) as client:

@@ -18,15 +18,15 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from support import EchoFactory, EnvoyProcess, aget, async_wait_until, free_ports
 from waypost.policies.model import PolicySet
-from waypost.server import runtime
+from waypost.server import app
 from waypost.server.app import ServeOptions, serve
-from waypost.xds.compiler import CompiledPolicy, compile_policy
+from waypost.xds.compiler import CompiledPolicy, DecisionEndpoints, compile_policy
 
 pytestmark = pytest.mark.e2e
 
 
-def poisoned_compile(policy: PolicySet) -> CompiledPolicy:
-    compiled = compile_policy(policy)
+def poisoned_compile(policy: PolicySet, *, decisions: DecisionEndpoints | None = None) -> CompiledPolicy:
+    compiled = compile_policy(policy, decisions=decisions)
     for name, cluster in compiled.clusters.items():
         if name == "poison":
             cluster.connect_timeout.seconds = -1
@@ -39,7 +39,7 @@ async def test_rejected_resource_is_nacked_visible_and_recovered(
     start_envoy: Callable[..., EnvoyProcess],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(runtime, "compile_policy", poisoned_compile)
+    monkeypatch.setattr(app, "compile_policy", poisoned_compile)
     echo = await echo_backend("alpha")
     port, xds_port, admin_port = free_ports(3)
     policies = tmp_path / "policies"

@@ -119,9 +119,8 @@ def start_stack(
     extra_args: tuple[str, ...] = (),
     node_id: str = "test-node",
 ) -> tuple[WaypostProcess, EnvoyProcess]:
-    rls_port = free_port()
-    waypost = start_waypost(policies, args=["--ratelimit-port", str(rls_port), *extra_args])
-    envoy = start_envoy(xds_port=waypost.xds_port, ratelimit_port=rls_port, node_id=node_id)
+    waypost = start_waypost(policies, args=list(extra_args))
+    envoy = start_envoy(xds_port=waypost.xds_port, node_id=node_id)
     return waypost, envoy
 
 
@@ -254,16 +253,11 @@ async def test_redis_shared_across_replicas_and_outage(
     )
 
     def start_two() -> tuple[WaypostProcess, WaypostProcess, EnvoyProcess, EnvoyProcess]:
-        rls_a, rls_b = free_port(), free_port()
         redis_args = ["--redis", redis.url]
-        waypost_a = start_waypost(policies, args=["--ratelimit-port", str(rls_a), *redis_args])
-        waypost_b = start_waypost(policies, args=["--ratelimit-port", str(rls_b), *redis_args])
-        envoy_a = start_envoy(
-            xds_port=waypost_a.xds_port, ratelimit_port=rls_a, node_id="a", node_cluster="a"
-        )
-        envoy_b = start_envoy(
-            xds_port=waypost_b.xds_port, ratelimit_port=rls_b, node_id="b", node_cluster="b"
-        )
+        waypost_a = start_waypost(policies, args=redis_args)
+        waypost_b = start_waypost(policies, args=redis_args)
+        envoy_a = start_envoy(xds_port=waypost_a.xds_port, node_id="a", node_cluster="a")
+        envoy_b = start_envoy(xds_port=waypost_b.xds_port, node_id="b", node_cluster="b")
         envoy_a.wait_for_listener(port_a)
         envoy_b.wait_for_listener(port_b)
         return waypost_a, waypost_b, envoy_a, envoy_b

@@ -20,14 +20,17 @@ from envoy.service.ratelimit.v3 import rls_pb2, rls_pb2_grpc
 from support import free_port, wait_until
 from support.procs import SRC_DIR
 from support.redis import RedisProcess, find_redis_server
+from waypost.contract import RATELIMIT_CLUSTER
 from waypost.filters.ratelimit.limiter import Limiter, check_consumer_quota
-from waypost.filters.ratelimit.server import RateLimitOptions, start_ratelimit
 from waypost.filters.ratelimit.service import encode_verdict, encode_verdict_bytes
-from waypost.filters.ratelimit.store import MemoryStore, RedisStore
+from waypost.filters.ratelimit.store import CounterStore, MemoryStore, RedisStore
 from waypost.filters.ratelimit.table import build_table
 from waypost.policies.loader import load_policies
 from waypost.policies.model import PolicySet
-from waypost.xds.bootstrap import RATELIMIT_CLUSTER, build_bootstrap
+from waypost.policies.types import Endpoint
+from waypost.server.ratelimit import RateLimitOptions, start_ratelimit
+from waypost.xds.bootstrap import build_bootstrap
+from waypost.xds.compiler import DecisionEndpoints, compile_policy
 
 POLICY = """
 kind: Gateway
@@ -68,6 +71,12 @@ def load(tmp_path: Path, text: str = POLICY) -> PolicySet:
     return load_policies(directory)
 
 
+def limiter_for(policy: PolicySet, store: CounterStore, *, fail_closed: bool = False) -> Limiter:
+    limiter = Limiter(store, fail_closed=fail_closed)
+    limiter.apply(policy)
+    return limiter
+
+
 def consumer(name: str, plan: str | None = None, limit: str = "standard/0") -> list[tuple[str, str]]:
     entries = [("limit", limit), ("consumer", name)]
     if plan is not None:
@@ -87,7 +96,7 @@ def redis_server(tmp_path: Path) -> Iterator[RedisProcess]:
 
 async def test_consumer_limit_plan_and_other_consumer(tmp_path: Path) -> None:
     policy = load(tmp_path)
-    limiter = Limiter(lambda: policy, MemoryStore())
+    limiter = limiter_for(policy, MemoryStore())
     verdicts = [await limiter.decide([consumer("acme")]) for _ in range(4)]
     assert [v.allowed for v in verdicts] == [True, True, True, False]
     assert dict(verdicts[0].headers)["ratelimit-limit"] == "3"
@@ -107,7 +116,7 @@ async def test_consumer_limit_plan_and_other_consumer(tmp_path: Path) -> None:
 
 async def test_unknown_descriptors_are_not_limited_and_shadow_never_blocks(tmp_path: Path) -> None:
     policy = load(tmp_path)
-    limiter = Limiter(lambda: policy, MemoryStore())
+    limiter = limiter_for(policy, MemoryStore())
     unknown = await limiter.decide([[("limit", "nope/0"), ("consumer", "x")], [("other", "1")], []])
     assert unknown.allowed and unknown.headers == ()
     shadow = [await limiter.decide([[("limit", "watch/0"), ("route", "orders")]]) for _ in range(3)]
@@ -117,7 +126,7 @@ async def test_unknown_descriptors_are_not_limited_and_shadow_never_blocks(tmp_p
 
 async def test_tightest_limit_in_headers_and_all_counted(tmp_path: Path) -> None:
     policy = load(tmp_path)
-    limiter = Limiter(lambda: policy, MemoryStore())
+    limiter = limiter_for(policy, MemoryStore())
     both = [consumer("acme"), [("limit", "standard/1"), ("header", "t1")]]
     verdict = await limiter.decide(both)
     headers = dict(verdict.headers)
@@ -128,7 +137,7 @@ async def test_tightest_limit_in_headers_and_all_counted(tmp_path: Path) -> None
 async def test_reload_keeps_unrelated_counters(tmp_path: Path) -> None:
     policy = load(tmp_path)
     current = {"policy": policy}
-    limiter = Limiter(lambda: current["policy"], MemoryStore())
+    limiter = limiter_for(policy, MemoryStore())
     for _ in range(2):
         await limiter.decide([consumer("acme"), [("limit", "standard/1"), ("header", "t1")]])
     # Change the header limit's count and add a limit in front: indices shift, counters stay.
@@ -138,6 +147,7 @@ async def test_reload_keeps_unrelated_counters(tmp_path: Path) -> None:
     ).replace("requests: 5, per: hour", "requests: 50, per: hour")
     current["policy"] = load(tmp_path, changed)
     assert current["policy"].version != policy.version
+    limiter.apply(current["policy"])
     verdict = await limiter.decide(
         [consumer("acme", limit="standard/1"), [("limit", "standard/2"), ("header", "t1")]]
     )
@@ -158,7 +168,7 @@ plans:
   free: {requests: 1, per: minute}
 """,
     )
-    limiter = Limiter(lambda: policy, MemoryStore())
+    limiter = limiter_for(policy, MemoryStore())
     assert (await limiter.decide([consumer("acme", limit="plans-only/plans")])).headers == ()
     free = [await limiter.decide([consumer("acme", "free", limit="plans-only/plans")]) for _ in range(2)]
     assert [v.allowed for v in free] == [True, False]
@@ -166,7 +176,7 @@ plans:
 
 async def test_check_consumer_quota_shares_the_rls_counters(tmp_path: Path) -> None:
     policy = load(tmp_path)
-    limiter = Limiter(lambda: policy, MemoryStore())
+    limiter = limiter_for(policy, MemoryStore())
     await limiter.decide([consumer("acme")])
     await limiter.decide([consumer("acme")])
     verdict = await check_consumer_quota(limiter, "orders", "acme")
@@ -237,7 +247,7 @@ async def test_redis_unreachable_fails_open_or_closed(tmp_path: Path) -> None:
     policy = load(tmp_path)
     url = f"redis://127.0.0.1:{free_port()}/0"
     for fail_closed in (False, True):
-        limiter = Limiter(lambda: policy, RedisStore(url), fail_closed=fail_closed)
+        limiter = limiter_for(policy, RedisStore(url), fail_closed=fail_closed)
         verdict = await limiter.decide([consumer("acme")])
         assert verdict.store_error
         assert verdict.allowed is not fail_closed
@@ -247,7 +257,9 @@ async def test_redis_unreachable_fails_open_or_closed(tmp_path: Path) -> None:
 @pytest.mark.parametrize("grpcio", [False, True], ids=["h2server", "grpcio"])
 async def test_rls_over_grpc(tmp_path: Path, grpcio: bool) -> None:
     policy = load(tmp_path)
-    running = await start_ratelimit(RateLimitOptions(port=0, host="127.0.0.1", grpcio=grpcio), lambda: policy)
+    running = await start_ratelimit(
+        RateLimitOptions(port=0, host="127.0.0.1", grpcio=grpcio), limiter_for(policy, MemoryStore())
+    )
     try:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel:
             stub = rls_pb2_grpc.RateLimitServiceStub(channel)
@@ -293,13 +305,13 @@ async def test_rls_over_grpc(tmp_path: Path, grpcio: bool) -> None:
         await running.stop()
 
 
-def test_bootstrap_carries_the_ratelimit_cluster() -> None:
-    bootstrap = build_bootstrap(
-        node_id="n", node_cluster="edge", xds_host="127.0.0.1", xds_port=18000, ratelimit_port=18001
-    )
-    clusters = {c["name"]: c for c in bootstrap["static_resources"]["clusters"]}
-    address = clusters[RATELIMIT_CLUSTER]["load_assignment"]["endpoints"][0]["lb_endpoints"][0]
-    assert address["endpoint"]["address"]["socket_address"] == {"address": "127.0.0.1", "port_value": 18001}
+def test_ratelimit_cluster_comes_over_cds_not_the_bootstrap(tmp_path: Path) -> None:
+    policy = load(tmp_path)
+    endpoints = DecisionEndpoints(endpoints={RATELIMIT_CLUSTER: (Endpoint("10.0.0.7", 18001),)})
+    compiled = compile_policy(policy, decisions=endpoints)
+    assert compiled.clusters[RATELIMIT_CLUSTER].type == compiled.clusters[RATELIMIT_CLUSTER].EDS
+    address = compiled.load_assignments[RATELIMIT_CLUSTER].endpoints[0].lb_endpoints[0].endpoint.address
+    assert (address.socket_address.address, address.socket_address.port_value) == ("10.0.0.7", 18001)
     plain = build_bootstrap(node_id="n", node_cluster="edge", xds_host="127.0.0.1", xds_port=18000)
     assert [c["name"] for c in plain["static_resources"]["clusters"]] == ["waypost_xds"]
 
@@ -382,7 +394,7 @@ async def test_redis_store_survives_script_flush_restart_and_uses_its_db(redis_s
 
 async def test_hand_encoded_response_equals_protobuf(tmp_path: Path) -> None:
     policy = load(tmp_path)
-    limiter = Limiter(lambda: policy, MemoryStore())
+    limiter = limiter_for(policy, MemoryStore())
     descriptors = [consumer("acme"), [("limit", "standard/1"), ("header", "t" * 200)], [("nope", "x")]]
     for _ in range(5):
         verdict = await limiter.decide(descriptors, hits=40)

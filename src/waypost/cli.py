@@ -17,8 +17,9 @@ from typing import TYPE_CHECKING, Any
 from waypost.cli_analytics import add_serve_arguments, add_top_parser, analytics_options, run_top
 
 if TYPE_CHECKING:
-    from waypost.filters.ratelimit.server import RateLimitOptions
     from waypost.policies.model import PolicySet
+    from waypost.policies.types import Endpoint
+    from waypost.server.ratelimit import RateLimitOptions
 
 __all__ = ["main"]
 
@@ -40,6 +41,13 @@ def _host_port(value: str) -> tuple[str, int]:
         return parse_host_port(value)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _address(value: str) -> Endpoint:
+    from waypost.policies.types import Endpoint
+
+    host, port = _host_port(value)
+    return Endpoint(host, port)
 
 
 def _registration(value: str) -> tuple[str, str]:
@@ -124,18 +132,6 @@ def _parser() -> argparse.ArgumentParser:
     )
     bootstrap.add_argument("--delta", action="store_true", help="use incremental (delta) xDS")
     bootstrap.add_argument(
-        "--authz",
-        type=_host_port,
-        metavar="HOST:PORT",
-        help="the ext_authz decision service (waypost serve --authz-port, or waypost authz)",
-    )
-    bootstrap.add_argument(
-        "--authz-http",
-        type=_host_port,
-        metavar="HOST:PORT",
-        help="its HTTP endpoint, for Gateways with auth_service: http (--authz-http-port / --http-port)",
-    )
-    bootstrap.add_argument(
         "--xds-tls-ca",
         metavar="PATH",
         help="CA file (on the Envoy host) to verify waypost's xDS cert; enables TLS",
@@ -146,9 +142,6 @@ def _parser() -> argparse.ArgumentParser:
     bootstrap.add_argument("--xds-client-key", metavar="PATH", help="private key of --xds-client-cert")
     bootstrap.add_argument(
         "--xds-sni", metavar="NAME", help="SNI and expected name of waypost's cert (default: the --xds host)"
-    )
-    bootstrap.add_argument(
-        "--ratelimit-port", type=int, help="waypost's rate-limit service port (on the --xds host)"
     )
     bootstrap.add_argument(
         "--register",
@@ -199,13 +192,12 @@ def _parser() -> argparse.ArgumentParser:
 
     commands.add_parser("schema", help="print the JSON Schema of policy documents (schema/*.json)")
     commands.add_parser("docs", help="print the policy reference generated from the model (docs/)")
-    serve.add_argument("--authz-port", type=int, help="also serve the ext_authz Check service on this port")
-    serve.add_argument("--authz-http-port", type=int, help="and its HTTP endpoint (auth_service: http)")
+    _decision_arguments(serve)
 
     authz = commands.add_parser("authz", help="serve only the ext_authz decision service (gRPC Check)")
     authz.add_argument("--policies", required=True, type=Path)
     authz.add_argument("--host", default="0.0.0.0")
-    authz.add_argument("--port", type=int, default=9191)
+    authz.add_argument("--port", type=int, default=9191, help="the gRPC Check service (default 9191)")
     authz.add_argument("--http-port", type=int, help="also serve the HTTP endpoint (auth_service: http)")
     authz.add_argument("--admin-port", type=int, help="/healthz, /readyz, /metrics on this port")
     authz.add_argument("--workers", type=int, default=1, help="processes sharing the port (SO_REUSEPORT)")
@@ -217,7 +209,6 @@ def _parser() -> argparse.ArgumentParser:
     keys_commands = keys.add_subparsers(dest="keys_command", required=True)
     keys_new = keys_commands.add_parser("new", help="print a fresh API key once, and the line to commit")
     keys_new.add_argument("consumer")
-    _ratelimit_arguments(serve, port_flag="--ratelimit-port", required=False)
     add_serve_arguments(serve)
     add_top_parser(commands)
 
@@ -228,17 +219,51 @@ def _parser() -> argparse.ArgumentParser:
     ratelimit.add_argument("--no-watch", action="store_true", help="load once; do not watch the directory")
     ratelimit.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
     ratelimit.add_argument("--log-format", choices=("json", "console"))
-    _ratelimit_arguments(ratelimit, port_flag="--port", required=True)
+    _ratelimit_arguments(ratelimit, port_flag="--port")
     return parser
 
 
-def _ratelimit_arguments(parser: argparse.ArgumentParser, *, port_flag: str, required: bool) -> None:
+def _decision_arguments(serve: argparse.ArgumentParser) -> None:
+    group = serve.add_argument_group(
+        "decision services",
+        "serve runs ext_authz and the rate-limit service itself when the policies need them, and "
+        "tells Envoys where they are over CDS/EDS; or name the ones a fleet runs elsewhere",
+    )
+    group.add_argument("--authz-port", type=int, default=9191, help="in-process ext_authz gRPC port (9191)")
+    group.add_argument(
+        "--authz-http-port", type=int, default=9192, help="its HTTP endpoint, auth_service: http (9192)"
+    )
+    group.add_argument("--no-authz", action="store_true", help="never run ext_authz in this process")
+    group.add_argument("--no-ratelimit", action="store_true", help="never run the rate-limit service here")
+    for flag, what in (
+        ("--authz-address", "a `waypost authz` gRPC port"),
+        ("--authz-http-address", "a `waypost authz --http-port` endpoint"),
+        ("--ratelimit-address", "a `waypost ratelimit` port"),
+    ):
+        group.add_argument(
+            flag,
+            action="append",
+            default=[],
+            type=_address,
+            metavar="HOST:PORT",
+            help=f"{what} Envoys use instead of this process's (repeat: several endpoints, health-checked)",
+        )
+    group.add_argument(
+        "--advertise-address",
+        metavar="HOST",
+        help="the address Envoys reach this process's decision services at (NAT, containers); "
+        "default: --host, or this host's outbound address when --host listens on all",
+    )
+    _ratelimit_arguments(serve, port_flag="--ratelimit-port")
+
+
+def _ratelimit_arguments(parser: argparse.ArgumentParser, *, port_flag: str) -> None:
     parser.add_argument(
         port_flag,
         dest="ratelimit_port",
         type=int,
-        required=required,
-        help="gRPC port of the rate-limit service",
+        default=18001,
+        help="gRPC port of the rate-limit service (18001)",
     )
     parser.add_argument(
         "--redis",
@@ -260,11 +285,9 @@ def _ratelimit_arguments(parser: argparse.ArgumentParser, *, port_flag: str, req
     )
 
 
-def _ratelimit_options(args: argparse.Namespace) -> RateLimitOptions | None:
-    from waypost.filters.ratelimit.server import RateLimitOptions
+def _ratelimit_options(args: argparse.Namespace) -> RateLimitOptions:
+    from waypost.server.ratelimit import RateLimitOptions
 
-    if args.ratelimit_port is None:
-        return None
     return RateLimitOptions(
         port=args.ratelimit_port,
         host=args.host,
@@ -334,6 +357,14 @@ def _validate(directory: Path) -> int:
     policy = _load(directory)
     if policy is None:
         return 1
+    from waypost.filters.authz.plugins import plugin_problems
+
+    # `custom` plugins are imported as the decision service would: run validate where they live.
+    problems = plugin_problems(policy)
+    for problem in problems:
+        print(problem, file=sys.stderr)
+    if problems:
+        return 1
     counts = ", ".join(
         f"{len(getattr(policy, attr))} {label}"
         for attr, label in (
@@ -387,13 +418,10 @@ def _bootstrap(args: argparse.Namespace) -> int:
             admin_address=args.admin_address,
             labels=_labels(args.label),
             delta=args.delta,
-            authz=args.authz,
-            authz_http=args.authz_http,
             xds_tls_ca=args.xds_tls_ca,
             xds_client_cert=args.xds_client_cert,
             xds_client_key=args.xds_client_key,
             xds_sni=args.xds_sni,
-            ratelimit_port=args.ratelimit_port,
             register=args.register,
         )
     except ValueError as exc:
@@ -427,6 +455,7 @@ def _grpc_bootstrap(args: argparse.Namespace) -> int:
 def _serve(args: argparse.Namespace) -> int:
     from waypost.log import configure_logging
     from waypost.server.app import ServeOptions, serve
+    from waypost.server.decisions import DecisionOptions
 
     xds_tls = None
     if args.xds_cert is not None or args.xds_key is not None or args.xds_ca is not None:
@@ -445,13 +474,20 @@ def _serve(args: argparse.Namespace) -> int:
         admin_port=args.admin_port,
         watch=not args.no_watch,
         git_pull=args.git_pull,
-        authz_port=args.authz_port,
-        authz_http_port=args.authz_http_port,
         xds_tls=xds_tls,
-        ratelimit=_ratelimit_options(args),
+        decisions=DecisionOptions(
+            host=args.host,
+            advertise_address=args.advertise_address,
+            authz=not args.no_authz,
+            authz_port=args.authz_port,
+            authz_http_port=args.authz_http_port,
+            ratelimit=None if args.no_ratelimit else _ratelimit_options(args),
+            authz_addresses=tuple(args.authz_address),
+            authz_http_addresses=tuple(args.authz_http_address),
+            ratelimit_addresses=tuple(args.ratelimit_address),
+        ),
         registry_redis=args.redis,
         analytics=analytics_options(args),
-        advertise_address=args.advertise_address,
     )
     # Only once the arguments are known good: a usage error leaves logging as it was.
     configure_logging(args.log_level, json=None if args.log_format is None else args.log_format == "json")
@@ -465,8 +501,8 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _authz(args: argparse.Namespace, argv: list[str]) -> int:
-    from waypost.filters.authz.server import AuthzOptions, run_authz
     from waypost.log import configure_logging
+    from waypost.server.authz import AuthzOptions, run_authz
 
     configure_logging(args.log_level, json=None if args.log_format is None else args.log_format == "json")
     if args.workers < 1:
@@ -496,12 +532,11 @@ def _keys_new(consumer: str) -> int:
 
 
 def _ratelimit(args: argparse.Namespace) -> int:
-    from waypost.filters.ratelimit.server import StandaloneOptions, serve_ratelimit
     from waypost.log import configure_logging
+    from waypost.server.ratelimit import StandaloneOptions, serve_ratelimit
 
     configure_logging(args.log_level, json=None if args.log_format is None else args.log_format == "json")
     rl = _ratelimit_options(args)
-    assert rl is not None
     _run(
         serve_ratelimit(
             StandaloneOptions(

@@ -39,8 +39,8 @@ def add_serve_arguments(serve: argparse.ArgumentParser) -> None:
         "--analytics-port",
         type=int,
         metavar="PORT",
-        help="collect Envoy's access logs on this gRPC port (0: any free port); Gateways stream "
-        "theirs here unless analytics.enabled is false",
+        help="collect Envoy's access logs on this gRPC port (0: any free port), reached at "
+        "--advertise-address; Gateways stream theirs here unless analytics.enabled is false",
     )
     group.add_argument(
         "--data-dir",
@@ -66,12 +66,6 @@ def add_serve_arguments(serve: argparse.ArgumentParser) -> None:
         "--prometheus-url",
         metavar="URL",
         help="a Prometheus scraping every replica's /metrics: the dashboard's fleet-wide figures",
-    )
-    group.add_argument(
-        "--advertise-address",
-        metavar="HOST",
-        help="the address Envoys reach this waypost at (for the collector's cluster); "
-        "default --host, or 127.0.0.1 when --host is 0.0.0.0",
     )
 
 

@@ -117,19 +117,12 @@ async def start_stack(
     policies = tmp_path / f"policies-{name}"
     policies.mkdir(exist_ok=True)
     (policies / "policy.yaml").write_text(policy_text(port, echo.address, auth=auth))
-    authz_port = free_port()
     # Port 0: the collector binds any free port and the cluster compiled into CDS names it (a
-    # restart may move it; Envoy follows).
+    # restart may move it; Envoy follows). ext_authz runs in serve too (on any free port), and
+    # reaches Envoy over CDS like the collector.
     args = ["--analytics-port", "0", "--data-dir", str(tmp_path / f"data-{name}"), *extra]
-    if auth:
-        args += ["--authz-port", str(authz_port)]
     waypost = await asyncio.to_thread(start_waypost, policies, args=args)
-    envoy = await asyncio.to_thread(
-        start_envoy,
-        xds_port=waypost.xds_port,
-        node_id=f"node-{name}",
-        bootstrap_options={"authz": ("127.0.0.1", authz_port)} if auth else {},
-    )
+    envoy = await asyncio.to_thread(start_envoy, xds_port=waypost.xds_port, node_id=f"node-{name}")
     await asyncio.to_thread(envoy.wait_for_listener, port)
     return waypost, envoy, port
 

@@ -93,11 +93,12 @@ class TestCA:
         ips: Sequence[str] = (),
         uris: Sequence[str] = (),
         client: bool = False,
+        both: bool = False,
         file_stem: str | None = None,
         directory: Path | None = None,
     ) -> Issued:
-        """A leaf certificate for a server (default) or a client, written as ``STEM.pem`` and
-        ``STEM-key.pem`` into ``directory`` (default: the CA's)."""
+        """A leaf certificate for a server (default), a client, or ``both`` (a mesh sidecar's),
+        written as ``STEM.pem`` and ``STEM-key.pem`` into ``directory`` (default: the CA's)."""
         key = ec.generate_private_key(ec.SECP256R1())
         now = datetime.datetime.now(datetime.UTC)
         names: list[x509.GeneralName] = [x509.DNSName(d) for d in dns]
@@ -115,7 +116,9 @@ class TestCA:
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
             .add_extension(
                 x509.ExtendedKeyUsage(
-                    [ExtendedKeyUsageOID.CLIENT_AUTH if client else ExtendedKeyUsageOID.SERVER_AUTH]
+                    [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
+                    if both
+                    else [ExtendedKeyUsageOID.CLIENT_AUTH if client else ExtendedKeyUsageOID.SERVER_AUTH]
                 ),
                 critical=False,
             )

@@ -32,13 +32,12 @@ from typing import Any, Self, TypeVar
 from urllib.parse import urlencode
 
 import httpx
-import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from support.client import get
 from support.ports import free_ports
 from waypost.demo import find_envoy, parent_death_signal
-from waypost.xds.bootstrap import build_bootstrap
+from waypost.xds.bootstrap import build_bootstrap, dump_bootstrap
 
 __all__ = [
     "EXAMPLE_POLICIES",
@@ -258,8 +257,13 @@ class ManagedProcess:
 # --- waypost ------------------------------------------------------------------------------------
 
 
+DECISION_PORTS_ANY = ("--authz-port", "0", "--authz-http-port", "0", "--ratelimit-port", "0")
+"""Decision services (started when a policy needs them) on ports the kernel picks: Envoys learn
+the real ones over EDS, so tests never race for a fixed port. ``args`` may override them."""
+
+
 class WaypostProcess(ManagedProcess):
-    """``python -m waypost serve`` on loopback ports of its own.
+    """``python -m waypost serve`` on loopback ports of its own (decision services included).
 
     >>> with WaypostProcess(policies, workdir=tmp_path).start() as waypost:
     ...     envoy = EnvoyProcess(xds_port=waypost.xds_port, workdir=tmp_path).start()
@@ -315,6 +319,7 @@ class WaypostProcess(ManagedProcess):
             str(self.admin_port),
             "--host",
             self.host,
+            *DECISION_PORTS_ANY,
             *self.extra_args,
         ]
         self._spawn(argv, env=env)
@@ -342,6 +347,16 @@ class WaypostProcess(ManagedProcess):
 
     def readyz(self) -> int:
         return get(f"{self.admin_url}/readyz", timeout=2).status_code
+
+    def decision_port(self, cluster: str) -> int:
+        """The port of an in-process decision service (``waypost_authz``, ...) from /status."""
+        port = self.status()["decision_services"]["clusters"][cluster]["local_port"]
+        assert isinstance(port, int), f"{cluster} is not running in this waypost"
+        return port
+
+    def admin_json(self, path: str) -> Any:
+        """The JSON body of an admin page, whatever its status (``/readyz`` answers 503 + reasons)."""
+        return get(f"{self.admin_url}{path}", timeout=5).json()
 
     def healthz(self) -> int:
         return get(f"{self.admin_url}/healthz", timeout=2).status_code
@@ -395,7 +410,6 @@ class EnvoyProcess(ManagedProcess):
         concurrency: int = 1,
         args: Sequence[str] = (),
         bootstrap_options: Mapping[str, Any] | None = None,
-        ratelimit_port: int | None = None,
     ) -> None:
         super().__init__(workdir)
         self.envoy_bin = Path(envoy_bin) if envoy_bin is not None else find_envoy()
@@ -408,7 +422,6 @@ class EnvoyProcess(ManagedProcess):
             labels=labels,
             delta=delta,
             **dict(bootstrap_options or {}),
-            ratelimit_port=ratelimit_port,
         )
         self.node_id = node_id
         self.bootstrap_path = self.dir / "bootstrap.yaml"
@@ -422,7 +435,7 @@ class EnvoyProcess(ManagedProcess):
     def start(self, timeout: float = 20.0) -> Self:
         """Start Envoy and wait until its admin endpoint answers (not until it is LIVE: without
         a control plane it stays PRE_INITIALIZING for a while; see :meth:`wait_ready`)."""
-        self.bootstrap_path.write_text(yaml.safe_dump(self.bootstrap, sort_keys=False))
+        self.bootstrap_path.write_text(dump_bootstrap(self.bootstrap))
         # A stale address from an earlier run would point the readiness probe at a dead port.
         self._admin_address = None
         self._admin_address_path.unlink(missing_ok=True)

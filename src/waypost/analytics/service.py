@@ -105,9 +105,15 @@ class Analytics:
         if self.store is not None:
             await asyncio.to_thread(self.store.close)
 
-    def set_policy(self, policy: PolicySet) -> None:
-        self.aggregator.api_of = route_apis(policy)
-        self._streaming = sorted(name for name, gw in policy.gateways.items() if gw.analytics.enabled)
+    # A policy applier (waypost.server.runtime.PolicyApplier): the route -> Api map of a version.
+    name = "analytics"
+
+    async def prepare(self, policy: PolicySet) -> tuple[dict[str, str], list[str]]:
+        streaming = sorted(name for name, gw in policy.gateways.items() if gw.analytics.enabled)
+        return route_apis(policy), streaming
+
+    def commit(self, prepared: tuple[dict[str, str], list[str]]) -> None:
+        self.aggregator.api_of, self._streaming = prepared
 
     def status(self) -> dict[str, Any]:
         """For /status: where the collector listens, what it holds, which Gateways stream to it."""

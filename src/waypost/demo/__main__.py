@@ -51,9 +51,11 @@ LOOPBACK = "127.0.0.1"
 XDS_PORT = 18000  # `waypost serve` defaults
 WAYPOST_ADMIN_PORT = 9902
 ENVOY_ADMIN_PORT = 9901  # Envoy's customary admin port
+# The decision services `waypost serve` runs itself, on its default ports, for the routes that need
+# them; Envoy learns where they are over CDS/EDS (its bootstrap names only waypost's xDS port).
 AUTHZ_PORT = 9191  # ext_authz decisions (`waypost serve --authz-port`)
-RATELIMIT_PORT = 9192  # rate-limit decisions (`waypost serve --ratelimit-port`)
-ANALYTICS_PORT = 9193  # Envoy's access-log stream (`waypost serve --analytics-port`)
+RATELIMIT_PORT = 18001  # rate-limit decisions (`waypost serve --ratelimit-port`)
+ANALYTICS_PORT = 18002  # Envoy's access-log stream (`waypost serve --analytics-port`)
 ACME_KEY = "demo-acme-key"  # policies/partners.yaml holds their hashes
 TRIAL_KEY = "demo-trial-key"
 
@@ -428,10 +430,6 @@ class Demo:
                     str(XDS_PORT),
                     "--admin-port",
                     str(WAYPOST_ADMIN_PORT),
-                    "--authz-port",
-                    str(AUTHZ_PORT),
-                    "--ratelimit-port",
-                    str(RATELIMIT_PORT),
                     "--analytics-port",
                     str(ANALYTICS_PORT),
                     "--data-dir",
@@ -455,8 +453,6 @@ class Demo:
                 xds_host=LOOPBACK,
                 xds_port=XDS_PORT,
                 admin_port=ENVOY_ADMIN_PORT,
-                authz=(LOOPBACK, AUTHZ_PORT),
-                ratelimit_port=RATELIMIT_PORT,
             )
         )
         self.children.append(

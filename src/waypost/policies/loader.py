@@ -47,7 +47,18 @@ from yaml.events import (
 )
 
 from waypost.policies.diagnostics import Diagnostic, PolicyError
-from waypost.policies.model import KINDS, AuthPolicy, Document, Gateway, PolicySet, Route, Service, SourceRef
+from waypost.policies.model import (
+    KINDS,
+    AuthPolicy,
+    Document,
+    Gateway,
+    PolicySet,
+    Route,
+    Service,
+    Sidecar,
+    SourceRef,
+)
+from waypost.policies.sidecars import expand_sidecar
 from waypost.policies.types import HEADER_NAME_PATTERN, NAME_PATTERN, PrivateBytes
 from waypost.policies.validate import Entry, Loc, validate
 
@@ -66,6 +77,7 @@ _KIND_ATTRIBUTES: Final = {
     "Consumer": "consumers",
     "RateLimitPolicy": "rate_limit_policies",
     "GrpcTarget": "grpc_targets",
+    "Sidecar": "sidecars",
 }
 _KNOWN_KINDS: Final = ", ".join(KINDS)
 
@@ -752,6 +764,7 @@ class _Load:
             raise PolicyError([Diagnostic(self.root, 0, "", "", f"policy directory {what}")])
         for relative in self.policy_files():
             self.load_file(relative)
+        self.expand_sidecars()
         self.diagnostics.extend(validate(self.entries, check_references=self.complete))
         self.read_referenced_files()
         if self.diagnostics:
@@ -827,6 +840,18 @@ class _Load:
             self.fail(path, document.line, f"invalid document: {exc}", kind, name)
         if name:
             self.entries.append(Entry(kind, name, source, checked))
+
+    def expand_sidecars(self) -> None:
+        """Each Sidecar's Gateways, Routes and Services join the entries, placed at its lines."""
+        sidecars = [e for e in self.entries if isinstance(e.document, Sidecar)]
+        by_name = {e.name: e.document for e in sidecars if isinstance(e.document, Sidecar)}
+        for entry in sidecars:
+            assert isinstance(entry.document, Sidecar)
+            expansion = expand_sidecar(entry.document, by_name)
+            for loc, message in expansion.problems:
+                line = entry.source.line_of(loc)
+                self.fail(entry.source.path, line, _at(loc, message), entry.kind, entry.name)
+            self.entries.extend(Entry(d.kind, d.name, entry.source, d) for d in expansion.documents)
 
     @staticmethod
     def kind_problem(value: dict[str, Any]) -> str:
@@ -907,9 +932,23 @@ class _Load:
     def policy_set(self) -> PolicySet:
         by_kind: dict[str, dict[str, Document]] = {kind: {} for kind in KINDS}
         sources: dict[tuple[str, str], SourceRef] = {}
+        field_sources: dict[tuple[str, str, str], SourceRef] = {}
         for entry in sorted(self.entries, key=lambda entry: (entry.kind, entry.name)):
             assert entry.document is not None  # any invalid document raised PolicyError above
             by_kind[entry.kind][entry.name] = entry.document
             sources[(entry.kind, entry.name)] = SourceRef(entry.source.path, entry.source.line_of(("name",)))
+            if isinstance(entry.document, AuthPolicy):
+                for index, source in enumerate(entry.document.identity):
+                    if source.custom is not None:
+                        loc = ("identity", index, "custom", "plugin")
+                        field_sources[(entry.kind, entry.name, _field(loc))] = SourceRef(
+                            entry.source.path, entry.source.line_of(loc)
+                        )
         attributes: dict[str, Any] = {_KIND_ATTRIBUTES[kind]: docs for kind, docs in by_kind.items()}
-        return PolicySet(version=self.version(), files=self.files, sources=sources, **attributes)
+        return PolicySet(
+            version=self.version(),
+            files=self.files,
+            sources=sources,
+            field_sources=field_sources,
+            **attributes,
+        )

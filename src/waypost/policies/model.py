@@ -24,6 +24,7 @@ from pydantic import (
 )
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
+from waypost.policies.cel_env import check_expression
 from waypost.policies.types import (
     Duration,
     EndpointField,
@@ -70,6 +71,10 @@ __all__ = [
     "Rule",
     "Service",
     "ServiceTLS",
+    "Sidecar",
+    "SidecarInbound",
+    "SidecarOutbound",
+    "SidecarTLS",
     "SourceRef",
     "Tracing",
 ]
@@ -290,6 +295,13 @@ class Registration(Spec):
     grace: Duration = Field(
         default=10_000, description="How long an endpoint stays after its node's stream drops."
     )
+    service: Name | None = Field(
+        default=None, description="Count claims made for this name instead of the Service's own."
+    )
+
+    def key(self, service: str) -> str:
+        """The name claims must give for ``service`` to take them."""
+        return self.service or service
 
 
 class Service(Document):
@@ -563,6 +575,52 @@ class GrpcTarget(Document):
         return tuple(dict.fromkeys(b.service for route in self.routes for b in route.weighted_backends))
 
 
+# --- Sidecar -------------------------------------------------------------------------------------
+
+
+class SidecarInbound(Spec):
+    """Requests from other sidecars (mTLS) to the local app, with a Gateway route's features."""
+
+    port: Port = Field(description="Where other sidecars reach this one (TLS, client certificates required).")
+    app: EndpointField = Field(description="The local app, e.g. 127.0.0.1:8080.")
+    auth: Name | tuple[Name, ...] = ()
+    rate_limit: Name | tuple[Name, ...] = ()
+    timeout: Duration | None = None
+
+
+class SidecarOutbound(Spec):
+    """A service the app calls: plain HTTP to 127.0.0.1:<port>, mTLS to that service's sidecars."""
+
+    service: Name = Field(description="The Sidecar (by name) whose instances are called.")
+    port: Port = Field(description="The local port the app sends those calls to.")
+    timeout: Duration | None = None
+
+
+class SidecarTLS(Spec):
+    cert: StrictStr = Field(description="This sidecar's certificate (its DNS SAN is the Sidecar's name).")
+    key: StrictStr = Field(description="Its private key.")
+    ca: StrictStr = Field(description="The mesh CA: peers' certificates must chain to it.")
+
+
+class Sidecar(Document):
+    """The Envoys in front of one service's instances: east-west traffic in the same repository.
+
+    Each instance's Envoy registers itself (``waypost bootstrap --register NAME=IP:PORT``, the
+    inbound port) and becomes an endpoint for the sidecars that call this one. waypost expands a
+    Sidecar into Gateways, Routes and Services named ``<name>.inbound``, ``<name>.app``,
+    ``<name>.out.<service>`` and ``<name>.to.<service>``, so every Route feature applies.
+    """
+
+    kind: Literal["Sidecar"] = "Sidecar"
+    nodes: NodeSelector = Field(description="The Envoys of this service (node cluster and/or labels).")
+    tls: SidecarTLS
+    inbound: SidecarInbound | None = None
+    outbound: tuple[SidecarOutbound, ...] = ()
+    grace: Duration = Field(
+        default=10_000, description="An instance stays this long after its Envoy disconnects."
+    )
+
+
 # --- AuthPolicy ----------------------------------------------------------------------------------
 
 
@@ -617,8 +675,6 @@ class RuleMatch(Spec):
     def _cel_compiles(cls, value: str | None) -> str | None:
         # A typo in a rule must fail at load time with file:line, never at the first request.
         if value is not None:
-            from waypost.filters.authz.cel_env import check_expression
-
             check_expression(value)
         return value
 
@@ -690,6 +746,7 @@ KINDS: dict[str, type[Document]] = {
     "Consumer": Consumer,
     "RateLimitPolicy": RateLimitPolicy,
     "GrpcTarget": GrpcTarget,
+    "Sidecar": Sidecar,
 }
 
 
@@ -721,5 +778,16 @@ class PolicySet:
     consumers: Mapping[str, Consumer] = field(default_factory=dict)
     rate_limit_policies: Mapping[str, RateLimitPolicy] = field(default_factory=dict)
     grpc_targets: Mapping[str, GrpcTarget] = field(default_factory=dict)
+    sidecars: Mapping[str, Sidecar] = field(default_factory=dict)
     files: Mapping[str, bytes] = field(default_factory=dict)
     sources: Mapping[tuple[str, str], SourceRef] = field(default_factory=dict, compare=False, repr=False)
+    field_sources: Mapping[tuple[str, str, str], SourceRef] = field(
+        default_factory=dict, compare=False, repr=False
+    )
+    """(kind, name, field) -> where, for fields checked after loading (``identity[0].custom.plugin``,
+    which a decision service imports)."""
+
+    def where(self, kind: str, name: str, field: str = "") -> SourceRef:
+        """Where a document, or one of its fields recorded in ``field_sources``, was written."""
+        found = self.field_sources.get((kind, name, field)) if field else None
+        return found or self.sources.get((kind, name)) or SourceRef("", 0)

@@ -50,9 +50,16 @@ QueryHandler = Callable[[Mapping[str, str]], Awaitable[Response]]
 
 
 class AdminServer:
-    def __init__(self, *, ready: Callable[[], bool], status: Callable[[], dict[str, Any]]) -> None:
+    def __init__(
+        self,
+        *,
+        ready: Callable[[], bool],
+        status: Callable[[], dict[str, Any]],
+        problems: Callable[[], list[str]] | None = None,
+    ) -> None:
         self._ready = ready
         self._status = status
+        self._problems = problems
         self._routes: dict[str, Callable[[], Response]] = {
             "/healthz": lambda: Response.json(200, {"status": "ok"}),
             "/readyz": self._readyz,
@@ -70,7 +77,10 @@ class AdminServer:
 
     def _readyz(self) -> Response:
         ready = self._ready()
-        return Response.json(200 if ready else 503, {"ready": ready})
+        body: dict[str, Any] = {"ready": ready}
+        if self._problems is not None and not ready:
+            body["problems"] = self._problems()
+        return Response.json(200 if ready else 503, body)
 
     async def start(self, host: str, port: int) -> int:
         self._server = await asyncio.start_server(self._serve, host, port)

@@ -1,4 +1,5 @@
-"""`waypost serve`: wires the policy runtime, snapshot cache, ADS server, admin page and watcher."""
+"""`waypost serve`: wires the policy runtime, its appliers (snapshot cache, in-process decision
+services, call analytics), the ADS server, the admin page and the watcher."""
 
 from __future__ import annotations
 
@@ -6,29 +7,33 @@ import asyncio
 import contextlib
 import signal
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import grpc
 
 from waypost.analytics import Analytics, AnalyticsOptions
-from waypost.filters.ratelimit.server import RateLimitOptions, RunningRateLimit, start_ratelimit
 from waypost.log import get_logger
+from waypost.policies.model import PolicySet
 from waypost.policies.types import Endpoint
 from waypost.server.admin import AdminServer
 from waypost.server.analytics_pages import install_analytics
 from waypost.server.dashboard import Dashboard
+from waypost.server.decisions import DecisionOptions, DecisionPlane
 from waypost.server.gitpull import GitPuller
+from waypost.server.grpc_health import GrpcHealth
 from waypost.server.runtime import PolicyRuntime
 from waypost.server.watch import PolicyWatcher
-from waypost.xds.ads import AdsServer
-from waypost.xds.cache import SnapshotCache
+from waypost.xds.ads import ADS_SERVICE, PER_TYPE_SERVICES, AdsServer
+from waypost.xds.cache import PreparedVersion, SnapshotCache
+from waypost.xds.compiler import compile_policy
+from waypost.xds.compiler.decisions import decision_needs, needed_clusters
 from waypost.xds.compiler.registered import allowed
 from waypost.xds.registry import RedisRegistrySync
 from waypost.xds.security import XdsTls, authorize_node
 
-__all__ = ["ServeOptions", "serve"]
+__all__ = ["ServeOptions", "XdsApplier", "serve"]
 
 log = get_logger("waypost.serve")
 
@@ -43,38 +48,55 @@ class ServeOptions:
     debounce: float = 0.25
     git_pull: float | None = None
     """Seconds between ``git pull --ff-only`` of the policy checkout; None: never pull."""
-    authz_port: int | None = None
-    """Serve the ext_authz Check service on this port (None: not at all)."""
-    authz_http_port: int | None = None
-    """Serve the decision core's HTTP endpoint (Gateways with ``auth_service: http``) here."""
     xds_tls: XdsTls | None = None
     """TLS on the xDS port; with a client CA, mTLS and node ids checked against certificates."""
-    ratelimit: RateLimitOptions | None = None
-    """Also answer Envoy's RateLimitService (``--ratelimit-port``)."""
+    decisions: DecisionOptions = field(default_factory=DecisionOptions)
+    """Where the decision services are: run here when needed (default) or named elsewhere."""
     registry_redis: str | None = None
     """``redis://...``: share self-registered endpoints with the other replicas through it."""
     analytics: AnalyticsOptions | None = None
     """Collect Envoy's access logs (``--analytics-port``): call analytics."""
-    advertise_address: str | None = None
-    """The address Envoys reach this waypost at, for clusters compiled into CDS (the analytics
-    collector). Default: ``host``, or 127.0.0.1 when listening on every address."""
-
-    def advertised(self) -> str:
-        if self.advertise_address:
-            return self.advertise_address
-        return "127.0.0.1" if self.host in ("0.0.0.0", "::", "") else self.host
 
 
-def build_status(runtime: PolicyRuntime, ads: AdsServer) -> dict[str, Any]:
-    compiled = runtime.current
-    current_version = compiled.version if compiled else None
-    nodes = []
-    nodes = [stream.status() for stream in ads.registry.streams()]
+class XdsApplier:
+    """The snapshot cache as a policy applier: compile with the decision services' endpoints
+    (starting the in-process ones a version needs first), encode every snapshot, then swap."""
+
+    name = "xds"
+
+    def __init__(
+        self, cache: SnapshotCache, plane: DecisionPlane, *, collector: Endpoint | None = None
+    ) -> None:
+        self.cache = cache
+        self.plane = plane
+        self.collector = collector
+        """The analytics collector at the advertised address, when this serve runs one."""
+
+    async def prepare(self, policy: PolicySet) -> PreparedVersion:
+        needs = await asyncio.to_thread(decision_needs, policy)
+        await self.plane.ensure(needed_clusters(needs, needs))
+        endpoints = self.plane.endpoints()
+        if self.collector is None:
+            compiled = await asyncio.to_thread(compile_policy, policy, decisions=endpoints)
+        else:
+            compiled = await asyncio.to_thread(
+                compile_policy, policy, decisions=endpoints, collector=self.collector
+            )
+        return await asyncio.to_thread(self.cache.prepare, compiled)
+
+    def commit(self, prepared: PreparedVersion) -> None:
+        self.cache.commit(prepared)
+        self.plane.applied(prepared.compiled.decision_needs)
+
+
+def build_status(
+    runtime: PolicyRuntime, cache: SnapshotCache, ads: AdsServer, plane: DecisionPlane
+) -> dict[str, Any]:
     failure = runtime.last_failure
     return {
         "policy": {
             "directory": str(runtime.directory),
-            "version": current_version,
+            "version": runtime.version,
             "applied_at": runtime.applied_at,
             "git": runtime.git_status(),
             "last_error": None
@@ -85,22 +107,34 @@ def build_status(runtime: PolicyRuntime, ads: AdsServer) -> dict[str, Any]:
                 "git": failure.git.as_dict() if failure.git else None,
             },
         },
-        "nodes": nodes,
-        "registered": registered_status(runtime.cache),
+        "decision_services": plane.status(),
+        "nodes": [stream.status() for stream in ads.registry.streams()],
+        "registered": registered_status(runtime, cache),
         "time": time.time(),
     }
 
 
-def registered_status(cache: SnapshotCache) -> list[dict[str, Any]]:
+def readiness_problems(runtime: PolicyRuntime, plane: DecisionPlane) -> list[str]:
+    """Why /readyz is not ready: no valid policy yet, or a route whose decision service nothing
+    serves (its requests would fail: 503, or a rate limit silently off)."""
+    if runtime.current is None:
+        return ["no valid policy loaded"]
+    return [
+        f"route {p['route']} needs {p['service']} ({p['cluster']}), which nothing serves: {p['fix']}"
+        for p in plane.unserved()
+    ]
+
+
+def registered_status(runtime: PolicyRuntime, cache: SnapshotCache) -> list[dict[str, Any]]:
     """Self-registered endpoints in force, and whether the policy lets each count."""
-    services = cache.compiled.policy.services if cache.compiled is not None else {}
+    services = runtime.current.services if runtime.current is not None else {}
     return [
         {
             "service": claim.service,
             "node": claim.node_id,
             "address": str(claim.endpoint),
             "live": claim.expires is None,
-            "allowed": allowed(services.get(claim.service), claim),
+            "allowed": allowed(services, claim),
         }
         for claim in cache.registry.claims()
     ]
@@ -113,6 +147,8 @@ async def serve(options: ServeOptions, *, stop: asyncio.Event | None = None) -> 
         with contextlib.suppress(NotImplementedError, RuntimeError):  # not the main thread
             loop.add_signal_handler(sig, stop.set)
 
+    plane = DecisionPlane(options.decisions)
+    await plane.open()
     cache = SnapshotCache()
     registry_sync = None
     if options.registry_redis:
@@ -121,14 +157,17 @@ async def serve(options: ServeOptions, *, stop: asyncio.Event | None = None) -> 
     analytics = Analytics(options.analytics) if options.analytics is not None else None
     collector = None
     if analytics is not None:
-        collector = Endpoint(options.advertised(), await analytics.start(options.host))
-    runtime = PolicyRuntime(options.policies, cache, collector=collector)
-    if analytics is not None:
-        runtime.add_listener(lambda compiled: analytics.set_policy(compiled.policy))
-    await runtime.reload()  # an invalid first load still serves: not ready until a valid one
-    gateways = runtime.current.policy.gateways.values() if runtime.current is not None else ()
-    if analytics is None and any(g.analytics.enabled for g in gateways):
-        log.info("call analytics off: serve with --analytics-port to collect the Gateways' access logs")
+        # Like the decision services: at the advertised address, delivered to Envoy over CDS.
+        collector = Endpoint(plane.advertise_address, await analytics.start(options.host))
+    # Decision services first: they hold a version before Envoy can receive routes that call them.
+    runtime = PolicyRuntime(
+        options.policies,
+        [
+            *plane.appliers(),
+            *([analytics] if analytics else []),
+            XdsApplier(cache, plane, collector=collector),
+        ],
+    )
 
     mtls = options.xds_tls is not None and options.xds_tls.client_ca is not None
     ads = AdsServer(cache, authorizer=authorize_node if mtls else None)
@@ -141,6 +180,8 @@ async def serve(options: ServeOptions, *, stop: asyncio.Event | None = None) -> 
         ]
     )
     ads.add_to(grpc_server)
+    health = GrpcHealth(grpc_server, [ADS_SERVICE, *PER_TYPE_SERVICES])
+    runtime.on_applied(lambda _: health.set_serving(True))
     if options.xds_tls is not None:
         xds_port = grpc_server.add_secure_port(
             f"{options.host}:{options.xds_port}", options.xds_tls.server_credentials()
@@ -148,29 +189,22 @@ async def serve(options: ServeOptions, *, stop: asyncio.Event | None = None) -> 
     else:
         xds_port = grpc_server.add_insecure_port(f"{options.host}:{options.xds_port}")
     await grpc_server.start()
-
-    authz_server = authz_http = None
-    if options.authz_port is not None or options.authz_http_port is not None:
-        from waypost.filters.authz.http_service import start_authz_http
-        from waypost.filters.authz.server import attach_authz, start_authz_grpc
-
-        core = attach_authz(runtime)
-        if options.authz_port is not None:
-            authz_server, authz_port = await start_authz_grpc(core, options.host, options.authz_port)
-            log.info("ext_authz serving", authz_port=authz_port)
-        if options.authz_http_port is not None:
-            authz_http, http_port = await start_authz_http(core, options.host, options.authz_http_port)
-            log.info("ext_authz http serving", authz_http_port=http_port)
-    ratelimit: RunningRateLimit | None = None
-    if options.ratelimit is not None:
-        ratelimit = await start_ratelimit(
-            options.ratelimit, lambda: runtime.current.policy if runtime.current is not None else None
-        )
+    await health.start()
+    await runtime.reload()  # an invalid first load still serves: not ready until a valid one
+    gateways = runtime.current.gateways.values() if runtime.current is not None else ()
+    if analytics is None and any(g.analytics.enabled for g in gateways):
+        log.info("call analytics off: serve with --analytics-port to collect the Gateways' access logs")
 
     def status() -> dict[str, Any]:
-        return build_status(runtime, ads) | {"analytics": analytics.status() if analytics else None}
+        return build_status(runtime, cache, ads, plane) | {
+            "analytics": analytics.status() if analytics else None
+        }
 
-    admin = AdminServer(ready=lambda: runtime.current is not None, status=status)
+    admin = AdminServer(
+        ready=lambda: not readiness_problems(runtime, plane),
+        status=status,
+        problems=lambda: readiness_problems(runtime, plane),
+    )
     dashboard = Dashboard(status)
     dashboard.install(admin)
     if analytics is not None:
@@ -191,7 +225,8 @@ async def serve(options: ServeOptions, *, stop: asyncio.Event | None = None) -> 
         xds_port=xds_port,
         xds_security="mtls" if mtls else "tls" if options.xds_tls else "plaintext",
         admin_port=admin_port,
-        version=runtime.current.version if runtime.current else None,
+        advertise_address=plane.advertise_address,
+        version=runtime.version,
         git=runtime.git.describe if runtime.git else None,
     )
     try:
@@ -204,15 +239,10 @@ async def serve(options: ServeOptions, *, stop: asyncio.Event | None = None) -> 
         if watcher is not None:
             watcher.stop()
         await admin.close()
-        if authz_http is not None:
-            authz_http.close()
-        if authz_server is not None:
-            await authz_server.stop(grace=0.5)
+        await plane.close()
         await grpc_server.stop(grace=1)
         ads.close()
         if registry_sync is not None:
             await registry_sync.stop()
-        if ratelimit is not None:
-            await ratelimit.stop()
         if analytics is not None:
             await analytics.stop()

@@ -75,6 +75,10 @@ PAGE = r"""<!doctype html>
     <h2>git pull failing <span id="pull-error-at"></span></h2>
     <pre id="pull-error-text"></pre>
   </section>
+  <section class="error hidden" id="unserved">
+    <h2>Routes whose decision service nothing serves</h2>
+    <pre id="unserved-text"></pre>
+  </section>
   <section class="error hidden" id="load-error">
     <h2>Last policy change refused <span id="load-error-at"></span></h2>
     <pre id="load-error-text"></pre>
@@ -89,6 +93,13 @@ PAGE = r"""<!doctype html>
       <span id="absent" class="note"></span>
     </div>
     <svg id="chart" width="100%" height="160" viewBox="0 0 1000 160" preserveAspectRatio="none"></svg>
+  </section>
+  <section>
+    <h2>Decision services <span class="note" id="advertise"></span></h2>
+    <table>
+      <thead><tr><th>cluster</th><th>service</th><th>served by</th><th>endpoints</th><th>needed by routes</th></tr></thead>
+      <tbody id="decisions"></tbody>
+    </table>
   </section>
   <section>
     <h2>Envoy nodes</h2>
@@ -162,6 +173,23 @@ function render(data) {
     $("load-error-at").textContent = ago(err.at, now) + commit;
     $("load-error-text").textContent = err.errors.join("\n");
   }
+
+  const plane = st.decision_services || { clusters: {}, unserved: [] };
+  const unserved = plane.unserved || [];
+  $("unserved").classList.toggle("hidden", unserved.length === 0);
+  $("unserved-text").textContent = unserved
+    .map((p) => "route " + p.route + " needs " + p.service + " (" + p.cluster + "): " + p.fix).join("\n");
+  $("advertise").textContent = plane.advertise_address ? "advertised at " + plane.advertise_address : "";
+  const decisionRows = Object.entries(plane.clusters || {}).map(([name, c]) => {
+    const missing = c.needed_by.length > 0 && c.endpoints.length === 0;
+    const by = c.served_by || (c.needed_by.length ? "nothing" : "not needed");
+    return el("tr", { "data-cluster": name },
+      el("td", { class: "mono" }, name), el("td", {}, c.service),
+      el("td", {}, missing ? el("span", { class: "badge bad" }, by) : by + (c.health_checked ? " (health-checked)" : "")),
+      el("td", { class: "mono" }, c.endpoints.join(", ") || "—"),
+      el("td", {}, c.needed_by.join(", ") || "—"));
+  });
+  $("decisions").replaceChildren(...decisionRows);
 
   const rows = nodes.map((node) => {
     const ok = inSync(node);

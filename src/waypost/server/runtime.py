@@ -1,32 +1,47 @@
-"""The policy runtime: load -> compile -> prepare -> commit, all or nothing.
+"""The policy runtime: load -> prepare every applier -> commit every applier, all or nothing.
 
-Loading, compiling and encoding run off the event loop, so live xDS streams never stall behind a
-large reload; only the final swap runs on the loop. Any failure, from a typo in a policy file to
-a compiler bug, leaves the last good version serving and is kept for /status and /readyz.
+One runtime owns the current validated PolicySet of a process and hands each new version to
+typed appliers (:class:`PolicyApplier`): the xDS snapshot cache, the ext_authz core, the
+rate-limit table, whichever this process runs. Every applier prepares the version first (work off
+the event loop; any of them may refuse it with file:line diagnostics); only when all have
+prepared are they committed, one after another on the event loop without an await in between, so
+a version is live everywhere or nowhere. Any failure, from a typo in a policy file to a compiler
+bug, leaves the last good version serving and is kept for /status and /readyz.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 from waypost.log import get_logger
 from waypost.metrics import POLICY_INFO, POLICY_LOADS
 from waypost.policies.diagnostics import PolicyError
 from waypost.policies.loader import load_policies
 from waypost.policies.model import PolicySet
-from waypost.policies.types import Endpoint
 from waypost.server.gitinfo import GitInfo, git_info
-from waypost.xds.cache import SnapshotCache
-from waypost.xds.compiler import CompiledPolicy, compile_policy
 
-__all__ = ["LoadFailure", "PolicyRuntime"]
+__all__ = ["LoadFailure", "PolicyApplier", "PolicyRuntime"]
 
 log = get_logger("waypost.policy")
+
+T = TypeVar("T")
+
+
+class PolicyApplier(Protocol[T]):
+    """One consumer of policy versions. ``prepare`` may take its time (run heavy work in a
+    thread) and may raise :class:`PolicyError` to refuse the version; ``commit`` runs on the event
+    loop, must not fail, and makes the prepared state current."""
+
+    name: str
+
+    async def prepare(self, policy: PolicySet) -> T: ...
+
+    def commit(self, prepared: T) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -40,11 +55,10 @@ class LoadFailure:
 class PolicyRuntime:
     """Owns the reload cycle for one policy directory. Event loop only, one reload at a time."""
 
-    def __init__(self, directory: Path, cache: SnapshotCache, *, collector: Endpoint | None = None) -> None:
+    def __init__(self, directory: Path, appliers: Sequence[PolicyApplier[Any]]) -> None:
         self.directory = directory
-        self.cache = cache
-        self.collector = collector
-        """Where Envoys reach the analytics collector (compiled into each version), if served."""
+        self.appliers = tuple(appliers)
+        self.current: PolicySet | None = None
         self.last_failure: LoadFailure | None = None
         self.applied_at: float | None = None
         self.git: GitInfo | None = None
@@ -52,21 +66,15 @@ class PolicyRuntime:
         self.git_pull: dict[str, Any] | None = None
         """The last ``--git-pull`` result, written by :class:`~waypost.server.gitpull.GitPuller`."""
         self._lock = asyncio.Lock()
-        self._listeners: list[Callable[[CompiledPolicy], None]] = []
+        self._on_applied: list[Callable[[PolicySet], None]] = []
 
-    def add_listener(self, listener: Callable[[CompiledPolicy], None]) -> None:
-        """Call ``listener`` with every version applied from now on (and the current one, if any).
-
-        Listeners run on the event loop right after the commit, so decision services swap to a
-        version at the moment Envoy starts receiving it.
-        """
-        self._listeners.append(listener)
-        if self.current is not None:
-            listener(self.current)
+    def on_applied(self, callback: Callable[[PolicySet], None]) -> None:
+        """Call ``callback`` after each version goes live (health status, reports)."""
+        self._on_applied.append(callback)
 
     @property
-    def current(self) -> CompiledPolicy | None:
-        return self.cache.compiled
+    def version(self) -> str | None:
+        return self.current.version if self.current is not None else None
 
     async def reload(self) -> bool:
         """Load the directory and apply it if valid and new; True when a new version went live."""
@@ -78,37 +86,36 @@ class PolicyRuntime:
             git = await asyncio.to_thread(git_info, self.directory)
             try:
                 policy = await asyncio.to_thread(load_policies, self.directory)
-                current = self.cache.compiled
-                if current is not None and current.version == policy.version:
+                if self.current is not None and self.current.version == policy.version:
                     POLICY_LOADS.labels("unchanged").inc()
                     self.last_failure = None
                     if git != self.git:  # same files, new commit (e.g. one touching other paths)
                         self._set_git(git, policy)
                     return False
-                if self.collector is None:
-                    compiled = await asyncio.to_thread(compile_policy, policy)
-                else:
-                    compiled = await asyncio.to_thread(compile_policy, policy, collector=self.collector)
-                prepared = await asyncio.to_thread(self.cache.prepare, compiled)
+                prepared = [await applier.prepare(policy) for applier in self.appliers]
             except PolicyError as exc:
                 return self._fail([str(d) for d in exc.diagnostics], git)
             except Exception as exc:  # a compiler bug must not take the serving config down with it
-                log.exception("policy compilation failed")
-                return self._fail([f"{self.directory}: internal error while compiling: {exc}"], git)
-            self.cache.commit(prepared)
-            for listener in self._listeners:
-                try:
-                    listener(compiled)
-                except Exception:  # one consumer's bug must not hide the version from the others
-                    log.exception("policy listener failed", version=compiled.version)
+                log.exception("policy preparation failed")
+                return self._fail([f"{self.directory}: internal error while preparing: {exc}"], git)
+            # No await from here on: every applier switches within one turn of the loop.
+            for applier, state in zip(self.appliers, prepared, strict=True):
+                applier.commit(state)
+            self.current = policy
             self.last_failure = None
             self.applied_at = time.time()
             POLICY_LOADS.labels("applied").inc()
             self._set_git(git, policy)
+            for callback in self._on_applied:
+                try:
+                    callback(policy)
+                except Exception:  # a report's bug must not hide the version from the others
+                    log.exception("policy callback failed", version=policy.version)
             log.info(
                 "policy applied",
-                version=compiled.version,
+                version=policy.version,
                 git=git.describe if git else None,
+                appliers=[applier.name for applier in self.appliers],
                 gateways=len(policy.gateways),
                 services=len(policy.services),
                 routes=len(policy.routes),
@@ -132,12 +139,11 @@ class PolicyRuntime:
     def _fail(self, errors: list[str], git: GitInfo | None = None) -> bool:
         self.last_failure = LoadFailure(at=time.time(), errors=tuple(errors), git=git)
         POLICY_LOADS.labels("invalid").inc()
-        serving = self.cache.compiled.version if self.cache.compiled else None
         for error in errors:
             log.error(
                 "policy rejected",
                 error=error,
-                serving_version=serving,
+                serving_version=self.version,
                 serving_git=self.git.describe if self.git else None,
                 rejected_git=git.describe if git else None,
             )

@@ -1,12 +1,17 @@
 """The Envoy bootstrap that points an Envoy at waypost.
 
 An Envoy needs exactly one static thing to join a waypost fleet: how to reach the control plane.
-Everything else (listeners, routes, clusters, secrets) arrives over one ADS stream. This module
+Everything else (listeners, routes, clusters, secrets, and the clusters of the decision services)
+arrives over one ADS stream. This module
 renders that bootstrap as plain data (:func:`build_bootstrap`) or YAML (:func:`render_bootstrap`);
 ``waypost bootstrap`` prints the latter.
 
 The node's identity is what waypost selects Gateways by: ``node.cluster`` and the labels under
 ``node.metadata.labels`` (see ``Gateway.nodes`` in the policy format).
+
+Every string of the YAML is double-quoted: Envoy's YAML reader guesses the type of a plain scalar
+(``n``, ``on``, ``null``, ``1e3``, ``0x10`` stop being strings), and a node id must stay the node
+id whatever it is.
 """
 
 from __future__ import annotations
@@ -18,33 +23,16 @@ from typing import Any, ParamSpec
 
 import yaml
 
+from waypost.contract import XDS_CLUSTER
+
 __all__ = [
-    "AUTHZ_CLUSTER",
-    "AUTHZ_HTTP_CLUSTER",
-    "BOOTSTRAP_CLUSTERS",
-    "RATELIMIT_CLUSTER",
     "XDS_CLUSTER",
     "build_bootstrap",
+    "dump_bootstrap",
     "parse_host_port",
     "render_bootstrap",
 ]
 
-XDS_CLUSTER = "waypost_xds"
-"""Name of the static cluster that carries the ADS stream to waypost."""
-
-AUTHZ_CLUSTER = "waypost_authz"
-"""Name of the static cluster of the ext_authz decision service (`waypost bootstrap --authz`)."""
-
-AUTHZ_HTTP_CLUSTER = "waypost_authz_http"
-"""The same service's HTTP/1.1 endpoint (`waypost bootstrap --authz-http`), for `auth_service: http`."""
-
-RATELIMIT_CLUSTER = "waypost_ratelimit"
-"""Static cluster to waypost's rate-limit service (same host as xDS, ``ratelimit_port``). It lives
-in the bootstrap, like the xDS cluster, because only the node knows how it reaches waypost."""
-
-BOOTSTRAP_CLUSTERS = frozenset({XDS_CLUSTER, AUTHZ_CLUSTER, AUTHZ_HTTP_CLUSTER, RATELIMIT_CLUSTER})
-"""Clusters every waypost Envoy has from its bootstrap: compiled resources may name them without
-CDS carrying them."""
 
 P = ParamSpec("P")
 
@@ -74,13 +62,10 @@ def build_bootstrap(
     admin_address: str = "127.0.0.1",
     labels: Mapping[str, str] | None = None,
     delta: bool = False,
-    authz: tuple[str, int] | None = None,
-    authz_http: tuple[str, int] | None = None,
     xds_tls_ca: str | None = None,
     xds_client_cert: str | None = None,
     xds_client_key: str | None = None,
     xds_sni: str | None = None,
-    ratelimit_port: int | None = None,
     register: tuple[str, str] | None = None,
 ) -> dict[str, Any]:
     """Return an Envoy v3 bootstrap (as JSON-compatible data) that takes all config from waypost.
@@ -88,16 +73,15 @@ def build_bootstrap(
     ``xds_host`` may be an IP address (the cluster is STATIC) or a host name (STRICT_DNS, e.g.
     ``waypost`` inside docker compose). ``admin_port`` 0 lets Envoy pick a port (read it back
     with ``envoy --admin-address-path``). ``delta`` selects incremental xDS (DELTA_GRPC) instead of
-    state-of-the-world. ``authz`` (host, port) adds the cluster of the ext_authz decision
-    service (`waypost serve --authz-port` or `waypost authz`), which gateways with AuthPolicies use.
+    state-of-the-world. The decision services' clusters are not here: waypost delivers them over
+    CDS/EDS to the nodes whose routes need them.
 
     ``xds_tls_ca`` (a path on the Envoy host) makes Envoy reach waypost over TLS and verify its
     certificate against that CA and the name ``xds_sni`` (default: ``xds_host``; an IP address is
     matched as an IP SAN). ``xds_client_cert``/``xds_client_key`` make Envoy present a client
     certificate, for a waypost serving mTLS (``waypost serve --xds-ca``).
-    ``ratelimit_port`` adds the cluster to waypost's rate-limit service (on ``xds_host``), needed
-    by Gateways whose Routes have global rate limits. ``register`` (service, "ip:port") makes this
-    Envoy an endpoint of that Service while it is connected, where the policy allows it.
+    ``register`` (service, "ip:port") makes this Envoy an endpoint of that Service while it is
+    connected, where the policy allows it.
     """
     if not node_id:
         raise ValueError("node_id must not be empty")
@@ -120,16 +104,6 @@ def build_bootstrap(
     if xds_tls_ca is not None:
         xds_cluster["transport_socket"] = _xds_tls(host, xds_tls_ca, xds_client_cert, xds_client_key, xds_sni)
     static_clusters = [xds_cluster]
-    if authz:
-        static_clusters.append(_grpc_cluster(AUTHZ_CLUSTER, _strip_brackets(authz[0]), authz[1]))
-    if authz_http:
-        static_clusters.append(
-            _http_cluster(AUTHZ_HTTP_CLUSTER, _strip_brackets(authz_http[0]), authz_http[1])
-        )
-    if ratelimit_port is not None:
-        if not 1 <= ratelimit_port <= 65535:
-            raise ValueError(f"ratelimit_port {ratelimit_port} is not between 1 and 65535")
-        static_clusters.append(_grpc_cluster(RATELIMIT_CLUSTER, host, ratelimit_port))
     # waypost reads the node's labels from here to match Gateway `nodes: {labels: ...}`.
     metadata: dict[str, Any] = {"labels": {str(k): str(v) for k, v in sorted((labels or {}).items())}}
     if register is not None:
@@ -191,13 +165,29 @@ def _as_yaml(build: Callable[P, dict[str, Any]]) -> Callable[P, str]:
         header = (
             # repr() keeps a stray newline in an id from breaking out of the comment.
             f"# Envoy bootstrap by `waypost bootstrap`: node {node['id']!r}, cluster {node['cluster']!r}.\n"
-            "# Only the way to waypost is static; listeners, routes and clusters arrive over ADS.\n"
+            "# Only the way to waypost is static; the rest (decision services too) comes over ADS.\n"
         )
-        body: str = yaml.safe_dump(data, sort_keys=False, default_flow_style=False)
-        return header + body
+        return header + dump_bootstrap(data)
 
     render.__doc__ = ":func:`build_bootstrap` as a YAML document, ready for ``envoy -c``."
     return render
+
+
+class _QuotingDumper(yaml.SafeDumper):
+    """Every string double-quoted, keys included (label keys are the user's too)."""
+
+
+def _quoted(dumper: yaml.SafeDumper, value: str) -> yaml.Node:
+    return dumper.represent_scalar("tag:yaml.org,2002:str", value, style='"')
+
+
+_QuotingDumper.add_representer(str, _quoted)
+
+
+def dump_bootstrap(data: dict[str, Any]) -> str:
+    """A bootstrap as YAML whose every string is quoted (Envoy cannot re-type any of them)."""
+    text: str = yaml.dump(data, Dumper=_QuotingDumper, sort_keys=False, default_flow_style=False)
+    return text
 
 
 render_bootstrap = _as_yaml(build_bootstrap)
@@ -221,13 +211,6 @@ def parse_host_port(text: str) -> tuple[str, int]:
 
 def _xds_cluster(host: str, port: int) -> dict[str, Any]:
     return _grpc_cluster(XDS_CLUSTER, host, port)
-
-
-def _http_cluster(name: str, host: str, port: int) -> dict[str, Any]:
-    """A plain HTTP/1.1 cluster (the decision service's fast endpoint): kept-alive connections."""
-    cluster = _grpc_cluster(name, host, port)
-    del cluster["typed_extension_protocol_options"]
-    return cluster
 
 
 def _grpc_cluster(name: str, host: str, port: int) -> dict[str, Any]:

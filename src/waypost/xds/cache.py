@@ -149,16 +149,14 @@ class SnapshotCache:
             except ValueError as exc:
                 log.warning("endpoint registration refused", node=node.id, error=str(exc))
                 return
-            service = self._compiled.policy.services.get(claim.service) if self._compiled else None
-            if self._compiled is not None and not allowed(service, claim):
+            services = self._compiled.policy.services if self._compiled else {}
+            if self._compiled is not None and not allowed(services, claim):
                 # Kept all the same: a later policy may allow it, and then it counts at once.
                 log.warning(
                     "endpoint registration not allowed by policy",
                     node=node.id,
                     service=claim.service,
-                    reason="no such Service"
-                    if service is None
-                    else "registration.nodes does not select this node",
+                    reason="no Service's registration takes this name from this node",
                 )
             self.registry.join(stream_id, claim)
 

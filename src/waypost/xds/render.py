@@ -15,7 +15,6 @@ from typing import Any
 import yaml
 from google.protobuf import any_pb2, json_format, message, symbol_database
 
-from waypost.xds.bootstrap import AUTHZ_CLUSTER, RATELIMIT_CLUSTER, build_bootstrap
 from waypost.xds.compiler import NodeResources
 from waypost.xds.types import TypeUrl
 
@@ -138,20 +137,6 @@ def static_bootstrap(resources: NodeResources, *, admin_port: int = 0) -> dict[s
             service = cluster.pop("eds_cluster_config").get("service_name") or cluster["name"]
             cluster["load_assignment"] = endpoints.get(service, {"cluster_name": cluster["name"]})
         clusters.append(cluster)
-    # Envoys get these from their bootstrap (`waypost bootstrap --authz/--ratelimit-port`), not
-    # from CDS; validation needs stand-ins for the ones the listeners name.
-    listeners_text = json.dumps(listeners)
-    standins = build_bootstrap(
-        node_id="v",
-        node_cluster="v",
-        xds_host="127.0.0.1",
-        xds_port=1,
-        authz=("127.0.0.1", 1),
-        ratelimit_port=1,
-    )["static_resources"]["clusters"]
-    clusters.extend(
-        c for c in standins if c["name"] in (AUTHZ_CLUSTER, RATELIMIT_CLUSTER) and c["name"] in listeners_text
-    )
     return {
         "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": admin_port}}},
         "static_resources": {

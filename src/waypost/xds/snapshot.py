@@ -16,7 +16,6 @@ from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.route.v3 import route_pb2
 from google.protobuf import any_pb2, message, symbol_database
 
-from waypost.xds.bootstrap import BOOTSTRAP_CLUSTERS
 from waypost.xds.types import TypeUrl
 
 __all__ = [
@@ -165,11 +164,6 @@ class Snapshot:
             assert isinstance(msg, route_pb2.RouteConfiguration)
             route_refs.walk_route_configuration(msg)
         refs.merge(route_refs)
-        # Clusters from Envoy's bootstrap (the decision service) are there without CDS: never
-        # missing, and never ours to keep or remove.
-        listener_clusters -= BOOTSTRAP_CLUSTERS
-        route_refs.clusters -= BOOTSTRAP_CLUSTERS
-        refs.clusters -= BOOTSTRAP_CLUSTERS
         snapshot = cls(
             policy_version=policy_version,
             group=group,
@@ -192,9 +186,6 @@ class Snapshot:
             (TypeUrl.SECRET, refs.secrets),
         ):
             carried = set(self.resources[type_url])
-            if type_url is TypeUrl.CLUSTER:
-                # Static clusters of every waypost bootstrap (xDS, rate-limit service): Envoy has them.
-                carried |= BOOTSTRAP_CLUSTERS
             missing = sorted(set(wanted) - carried)
             if missing:
                 problems.append(f"{type_url.short}: {', '.join(missing)} referenced but not present")

@@ -18,7 +18,6 @@ import asyncio
 import functools
 import hashlib
 import hmac
-import importlib
 import inspect
 import json
 import posixpath
@@ -30,30 +29,27 @@ from urllib.parse import unquote
 
 import jwt
 
-from waypost.filters.authz.cel_env import compile_expression
+from waypost.contract import CONSUMER_HEADER
 from waypost.filters.authz.decision_log import DecisionLog
 from waypost.filters.authz.jwks import KeySet, RemoteKeySet, parse_jwks
+from waypost.filters.authz.plugins import load_plugins
 from waypost.log import get_logger
 from waypost.metrics import AUTHZ_DECISIONS
+from waypost.policies.cel_env import compile_expression
 from waypost.policies.model import AuthPolicy, Consumer, IdentitySource, PolicySet, Rule, RuleMatch
 
 __all__ = [
-    "CONSUMER_HEADER",
-    "METADATA_NAMESPACE",
     "AuthRequest",
     "AuthzCore",
     "Decision",
     "Identity",
     "PluginResult",
+    "PreparedAuthz",
     "hash_api_key",
 ]
 
 log = get_logger("waypost.authz")
 _decision_log = DecisionLog()
-
-CONSUMER_HEADER = "x-waypost-consumer"
-METADATA_NAMESPACE = "envoy.filters.http.ext_authz"
-"""Where Envoy files the dynamic metadata of our answers (keys ``consumer`` and ``plan``)."""
 
 JWT_LEEWAY_S = 30
 ROLES_CLAIM = "roles"
@@ -319,18 +315,7 @@ def _mtls_source(index: _Index) -> Source:
     return resolve
 
 
-def _custom_source(plugin: str, timeout_ms: int, index: _Index) -> Source:
-    module_name, _, function_name = plugin.partition(":")
-    try:
-        function = getattr(importlib.import_module(module_name), function_name)
-    except Exception as exc:
-        log.error("auth plugin cannot be loaded", plugin=plugin, error=str(exc))
-        failure = _Failure(500, "auth plugin unavailable")
-
-        def unavailable(request: AuthRequest) -> Resolution:
-            return failure
-
-        return unavailable
+def _custom_source(plugin: str, function: Callable[..., Any], timeout_ms: int, index: _Index) -> Source:
     timeout = timeout_ms / 1000
     is_async = inspect.iscoroutinefunction(function)
 
@@ -488,11 +473,13 @@ class RoutePlan:
         counter.inc()
 
 
-def _build_policy_plan(policy: AuthPolicy, policy_set: PolicySet, index: _Index) -> _PolicyPlan:
+def _build_policy_plan(
+    policy: AuthPolicy, policy_set: PolicySet, index: _Index, plugins: Mapping[str, Callable[..., Any]]
+) -> _PolicyPlan:
     sources: list[Source] = []
     challenges: list[str] = []
     for source in policy.identity:
-        sources.append(_build_source(source, policy_set, index))
+        sources.append(_build_source(source, policy_set, index, plugins))
         if source.api_key is not None:
             challenges.append(f'ApiKey header="{source.api_key.header}"')
         elif source.jwt is not None:
@@ -511,7 +498,9 @@ def _build_policy_plan(policy: AuthPolicy, policy_set: PolicySet, index: _Index)
     )
 
 
-def _build_source(source: IdentitySource, policy_set: PolicySet, index: _Index) -> Source:
+def _build_source(
+    source: IdentitySource, policy_set: PolicySet, index: _Index, plugins: Mapping[str, Callable[..., Any]]
+) -> Source:
     if source.api_key is not None:
         return _api_key_source(source.api_key.header.lower(), index)
     if source.jwt is not None:
@@ -522,16 +511,21 @@ def _build_source(source: IdentitySource, policy_set: PolicySet, index: _Index) 
     if source.mtls is not None:
         return _mtls_source(index)
     assert source.custom is not None
-    return _custom_source(source.custom.plugin, source.custom.timeout, index)
+    plugin = source.custom.plugin
+    return _custom_source(plugin, plugins[plugin], source.custom.timeout, index)
 
 
 @dataclass(frozen=True)
 class _Version:
+    """One policy version's plans (:data:`PreparedAuthz`), made by :meth:`AuthzCore.prepare`."""
+
     version: str
     routes: Mapping[str, RoutePlan]
     subscriptions: Mapping[str, Mapping[str, str]]
     """consumer -> route -> status, for Consumers that list subscriptions."""
 
+
+PreparedAuthz = _Version
 
 # --- The core -----------------------------------------------------------------------------------
 
@@ -550,12 +544,16 @@ class AuthzCore:
         return self._current.version if self._current is not None else None
 
     def apply(self, policy: PolicySet) -> None:
-        """Prepare every route's plan for ``policy`` and make it current (one assignment)."""
-        if self._current is not None and self._current.version == policy.version:
-            return
+        """:meth:`prepare` and :meth:`commit` in one step (raises PolicyError, changing nothing)."""
+        self.commit(self.prepare(policy))
+
+    def prepare(self, policy: PolicySet) -> PreparedAuthz:
+        """Every route's plan for ``policy``, not yet current. Any thread; PolicyError (file:line)
+        when a ``custom`` plugin cannot be imported: the version is refused, nothing changes."""
+        plugins = load_plugins(policy)
         index = _Index(policy.consumers)
         policy_plans = {
-            name: _build_policy_plan(auth, policy, index)
+            name: _build_policy_plan(auth, policy, index, plugins)
             for name, auth in sorted(policy.auth_policies.items())
         }
         routes = {}
@@ -568,8 +566,12 @@ class AuthzCore:
             for c in policy.consumers.values()
             if c.subscriptions is not None
         }
-        self._current = _Version(policy.version, routes, subscriptions)
-        log.info("authz plans applied", version=policy.version, routes=len(routes))
+        return _Version(policy.version, routes, subscriptions)
+
+    def commit(self, prepared: PreparedAuthz) -> None:
+        """Make a prepared version current (one assignment: a request sees one whole version)."""
+        self._current = prepared
+        log.info("authz plans applied", version=prepared.version, routes=len(prepared.routes))
 
     def plan_for(self, route: str) -> RoutePlan | None:
         current = self._current

@@ -17,6 +17,7 @@ from envoy.type.v3 import http_status_pb2
 from google.protobuf import struct_pb2
 from google.rpc import status_pb2
 
+from waypost.contract import AUTHZ_GRPC_SERVICE, METADATA_CONSUMER, METADATA_PLAN
 from waypost.filters.authz.core import AuthRequest, AuthzCore, Decision
 from waypost.log import get_logger
 
@@ -24,7 +25,7 @@ __all__ = ["SERVICE_NAME", "AuthzGrpcService", "encode_decision", "request_from_
 
 log = get_logger("waypost.authz.grpc")
 
-SERVICE_NAME = "envoy.service.auth.v3.Authorization"
+SERVICE_NAME = AUTHZ_GRPC_SERVICE
 _OVERWRITE = base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD
 _GRPC_CODE = {401: 16, 403: 7}  # UNAUTHENTICATED, PERMISSION_DENIED; anything else UNAVAILABLE
 _CACHE_LIMIT = 10_000
@@ -59,9 +60,9 @@ def encode_decision(decision: Decision) -> bytes:
         if decision.consumer:
             # CONTRACT (rate limits): namespace envoy.filters.http.ext_authz, string keys
             # `consumer` and `plan` (plan only when the Consumer has one).
-            metadata = {"consumer": decision.consumer}
+            metadata = {METADATA_CONSUMER: decision.consumer}
             if decision.plan:
-                metadata["plan"] = decision.plan
+                metadata[METADATA_PLAN] = decision.plan
             response.dynamic_metadata.CopyFrom(_struct(metadata))
     else:
         response.status.CopyFrom(status_pb2.Status(code=_GRPC_CODE.get(decision.status, 14)))

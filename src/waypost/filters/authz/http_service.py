@@ -5,6 +5,7 @@ per-route ``path_prefix`` the compiler sets, so the route is known without re-ma
 answer is 200 to allow, its ``x-waypost-*`` headers going to the upstream and its ``consumer`` /
 ``plan`` headers becoming dynamic metadata (the same contract as the gRPC service); anything else
 is a denial Envoy hands to the client as is. Answers are encoded once per distinct decision.
+``GET /healthz`` answers 200 once a policy version is loaded, 503 before (Envoy's health check).
 
 It exists for speed: a Python gRPC call costs several times an HTTP/1.1 exchange on a kept-alive
 connection. Policies that need the peer certificate (mtls) or every header (custom plugins) are
@@ -20,6 +21,7 @@ from typing import Any
 
 import httptools
 
+from waypost.contract import AUTHZ_HTTP_HEALTH_PATH, AUTHZ_HTTP_PATH_PREFIX, METADATA_CONSUMER, METADATA_PLAN
 from waypost.filters.authz.core import AuthRequest, AuthzCore, Decision
 from waypost.log import get_logger
 
@@ -27,7 +29,7 @@ __all__ = ["PATH_PREFIX", "AuthzHttpProtocol", "encode_http", "start_authz_http"
 
 log = get_logger("waypost.authz.http")
 
-PATH_PREFIX = "/_waypost/"
+PATH_PREFIX = AUTHZ_HTTP_PATH_PREFIX
 _REASONS = {
     200: "OK",
     400: "Bad Request",
@@ -36,6 +38,8 @@ _REASONS = {
     500: "Internal Server Error",
 }
 _CACHE_LIMIT = 10_000
+_HEALTHY = b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n"
+_UNHEALTHY = b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 0\r\n\r\n"
 _BAD_REQUEST = b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
 
 
@@ -44,9 +48,9 @@ def encode_http(decision: Decision) -> bytes:
     lines = [f"HTTP/1.1 {decision.status} {reason}"]
     lines += [f"{name}: {value}" for name, value in decision.headers]
     if decision.allowed and decision.consumer:
-        lines.append(f"consumer: {decision.consumer}")
+        lines.append(f"{METADATA_CONSUMER}: {decision.consumer}")
         if decision.plan:
-            lines.append(f"plan: {decision.plan}")
+            lines.append(f"{METADATA_PLAN}: {decision.plan}")
     lines.append(f"content-length: {len(decision.body)}")
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + decision.body
 
@@ -114,6 +118,10 @@ class AuthzHttpProtocol(asyncio.Protocol):
         if transport is None:
             return
         url = self._url.decode("latin-1")
+        if url == AUTHZ_HTTP_HEALTH_PATH:
+            # Envoy's active health check (several --authz-http-address endpoints).
+            transport.write(_HEALTHY if self._core.version is not None else _UNHEALTHY)
+            return
         if not url.startswith(PATH_PREFIX):
             transport.write(_BAD_REQUEST)
             transport.close()

@@ -8,10 +8,10 @@ check a consumer's quota in the call it already makes (:func:`check_consumer_quo
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from waypost.filters.ratelimit import descriptors as d
+from waypost import contract as d
 from waypost.filters.ratelimit.metrics import (
     RATELIMIT_DECISIONS,
     RATELIMIT_OVER_LIMIT,
@@ -62,16 +62,13 @@ class Verdict:
 
 
 class Limiter:
-    """Counts descriptors against the current policy's limits; swaps tables on a new version."""
+    """Counts descriptors against the current policy's limits.
 
-    def __init__(
-        self,
-        policy_source: Callable[[], PolicySet | None],
-        store: CounterStore,
-        *,
-        fail_closed: bool = False,
-    ) -> None:
-        self._source = policy_source
+    A policy version arrives in two steps (the policy runtime's appliers): :meth:`prepare` builds
+    its table (any thread), :meth:`commit` swaps it in (one assignment, on the event loop).
+    """
+
+    def __init__(self, store: CounterStore, *, fail_closed: bool = False) -> None:
         self.store = store
         self.fail_closed = fail_closed
         self._table: RateLimitTable | None = None
@@ -80,14 +77,16 @@ class Limiter:
 
     @property
     def table(self) -> RateLimitTable | None:
-        policy = self._source()
-        if policy is None:
-            return None
-        table = self._table
-        if table is None or table.version != policy.version:
-            # Rebuilt on the first call after a reload: cheap (one entry per limit).
-            table = self._table = build_table(policy)
-        return table
+        return self._table
+
+    def prepare(self, policy: PolicySet) -> RateLimitTable:
+        return build_table(policy)
+
+    def commit(self, table: RateLimitTable) -> None:
+        self._table = table
+
+    def apply(self, policy: PolicySet) -> None:
+        self.commit(self.prepare(policy))
 
     async def decide(self, descriptors: Sequence[Entries], hits: int = 1) -> Verdict:
         plan, counters = self._plan(descriptors)

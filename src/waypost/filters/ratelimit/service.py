@@ -14,7 +14,7 @@ from envoy.config.core.v3 import base_pb2
 from envoy.service.ratelimit.v3 import rls_pb2
 from google.protobuf import duration_pb2
 
-from waypost.filters.ratelimit import descriptors as d
+from waypost import contract as d
 from waypost.filters.ratelimit.limiter import Limiter, Verdict
 from waypost.log import get_logger
 
@@ -22,7 +22,7 @@ __all__ = ["SERVICE_NAME", "RateLimitService"]
 
 log = get_logger("waypost.ratelimit")
 
-SERVICE_NAME = "envoy.service.ratelimit.v3.RateLimitService"
+SERVICE_NAME = d.RATELIMIT_GRPC_SERVICE
 _Response = rls_pb2.RateLimitResponse
 _UNITS = {
     "second": rls_pb2.RateLimitResponse.RateLimit.SECOND,

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from waypost.filters.ratelimit import descriptors as d
+from waypost import contract as d
 from waypost.policies.model import PolicySet
 from waypost.policies.types import RATE_UNIT_SECONDS
 

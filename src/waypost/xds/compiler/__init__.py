@@ -20,6 +20,12 @@ from waypost.policies.model import PolicySet, Route
 from waypost.policies.types import Endpoint
 from waypost.xds.compiler.analytics import analytics_cluster, gateway_logs, patch_hcm_analytics
 from waypost.xds.compiler.clusters import build_cluster, build_load_assignment
+from waypost.xds.compiler.decisions import (
+    DecisionEndpoints,
+    build_decision_cluster,
+    decision_needs,
+    needed_clusters,
+)
 from waypost.xds.compiler.features import GATEWAY_CLUSTERS, HTTP_FEATURES
 from waypost.xds.compiler.listeners import build_listener
 from waypost.xds.compiler.names import cluster_name, grpc_client_cluster_name, grpc_target_key
@@ -34,7 +40,7 @@ from waypost.xds.compiler.secrets import build_secrets
 from waypost.xds.compiler.upstream_tls import build_service_secrets, patch_cluster_tls
 from waypost.xds.types import TypeUrl
 
-__all__ = ["CompiledPolicy", "GatewayResources", "NodeResources", "compile_policy"]
+__all__ = ["CompiledPolicy", "DecisionEndpoints", "GatewayResources", "NodeResources", "compile_policy"]
 
 NodeResources = dict[TypeUrl, dict[str, message.Message]]
 """Resources by type URL, then by resource name: everything one node group receives."""
@@ -61,6 +67,10 @@ class CompiledPolicy:
     load_assignments: Mapping[str, endpoint_pb2.ClusterLoadAssignment] = field(default_factory=dict)
     cluster_secrets: Mapping[str, tuple[secret_pb2.Secret, ...]] = field(default_factory=dict)
     """SDS secrets a cluster uses (upstream client certificates), by cluster name."""
+    decision_needs: Mapping[str, frozenset[str]] = field(default_factory=dict)
+    """Route name -> the decision-service clusters Envoy calls for it (see :mod:`.decisions`)."""
+    decision_endpoints: DecisionEndpoints = field(default_factory=DecisionEndpoints)
+    """Where those clusters point in this version."""
 
     def select_gateways(
         self, node_cluster: str, node_labels: Mapping[str, str], *, proxyless: bool = False
@@ -99,9 +109,15 @@ class CompiledPolicy:
         }
 
 
-def compile_policy(policy: PolicySet, *, collector: Endpoint | None = None) -> CompiledPolicy:
-    """``collector``: where Envoys reach waypost's analytics collector (``waypost serve
-    --analytics-port``); None compiles no access-log stream (see :mod:`.analytics`)."""
+def compile_policy(
+    policy: PolicySet, *, decisions: DecisionEndpoints | None = None, collector: Endpoint | None = None
+) -> CompiledPolicy:
+    """Every resource of ``policy``; ``decisions`` says where the decision services are (none
+    known: their clusters go out empty, and `waypost serve` reports the routes that need them);
+    ``collector`` where Envoys reach waypost's analytics collector (``waypost serve
+    --analytics-port``; None compiles no access-log stream, see :mod:`.analytics`)."""
+    decisions = decisions or DecisionEndpoints()
+    needs = decision_needs(policy)
     routes_by_gateway: dict[str, list[Route]] = {name: [] for name in policy.gateways}
     for route in policy.routes.values():
         routes_by_gateway[route.gateway].append(route)
@@ -127,10 +143,16 @@ def compile_policy(policy: PolicySet, *, collector: Endpoint | None = None) -> C
             route_config=build_route_configuration(gateway, routes, policy.services, features),
             secrets=build_secrets(gateway, policy.files),
             clusters=frozenset(cluster_name(s) for r in routes for s in r.services)
-            | {c.name for c in own_clusters},
+            | {c.name for c in own_clusters}
+            | needed_clusters(needs, (r.name for r in routes)),
         )
     _compile_grpc_targets(policy, gateways)
     load_assignments: dict[str, endpoint_pb2.ClusterLoadAssignment] = {}
+    for name in sorted(needed_clusters(needs, needs)):
+        xds_cluster, assignment = build_decision_cluster(name, decisions)
+        clusters[name] = xds_cluster
+        if assignment is not None:
+            load_assignments[name] = assignment
     cluster_secrets: dict[str, tuple[secret_pb2.Secret, ...]] = {}
     for _, service in sorted(policy.services.items()):
         xds_cluster = build_cluster(service)
@@ -152,6 +174,8 @@ def compile_policy(policy: PolicySet, *, collector: Endpoint | None = None) -> C
         clusters=clusters,
         load_assignments=load_assignments,
         cluster_secrets=cluster_secrets,
+        decision_needs=needs,
+        decision_endpoints=decisions,
     )
 
 

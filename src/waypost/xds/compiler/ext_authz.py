@@ -3,9 +3,10 @@
 Only gateways with at least one authenticated route get the filter. Each such route carries
 ``context_extensions`` naming itself and its AuthPolicies, so the decision service looks up a
 prebuilt plan instead of re-matching the request; every other route of the gateway disables the
-filter per route and costs nothing. The decision service is reached through the bootstrap
-cluster :data:`AUTHZ_CLUSTER` (``waypost bootstrap --authz HOST:PORT``), so one fleet can use
-any number of `waypost authz` processes or hosts.
+filter per route and costs nothing. The decision service is reached through the cluster
+:data:`~waypost.contract.AUTHZ_CLUSTER` (or ``AUTHZ_HTTP_CLUSTER``), which waypost delivers over
+CDS/EDS with the endpoints `waypost serve` knows (its own, or ``--authz-address``); see
+:mod:`waypost.xds.compiler.decisions`.
 
 On the same gateways, :class:`IdentityHeadersFeature` removes every client-sent ``x-waypost-*``
 request header first, on every route (authenticated or not), so identity headers reaching an
@@ -25,13 +26,19 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import http_con
 from envoy.type.matcher.v3 import string_pb2
 from envoy.type.v3 import http_status_pb2
 
+from waypost.contract import (
+    AUTHZ_CLUSTER,
+    AUTHZ_HTTP_CLUSTER,
+    AUTHZ_HTTP_PATH_PREFIX,
+    IDENTITY_HEADER_PREFIX,
+    METADATA_CONSUMER,
+    METADATA_PLAN,
+)
 from waypost.policies.model import AuthPolicy, Gateway, PolicySet, Route
-from waypost.xds.bootstrap import AUTHZ_CLUSTER, AUTHZ_HTTP_CLUSTER
 from waypost.xds.compiler.jwt_native import native_routes
 from waypost.xds.compiler.pb import duration, pack
 
 __all__ = [
-    "AUTHZ_CLUSTER",
     "EXT_AUTHZ_FILTER",
     "ExtAuthzFeature",
     "IdentityHeadersFeature",
@@ -39,9 +46,6 @@ __all__ = [
 
 EXT_AUTHZ_FILTER = "envoy.filters.http.ext_authz"
 HEADER_MUTATION_FILTER = "waypost.identity_headers"
-IDENTITY_HEADER_PREFIX = "x-waypost-"
-
-HTTP_PATH_PREFIX = "/_waypost/"  # waypost.filters.authz.http_service.PATH_PREFIX
 _BASE_TIMEOUT_MS = 500
 _TIMEOUT_MARGIN_MS = 250
 
@@ -110,6 +114,12 @@ class ExtAuthzFeature:
     def applies(self, gateway: Gateway, routes: Sequence[Route]) -> bool:
         return _needs_authz([r for r in routes if r.name not in self._native])
 
+    def cluster_for(self, route: Route) -> str | None:
+        """The decision cluster Envoy calls for ``route``, if any."""
+        if not route.auth_policies or route.name in self._native:
+            return None
+        return AUTHZ_HTTP_CLUSTER if route.gateway in self._http_gateways else AUTHZ_CLUSTER
+
     def http_filter(self, gateway: Gateway, routes: Sequence[Route]) -> hcm_pb2.HttpFilter:
         policies = [
             self.auth_policies[name]
@@ -127,7 +137,7 @@ class ExtAuthzFeature:
             clear_route_cache=False,
         )
         if gateway.name in self._http_gateways:
-            config.http_service.CopyFrom(_http_service(policies, HTTP_PATH_PREFIX))
+            config.http_service.CopyFrom(_http_service(policies, AUTHZ_HTTP_PATH_PREFIX))
         else:
             config.grpc_service.CopyFrom(
                 grpc_service_pb2.GrpcService(
@@ -154,7 +164,7 @@ class ExtAuthzFeature:
             policies = [self.auth_policies[p] for p in route.auth_policies if p in self.auth_policies]
             per_route = ext_authz_pb2.ExtAuthzPerRoute(
                 check_settings=ext_authz_pb2.CheckSettings(
-                    http_service=_http_service(policies, f"{HTTP_PATH_PREFIX}{route.name}")
+                    http_service=_http_service(policies, f"{AUTHZ_HTTP_PATH_PREFIX}{route.name}")
                 )
             )
         elif route.auth_policies:
@@ -197,7 +207,7 @@ def _http_service(policies: Sequence[AuthPolicy], path_prefix: str) -> ext_authz
             allowed_upstream_headers=_matchers(claim_headers, prefixes=[IDENTITY_HEADER_PREFIX]),
             allowed_client_headers=_matchers(["content-type", "www-authenticate"]),
             # CONTRACT (rate limits): the same dynamic metadata keys as the gRPC service.
-            dynamic_metadata_from_headers=_matchers(["consumer", "plan"]),
+            dynamic_metadata_from_headers=_matchers([METADATA_CONSUMER, METADATA_PLAN]),
         ),
     )
 

@@ -61,6 +61,7 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import http_con
 from envoy.type.matcher.v3 import metadata_pb2, path_pb2, regex_pb2, string_pb2, value_pb2
 from google.protobuf import wrappers_pb2
 
+from waypost.contract import CONSUMER_HEADER
 from waypost.policies.model import AuthPolicy, Gateway, PolicySet, Route, RuleMatch
 from waypost.xds.compiler.pb import pack as _pack
 
@@ -79,7 +80,6 @@ RBAC_FILTER = "envoy.filters.http.rbac"
 PAYLOAD_KEY = "waypost_jwt"
 """jwt_authn files the verified payload under this key of its metadata namespace."""
 
-CONSUMER_HEADER = "x-waypost-consumer"  # waypost.filters.authz.core.CONSUMER_HEADER
 JWT_LEEWAY_S = 30  # waypost.filters.authz.core.JWT_LEEWAY_S
 CHALLENGE = 'Bearer realm="waypost"'
 CHALLENGE_ERROR = 'Bearer realm="waypost", error="invalid_token"'

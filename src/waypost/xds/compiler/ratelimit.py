@@ -4,7 +4,7 @@
 global limits become per-route rate-limit actions whose descriptors Envoy sends to waypost's
 RateLimitService (:mod:`waypost.filters.ratelimit`). Every descriptor starts with the entry
 ``limit = <policy>/<index>``, so the service finds the limit by a dict lookup and never re-matches
-the request. The descriptor layout is shared with the service through :mod:`descriptors`.
+the request. The descriptor layout is shared with the service through :mod:`waypost.contract`.
 """
 
 from __future__ import annotations
@@ -23,7 +23,8 @@ from envoy.type.metadata.v3 import metadata_pb2
 from envoy.type.v3 import token_bucket_pb2
 from google.protobuf import duration_pb2, wrappers_pb2
 
-from waypost.filters.ratelimit import descriptors as d
+from waypost import contract as d
+from waypost.contract import RATELIMIT_CLUSTER
 from waypost.policies.model import Gateway, Limit, PolicySet, RateLimitPolicy, Route
 from waypost.policies.types import RATE_UNIT_SECONDS
 from waypost.xds.compiler.pb import pack
@@ -31,7 +32,6 @@ from waypost.xds.compiler.pb import pack
 __all__ = [
     "GLOBAL_FILTER",
     "LOCAL_FILTER",
-    "RATELIMIT_CLUSTER",
     "GlobalRateLimitFeature",
     "LocalRateLimitFeature",
     "global_actions",
@@ -39,8 +39,6 @@ __all__ = [
 
 LOCAL_FILTER = "envoy.filters.http.local_ratelimit"
 GLOBAL_FILTER = "envoy.filters.http.ratelimit"
-RATELIMIT_CLUSTER = "waypost_ratelimit"
-"""The static bootstrap cluster (``waypost bootstrap --ratelimit-port``) reaching waypost's RLS."""
 
 # The RLS answers from memory in well under a millisecond; Redis adds one round trip. Past this,
 # Envoy lets the request through (failure_mode_deny false): a slow limiter must not be an outage.
@@ -144,6 +142,10 @@ class GlobalRateLimitFeature:
 
     def applies(self, gateway: Gateway, routes: Sequence[Route]) -> bool:
         return any(self._policies.global_entries(route) for route in routes)
+
+    def cluster_for(self, route: Route) -> str | None:
+        """The decision cluster Envoy calls for ``route`` (the RLS), if any."""
+        return RATELIMIT_CLUSTER if self._policies.global_entries(route) else None
 
     def http_filter(self, gateway: Gateway, routes: Sequence[Route]) -> hcm_pb2.HttpFilter:
         config = rl_pb2.RateLimit(

@@ -9,12 +9,9 @@ equal bytes on every replica. Everything else is shared with the input, unchange
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable
-
-from envoy.config.endpoint.v3 import endpoint_pb2
+from collections.abc import Iterable, Mapping
 
 from waypost.policies.model import Service
-from waypost.policies.types import Endpoint
 from waypost.xds.compiler import CompiledPolicy
 from waypost.xds.compiler.clusters import load_assignment
 from waypost.xds.compiler.names import cluster_name, grpc_client_cluster_name
@@ -23,12 +20,17 @@ from waypost.xds.registry import Claim
 __all__ = ["allowed", "registrable_clusters", "with_registered"]
 
 
-def allowed(service: Service | None, claim: Claim) -> bool:
-    """Whether the policy lets ``claim``'s node be an endpoint of ``service``."""
+def allowed(services: Mapping[str, Service], claim: Claim) -> bool:
+    """Whether the policy lets ``claim``'s node be an endpoint of some Service."""
+    return any(_takes(name, service, claim) for name, service in services.items())
+
+
+def _takes(name: str, service: Service, claim: Claim) -> bool:
+    registration = service.registration
     return (
-        service is not None
-        and service.registration is not None
-        and service.registration.nodes.matches(claim.node_cluster, claim.node_labels)
+        registration is not None
+        and registration.key(name) == claim.service
+        and registration.nodes.matches(claim.node_cluster, claim.node_labels)
     )
 
 
@@ -43,27 +45,19 @@ def registrable_clusters(compiled: CompiledPolicy) -> set[str]:
 
 def with_registered(compiled: CompiledPolicy, claims: Iterable[Claim]) -> CompiledPolicy:
     services = compiled.policy.services
-    claimed: dict[str, set[Endpoint]] = {}
-    for claim in claims:
-        if allowed(services.get(claim.service), claim):
-            claimed.setdefault(claim.service, set()).add(claim.endpoint)
+    claims = list(claims)
     load_assignments = dict(compiled.load_assignments)
     changed = False
     for name, service in services.items():
         if service.registration is None:
             continue
-        extra = sorted(claimed.get(name, set()) - set(service.endpoints), key=lambda e: (e.host, e.port))
+        claimed = {claim.endpoint for claim in claims if _takes(name, service, claim)}
+        extra = sorted(claimed - set(service.endpoints), key=lambda e: (e.host, e.port))
         if not extra:
             continue
         endpoints = (*service.endpoints, *extra)
         for cluster, weight in ((cluster_name(name), None), (grpc_client_cluster_name(name), 1)):
             if cluster in load_assignments:
-                load_assignments[cluster] = _assignment(cluster, endpoints, weight)
+                load_assignments[cluster] = load_assignment(cluster, endpoints, locality_weight=weight)
                 changed = True
     return dataclasses.replace(compiled, load_assignments=load_assignments) if changed else compiled
-
-
-def _assignment(
-    cluster: str, endpoints: tuple[Endpoint, ...], weight: int | None
-) -> endpoint_pb2.ClusterLoadAssignment:
-    return load_assignment(cluster, endpoints, locality_weight=weight)

@@ -1,4 +1,9 @@
-"""Serving the decision core: inside `waypost serve` (``--authz-port``) or alone (`waypost authz`).
+"""Running the ext_authz decision core: inside `waypost serve` or alone (`waypost authz`).
+
+The core follows the policy through a :class:`~waypost.server.runtime.PolicyRuntime` whose
+applier is the core itself (:class:`AuthzApplier`): no Envoy snapshot is compiled to get the
+policy. A version the core cannot take (a ``custom`` plugin that does not import) is refused there
+with file:line, and the previous version keeps deciding.
 
 Standalone, one process per worker: ``--workers N`` starts N copies of itself, each with its own
 policy runtime and watcher, all bound to one port with SO_REUSEPORT, so the kernel spreads
@@ -13,19 +18,33 @@ import os
 import signal
 import subprocess
 import sys
+from collections.abc import Coroutine
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import grpc
 
-from waypost.filters.authz.core import AuthzCore
+from waypost.contract import AUTHZ_GRPC_SERVICE
+from waypost.filters.authz.core import AuthzCore, PreparedAuthz
 from waypost.filters.authz.grpc_service import AuthzGrpcService
 from waypost.log import get_logger
-from waypost.server.runtime import PolicyRuntime
+from waypost.policies.model import PolicySet
+from waypost.server.grpc_health import GrpcHealth
 
-__all__ = ["AuthzOptions", "attach_authz", "run_authz", "start_authz_grpc"]
+__all__ = [
+    "DEFAULT_HTTP_PORT",
+    "DEFAULT_PORT",
+    "AuthzApplier",
+    "AuthzOptions",
+    "run_authz",
+    "start_authz_grpc",
+]
 
 log = get_logger("waypost.authz.server")
+
+DEFAULT_PORT = 9191
+DEFAULT_HTTP_PORT = 9192
 
 _GRPC_OPTIONS = [
     ("grpc.so_reuseport", 1),
@@ -35,32 +54,41 @@ _GRPC_OPTIONS = [
 ]
 
 
-def attach_authz(runtime: PolicyRuntime) -> AuthzCore:
-    """A decision core that follows ``runtime``: each applied version swaps its plans."""
-    core = AuthzCore()
+class AuthzApplier:
+    """The decision core as a policy applier: plans (and plugins) prepared off the loop."""
 
-    def apply(compiled: object) -> None:
-        core.apply(compiled.policy)  # type: ignore[attr-defined]
+    name = "ext_authz"
 
-    runtime.add_listener(apply)
-    return core
+    def __init__(self, core: AuthzCore) -> None:
+        self.core = core
+
+    async def prepare(self, policy: PolicySet) -> PreparedAuthz:
+        return await asyncio.to_thread(self.core.prepare, policy)
+
+    def commit(self, prepared: PreparedAuthz) -> None:
+        self.core.commit(prepared)
 
 
-async def start_authz_grpc(core: AuthzCore, host: str, port: int) -> tuple[grpc.aio.Server, int]:
+async def start_authz_grpc(core: AuthzCore, host: str, port: int) -> tuple[grpc.aio.Server, int, GrpcHealth]:
+    """The Check service on a grpcio server, with Health (SERVING once the core has a version)
+    and reflection. OSError when the port is taken."""
     server = grpc.aio.server(options=_GRPC_OPTIONS)
     AuthzGrpcService(core).add_to(server)
+    health = GrpcHealth(server, [AUTHZ_GRPC_SERVICE])
     bound = server.add_insecure_port(f"{host}:{port}")
     if bound == 0:
         raise OSError(f"cannot listen on {host}:{port} for ext_authz")
     await server.start()
-    return server, bound
+    await health.start()
+    health.set_serving(core.version is not None)
+    return server, bound, health
 
 
 @dataclass(frozen=True, kw_only=True)
 class AuthzOptions:
     policies: Path
     host: str = "0.0.0.0"
-    port: int = 9191
+    port: int = DEFAULT_PORT
     http_port: int | None = None
     admin_port: int | None = None
     watch: bool = True
@@ -76,7 +104,7 @@ def run_authz(options: AuthzOptions, argv: list[str]) -> int:
         print("waypost authz: --workers needs fixed ports", file=sys.stderr)
         return 2
     children = []
-    child_argv = [a for a in argv]
+    child_argv = list(argv)
     for index in range(options.workers):
         args = [sys.executable, "-m", "waypost", *child_argv, "--workers", "1"]
         if options.admin_port is not None and index > 0:
@@ -97,29 +125,30 @@ def run_authz(options: AuthzOptions, argv: list[str]) -> int:
     return 0 if stopping else max(codes)
 
 
-def _run_loop(coro: object) -> None:
+def _run_loop(coro: Coroutine[Any, Any, None]) -> None:
     try:
         import uvloop
 
-        uvloop.run(coro)  # type: ignore[arg-type]
+        uvloop.run(coro)
     except ImportError:
-        asyncio.run(coro)  # type: ignore[arg-type]
+        asyncio.run(coro)
 
 
 async def _serve_one(options: AuthzOptions) -> None:
     from waypost.server.admin import AdminServer
+    from waypost.server.runtime import PolicyRuntime
     from waypost.server.watch import PolicyWatcher
-    from waypost.xds.cache import SnapshotCache
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, stop.set)
-    runtime = PolicyRuntime(options.policies, SnapshotCache())
+    core = AuthzCore()
+    runtime = PolicyRuntime(options.policies, [AuthzApplier(core)])
     await runtime.reload()
-    core = attach_authz(runtime)
-    server, port = await start_authz_grpc(core, options.host, options.port)
+    server, port, health = await start_authz_grpc(core, options.host, options.port)
+    runtime.on_applied(lambda _: health.set_serving(True))
     http_server = None
     if options.http_port is not None:
         from waypost.filters.authz.http_service import start_authz_http
