@@ -26,15 +26,16 @@ from google.protobuf import duration_pb2
 
 from waypost.analytics.aggregate import Aggregator
 from waypost.analytics.metrics import DROPPED, ENTRIES, STREAMS
+from waypost.contract import ANALYTICS_SAMPLE_TAG, METADATA_CONSUMER, METADATA_NAMESPACE, METADATA_PLAN
 from waypost.log import get_logger
 
 __all__ = ["AUTHZ_NAMESPACE", "SAMPLE_TAG", "Collector", "start_collector"]
 
 log = get_logger("waypost.analytics")
 
-AUTHZ_NAMESPACE = "envoy.filters.http.ext_authz"
+AUTHZ_NAMESPACE = METADATA_NAMESPACE
 """Dynamic metadata namespace where the ext_authz service leaves ``consumer`` and ``plan``."""
-SAMPLE_TAG = "waypost.sample"
+SAMPLE_TAG = ANALYTICS_SAMPLE_TAG
 """Custom tag carrying the Gateway's sample percentage: each entry then counts 100/sample."""
 
 _METHODS = {value: name for name, value in base_pb2.RequestMethod.items() if value}
@@ -130,10 +131,10 @@ def _record(aggregator: Aggregator, now: int, gateway: str, entry: accesslog_pb2
     filter_metadata = common.metadata.filter_metadata
     if AUTHZ_NAMESPACE in filter_metadata:
         fields = filter_metadata[AUTHZ_NAMESPACE].fields
-        if "consumer" in fields:
-            consumer = fields["consumer"].string_value
-        if "plan" in fields:
-            plan = fields["plan"].string_value
+        if METADATA_CONSUMER in fields:
+            consumer = fields[METADATA_CONSUMER].string_value
+        if METADATA_PLAN in fields:
+            plan = fields[METADATA_PLAN].string_value
     weight = 1.0
     tags = common.custom_tags
     if SAMPLE_TAG in tags:

@@ -28,6 +28,7 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import http_con
 from envoy.type.tracing.v3 import custom_tag_pb2
 from google.protobuf import wrappers_pb2
 
+from waypost.contract import ANALYTICS_CLUSTER, ANALYTICS_SAMPLE_TAG
 from waypost.policies.model import Gateway
 from waypost.policies.types import Endpoint
 from waypost.xds.compiler.clusters import grpc_cluster
@@ -37,15 +38,11 @@ __all__ = [
     "ANALYTICS_CLUSTER",
     "BUFFER_BYTES",
     "CONNECTION_BUFFER_BYTES",
-    "SAMPLE_TAG",
     "analytics_cluster",
     "gateway_logs",
     "patch_hcm_analytics",
 ]
 
-ANALYTICS_CLUSTER = "waypost_analytics"
-"""The collector's cluster (one per node group, shared by its Gateways)."""
-SAMPLE_TAG = "waypost.sample"  # waypost.analytics.collector.SAMPLE_TAG
 BUFFER_BYTES = 16 * 1024
 FLUSH_MS = 1000
 CONNECTION_BUFFER_BYTES = 1024 * 1024
@@ -74,7 +71,7 @@ def patch_hcm_analytics(gateway: Gateway, hcm: hcm_pb2.HttpConnectionManager) ->
     if sample < 100:
         common.custom_tags.append(
             custom_tag_pb2.CustomTag(
-                tag=SAMPLE_TAG, literal=custom_tag_pb2.CustomTag.Literal(value=f"{sample:g}")
+                tag=ANALYTICS_SAMPLE_TAG, literal=custom_tag_pb2.CustomTag.Literal(value=f"{sample:g}")
             )
         )
         log.filter.runtime_filter.CopyFrom(
