@@ -10,9 +10,11 @@ collector (``compile_policy(..., collector=None)``: ``waypost render``, or serve
 ``--analytics-port``) nothing is compiled.
 
 Envoy never waits on the collector: the logger buffers up to :data:`BUFFER_BYTES` or one second,
-then writes to its stream; while that stream is above the connection's buffer limit
-(:data:`CONNECTION_BUFFER_BYTES`) or absent (collector down), entries are dropped and counted in
-``access_logs.grpc_access_log.logs_dropped``. Requests are never held.
+then writes to its stream. While that stream is above the connection's buffer limit
+(:data:`CONNECTION_BUFFER_BYTES`) entries are dropped and counted in
+``access_logs.grpc_access_log.logs_dropped``; while the collector is unreachable they are lost
+with the failing stream (``logs_written`` minus what waypost received, see docs/analytics.md).
+Requests are never held.
 
 ``analytics.sample`` below 100 adds a runtime filter sampling that share of requests, and a custom
 tag (``waypost.sample``) so the collector counts each logged request as 100/sample.
