@@ -53,9 +53,9 @@ identity:
 kind: RateLimitPolicy
 name: per-consumer
 limits:
-  - {{by: consumer, requests: 10, per: minute}}
+  - {{by: consumer, requests: 10, per: hour}}
 plans:
-  gold: {{requests: 15, per: minute}}
+  gold: {{requests: 15, per: hour}}
 ---
 kind: Consumer
 name: acme
@@ -118,7 +118,7 @@ async def test_consumer_limit_plan_and_isolation(
         assert other.status_code == 200
         assert int(other.headers["ratelimit-remaining"]) < 10
 
-        # A gold consumer gets the plan's 15 per minute instead of the default 10.
+        # A gold consumer gets the plan's 15 per hour instead of the default 10.
         gold = [(await call("initech")).status_code for _ in range(15)]
         assert gold == [200] * 15
         assert (await call("initech")).status_code == 429

@@ -81,7 +81,7 @@ identity: [{{api_key: {{header: x-api-key}}}}]
 ---
 kind: RateLimitPolicy
 name: per-consumer
-limits: [{{by: consumer, requests: {limit}, per: minute}}]
+limits: [{{by: consumer, requests: {limit}, per: hour}}]
 ---
 kind: Consumer
 name: acme

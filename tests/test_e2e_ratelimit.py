@@ -66,7 +66,7 @@ backend: echo
 kind: RateLimitPolicy
 name: per-tenant
 limits:
-  - {{by: header:x-tenant, requests: 10, per: minute}}
+  - {{by: header:x-tenant, requests: 10, per: hour}}
 ---
 kind: RateLimitPolicy
 name: per-ip
@@ -76,7 +76,7 @@ limits:
 kind: RateLimitPolicy
 name: watch-only
 limits:
-  - {{by: header:x-tenant, requests: 2, per: minute}}
+  - {{by: header:x-tenant, requests: 2, per: hour}}
 shadow: true
 """
 
@@ -153,7 +153,8 @@ async def test_global_local_shadow_and_reload(
     await asyncio.to_thread(envoy.wait_for_listener, proxied_port)
     await warm_up(port)
 
-    # Global, 10/minute per tenant: ten pass with counting-down headers, the 11th is a 429.
+    # Global, 10/hour per tenant: ten pass with counting-down headers, the 11th is a 429. Windows
+    # are aligned to the unit: an hour (not a minute) keeps a slow run inside one window.
     for n in range(1, 11):
         response = await get(port, "/tenants", {"x-tenant": "acme"})
         assert response.status_code == 200, response.text
@@ -161,12 +162,12 @@ async def test_global_local_shadow_and_reload(
         assert "ratelimit-limit" in response.headers, envoy.stats("ratelimit")
         assert response.headers["ratelimit-limit"] == "10"
         assert response.headers["ratelimit-remaining"] == str(10 - n)
-        assert 1 <= int(response.headers["ratelimit-reset"]) <= 60
+        assert 1 <= int(response.headers["ratelimit-reset"]) <= 3600
     denied = await get(port, "/tenants", {"x-tenant": "acme"})
     assert denied.status_code == 429
     assert denied.headers["ratelimit-limit"] == "10"
     assert denied.headers["ratelimit-remaining"] == "0"
-    assert 1 <= int(denied.headers["retry-after"]) <= 60
+    assert 1 <= int(denied.headers["retry-after"]) <= 3600
     assert denied.headers["retry-after"] == denied.headers["ratelimit-reset"]
     # Another tenant is unaffected; a bare route carries no rate-limit headers.
     other = await get(port, "/tenants", {"x-tenant": "globex"})
@@ -202,7 +203,7 @@ async def test_global_local_shadow_and_reload(
 
     # Hot reload: raising the limit applies within 2 s and keeps the tenant's count (12th of 20).
     (policies / "all.yaml").write_text(
-        policy_text(port, echo).replace("requests: 10, per: minute", "requests: 20, per: minute")
+        policy_text(port, echo).replace("requests: 10, per: hour", "requests: 20, per: hour")
     )
 
     async def raised() -> bool:
@@ -267,7 +268,7 @@ async def test_redis_shared_across_replicas_and_outage(
     await warm_up(port_b)
     tenant = {"x-tenant": "acme"}
 
-    # One limit of 10/minute holds across both Envoys and both waypost replicas.
+    # One limit of 10/hour holds across both Envoys and both waypost replicas.
     for n in range(10):
         response = await get(port_a if n % 2 else port_b, "/tenants", tenant)
         assert response.status_code == 200, response.text
