@@ -278,20 +278,20 @@ def test_metrics_bounded_labels_histogram_and_anomaly_gauge() -> None:
     assert samples[("waypost_analytics_anomalies_total", (("kind", "requests"),))] == 1
 
 
-def test_api_dimension_from_the_policy_when_the_kind_exists() -> None:
+def test_api_dimension_from_the_policy() -> None:
     from types import SimpleNamespace
 
     from waypost.analytics.routes import route_apis
 
-    without = SimpleNamespace(routes={"orders": SimpleNamespace()})
-    assert route_apis(without) == {}  # type: ignore[arg-type]
-    with_apis = SimpleNamespace(
-        apis={"shop": SimpleNamespace(routes=("orders", "billing"))},
-        routes={"orders": SimpleNamespace(), "billing": SimpleNamespace(), "health": SimpleNamespace()},
+    policy = SimpleNamespace(
+        apis={
+            "shop": SimpleNamespace(routes=("orders", "billing")),
+            "zzz": SimpleNamespace(routes=("orders",)),  # listed twice: the first Api by name wins
+        }
     )
-    assert route_apis(with_apis) == {"orders": "shop", "billing": "shop"}  # type: ignore[arg-type]
+    assert route_apis(policy) == {"orders": "shop", "billing": "shop"}  # type: ignore[arg-type]
     agg = Aggregator()
-    agg.api_of = route_apis(with_apis)  # type: ignore[arg-type]
+    agg.api_of = route_apis(policy)  # type: ignore[arg-type]
     record(agg, T0)
     (key,) = agg.flush(T0 + 1).seconds[T0]
     assert key.api == "shop"

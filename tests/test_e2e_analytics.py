@@ -49,6 +49,8 @@ async def test_figures_match_what_was_sent_and_survive_a_restart(
     assert consumers["globex"]["requests"] == 4
     assert consumers["initech"]["requests"] == 3 and consumers["initech"]["plan"] == "gold"
     assert consumers[""]["requests"] == 2  # no credential: anonymous, 401
+    # The Api dimension: `shop` lists orders; billing belongs to no Api.
+    assert {a["api"]: a["requests"] for a in data["top_apis"]} == {"shop": 11 + warm, "": 6}
     routes = {r["route"]: r for r in data["top_routes"]}
     assert routes["billing"]["requests"] == 6
     assert routes["orders"]["requests"] == 11 + warm
@@ -67,6 +69,7 @@ async def test_figures_match_what_was_sent_and_survive_a_restart(
     assert metric("waypost_analytics_requests_total", consumer="globex", route="orders", status="2xx") == 4
     assert metric("waypost_analytics_requests_total", consumer="initech", route="billing", status="429") == 1
     assert metric("waypost_analytics_requests_total", consumer="", route="orders", status="401") == 2
+    assert metric("waypost_analytics_requests_total", api="shop", consumer="acme", status="2xx") == 5 + warm
     count = metric("waypost_analytics_request_duration_seconds_count", gateway="public", route="orders")
     assert count == 11 + warm
 

@@ -1,4 +1,5 @@
-"""Imports run one way: policies <- shared names <- {compiler, decision services} <- server <- cli.
+"""Imports run one way: policies <- shared names <- {compiler, decision services} <- server (and
+the portal) <- cli.
 
 Scans every module's imports (``import`` statements anywhere in the file, lazy ones included) and
 fails on any that points up or sideways: the compiler and the decision services never import each
@@ -24,6 +25,9 @@ LAYERS: dict[str, tuple[int, str]] = {
     "waypost.filters": (2, "decision services"),
     "waypost.analytics": (2, "analytics"),
     "waypost.server": (3, "server"),
+    # The developer portal: a web app over the policy repository that reads the rate-limit
+    # counters (decision services); `waypost serve` may host it, so it sits beside the server.
+    "waypost.portal": (3, "portal"),
     "waypost.gitdiff": (4, "cli"),
     "waypost.gitdiff_help": (4, "cli"),
     "waypost.cli": (4, "cli"),

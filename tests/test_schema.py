@@ -85,8 +85,9 @@ def test_schema_accepts_example(path: Path, validator: jsonschema.protocols.Vali
 def test_example_files_carry_the_modeline() -> None:
     for path in sorted((REPO_ROOT / "policies").rglob("*.yaml")):
         first = path.read_text().splitlines()[0]
-        assert first == "# yaml-language-server: $schema=../schema/waypost.schema.json", path
-        assert (path.parent / "../schema/waypost.schema.json").resolve() == SCHEMA_PATH
+        up = "../" * len(path.relative_to(REPO_ROOT).parent.parts)
+        assert first == f"# yaml-language-server: $schema={up}schema/waypost.schema.json", path
+        assert (path.parent / f"{up}schema/waypost.schema.json").resolve() == SCHEMA_PATH
 
 
 @pytest.mark.parametrize(

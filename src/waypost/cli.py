@@ -14,7 +14,7 @@ from collections.abc import Coroutine, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from waypost.cli_analytics import add_serve_arguments, add_top_parser, analytics_options, run_top
+from waypost.cli_analytics import add_analytics_arguments, add_top_parser, analytics_options, run_top
 
 if TYPE_CHECKING:
     from waypost.policies.model import PolicySet
@@ -209,7 +209,7 @@ def _parser() -> argparse.ArgumentParser:
     keys_commands = keys.add_subparsers(dest="keys_command", required=True)
     keys_new = keys_commands.add_parser("new", help="print a fresh API key once, and the line to commit")
     keys_new.add_argument("consumer")
-    add_serve_arguments(serve)
+    add_analytics_arguments(serve)
     add_top_parser(commands)
 
     ratelimit = commands.add_parser("ratelimit", help="run only the rate-limit service (Envoy RLS)")
@@ -220,6 +220,11 @@ def _parser() -> argparse.ArgumentParser:
     ratelimit.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
     ratelimit.add_argument("--log-format", choices=("json", "console"))
     _ratelimit_arguments(ratelimit, port_flag="--port")
+
+    from waypost.portal.cli import add_portal_command, add_serve_arguments
+
+    add_serve_arguments(serve)
+    add_portal_command(commands)
     return parser
 
 
@@ -331,6 +336,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _keys_new(args.consumer)
         if args.command == "ratelimit":
             return _ratelimit(args)
+        if args.command == "portal":
+            from waypost.portal.cli import run_portal_command
+
+            return run_portal_command(args)
         if args.command == "top":
             return run_top(args)
     except argparse.ArgumentTypeError as exc:
@@ -454,6 +463,7 @@ def _grpc_bootstrap(args: argparse.Namespace) -> int:
 
 def _serve(args: argparse.Namespace) -> int:
     from waypost.log import configure_logging
+    from waypost.portal.cli import serve_portal_options
     from waypost.server.app import ServeOptions, serve
     from waypost.server.decisions import DecisionOptions
 
@@ -487,6 +497,7 @@ def _serve(args: argparse.Namespace) -> int:
             ratelimit_addresses=tuple(args.ratelimit_address),
         ),
         registry_redis=args.redis,
+        portal=serve_portal_options(args),
         analytics=analytics_options(args),
     )
     # Only once the arguments are known good: a usage error leaves logging as it was.

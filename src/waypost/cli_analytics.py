@@ -12,7 +12,7 @@ from waypost.analytics.store import Retention
 if TYPE_CHECKING:
     from waypost.analytics import AnalyticsOptions
 
-__all__ = ["add_serve_arguments", "add_top_parser", "analytics_options", "run_top"]
+__all__ = ["add_analytics_arguments", "add_top_parser", "analytics_options", "run_top"]
 
 _RETENTION_NAMES = ("second", "minute", "hour", "day")
 
@@ -33,7 +33,7 @@ def _retention(text: str) -> Retention:
     return Retention(**values)
 
 
-def add_serve_arguments(serve: argparse.ArgumentParser) -> None:
+def add_analytics_arguments(serve: argparse.ArgumentParser) -> None:
     group = serve.add_argument_group("call analytics")
     group.add_argument(
         "--analytics-port",

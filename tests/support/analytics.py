@@ -63,6 +63,12 @@ match: {{prefix: /billing}}
 backend: echo
 {auth_line}
 ---
+kind: Api
+name: shop
+title: Shop
+version: v1
+routes: [orders]
+---
 kind: AuthPolicy
 name: keys
 identity:

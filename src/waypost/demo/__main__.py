@@ -41,6 +41,7 @@ import yaml
 import waypost
 from waypost.demo import EnvoyNotFoundError, find_envoy, parent_death_signal
 from waypost.demo.echo import EchoServer, start_echo
+from waypost.demo.portal_repo import prepare_repo
 from waypost.xds.bootstrap import render_bootstrap
 
 NODE_ID = "demo-edge-1"
@@ -55,9 +56,13 @@ ENVOY_ADMIN_PORT = 9901  # Envoy's customary admin port
 # them; Envoy learns where they are over CDS/EDS (its bootstrap names only waypost's xDS port).
 AUTHZ_PORT = 9191  # ext_authz decisions (`waypost serve --authz-port`)
 RATELIMIT_PORT = 18001  # rate-limit decisions (`waypost serve --ratelimit-port`)
+PORTAL_PORT = 9904  # the developer portal (`waypost serve --portal-port`)
+PULL_INTERVAL = "1s"  # how soon a portal commit reaches the fleet
 ANALYTICS_PORT = 18002  # Envoy's access-log stream (`waypost serve --analytics-port`)
 ACME_KEY = "demo-acme-key"  # policies/partners.yaml holds their hashes
 TRIAL_KEY = "demo-trial-key"
+DEV_KEY = "demo-dev-key"  # policies/portal/consumers/demo-dev.yaml: the portal's demo consumer
+ADMIN_KEY = "demo-admin-key"  # policies/portal/consumers/portal-admin.yaml: the portal's admin
 
 STARTUP_TIMEOUT = 60.0
 WEIGHTED_SAMPLES = 40
@@ -359,6 +364,21 @@ EXAMPLES = [
         expect_status=429,
         repeat=3,
     ),
+    Example(
+        "portal: demo-dev subscribed to the partner-orders Api (trial plan) through the portal",
+        "GET",
+        "/partner/orders/8",
+        headers={"x-api-key": DEV_KEY},
+        expect_backend="orders",
+        expect_upstream_headers={"x-waypost-consumer": "demo-dev"},
+    ),
+    Example(
+        "portal: demo-dev has no subscription to partner-catalog (yet: request one in the portal)",
+        "GET",
+        "/partner/catalog/items",
+        headers={"x-api-key": DEV_KEY},
+        expect_status=403,
+    ),
 ]
 
 WEIGHTED_PATH = "/api/search?q=shoes"
@@ -380,6 +400,7 @@ class Demo:
         self.workdir = workdir.resolve()
         self.out = out
         self.plan = read_plan(self.policies)
+        self.served = self.policies  # a git clone of a copy, once start() has made it
         self.echo: dict[str, EchoServer] = {}
         self.children: list[Child] = []
 
@@ -401,10 +422,15 @@ class Demo:
                 (LOOPBACK, ENVOY_ADMIN_PORT, "Envoy admin"),
                 (LOOPBACK, AUTHZ_PORT, "waypost ext_authz"),
                 (LOOPBACK, RATELIMIT_PORT, "waypost rate limit"),
+                (LOOPBACK, PORTAL_PORT, "waypost developer portal"),
                 (LOOPBACK, ANALYTICS_PORT, "waypost analytics collector"),
             ]
         )
         self.workdir.mkdir(parents=True, exist_ok=True)
+        try:
+            self.served = await asyncio.to_thread(prepare_repo, self.policies, self.workdir)
+        except RuntimeError as exc:
+            raise DemoError(str(exc)) from None
 
         for name, (host, port) in plan.backends.items():
             self.echo[name] = await start_echo(name, host, port)
@@ -423,13 +449,19 @@ class Demo:
                     "waypost",
                     "serve",
                     "--policies",
-                    str(self.policies),
+                    str(self.served),
                     "--host",
                     LOOPBACK,
                     "--xds-port",
                     str(XDS_PORT),
                     "--admin-port",
                     str(WAYPOST_ADMIN_PORT),
+                    "--git-pull",
+                    PULL_INTERVAL,
+                    "--portal-port",
+                    str(PORTAL_PORT),
+                    "--portal-workdir",
+                    str(self.workdir / "portal-clone"),
                     "--analytics-port",
                     str(ANALYTICS_PORT),
                     "--data-dir",
@@ -443,7 +475,13 @@ class Demo:
             lambda: http_request(WAYPOST_ADMIN_PORT, "GET", "/readyz").status == 200,
             f"waypost to load {self.policies} (http://{LOOPBACK}:{WAYPOST_ADMIN_PORT}/readyz)",
         )
-        self.say(f"waypost: serving {self.policies} (xDS {LOOPBACK}:{XDS_PORT})")
+        await self._wait(
+            lambda: http_request(PORTAL_PORT, "GET", "/api/apis").status == 200,
+            f"the developer portal (http://{LOOPBACK}:{PORTAL_PORT}/)",
+        )
+        self.say(
+            f"waypost: serving {self.served}, a git clone of {self.policies} (xDS {LOOPBACK}:{XDS_PORT})"
+        )
 
         bootstrap = self.workdir / "bootstrap.yaml"
         bootstrap.write_text(
@@ -523,7 +561,15 @@ class Demo:
             f"waypost dashboard: http://{LOOPBACK}:{WAYPOST_ADMIN_PORT}/   "
             f"call analytics: http://{LOOPBACK}:{WAYPOST_ADMIN_PORT}/analytics"
         )
-        self.say(f"Logs and bootstrap: {self.workdir}/. Edit a policy file and waypost reloads it live.")
+        self.say(
+            f"Developer portal: http://{LOOPBACK}:{PORTAL_PORT}/  (sign in with the key {ADMIN_KEY!r} as the"
+            f" admin, or {DEV_KEY!r} as the consumer demo-dev; or sign up). Every change there is a"
+            f" commit to {self.workdir}/upstream.git, which waypost pulls every {PULL_INTERVAL}."
+        )
+        self.say(
+            f"Logs and bootstrap: {self.workdir}/. Edit a policy file in {self.served}/ and waypost"
+            " reloads it live."
+        )
         self.say("Press Ctrl-C to stop.")
         self.say()
 
@@ -579,6 +625,11 @@ class Demo:
         if set(counts) != {"orders", "catalog"}:
             problems.append(f"expected both orders and catalog, got {counts}")
         passed, failed = self._verdict("search: weighted split", problems, passed, failed)
+
+        reply = await asyncio.to_thread(http_request, PORTAL_PORT, "GET", "/api/apis")
+        names = sorted(api.get("name", "") for api in json.loads(reply.body)) if reply.status == 200 else []
+        problems = [] if names == ["partner-catalog", "partner-orders"] else [f"portal lists {names}"]
+        passed, failed = self._verdict("portal: the catalog lists both APIs", problems, passed, failed)
 
         self.say()
         self.say(f"smoke: {passed} passed, {failed} failed")

@@ -49,6 +49,7 @@ from yaml.events import (
 from waypost.policies.diagnostics import Diagnostic, PolicyError
 from waypost.policies.model import (
     KINDS,
+    Api,
     AuthPolicy,
     Document,
     Gateway,
@@ -78,6 +79,8 @@ _KIND_ATTRIBUTES: Final = {
     "RateLimitPolicy": "rate_limit_policies",
     "GrpcTarget": "grpc_targets",
     "Sidecar": "sidecars",
+    "Api": "apis",
+    "Portal": "portals",
 }
 _KNOWN_KINDS: Final = ", ".join(KINDS)
 
@@ -661,7 +664,7 @@ def _prefer_union_member(items: list[_ModelError]) -> list[_ModelError]:
 class _FileRef:
     loc: Loc
     value: str
-    what: str  # "certificate", "private key" or "jwks"
+    what: str  # "certificate", "private key", "jwks", "descriptor" or "openapi"
 
 
 def _file_refs(document: Document) -> Iterator[_FileRef]:
@@ -677,6 +680,8 @@ def _file_refs(document: Document) -> Iterator[_FileRef]:
             yield _FileRef(("tls", "key"), document.tls.key, "private key")
     elif isinstance(document, Route) and document.grpc_json is not None:
         yield _FileRef(("grpc_json", "descriptor"), document.grpc_json.descriptor, "descriptor")
+    elif isinstance(document, Api) and document.openapi is not None:
+        yield _FileRef(("openapi",), document.openapi, "openapi")
     elif isinstance(document, AuthPolicy):
         for index, source in enumerate(document.identity):
             if source.jwt is not None:
@@ -694,6 +699,8 @@ def _content_problem(what: str, shown: str, data: bytes) -> str | None:
         return None
     if what == "descriptor":
         return _descriptor_problem(shown, data)
+    if what == "openapi":
+        return _openapi_problem(shown, data)
     if b"-----BEGIN" not in data:
         return f"{shown} is not a PEM file (no '-----BEGIN' line)"
     if what == "private key" and b"PRIVATE KEY-----" not in data:
@@ -711,6 +718,17 @@ def _descriptor_problem(shown: str, data: bytes) -> str | None:
         descriptors.Clear()
     if not descriptors.file:
         return f"{shown} is not a protobuf descriptor set (protoc --include_imports --descriptor_set_out)"
+    return None
+
+
+def _openapi_problem(shown: str, data: bytes) -> str | None:
+    # JSON is YAML 1.2, so one parser reads both forms; the portal renders what is found.
+    try:
+        parsed = yaml.safe_load(data)
+    except (yaml.YAMLError, RecursionError):
+        parsed = None
+    if not (isinstance(parsed, dict) and ("openapi" in parsed or "swagger" in parsed)):
+        return f"{shown} is not an OpenAPI document: expected a mapping with an 'openapi' key"
     return None
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import date
 from typing import Annotated, Literal, Self
 
 from pydantic import (
@@ -38,10 +39,13 @@ from waypost.policies.types import (
 __all__ = [
     "KINDS",
     "AbortFault",
+    "Api",
+    "ApiPlan",
     "AuthPolicy",
     "Backend",
     "Compression",
     "Consumer",
+    "ConsumerAccount",
     "Cors",
     "DelayFault",
     "DenyRule",
@@ -63,6 +67,9 @@ __all__ = [
     "Mirror",
     "NodeSelector",
     "PolicySet",
+    "Portal",
+    "PortalAdmin",
+    "PortalOidc",
     "RateLimitPolicy",
     "Registration",
     "Retries",
@@ -76,6 +83,7 @@ __all__ = [
     "SidecarOutbound",
     "SidecarTLS",
     "SourceRef",
+    "Subscription",
     "Tracing",
 ]
 
@@ -702,9 +710,50 @@ class AuthPolicy(Document):
 ApiKeyHash = Annotated[StrictStr, Field(pattern=r"^sha256:[0-9a-f]{64}$")]
 
 
+SubscriptionStatus = Literal["approved", "pending", "revoked"]
+
+
 class Subscription(Spec):
-    route: Name
-    status: Literal["approved", "pending", "revoked"]
+    """Access to one Route, or to every route of one Api (exactly one of ``route``, ``api``)."""
+
+    route: Name | None = None
+    api: Name | None = Field(default=None, description="An Api: covers every route it lists.")
+    plan: StrictStr | None = Field(
+        default=None,
+        description="With `api`: one of the Api's plans; on its routes it replaces the Consumer's plan.",
+    )
+    status: SubscriptionStatus
+
+    @model_validator(mode="after")
+    def _exactly_one_target(self) -> Self:
+        if (self.route is None) == (self.api is None):
+            raise ValueError("each subscription has exactly one of route, api")
+        if self.plan is not None and self.api is None:
+            raise ValueError("plan goes with api: a route subscription takes the Consumer's plan")
+        return self
+
+    @property
+    def target(self) -> tuple[Literal["route", "api"], str]:
+        return ("api", self.api) if self.api is not None else ("route", self.route or "")
+
+
+class KeyInfo(Spec):
+    """What the portal shows of a key it issued: never the key, only its public prefix and date."""
+
+    prefix: StrictStr = Field(pattern=r"^[A-Za-z0-9_]{1,16}$")
+    created: date
+
+
+class ConsumerAccount(Spec):
+    """Written by the developer portal: who this Consumer is there. No effect on decisions."""
+
+    email: StrictStr | None = Field(default=None, max_length=254)
+    subject: StrictStr | None = Field(
+        default=None, max_length=255, description="The OpenID Connect `sub` that signs in as this Consumer."
+    )
+    keys: dict[ApiKeyHash, KeyInfo] = Field(
+        default_factory=dict, description="Prefix and creation date of keys in `api_keys`, by hash."
+    )
 
 
 class Consumer(Document):
@@ -714,6 +763,7 @@ class Consumer(Document):
     labels: StringMap = Field(default_factory=dict)
     api_keys: tuple[ApiKeyHash, ...] = ()
     subscriptions: tuple[Subscription, ...] | None = None
+    account: ConsumerAccount | None = None
 
 
 # --- RateLimitPolicy -----------------------------------------------------------------------------
@@ -738,6 +788,106 @@ class RateLimitPolicy(Document):
     shadow: StrictBool = False
 
 
+# --- Api and Portal: the developer portal's catalog ---------------------------------------------
+
+
+class ApiPlan(Spec):
+    """A plan consumers may subscribe on; its limits are the RateLimitPolicies' plan of this name."""
+
+    approval: StrictBool = Field(
+        default=True, description="true: a request waits for an admin; false: granted at once."
+    )
+    description: StrictStr = Field(default="", max_length=2000)
+
+
+class Api(Document):
+    """A product in the developer portal: routes grouped under a title, with docs and plans.
+
+    The gateway enforces nothing new for an Api: a Consumer's ``subscriptions`` naming it stand
+    for subscriptions to each of its routes, and a subscription's plan selects the plan limits of
+    those routes' RateLimitPolicies. Everything else here is what the portal shows.
+    """
+
+    kind: Literal["Api"] = "Api"
+    title: StrictStr = Field(min_length=1, max_length=200)
+    version: StrictStr = Field(min_length=1, max_length=50)
+    summary: StrictStr = Field(default="", max_length=500)
+    description: StrictStr = Field(default="", max_length=100_000, description="Markdown.")
+    routes: tuple[Name, ...] = Field(min_length=1, description="The Routes this Api covers.")
+    openapi: StrictStr | None = Field(
+        default=None, description="An OpenAPI document (JSON or YAML), relative to the policy directory."
+    )
+    plans: dict[StrictStr, ApiPlan] = Field(
+        default_factory=dict,
+        description="Plans offered, by name; each a plan of a RateLimitPolicy of the Api's routes.",
+    )
+    approval: StrictBool = Field(
+        default=True, description="Without plans: whether a subscription waits for an admin."
+    )
+    lifecycle: Literal["beta", "stable", "deprecated"] = "stable"
+    sunset: date | None = Field(default=None, description="When a deprecated Api stops (required then).")
+
+    @model_validator(mode="after")
+    def _sunset_with_deprecated(self) -> Self:
+        if (self.lifecycle == "deprecated") != (self.sunset is not None):
+            raise ValueError("sunset is required for a deprecated Api, and only for one")
+        return self
+
+    def needs_approval(self, plan: str | None) -> bool:
+        if plan is None:
+            return self.approval
+        found = self.plans.get(plan)
+        return True if found is None else found.approval
+
+
+class PortalAdmin(Spec):
+    """Exactly one of ``consumer`` (signed in with its API key) or ``subject`` (OIDC ``sub``)."""
+
+    consumer: Name | None = None
+    subject: StrictStr | None = None
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> Self:
+        if (self.consumer is None) == (self.subject is None):
+            raise ValueError("each admin has exactly one of consumer, subject")
+        return self
+
+
+class PortalOidc(Spec):
+    """Sign-in through an OpenID provider (authorization-code flow)."""
+
+    issuer: StrictStr = Field(pattern=r"^https?://", description="Its discovery document is under it.")
+    client_id: StrictStr = Field(min_length=1)
+    client_secret_env: StrictStr = Field(
+        default="WAYPOST_OIDC_CLIENT_SECRET",
+        pattern=r"^[A-Z_][A-Z0-9_]*$",
+        description="The environment variable holding the client secret (never in git).",
+    )
+
+
+class Portal(Document):
+    """The developer portal's settings (at most one Portal document)."""
+
+    kind: Literal["Portal"] = "Portal"
+    title: StrictStr = Field(default="API portal", min_length=1, max_length=200)
+    admins: tuple[PortalAdmin, ...] = ()
+    signup: Literal["open", "approval", "closed"] = Field(
+        default="approval",
+        description="open: a sign-up lands at once; approval: it waits for an admin; closed: none.",
+    )
+    oidc: PortalOidc | None = None
+    gateway_url: StrictStr | None = Field(
+        default=None, pattern=r"^https?://", description="Where the console sends requests."
+    )
+
+    def is_admin(self, *, consumer: str | None = None, subject: str | None = None) -> bool:
+        return any(
+            (consumer is not None and admin.consumer == consumer)
+            or (subject is not None and admin.subject == subject)
+            for admin in self.admins
+        )
+
+
 KINDS: dict[str, type[Document]] = {
     "Gateway": Gateway,
     "Service": Service,
@@ -747,6 +897,8 @@ KINDS: dict[str, type[Document]] = {
     "RateLimitPolicy": RateLimitPolicy,
     "GrpcTarget": GrpcTarget,
     "Sidecar": Sidecar,
+    "Api": Api,
+    "Portal": Portal,
 }
 
 
@@ -779,6 +931,8 @@ class PolicySet:
     rate_limit_policies: Mapping[str, RateLimitPolicy] = field(default_factory=dict)
     grpc_targets: Mapping[str, GrpcTarget] = field(default_factory=dict)
     sidecars: Mapping[str, Sidecar] = field(default_factory=dict)
+    apis: Mapping[str, Api] = field(default_factory=dict)
+    portals: Mapping[str, Portal] = field(default_factory=dict)
     files: Mapping[str, bytes] = field(default_factory=dict)
     sources: Mapping[tuple[str, str], SourceRef] = field(default_factory=dict, compare=False, repr=False)
     field_sources: Mapping[tuple[str, str, str], SourceRef] = field(
@@ -791,3 +945,16 @@ class PolicySet:
         """Where a document, or one of its fields recorded in ``field_sources``, was written."""
         found = self.field_sources.get((kind, name, field)) if field else None
         return found or self.sources.get((kind, name)) or SourceRef("", 0)
+
+    @property
+    def portal(self) -> Portal | None:
+        """The Portal document, if any (validation allows at most one)."""
+        return next(iter(self.portals.values()), None)
+
+    def subscribed_routes(self, subscription: Subscription) -> tuple[str, ...]:
+        """The routes a subscription stands for: its route, or every route of its Api."""
+        kind, name = subscription.target
+        if kind == "route":
+            return (name,)
+        api = self.apis.get(name)
+        return api.routes if api is not None else ()

@@ -15,7 +15,18 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from waypost.policies.diagnostics import Diagnostic
-from waypost.policies.model import Consumer, DenyRule, Document, Gateway, GrpcTarget, NodeSelector, Route
+from waypost.policies.model import (
+    Api,
+    Consumer,
+    DenyRule,
+    Document,
+    Gateway,
+    GrpcTarget,
+    NodeSelector,
+    Portal,
+    Route,
+)
+from waypost.policies.validate_catalog import check_catalog
 from waypost.policies.validate_grpc import check_grpc_targets
 
 __all__ = ["Entry", "Loc", "Source", "regex_problem", "validate"]
@@ -64,6 +75,7 @@ def validate(entries: Sequence[Entry], *, check_references: bool = True) -> list
     _check_routes(valid, out)
     _check_gateways(valid, out)
     check_grpc_targets(valid, out)
+    check_catalog(valid, out)
     return out
 
 
@@ -97,7 +109,7 @@ def _check_duplicate_names(entries: Sequence[Entry], out: list[Diagnostic]) -> d
     return defined
 
 
-_ARTICLE = {"AuthPolicy": "an AuthPolicy"}
+_ARTICLE = {"AuthPolicy": "an AuthPolicy", "Api": "an Api"}
 
 
 def _check_references(
@@ -135,7 +147,14 @@ def _check_references(
                     expect(entry, ("routes", r, "backends", index, "service"), backend.service, "Service")
         elif isinstance(document, Consumer):
             for index, subscription in enumerate(document.subscriptions or ()):
-                expect(entry, ("subscriptions", index, "route"), subscription.route, "Route")
+                kind, target = subscription.target
+                expect(entry, ("subscriptions", index, kind), target, "Route" if kind == "route" else "Api")
+        elif isinstance(document, Api):
+            expect_names(entry, "routes", document.routes, "Route")
+        elif isinstance(document, Portal):
+            for index, admin in enumerate(document.admins):
+                if admin.consumer is not None:
+                    expect(entry, ("admins", index, "consumer"), admin.consumer, "Consumer")
 
 
 # --- per-kind rules across documents -------------------------------------------------------------
@@ -162,18 +181,24 @@ def _check_consumers(entries: Sequence[Entry], out: list[Diagnostic]) -> None:
                         f"api_keys[{index}]: key already belongs to Consumer {owner.name} ({_where(owner)})",
                     )
                 )
-        seen_routes: dict[str, int] = {}
+        seen_targets: dict[tuple[str, str], int] = {}
         for index, subscription in enumerate(document.subscriptions or ()):
-            first = seen_routes.setdefault(subscription.route, index)
+            kind, target = subscription.target
+            first = seen_targets.setdefault((kind, target), index)
             if first != index:
                 out.append(
                     _error(
                         entry,
-                        ("subscriptions", index, "route"),
-                        f"subscriptions[{index}].route: route '{subscription.route}' is already in"
+                        ("subscriptions", index, kind),
+                        f"subscriptions[{index}].{kind}: {kind} '{target}' is already in"
                         f" subscriptions[{first}]",
                     )
                 )
+        if document.account is not None:
+            for key_hash in document.account.keys:
+                if key_hash not in document.api_keys:
+                    loc = ("account", "keys", key_hash)
+                    out.append(_error(entry, loc, "account.keys: describes a key that is not in api_keys"))
 
 
 # Constructs Python's `re` accepts but Envoy's RE2 engine refuses: RE2 has no backtracking, so no

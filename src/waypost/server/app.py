@@ -9,7 +9,7 @@ import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 
@@ -33,6 +33,9 @@ from waypost.xds.compiler.registered import allowed
 from waypost.xds.registry import RedisRegistrySync
 from waypost.xds.security import XdsTls, authorize_node
 
+if TYPE_CHECKING:
+    from waypost.portal.options import PortalOptions
+
 __all__ = ["ServeOptions", "XdsApplier", "serve"]
 
 log = get_logger("waypost.serve")
@@ -54,6 +57,8 @@ class ServeOptions:
     """Where the decision services are: run here when needed (default) or named elsewhere."""
     registry_redis: str | None = None
     """``redis://...``: share self-registered endpoints with the other replicas through it."""
+    portal: PortalOptions | None = None
+    """Also serve the developer portal (``--portal-port``); it reads this process's counters."""
     analytics: AnalyticsOptions | None = None
     """Collect Envoy's access logs (``--analytics-port``): call analytics."""
 
@@ -200,6 +205,15 @@ async def serve(options: ServeOptions, *, stop: asyncio.Event | None = None) -> 
             "analytics": analytics.status() if analytics else None
         }
 
+    # Before the admin port answers: /readyz 200 means the portal is up too (or said why not).
+    portal = None
+    if options.portal is not None:
+        from waypost.portal.server import start_portal
+
+        try:
+            portal = await start_portal(options.portal, limiter=plane.limiter)
+        except Exception as exc:  # the fleet keeps being served; the log says why there is no portal
+            log.error("portal not started", error=str(exc))
     admin = AdminServer(
         ready=lambda: not readiness_problems(runtime, plane),
         status=status,
@@ -233,6 +247,8 @@ async def serve(options: ServeOptions, *, stop: asyncio.Event | None = None) -> 
         await stop.wait()
     finally:
         log.info("waypost stopping")
+        if portal is not None:
+            await portal.stop()
         if puller is not None:
             await puller.stop()
         await dashboard.stop()

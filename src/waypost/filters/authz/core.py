@@ -515,14 +515,44 @@ def _build_source(
     return _custom_source(plugin, plugins[plugin], source.custom.timeout, index)
 
 
+@dataclass(frozen=True, slots=True)
+class _Grant:
+    """A Consumer's subscription as it applies to one route."""
+
+    status: str
+    plan: str | None
+    """The plan of the Api subscription granting the route; None: the Consumer's own plan."""
+
+
 @dataclass(frozen=True)
 class _Version:
     """One policy version's plans (:data:`PreparedAuthz`), made by :meth:`AuthzCore.prepare`."""
 
     version: str
     routes: Mapping[str, RoutePlan]
-    subscriptions: Mapping[str, Mapping[str, str]]
-    """consumer -> route -> status, for Consumers that list subscriptions."""
+    subscriptions: Mapping[str, Mapping[str, _Grant]]
+    """consumer -> route -> grant, for Consumers that list subscriptions."""
+
+
+_STATUS_RANK = {"approved": 2, "pending": 1, "revoked": 0}
+
+
+def _grants(consumer: Consumer, policy: PolicySet) -> dict[str, _Grant]:
+    """Route subscriptions and Api subscriptions (one per route of the Api), by route.
+
+    When several name one route, the most permissive status wins (an approved Api subscription
+    is not undone by a revoked subscription to one of its routes: revoke both to revoke), and a
+    direct route subscription keeps the Consumer's plan over an Api's.
+    """
+    grants: dict[str, _Grant] = {}
+    for subscription in consumer.subscriptions or ():
+        plan = subscription.plan if subscription.api is not None else None
+        for route in policy.subscribed_routes(subscription):
+            grant = _Grant(subscription.status, plan)
+            held = grants.get(route)
+            if held is None or _STATUS_RANK[grant.status] > _STATUS_RANK[held.status]:
+                grants[route] = grant
+    return grants
 
 
 PreparedAuthz = _Version
@@ -562,9 +592,7 @@ class AuthzCore:
             if plans:
                 routes[name] = RoutePlan(route=name, policies=plans, is_async=any(p.is_async for p in plans))
         subscriptions = {
-            c.name: {s.route: s.status for s in c.subscriptions}
-            for c in policy.consumers.values()
-            if c.subscriptions is not None
+            c.name: _grants(c, policy) for c in policy.consumers.values() if c.subscriptions is not None
         }
         return _Version(policy.version, routes, subscriptions)
 
@@ -637,7 +665,7 @@ class AuthzCore:
             denial = self._authorize(current, plan, policy, request, path, identity)
         if denial is None:
             assert isinstance(identity, Identity)
-            outcome.admit(identity)
+            outcome.admit(identity, self._plan_of(current, plan.route, identity))
             return True
         if policy.dry_run:
             outcome.dry_run_denied = True
@@ -664,7 +692,8 @@ class AuthzCore:
     ) -> Decision | None:
         subscriptions = current.subscriptions.get(identity.consumer.name) if identity.consumer else None
         if subscriptions is not None:
-            status = subscriptions.get(plan.route)
+            grant = subscriptions.get(plan.route)
+            status = grant.status if grant is not None else None
             if status == "pending":
                 return _deny(403, "subscription pending approval", consumer=identity.name)
             if status == "revoked":
@@ -677,6 +706,17 @@ class AuthzCore:
             if rule.matches(request, path, identity):
                 return None if rule.allow else _deny(403, "denied by rule", consumer=identity.name)
         return _deny(403, "no rule allows this request", consumer=identity.name)
+
+    @staticmethod
+    def _plan_of(current: _Version, route: str, identity: Identity) -> str | None:
+        """The plan limits count against: an Api subscription's plan on its routes, else the
+        Consumer's."""
+        if identity.consumer is None:
+            return identity.plan
+        grant = current.subscriptions.get(identity.consumer.name, {}).get(route)
+        if grant is not None and grant.plan is not None:
+            return grant.plan
+        return identity.plan
 
     def _finish(
         self, plan: RoutePlan | None, request: AuthRequest, decision: Decision, started: int, dry_run: bool
@@ -697,17 +737,19 @@ class AuthzCore:
 
 
 class _Outcome:
-    __slots__ = ("denial", "dry_run_denied", "headers", "identity")
+    __slots__ = ("denial", "dry_run_denied", "headers", "identity", "plan")
 
     def __init__(self) -> None:
         self.denial: Decision | None = None
         self.dry_run_denied = False
         self.identity: Identity | None = None
+        self.plan: str | None = None
         self.headers: list[tuple[str, str]] = []
 
-    def admit(self, identity: Identity) -> None:
+    def admit(self, identity: Identity, plan: str | None) -> None:
         if self.identity is None:
             self.identity = identity
+            self.plan = plan
         self.headers.extend(identity.headers)
 
     def result(self) -> Decision:
@@ -717,6 +759,4 @@ class _Outcome:
         if identity is None:  # every policy was a dry-run denial
             return Decision(status=200, reason="dry run")
         headers = tuple(dict([(CONSUMER_HEADER, identity.name), *self.headers]).items())
-        return Decision(
-            status=200, reason="allowed", consumer=identity.name, plan=identity.plan, headers=headers
-        )
+        return Decision(status=200, reason="allowed", consumer=identity.name, plan=self.plan, headers=headers)

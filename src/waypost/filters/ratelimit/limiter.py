@@ -25,7 +25,7 @@ from waypost.filters.ratelimit.table import LimitRule, RateLimitTable, build_tab
 from waypost.log import get_logger
 from waypost.policies.model import PolicySet
 
-__all__ = ["DescriptorResult", "Limiter", "Verdict", "check_consumer_quota"]
+__all__ = ["DescriptorResult", "Limiter", "Verdict", "check_consumer_quota", "consumer_usage"]
 
 log = get_logger("waypost.ratelimit")
 
@@ -110,6 +110,24 @@ class Limiter:
             _DECIDED_OK.inc()
             return Verdict(True, (_UNCOUNTED,) * len(descriptors))
         return self._finish(plan, hit_now(counters, hits), len(descriptors))
+
+    async def peek(self, descriptors: Sequence[Entries]) -> tuple[DescriptorResult, ...]:
+        """Where each descriptor's counter stands, counting nothing (for usage pages, not
+        decisions: no metrics). Raises StoreUnavailable when the store cannot answer."""
+        plan, counters = self._plan(descriptors)
+        results = [_UNCOUNTED] * len(descriptors)
+        if not counters:
+            return tuple(results)
+        counts = await self.store.hit(counters, 0)
+        for (index, rule, requests, unit), count in zip(plan, counts, strict=True):
+            results[index] = DescriptorResult(
+                over_limit=count.used > requests and not rule.shadow,
+                limit=requests,
+                unit=unit,
+                remaining=max(0, requests - int(count.used)),
+                reset=count.reset,
+            )
+        return tuple(results)
 
     def _plan(self, descriptors: Sequence[Entries]) -> tuple[list[_Planned], list[tuple[str, int]]]:
         table = self.table
@@ -237,9 +255,29 @@ async def check_consumer_quota(
     ``verdict.headers`` (the same headers the RLS path sets) and Envoy needs no second call. The
     counters are the ones the RLS path uses, so both paths share one quota.
     """
+    descriptors = _consumer_descriptors(limiter, route, consumer, plan)
+    if not descriptors:
+        return Verdict(True, ())
+    return await limiter.decide(descriptors, hits)
+
+
+async def consumer_usage(
+    limiter: Limiter, route: str, consumer: str, plan: str | None = None
+) -> tuple[DescriptorResult, ...]:
+    """Where ``consumer`` stands against ``route``'s consumer limits (the same counters Envoy's
+    requests count on), counting nothing: the developer portal's usage and remaining quota."""
+    descriptors = _consumer_descriptors(limiter, route, consumer, plan)
+    if not descriptors:
+        return ()
+    return tuple(r for r in await limiter.peek(descriptors) if r.counted)
+
+
+def _consumer_descriptors(
+    limiter: Limiter, route: str, consumer: str, plan: str | None
+) -> list[list[tuple[str, str]]]:
     table = limiter.table
     if table is None:
-        return Verdict(True, ())
+        return []
     descriptors: list[list[tuple[str, str]]] = []
     for policy in table.route_policies.get(route, ()):
         for limit_value, rule in table.rules.items():
@@ -248,6 +286,4 @@ async def check_consumer_quota(
                 if plan is not None:
                     entries.append((d.PLAN_KEY, plan))
                 descriptors.append(entries)
-    if not descriptors:
-        return Verdict(True, ())
-    return await limiter.decide(descriptors, hits)
+    return descriptors
