@@ -18,6 +18,7 @@ from envoy.config.bootstrap.v3 import bootstrap_pb2
 from envoy.extensions.resource_monitors.downstream_connections.v3 import (
     downstream_connections_pb2,  # noqa: F401 - registers the type for ParseDict
 )
+from envoy.extensions.resource_monitors.fixed_heap.v3 import fixed_heap_pb2  # noqa: F401 - idem
 from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2  # noqa: F401 - idem
 from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
 from google.protobuf import json_format
@@ -40,6 +41,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "localhost": {"xds_host": "localhost"},
     "ipv6": {"xds_host": "::1", "admin_address": "::1"},
     "admin-any": {"admin_address": "0.0.0.0", "admin_port": 19901},
+    "overload": {"max_connections": 1000, "max_heap_bytes": 1 << 30},
 }
 
 

@@ -144,6 +144,18 @@ def _parser() -> argparse.ArgumentParser:
         "--xds-sni", metavar="NAME", help="SNI and expected name of waypost's cert (default: the --xds host)"
     )
     bootstrap.add_argument(
+        "--max-connections",
+        type=int,
+        default=50_000,
+        help="open client connections this Envoy accepts in all (overload manager; default 50000)",
+    )
+    bootstrap.add_argument(
+        "--max-heap",
+        type=_byte_size,
+        metavar="SIZE",
+        help="heap size (e.g. 2Gi, 512Mi) at which Envoy sheds load: 503s past 98%%, no keep-alive past 95%%",
+    )
+    bootstrap.add_argument(
         "--register",
         type=_registration,
         metavar="SERVICE=IP:PORT",
@@ -413,6 +425,17 @@ def _render(args: argparse.Namespace) -> int:
     return 0
 
 
+_SIZE_UNITS = {"": 1, "Ki": 1 << 10, "Mi": 1 << 20, "Gi": 1 << 30, "K": 1000, "M": 10**6, "G": 10**9}
+
+
+def _byte_size(text: str) -> int:
+    number = text.rstrip("KMGi")
+    unit = text[len(number) :]
+    if not number.isdigit() or unit not in _SIZE_UNITS:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a size like 512Mi, 2Gi or 1000000")
+    return int(number) * _SIZE_UNITS[unit]
+
+
 def _bootstrap(args: argparse.Namespace) -> int:
     from waypost.xds.bootstrap import render_bootstrap
 
@@ -431,6 +454,8 @@ def _bootstrap(args: argparse.Namespace) -> int:
             xds_client_cert=args.xds_client_cert,
             xds_client_key=args.xds_client_key,
             xds_sni=args.xds_sni,
+            max_connections=args.max_connections,
+            max_heap_bytes=args.max_heap,
             register=args.register,
         )
     except ValueError as exc:

@@ -16,6 +16,7 @@ __all__ = [
     "AUTHZ_HTTP_CLUSTER",
     "AUTHZ_HTTP_HEALTH_PATH",
     "AUTHZ_HTTP_PATH_PREFIX",
+    "BODY_CHECK_EXTENSION",
     "CONSUMER_HEADER",
     "CONSUMER_KEY",
     "DECISION_CLUSTERS",
@@ -50,6 +51,10 @@ AUTHZ_HTTP_CLUSTER = "waypost_authz_http"
 
 RATELIMIT_CLUSTER = "waypost_ratelimit"
 """The rate-limit service (Envoy's RLS), for Gateways whose Routes have global limits."""
+
+BODY_CHECK_EXTENSION = "check"
+"""The ext_authz context extension naming the route on Checks from the body-checks filter
+(validation, body screening); auth Checks never carry it, so the Check service tells them apart."""
 
 DECISION_CLUSTERS = (AUTHZ_CLUSTER, AUTHZ_HTTP_CLUSTER, RATELIMIT_CLUSTER)
 """In the order /status and the dashboard list them."""

@@ -341,6 +341,28 @@ EXAMPLES = [
     ),
     Example("no route: anything else is a 404", "GET", "/nothing/here", expect_status=404),
     Example(
+        "screen: a SQL injection in the query is refused by Envoy itself",
+        "GET",
+        "/web/catalog/items?id=1%27%20OR%20%271%27%3D%271",
+        expect_status=403,
+    ),
+    Example(
+        "validation: an order matching its JSON Schema reaches the backend",
+        "POST",
+        "/web/orders",
+        headers={"content-type": "application/json"},
+        body='{"items": [{"sku": "A-1", "qty": 2}]}',
+        expect_backend="orders",
+    ),
+    Example(
+        "validation: a bad order gets 400 naming each failing location; the backend never sees it",
+        "POST",
+        "/web/orders",
+        headers={"content-type": "application/json"},
+        body='{"items": [{"sku": "A-1", "qty": 0}]}',
+        expect_status=400,
+    ),
+    Example(
         "partner-orders: no API key gets 401 from waypost's ext_authz service",
         "GET",
         "/partner/orders/7",

@@ -21,7 +21,7 @@ import os
 import posixpath
 import re
 import types
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from difflib import get_close_matches
@@ -59,6 +59,7 @@ from waypost.policies.model import (
     Sidecar,
     SourceRef,
 )
+from waypost.policies.request_schemas import SchemaProblem, compile_validation
 from waypost.policies.sidecars import expand_sidecar
 from waypost.policies.types import HEADER_NAME_PATTERN, NAME_PATTERN, PrivateBytes
 from waypost.policies.validate import Entry, Loc, validate
@@ -664,7 +665,33 @@ def _prefer_union_member(items: list[_ModelError]) -> list[_ModelError]:
 class _FileRef:
     loc: Loc
     value: str
-    what: str  # "certificate", "private key", "jwks", "descriptor" or "openapi"
+    what: str  # "certificate", "private key", "jwks", "descriptor", "openapi" or "schema"
+
+
+_VALIDATION_FILES = ("json_schema", "openapi", "query_schema")
+
+
+def validation_refs(route: Route) -> Iterator[_FileRef]:
+    if route.validation is not None:
+        for key in _VALIDATION_FILES:
+            value = getattr(route.validation, key)
+            if value is not None:
+                yield _FileRef(("validation", key), value, "schema")
+
+
+def validation_problem(route: Route, files: Mapping[str, bytes]) -> tuple[Loc, str] | None:
+    """A validation file that does not compile, at the field naming it; compiled once (cached)."""
+    if route.validation is None:
+        return None
+    try:
+        compile_validation(route.validation, files)
+    except SchemaProblem as exc:
+        key = next(
+            (k for k in _VALIDATION_FILES if str(exc).startswith(f"'{getattr(route.validation, k)}'")),
+            "openapi" if route.validation.openapi is not None else "json_schema",
+        )
+        return ("validation", key), str(exc)
+    return None
 
 
 def _file_refs(document: Document) -> Iterator[_FileRef]:
@@ -678,8 +705,10 @@ def _file_refs(document: Document) -> Iterator[_FileRef]:
         if document.tls.cert is not None and document.tls.key is not None:
             yield _FileRef(("tls", "cert"), document.tls.cert, "certificate")
             yield _FileRef(("tls", "key"), document.tls.key, "private key")
-    elif isinstance(document, Route) and document.grpc_json is not None:
-        yield _FileRef(("grpc_json", "descriptor"), document.grpc_json.descriptor, "descriptor")
+    elif isinstance(document, Route):
+        if document.grpc_json is not None:
+            yield _FileRef(("grpc_json", "descriptor"), document.grpc_json.descriptor, "descriptor")
+        yield from validation_refs(document)
     elif isinstance(document, Api) and document.openapi is not None:
         yield _FileRef(("openapi",), document.openapi, "openapi")
     elif isinstance(document, AuthPolicy):
@@ -701,6 +730,8 @@ def _content_problem(what: str, shown: str, data: bytes) -> str | None:
         return _descriptor_problem(shown, data)
     if what == "openapi":
         return _openapi_problem(shown, data)
+    if what == "schema":
+        return None  # parsed and compiled with the rest of the route's validation
     if b"-----BEGIN" not in data:
         return f"{shown} is not a PEM file (no '-----BEGIN' line)"
     if what == "private key" and b"PRIVATE KEY-----" not in data:
@@ -888,9 +919,11 @@ class _Load:
         for entry in self.entries:
             if entry.document is None:
                 continue
+            failed = False
             for ref in _file_refs(entry.document):
                 problem = self.read_reference(ref, cache)
                 if problem is not None:
+                    failed = True
                     line = entry.source.line_of(ref.loc)
                     self.fail(entry.source.path, line, _at(ref.loc, problem), entry.kind, entry.name)
                 elif ref.what == "descriptor" and isinstance(entry.document, Route):
@@ -901,6 +934,12 @@ class _Load:
                         message = f"{', '.join(missing)} not in '{ref.value}'"
                         line = entry.source.line_of(loc)
                         self.fail(entry.source.path, line, _at(loc, message), entry.kind, entry.name)
+            if not failed and isinstance(entry.document, Route):
+                schema_problem = validation_problem(entry.document, self.files)
+                if schema_problem is not None:
+                    schema_loc, message = schema_problem
+                    line = entry.source.line_of(schema_loc)
+                    self.fail(entry.source.path, line, _at(schema_loc, message), entry.kind, entry.name)
 
     def read_reference(self, ref: _FileRef, cache: dict[str, bytes | str]) -> str | None:
         shown = f"'{ref.value}'"

@@ -26,6 +26,7 @@ from pydantic import (
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from waypost.policies.cel_env import check_expression
+from waypost.policies.protect import AdmissionControl, Screen, UserAgents, Validate
 from waypost.policies.types import (
     Duration,
     EndpointField,
@@ -39,6 +40,7 @@ from waypost.policies.types import (
 __all__ = [
     "KINDS",
     "AbortFault",
+    "AdmissionControl",
     "Api",
     "ApiPlan",
     "AuthPolicy",
@@ -76,6 +78,7 @@ __all__ = [
     "Route",
     "RouteMatch",
     "Rule",
+    "Screen",
     "Service",
     "ServiceTLS",
     "Sidecar",
@@ -85,6 +88,8 @@ __all__ = [
     "SourceRef",
     "Subscription",
     "Tracing",
+    "UserAgents",
+    "Validate",
 ]
 
 HttpMethod = Literal["GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH"]
@@ -189,6 +194,15 @@ class GatewayLimits(Spec):
     methods: tuple[HttpMethod, ...] = Field(default=(), description="Allowed methods; others get 403.")
     idle_timeout: Duration | None = Field(default=None, description="Close a connection idle this long.")
     max_connection_duration: Duration | None = None
+    request_headers_timeout: Duration = Field(
+        default=10_000, description="A client must send all request headers within this (slowloris)."
+    )
+    stream_idle_timeout: Duration = Field(
+        default=300_000, description="Reset a request that sends or receives nothing for this long."
+    )
+    user_agents: UserAgents | None = Field(
+        default=None, description="Allow or deny clients by user-agent (403 otherwise)."
+    )
 
 
 class Tracing(Spec):
@@ -324,6 +338,7 @@ class Service(Document):
     circuit_breaker: CircuitBreaker | None = None
     outlier_detection: OutlierDetection | None = None
     tls: ServiceTLS | None = None
+    admission_control: AdmissionControl | None = None
     registration: Registration | None = None
 
     @model_validator(mode="after")
@@ -478,6 +493,18 @@ class Route(Document):
     grpc_json: GrpcJson | None = None
     auth: Name | tuple[Name, ...] = ()
     rate_limit: Name | tuple[Name, ...] = ()
+    validation: Validate | None = Field(
+        default=None, description="Check requests against a JSON Schema or OpenAPI operation (400 if not)."
+    )
+    screen: Screen | None = Field(
+        default=None, description="Screen for SQL injection, XSS, path traversal and command injection."
+    )
+    websocket: StrictBool = Field(
+        default=False, description="Allow WebSocket upgrades; auth and limits apply to the upgrade request."
+    )
+    grpc_web: StrictBool = Field(
+        default=False, description="Let browsers call this gRPC route with gRPC-Web (Envoy translates)."
+    )
 
     @model_validator(mode="after")
     def _exactly_one_backend_form(self) -> Self:

@@ -28,6 +28,7 @@ import grpc
 from waypost.contract import AUTHZ_GRPC_SERVICE
 from waypost.filters.authz.core import AuthzCore, PreparedAuthz
 from waypost.filters.authz.grpc_service import AuthzGrpcService
+from waypost.filters.protect.service import BodyChecks, PreparedChecks
 from waypost.log import get_logger
 from waypost.policies.model import PolicySet
 from waypost.server.grpc_health import GrpcHealth
@@ -37,6 +38,7 @@ __all__ = [
     "DEFAULT_PORT",
     "AuthzApplier",
     "AuthzOptions",
+    "BodyChecksApplier",
     "run_authz",
     "start_authz_grpc",
 ]
@@ -69,11 +71,30 @@ class AuthzApplier:
         self.core.commit(prepared)
 
 
-async def start_authz_grpc(core: AuthzCore, host: str, port: int) -> tuple[grpc.aio.Server, int, GrpcHealth]:
+class BodyChecksApplier:
+    """Route body checks (validation, body screening) as a policy applier: schemas compiled off
+    the loop; a version whose checks do not compile is refused like any other bad version."""
+
+    name = "body_checks"
+
+    def __init__(self, checks: BodyChecks) -> None:
+        self.checks = checks
+
+    async def prepare(self, policy: PolicySet) -> PreparedChecks:
+        return await asyncio.to_thread(self.checks.prepare, policy)
+
+    def commit(self, prepared: PreparedChecks) -> None:
+        self.checks.commit(prepared)
+
+
+async def start_authz_grpc(
+    core: AuthzCore, host: str, port: int, *, body_checks: BodyChecks | None = None
+) -> tuple[grpc.aio.Server, int, GrpcHealth]:
     """The Check service on a grpcio server, with Health (SERVING once the core has a version)
-    and reflection. OSError when the port is taken."""
+    and reflection; with ``body_checks``, it also answers the body-checks filter's Checks.
+    OSError when the port is taken."""
     server = grpc.aio.server(options=_GRPC_OPTIONS)
-    AuthzGrpcService(core).add_to(server)
+    AuthzGrpcService(core, body_checks=body_checks).add_to(server)
     health = GrpcHealth(server, [AUTHZ_GRPC_SERVICE])
     bound = server.add_insecure_port(f"{host}:{port}")
     if bound == 0:
@@ -145,9 +166,10 @@ async def _serve_one(options: AuthzOptions) -> None:
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, stop.set)
     core = AuthzCore()
-    runtime = PolicyRuntime(options.policies, [AuthzApplier(core)])
+    body_checks = BodyChecks()
+    runtime = PolicyRuntime(options.policies, [AuthzApplier(core), BodyChecksApplier(body_checks)])
     await runtime.reload()
-    server, port, health = await start_authz_grpc(core, options.host, options.port)
+    server, port, health = await start_authz_grpc(core, options.host, options.port, body_checks=body_checks)
     runtime.on_applied(lambda _: health.set_serving(True))
     http_server = None
     if options.http_port is not None:

@@ -23,10 +23,17 @@ from typing import Any
 
 from waypost.contract import AUTHZ_CLUSTER, AUTHZ_HTTP_CLUSTER, DECISION_CLUSTERS, RATELIMIT_CLUSTER
 from waypost.filters.authz.core import AuthzCore
+from waypost.filters.protect.service import BodyChecks
 from waypost.filters.ratelimit.limiter import Limiter
 from waypost.log import get_logger
 from waypost.policies.types import Endpoint
-from waypost.server.authz import DEFAULT_HTTP_PORT, DEFAULT_PORT, AuthzApplier, start_authz_grpc
+from waypost.server.authz import (
+    DEFAULT_HTTP_PORT,
+    DEFAULT_PORT,
+    AuthzApplier,
+    BodyChecksApplier,
+    start_authz_grpc,
+)
 from waypost.server.grpc_health import GrpcHealth
 from waypost.server.ratelimit import LimiterApplier, RateLimitOptions, make_limiter, start_ratelimit
 from waypost.server.runtime import PolicyApplier
@@ -105,6 +112,8 @@ class DecisionPlane:
         }
         local_authz = self.local_enabled[AUTHZ_CLUSTER] or self.local_enabled[AUTHZ_HTTP_CLUSTER]
         self.core = AuthzCore() if local_authz else None
+        # Route body checks (validation, body screening) ride on the gRPC Check port.
+        self.body_checks = BodyChecks() if self.local_enabled[AUTHZ_CLUSTER] else None
         self.limiter: Limiter | None = None
         self._running: dict[str, _Local] = {}
         self._errors: dict[str, str] = {}
@@ -120,6 +129,8 @@ class DecisionPlane:
         appliers: list[PolicyApplier[Any]] = []
         if self.core is not None:
             appliers.append(AuthzApplier(self.core))
+        if self.body_checks is not None:
+            appliers.append(BodyChecksApplier(self.body_checks))
         if self.limiter is not None:
             appliers.append(LimiterApplier(self.limiter))
         return appliers
@@ -153,7 +164,9 @@ class DecisionPlane:
             return _Local(running.port, running.stop, running.health)
         assert self.core is not None
         if cluster == AUTHZ_CLUSTER:
-            server, port, health = await start_authz_grpc(self.core, host, self.options.authz_port)
+            server, port, health = await start_authz_grpc(
+                self.core, host, self.options.authz_port, body_checks=self.body_checks
+            )
 
             async def stop_grpc() -> None:
                 await server.stop(grace=0.5)

@@ -24,6 +24,7 @@ from typing import Any, ParamSpec
 import yaml
 
 from waypost.contract import XDS_CLUSTER
+from waypost.xds.overload import DEFAULT_MAX_CONNECTIONS, LAYERED_RUNTIME, build_overload_manager
 
 __all__ = [
     "XDS_CLUSTER",
@@ -44,13 +45,6 @@ _HTTP_PROTOCOL_OPTIONS = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions
 _ADS_RETRY_BASE = "0.25s"
 _ADS_RETRY_MAX = "5s"
 
-# Envoy warns at start-up when nothing caps downstream connections; 50k is the figure of Envoy's
-# edge-proxy best practices, far above what one waypost gateway node is expected to hold.
-_MAX_DOWNSTREAM_CONNECTIONS = 50_000
-_DOWNSTREAM_CONNECTIONS = (
-    "envoy.extensions.resource_monitors.downstream_connections.v3.DownstreamConnectionsConfig"
-)
-
 
 def build_bootstrap(
     *,
@@ -66,6 +60,8 @@ def build_bootstrap(
     xds_client_cert: str | None = None,
     xds_client_key: str | None = None,
     xds_sni: str | None = None,
+    max_connections: int = DEFAULT_MAX_CONNECTIONS,
+    max_heap_bytes: int | None = None,
     register: tuple[str, str] | None = None,
 ) -> dict[str, Any]:
     """Return an Envoy v3 bootstrap (as JSON-compatible data) that takes all config from waypost.
@@ -82,6 +78,8 @@ def build_bootstrap(
     certificate, for a waypost serving mTLS (``waypost serve --xds-ca``).
     ``register`` (service, "ip:port") makes this Envoy an endpoint of that Service while it is
     connected, where the policy allows it.
+    ``max_connections`` caps open client connections; ``max_heap_bytes`` turns on Envoy's heap
+    overload actions (see :mod:`waypost.xds.overload`).
     """
     if not node_id:
         raise ValueError("node_id must not be empty")
@@ -141,17 +139,10 @@ def build_bootstrap(
             "lds_config": {"ads": {}, "resource_api_version": "V3"},
         },
         "static_resources": {"clusters": static_clusters},
-        "overload_manager": {
-            "resource_monitors": [
-                {
-                    "name": "envoy.resource_monitors.global_downstream_max_connections",
-                    "typed_config": {
-                        "@type": f"type.googleapis.com/{_DOWNSTREAM_CONNECTIONS}",
-                        "max_active_downstream_connections": _MAX_DOWNSTREAM_CONNECTIONS,
-                    },
-                }
-            ]
-        },
+        "overload_manager": build_overload_manager(
+            max_connections=max_connections, max_heap_bytes=max_heap_bytes
+        ),
+        "layered_runtime": LAYERED_RUNTIME,
     }
 
 

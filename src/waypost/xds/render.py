@@ -16,6 +16,7 @@ import yaml
 from google.protobuf import any_pb2, json_format, message, symbol_database
 
 from waypost.xds.compiler import NodeResources
+from waypost.xds.overload import LAYERED_RUNTIME
 from waypost.xds.types import TypeUrl
 
 __all__ = ["REDACTED", "dump_yaml", "render_resources", "static_bootstrap"]
@@ -144,6 +145,7 @@ def static_bootstrap(resources: NodeResources, *, admin_port: int = 0) -> dict[s
             "clusters": clusters,
             "secrets": rendered["secrets"],
         },
+        "layered_runtime": LAYERED_RUNTIME,
     }
 
 

@@ -19,6 +19,7 @@ from google.rpc import status_pb2
 
 from waypost.contract import AUTHZ_GRPC_SERVICE, METADATA_CONSUMER, METADATA_PLAN
 from waypost.filters.authz.core import AuthRequest, AuthzCore, Decision
+from waypost.filters.protect.service import CHECK_EXTENSION, BodyChecks
 from waypost.log import get_logger
 
 __all__ = ["SERVICE_NAME", "AuthzGrpcService", "encode_decision", "request_from_check"]
@@ -88,8 +89,11 @@ def _struct(values: dict[str, str]) -> struct_pb2.Struct:
 class AuthzGrpcService:
     """The Check method, registered on any grpc.aio server with :meth:`add_to`."""
 
-    def __init__(self, core: AuthzCore) -> None:
+    def __init__(self, core: AuthzCore, *, body_checks: BodyChecks | None = None) -> None:
         self.core = core
+        # Checks from the body-checks filter (validation, screening) name their route under
+        # `check`; auth checks never carry that key.
+        self.body_checks = body_checks
         self._encoded: dict[Decision, bytes] = {}
 
     def add_to(self, server: grpc.aio.Server) -> None:
@@ -109,6 +113,8 @@ class AuthzGrpcService:
         except Exception:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "malformed CheckRequest")
             raise
+        if self.body_checks is not None and CHECK_EXTENSION in check.attributes.context_extensions:
+            return self.body_checks.check(check)
         decision = self.core.decide(request_from_check(check))
         if inspect.isawaitable(decision):
             decision = await decision

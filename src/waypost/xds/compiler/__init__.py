@@ -13,10 +13,11 @@ from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.endpoint.v3 import endpoint_pb2
 from envoy.config.listener.v3 import listener_pb2
 from envoy.config.route.v3 import route_pb2
+from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm_pb2
 from envoy.extensions.transport_sockets.tls.v3 import secret_pb2
 from google.protobuf import message
 
-from waypost.policies.model import PolicySet, Route
+from waypost.policies.model import Gateway, PolicySet, Route
 from waypost.policies.types import Endpoint
 from waypost.xds.compiler.analytics import analytics_cluster, gateway_logs, patch_hcm_analytics
 from waypost.xds.compiler.clusters import build_cluster, build_load_assignment
@@ -26,7 +27,7 @@ from waypost.xds.compiler.decisions import (
     decision_needs,
     needed_clusters,
 )
-from waypost.xds.compiler.features import GATEWAY_CLUSTERS, HTTP_FEATURES
+from waypost.xds.compiler.features import GATEWAY_CLUSTERS, HTTP_FEATURES, HttpFeature
 from waypost.xds.compiler.listeners import build_listener
 from waypost.xds.compiler.names import cluster_name, grpc_client_cluster_name, grpc_target_key
 from waypost.xds.compiler.proxyless import (
@@ -109,6 +110,12 @@ class CompiledPolicy:
         }
 
 
+def _http_filters(feature: HttpFeature, gateway: Gateway, routes: list[Route]) -> list[hcm_pb2.HttpFilter]:
+    """A feature's filters: one, or several for a feature with ``http_filters`` (one per Service)."""
+    several = getattr(feature, "http_filters", None)
+    return list(several(gateway, routes)) if several is not None else [feature.http_filter(gateway, routes)]
+
+
 def compile_policy(
     policy: PolicySet, *, decisions: DecisionEndpoints | None = None, collector: Endpoint | None = None
 ) -> CompiledPolicy:
@@ -137,7 +144,7 @@ def compile_policy(
         gateways[name] = GatewayResources(
             listener=build_listener(
                 gateway,
-                [f.http_filter(gateway, routes) for f in features],
+                [hf for f in features for hf in _http_filters(f, gateway, routes)],
                 extra_hooks=(patch_hcm_analytics,) if streams_log else (),
             ),
             route_config=build_route_configuration(gateway, routes, policy.services, features),

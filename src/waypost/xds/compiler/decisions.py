@@ -33,6 +33,7 @@ from waypost.contract import (
 )
 from waypost.policies.model import PolicySet
 from waypost.policies.types import Endpoint
+from waypost.xds.compiler.body_checks import BodyCheckFeature
 from waypost.xds.compiler.clusters import load_assignment
 from waypost.xds.compiler.ext_authz import ExtAuthzFeature
 from waypost.xds.compiler.pb import ads_source, pack
@@ -61,9 +62,11 @@ def decision_needs(policy: PolicySet) -> dict[str, frozenset[str]]:
     """Route name -> the decision clusters Envoy calls for it (routes needing none left out)."""
     authz = ExtAuthzFeature().bind(policy)
     limits = GlobalRateLimitFeature().bind(policy)
+    body_checks = BodyCheckFeature()
     needs: dict[str, frozenset[str]] = {}
     for name, route in sorted(policy.routes.items()):
-        clusters = frozenset(c for c in (authz.cluster_for(route), limits.cluster_for(route)) if c)
+        found = (authz.cluster_for(route), limits.cluster_for(route), body_checks.cluster_for(route))
+        clusters = frozenset(c for c in found if c)
         if clusters:
             needs[name] = clusters
     return needs

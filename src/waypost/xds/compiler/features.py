@@ -15,6 +15,8 @@ from envoy.config.route.v3 import route_components_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm_pb2
 
 from waypost.policies.model import Gateway, Route
+from waypost.xds.compiler.admission import AdmissionFeature
+from waypost.xds.compiler.body_checks import BodyCheckFeature
 from waypost.xds.compiler.cache import CacheFeature
 from waypost.xds.compiler.compression import CompressionFeature
 from waypost.xds.compiler.cors import CorsFeature
@@ -30,6 +32,9 @@ from waypost.xds.compiler.protection import (
     patch_hcm_limits,
 )
 from waypost.xds.compiler.ratelimit import GlobalRateLimitFeature, LocalRateLimitFeature
+from waypost.xds.compiler.screening import ScreenFeature, patch_hcm_screen_log
+from waypost.xds.compiler.slow_clients import patch_hcm_slow_clients
+from waypost.xds.compiler.upgrades import GrpcWebFeature
 
 __all__ = ["GATEWAY_CLUSTERS", "HCM_HOOKS", "HTTP_FEATURES", "HcmHook", "HttpFeature"]
 
@@ -56,10 +61,13 @@ HTTP_FEATURES: tuple[HttpFeature, ...] = (
     # Cheap refusals next: a denied or oversized request costs nothing further, no auth call.
     GatewayDenyFeature(),
     RouteDenyFeature(),
+    # Injection screening of path, query and headers: RE2 in Envoy, no call to waypost.
+    ScreenFeature(),
     BodyLimitFeature(),
     FaultFeature(),
     # Before ext_authz: Envoy answers CORS preflights without asking for credentials.
     CorsFeature(),
+    GrpcWebFeature(),
     # JWT-only policies Envoy enforces itself: verify, then authorize; no ext_authz call there.
     JwtAuthnFeature(),
     NativeRbacFeature(),
@@ -68,6 +76,12 @@ HTTP_FEATURES: tuple[HttpFeature, ...] = (
     # before global ones, so a request a local bucket refuses costs no call to waypost.
     LocalRateLimitFeature(),
     GlobalRateLimitFeature(),
+    # Body validation and screening in the decision service: after auth and rate limits, so a
+    # request refused there costs no body buffering.
+    BodyCheckFeature(),
+    # Load shedding per Service: after every refusal above, so only requests that would reach
+    # the Service count toward (and are shed by) its success rate.
+    AdmissionFeature(),
     # Compressors sit before the cache, so the cache stores identity bodies and every hit is
     # compressed for the client that asks.
     CompressionFeature("brotli"),
@@ -83,7 +97,13 @@ version before use, for settings that need more of the policy than a gateway and
 (other documents, the files a route names)."""
 
 HcmHook = Callable[[Gateway, hcm_pb2.HttpConnectionManager], None]
-HCM_HOOKS: tuple[HcmHook, ...] = (patch_hcm_limits, patch_hcm_observability, patch_hcm_native_replies)
+HCM_HOOKS: tuple[HcmHook, ...] = (
+    patch_hcm_limits,
+    patch_hcm_slow_clients,
+    patch_hcm_observability,
+    patch_hcm_native_replies,
+    patch_hcm_screen_log,
+)
 """Gateway features that are connection-manager settings rather than HTTP filters."""
 
 GATEWAY_CLUSTERS: tuple[Callable[[Gateway], Sequence[cluster_pb2.Cluster]], ...] = (tracing_clusters,)

@@ -22,8 +22,9 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import http_con
 from envoy.type.matcher.v3 import path_pb2, regex_pb2, string_pb2
 from google.protobuf import wrappers_pb2
 
-from waypost.policies.model import DenyRule, Gateway, Route
+from waypost.policies.model import DenyRule, Gateway, Route, UserAgents
 from waypost.xds.compiler.pb import duration, pack
+from waypost.xds.compiler.user_agents import user_agent_policies
 
 __all__ = [
     "BodyLimitFeature",
@@ -103,7 +104,9 @@ def _any_principal() -> list[rbac_pb2.Principal]:
     return [rbac_pb2.Principal(any=True)]
 
 
-def build_deny_rbac(rules: Sequence[DenyRule], methods: Sequence[str] = ()) -> rbac_pb2.RBAC:
+def build_deny_rbac(
+    rules: Sequence[DenyRule], methods: Sequence[str] = (), user_agents: UserAgents | None = None
+) -> rbac_pb2.RBAC:
     """A DENY-action RBAC config: one policy per rule, plus one for methods outside ``methods``."""
     policies: dict[str, rbac_pb2.Policy] = {}
     if methods:
@@ -118,6 +121,8 @@ def build_deny_rbac(rules: Sequence[DenyRule], methods: Sequence[str] = ()) -> r
         policies[f"deny-{index}"] = rbac_pb2.Policy(
             permissions=[_rule_permission(rule)], principals=_any_principal()
         )
+    if user_agents is not None:
+        policies.update(user_agent_policies(user_agents))
     return rbac_pb2.RBAC(action=rbac_pb2.RBAC.DENY, policies=policies)
 
 
@@ -125,11 +130,13 @@ class GatewayDenyFeature:
     filter_name = GATEWAY_RBAC_FILTER
 
     def applies(self, gateway: Gateway, routes: Sequence[Route]) -> bool:
-        return bool(gateway.deny) or (gateway.limits is not None and bool(gateway.limits.methods))
+        limits = gateway.limits
+        return bool(gateway.deny) or (limits is not None and bool(limits.methods or limits.user_agents))
 
     def http_filter(self, gateway: Gateway, routes: Sequence[Route]) -> hcm_pb2.HttpFilter:
         methods = gateway.limits.methods if gateway.limits is not None else ()
-        config = rbac_filter_pb2.RBAC(rules=build_deny_rbac(gateway.deny, methods))
+        agents = gateway.limits.user_agents if gateway.limits is not None else None
+        config = rbac_filter_pb2.RBAC(rules=build_deny_rbac(gateway.deny, methods, agents))
         return hcm_pb2.HttpFilter(name=GATEWAY_RBAC_FILTER, typed_config=pack(config))
 
     def patch_route(self, route: Route, xds_route: route_components_pb2.Route) -> None:

@@ -18,9 +18,11 @@ from envoy.type.matcher.v3 import regex_pb2, string_pb2
 from google.protobuf import wrappers_pb2
 
 from waypost.policies.model import Gateway, HeaderMutation, Route, RouteMatch, Service
+from waypost.xds.compiler.cors import preflight_route
 from waypost.xds.compiler.features import HttpFeature
 from waypost.xds.compiler.names import cluster_name, route_config_name, virtual_host_name
 from waypost.xds.compiler.pb import duration, percent
+from waypost.xds.compiler.upgrades import patch_websocket
 
 __all__ = ["build_route", "build_route_configuration", "host_covers", "order_routes"]
 
@@ -43,7 +45,11 @@ def build_route_configuration(
             rc_pb2.VirtualHost(
                 name=virtual_host_name(gateway.name, domain),
                 domains=[domain],
-                routes=[build_route(route, services, features) for route in vhost_routes],
+                routes=[
+                    xds_route
+                    for route in vhost_routes
+                    for xds_route in _with_preflight(route, build_route(route, services, features))
+                ],
             )
         )
     return route_pb2.RouteConfiguration(
@@ -99,9 +105,15 @@ def build_route(
     if route.response_headers is not None:
         xds_route.response_headers_to_add.extend(_header_options(route.response_headers))
         xds_route.response_headers_to_remove.extend(route.response_headers.remove)
+    patch_websocket(route, xds_route)
     for feature in features:
         feature.patch_route(route, xds_route)
     return xds_route
+
+
+def _with_preflight(route: Route, xds_route: rc_pb2.Route) -> list[rc_pb2.Route]:
+    preflight = preflight_route(route, xds_route)
+    return [xds_route] if preflight is None else [preflight, xds_route]
 
 
 def _build_match(match: RouteMatch) -> rc_pb2.RouteMatch:
