@@ -226,6 +226,11 @@ def main() -> int:
     parser.add_argument("--duration", type=int, default=5)
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument(
+        "--authz-grpcio",
+        action="store_true",
+        help="serve Check with grpcio's server (the lean one by default)",
+    )
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         print("wrk is not installed: make bench-deps", file=sys.stderr)
@@ -302,6 +307,7 @@ def main() -> int:
                     "--no-watch",
                     "--log-format",
                     "json",
+                    *(["--authz-grpcio"] if args.authz_grpcio else []),
                 ],
                 env=env,
                 **quiet,
@@ -368,7 +374,8 @@ def main() -> int:
 
     print(
         f"Envoy --concurrency 1, wrk -t1 -c{args.connections} -d{args.duration}s, best of {args.rounds}; "
-        f"waypost authz --workers {args.workers}; {os.cpu_count()} cores"
+        f"waypost authz --workers {args.workers} ({'grpcio' if args.authz_grpcio else 'lean'} gRPC server); "
+        f"{os.cpu_count()} cores"
     )
     print(f"{'':12} {'req/s':>10} {'p50 ms':>8} {'p99 ms':>8} {'non-2xx':>8}")
     for name, result in best.items():

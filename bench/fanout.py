@@ -256,9 +256,9 @@ async def _client(
 # --- driver --------------------------------------------------------------------------------------
 
 
-def _spawn(*args: str) -> subprocess.Popen[str]:
+def _spawn(*args: str, src: str | None = None) -> subprocess.Popen[str]:
     env = dict(os.environ)
-    src = str(Path(__file__).resolve().parents[1] / "src")
+    src = src or str(Path(__file__).resolve().parents[1] / "src")
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [src, env.get("PYTHONPATH")]))
     return subprocess.Popen(
         [sys.executable, __file__, *args], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env
@@ -277,12 +277,20 @@ def _ask(process: subprocess.Popen[str], line: str | None) -> dict[str, Any]:
     return result
 
 
-def run(streams: int, per_process: int, per_channel: int = 1) -> dict[str, Any]:
-    server = _spawn("--role", "server")
+def _cpu_s(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def run(
+    streams: int, per_process: int, per_channel: int = 1, server_src: str | None = None
+) -> dict[str, Any]:
+    server = _spawn("--role", "server", src=server_src)
     clients: list[subprocess.Popen[str]] = []
     try:
         hello = _ask(server, None)
         baseline = _ask(server, "rss")["rss_kb"]
+        cpu_start = _cpu_s(server.pid)
         started = time.time()
         first = 0
         while first < streams:
@@ -309,9 +317,11 @@ def run(streams: int, per_process: int, per_channel: int = 1) -> dict[str, Any]:
         initial = max(answer["reached"] for answer in synced) - started
         loaded = _ask(server, "rss")
         assert loaded["streams"] == streams, loaded
+        cpu_synced = _cpu_s(server.pid)
         published = _ask(server, "publish")
         converged = [_ask(c, json.dumps(published["targets"])) for c in clients]
         reached = max(answer["reached"] for answer in converged)
+        cpu_converged = _cpu_s(server.pid)
         return {
             "streams": streams,
             "client_processes": len(clients),
@@ -321,6 +331,9 @@ def run(streams: int, per_process: int, per_channel: int = 1) -> dict[str, Any]:
             "rss_baseline_mb": round(baseline / 1024, 1),
             "rss_loaded_mb": round(loaded["rss_kb"] / 1024, 1),
             "kb_per_stream": round((loaded["rss_kb"] - baseline) / streams, 1),
+            # The server's own CPU (utime + stime), per stream: what grows with N on its side.
+            "server_cpu_ms_per_stream_sync": round((cpu_synced - cpu_start) * 1000 / streams, 2),
+            "server_cpu_ms_per_stream_change": round((cpu_converged - cpu_synced) * 1000 / streams, 3),
             # Streams that failed and were re-opened: while connecting, and during the change.
             "stream_failures_initial": sum(answer["stream_failures"] for answer in synced),
             "stream_failures_change": sum(a["stream_failures"] for a in converged)
@@ -344,6 +357,7 @@ def main() -> None:
     parser.add_argument("--streams", type=int, nargs="+", default=[100, 1000, 5000])
     parser.add_argument("--clients-per-process", type=int, default=1250)
     parser.add_argument("--port", type=int)
+    parser.add_argument("--server-src", help="run the server from this src/ directory (an older checkout)")
     parser.add_argument("--count", type=int)
     parser.add_argument("--first", type=int, default=0)
     parser.add_argument("--names")
@@ -366,7 +380,7 @@ def main() -> None:
         )
         return
     for streams in args.streams:
-        result = run(streams, args.clients_per_process, args.streams_per_channel)
+        result = run(streams, args.clients_per_process, args.streams_per_channel, args.server_src)
         print(json.dumps(result), flush=True)
 
 

@@ -66,7 +66,19 @@ VARIANTS: dict[str, tuple[str, str]] = {
     "deny only": (_DENY_GATEWAY, _DENY_ROUTE),
     "access log only": ("access_log: true\n", ""),
     "gzip only": ("", "compression: true\n"),
+    # The same features, with what a client that accepts zstd gets from a Gateway offering it...
+    "features, zstd": (
+        "access_log: true\ncompression: {algorithms: [zstd, gzip]}\n" + _DENY_GATEWAY,
+        _CORS + "compression: true\n" + _DENY_ROUTE,
+    ),
+    # ... and with responses under 2 KiB sent as they are (the 1.8 KB body is not compressed).
+    "features, min 2 KiB": (
+        "access_log: true\ncompression: {min_bytes: 2048}\n" + _DENY_GATEWAY,
+        _CORS + "compression: true\n" + _DENY_ROUTE,
+    ),
 }
+ACCEPT_ENCODING = {"features, zstd": "zstd, gzip"}
+"""What wrk asks for, when not ``gzip``."""
 
 
 def gateway_name(variant: str) -> str:
@@ -154,7 +166,7 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def wrk(url: str, duration: int, connections: int) -> tuple[float, int]:
+def wrk(url: str, duration: int, connections: int, accept: str = "gzip") -> tuple[float, int]:
     """Requests/s and the number of requests completed."""
     done = subprocess.run(
         [
@@ -163,7 +175,7 @@ def wrk(url: str, duration: int, connections: int) -> tuple[float, int]:
             f"-c{connections}",
             f"-d{duration}s",
             "-H",
-            "accept-encoding: gzip",
+            f"accept-encoding: {accept}",
             "-H",
             "origin: https://app.example.com",
             url,
@@ -185,9 +197,12 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="rounds; each runs every variant once")
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--breakdown", action="store_true", help="also measure each feature alone")
+    parser.add_argument("--variants", nargs="*", help="only these variants (bare is always measured)")
     args = parser.parse_args()
     envoy = find_envoy()
     chosen = list(VARIANTS) if args.breakdown else ["bare", "features"]
+    if args.variants:
+        chosen = ["bare", *[v for v in args.variants if v != "bare"]]
     ports = {variant: free_port() for variant in chosen}
     upstream_port = free_port()
     with tempfile.TemporaryDirectory() as tmp:
@@ -220,7 +235,8 @@ def main() -> None:
             for _ in range(args.rounds):
                 for variant, url in urls.items():
                     cpu_before = cpu_seconds(gateway_pid)
-                    rate, count = wrk(url, args.duration, args.connections)
+                    accept = ACCEPT_ENCODING.get(variant, "gzip")
+                    rate, count = wrk(url, args.duration, args.connections, accept)
                     rates[variant].append(rate)
                     per_cpu[variant].append(count / (cpu_seconds(gateway_pid) - cpu_before))
             logged = len((workdir / "gateway.out").read_bytes().splitlines())

@@ -19,6 +19,7 @@ from authz_support import KEYS, PLUGIN_DIR, Signer, consumers_yaml, policy_yaml
 from waypost.cli import main as cli_main
 from waypost.filters.authz.core import AuthRequest, AuthzCore, Decision, hash_api_key, normalize_path
 from waypost.filters.authz.grpc_service import AuthzGrpcService, encode_decision
+from waypost.h2grpc import GrpcError, Status
 from waypost.policies.diagnostics import PolicyError
 from waypost.policies.loader import load_policies
 from waypost.policies.model import PolicySet
@@ -171,15 +172,14 @@ def test_grpc_encoding_carries_metadata_contract() -> None:
 
 
 async def test_grpc_service_rejects_garbage_without_crashing() -> None:
-    class Context:
-        async def abort(self, code: object, details: str) -> None:
-            raise RuntimeError(details)
-
     service = AuthzGrpcService(AuthzCore())
-    with pytest.raises(RuntimeError, match="malformed"):
-        await service.check(b"\xff\xff\xff", Context())
+    with pytest.raises(GrpcError, match="malformed") as caught:
+        service.check(b"\xff\xff\xff")
+    assert caught.value.status == Status.INVALID_ARGUMENT
     # No policy loaded yet: a clean 503 answer, not an exception.
-    answer = external_auth_pb2.CheckResponse.FromString(await service.check(b"", Context()))
+    encoded = service.check(b"")
+    assert isinstance(encoded, bytes)
+    answer = external_auth_pb2.CheckResponse.FromString(encoded)
     assert answer.denied_response.status.code == 503
 
 

@@ -70,7 +70,8 @@ identity: [{api_key: {header: x-api-key}}]
 ---
 kind: RateLimitPolicy
 name: per-consumer
-limits: [{by: consumer, requests: 10, per: minute}]
+# The consumer limit is counted by ext_authz itself (one hop); the header one still needs the RLS.
+limits: [{by: consumer, requests: 10, per: minute}, {by: "header:x-tenant", requests: 100, per: minute}]
 ---
 kind: RateLimitPolicy
 name: per-ip-local

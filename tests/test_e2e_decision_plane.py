@@ -4,7 +4,7 @@
 - two `waypost serve` replicas sharing a real Redis hold one consumer limit across both;
 - a standalone `waypost authz --workers 2`, named by `--authz-address`, answers for a fleet
   (Envoy gRPC-health-checks it);
-- grpc.health.v1.Health and reflection on the grpcio ports, with a real grpcio client;
+- grpc.health.v1.Health and reflection on the xDS and decision ports, with a real grpcio client;
 - a route needing a decision service nothing serves shows in /readyz, /status and the log.
 """
 
@@ -202,8 +202,9 @@ async def test_two_replicas_share_one_consumer_limit_through_redis(
     assert (await call(port_a, None)).status_code == 401
     for waypost in (waypost_a, waypost_b):
         clusters = (await asyncio.to_thread(waypost.status))["decision_services"]["clusters"]
-        assert clusters[RATELIMIT_CLUSTER]["served_by"] == "this process"
-        assert clusters[RATELIMIT_CLUSTER]["needed_by"] == ["orders"]
+        # One hop: ext_authz counts the consumer limit itself (in Redis); no route needs the RLS.
+        assert clusters[RATELIMIT_CLUSTER]["needed_by"] == []
+        assert clusters[AUTHZ_CLUSTER]["needed_by"] == ["orders"]
         assert await asyncio.to_thread(
             waypost.metric, "waypost_ratelimit_decisions_total", result="over_limit"
         )
@@ -310,6 +311,9 @@ def test_a_route_nobody_serves_shows_before_any_request(
     tmp_path: Path, start_waypost: Callable[..., WaypostProcess]
 ) -> None:
     policies = write_policies(tmp_path, free_port(), "127.0.0.1:9")
+    # A limit keyed by a header: only the RLS counts it (a consumer limit ext_authz counts itself).
+    policy = policies / "policy.yaml"
+    policy.write_text(policy.read_text().replace("{by: consumer,", '{by: "header:x-tenant",'))
     waypost = start_waypost(policies, wait=False, args=["--no-ratelimit"])
     wait_until(lambda: waypost.status()["policy"]["version"], 30, 0.1)
     assert waypost.readyz() == 503

@@ -20,13 +20,15 @@ from support import EchoFactory, EnvoyProcess, aget, async_wait_until, free_port
 from waypost.policies.model import PolicySet
 from waypost.server import app
 from waypost.server.app import ServeOptions, serve
-from waypost.xds.compiler import CompiledPolicy, DecisionEndpoints, compile_policy
+from waypost.xds.compiler import CompiledPolicy, CompileMemo, DecisionEndpoints, compile_policy
 
 pytestmark = pytest.mark.e2e
 
 
-def poisoned_compile(policy: PolicySet, *, decisions: DecisionEndpoints | None = None) -> CompiledPolicy:
-    compiled = compile_policy(policy, decisions=decisions)
+def poisoned_compile(
+    policy: PolicySet, *, decisions: DecisionEndpoints | None = None, memo: CompileMemo | None = None
+) -> CompiledPolicy:
+    compiled = compile_policy(policy, decisions=decisions, memo=memo)
     for name, cluster in compiled.clusters.items():
         if name == "poison":
             cluster.connect_timeout.seconds = -1

@@ -21,6 +21,7 @@ LAYERS: dict[str, tuple[int, str]] = {
     "waypost.progress": (0, "base"),
     "waypost.policies": (0, "policies"),
     "waypost.contract": (1, "shared names"),
+    "waypost.h2grpc": (1, "gRPC transport"),  # the decision ports' server: below both services
     "waypost.xds": (2, "compiler"),
     "waypost.filters": (2, "decision services"),
     "waypost.analytics": (2, "analytics"),

@@ -254,7 +254,7 @@ async def test_redis_unreachable_fails_open_or_closed(tmp_path: Path) -> None:
         await limiter.store.close()
 
 
-@pytest.mark.parametrize("grpcio", [False, True], ids=["h2server", "grpcio"])
+@pytest.mark.parametrize("grpcio", [False, True], ids=["h2grpc", "grpcio"])
 async def test_rls_over_grpc(tmp_path: Path, grpcio: bool) -> None:
     policy = load(tmp_path)
     running = await start_ratelimit(

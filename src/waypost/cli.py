@@ -17,9 +17,10 @@ from typing import TYPE_CHECKING, Any
 from waypost.cli_analytics import add_analytics_arguments, add_top_parser, analytics_options, run_top
 
 if TYPE_CHECKING:
+    from waypost.h2grpc import Limits
     from waypost.policies.model import PolicySet
     from waypost.policies.types import Endpoint
-    from waypost.server.ratelimit import RateLimitOptions
+    from waypost.server.ratelimit import CounterOptions, RateLimitOptions
 
 __all__ = ["main"]
 
@@ -213,9 +214,12 @@ def _parser() -> argparse.ArgumentParser:
     authz.add_argument("--http-port", type=int, help="also serve the HTTP endpoint (auth_service: http)")
     authz.add_argument("--admin-port", type=int, help="/healthz, /readyz, /metrics on this port")
     authz.add_argument("--workers", type=int, default=1, help="processes sharing the port (SO_REUSEPORT)")
+    authz.add_argument("--authz-grpcio", action="store_true", help=_GRPCIO_HELP)
+    _decision_limit_arguments(authz)
     authz.add_argument("--no-watch", action="store_true")
     authz.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
     authz.add_argument("--log-format", choices=("json", "console"))
+    _counter_arguments(authz)  # where consumer quotas are counted (--redis: shared with the RLS)
 
     keys = commands.add_parser("keys", help="API keys for Consumers")
     keys_commands = keys.add_subparsers(dest="keys_command", required=True)
@@ -232,6 +236,7 @@ def _parser() -> argparse.ArgumentParser:
     ratelimit.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
     ratelimit.add_argument("--log-format", choices=("json", "console"))
     _ratelimit_arguments(ratelimit, port_flag="--port")
+    _decision_limit_arguments(ratelimit)
 
     from waypost.portal.cli import add_portal_command, add_serve_arguments
 
@@ -271,7 +276,39 @@ def _decision_arguments(serve: argparse.ArgumentParser) -> None:
         help="the address Envoys reach this process's decision services at (NAT, containers); "
         "default: --host, or this host's outbound address when --host listens on all",
     )
+    group.add_argument("--authz-grpcio", action="store_true", help=_GRPCIO_HELP)
     _ratelimit_arguments(serve, port_flag="--ratelimit-port")
+    _decision_limit_arguments(serve)
+
+
+_GRPCIO_HELP = "serve gRPC Check with grpcio's server (slower) instead of waypost's own (waypost.h2grpc)"
+
+
+def _decision_limit_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--max-connections",
+        type=int,
+        default=1000,
+        help="open connections per decision port (at the cap the longest-idle one is closed; default 1000)",
+    )
+    parser.add_argument(
+        "--idle-timeout",
+        type=float,
+        default=300.0,
+        help="seconds a decision-port connection may stay without a call (default 300)",
+    )
+
+
+def _decision_limits(args: argparse.Namespace) -> Limits:
+    from waypost.h2grpc import Limits
+
+    if args.max_connections < 1 or args.idle_timeout <= 0:
+        raise argparse.ArgumentTypeError("--max-connections and --idle-timeout must be positive")
+    return Limits(
+        max_connections=args.max_connections,
+        idle_timeout=args.idle_timeout,
+        handshake_timeout=min(10.0, args.idle_timeout),
+    )
 
 
 def _ratelimit_arguments(parser: argparse.ArgumentParser, *, port_flag: str) -> None:
@@ -282,6 +319,16 @@ def _ratelimit_arguments(parser: argparse.ArgumentParser, *, port_flag: str) -> 
         default=18001,
         help="gRPC port of the rate-limit service (18001)",
     )
+    _counter_arguments(parser)
+    parser.add_argument(
+        "--ratelimit-grpcio",
+        action="store_true",
+        help="serve the RLS with grpcio's server (slower) instead of waypost's own (waypost.h2grpc)",
+    )
+
+
+def _counter_arguments(parser: argparse.ArgumentParser) -> None:
+    """Where rate-limit counters live: the RLS's, and the consumer quotas ext_authz counts."""
     parser.add_argument(
         "--redis",
         metavar="URL",
@@ -295,10 +342,13 @@ def _ratelimit_arguments(parser: argparse.ArgumentParser, *, port_flag: str) -> 
     parser.add_argument(
         "--ratelimit-algorithm", choices=("fixed", "sliding"), default="fixed", help="window algorithm"
     )
-    parser.add_argument(
-        "--ratelimit-grpcio",
-        action="store_true",
-        help="serve the RLS with grpcio's server (slower) instead of waypost's lean HTTP/2 server",
+
+
+def _counter_options(args: argparse.Namespace) -> CounterOptions:
+    from waypost.server.ratelimit import CounterOptions
+
+    return CounterOptions(
+        redis=args.redis, algorithm=args.ratelimit_algorithm, fail_closed=args.ratelimit_fail_closed
     )
 
 
@@ -312,6 +362,7 @@ def _ratelimit_options(args: argparse.Namespace) -> RateLimitOptions:
         fail_closed=args.ratelimit_fail_closed,
         algorithm=args.ratelimit_algorithm,
         grpcio=args.ratelimit_grpcio,
+        limits=_decision_limits(args),
     )
 
 
@@ -516,10 +567,13 @@ def _serve(args: argparse.Namespace) -> int:
             authz=not args.no_authz,
             authz_port=args.authz_port,
             authz_http_port=args.authz_http_port,
+            authz_grpcio=args.authz_grpcio,
+            limits=_decision_limits(args),
             ratelimit=None if args.no_ratelimit else _ratelimit_options(args),
             authz_addresses=tuple(args.authz_address),
             authz_http_addresses=tuple(args.authz_http_address),
             ratelimit_addresses=tuple(args.ratelimit_address),
+            counters=_counter_options(args),
         ),
         registry_redis=args.redis,
         portal=serve_portal_options(args),
@@ -552,6 +606,9 @@ def _authz(args: argparse.Namespace, argv: list[str]) -> int:
         admin_port=args.admin_port,
         watch=not args.no_watch,
         workers=args.workers,
+        grpcio=args.authz_grpcio,
+        limits=_decision_limits(args),
+        counters=_counter_options(args),
     )
     return run_authz(options, argv)
 

@@ -25,7 +25,7 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from difflib import get_close_matches
-from typing import Annotated, Any, Final, Union, get_args, get_origin
+from typing import Annotated, Any, Final, Union, cast, get_args, get_origin
 from urllib.parse import urlsplit
 
 import annotated_types
@@ -47,6 +47,7 @@ from yaml.events import (
 )
 
 from waypost.policies.diagnostics import Diagnostic, PolicyError
+from waypost.policies.load_cache import FileResult, LoadCache
 from waypost.policies.model import (
     KINDS,
     Api,
@@ -86,15 +87,23 @@ _KIND_ATTRIBUTES: Final = {
 _KNOWN_KINDS: Final = ", ".join(KINDS)
 
 
-def load_policies(directory: str | os.PathLike[str]) -> PolicySet:
+def load_policies(directory: str | os.PathLike[str], cache: LoadCache | None = None) -> PolicySet:
     """Load and validate every policy file under ``directory``.
 
     Raises :class:`PolicyError` listing every problem found; never any other exception for bad
     input. Paths in messages are ``directory`` as given joined with each file's relative path.
+    With a ``cache`` (one per directory, kept across loads), unchanged documents are not parsed
+    or validated again; the result is the same as without it.
     """
     root = os.fspath(directory)
     with _gc_paused():
-        return _Load(root).run()
+        if cache is None:
+            return _Load(root).run()
+        cache.begin()
+        try:
+            return _Load(root, cache).run()
+        finally:
+            cache.end()
 
 
 # --- YAML: events -> Python values, with the line of every key and item --------------------------
@@ -229,6 +238,17 @@ def _parse(data: bytes) -> tuple[list[_Document], _YamlProblem | None]:
     finally:
         parser.dispose()
     return documents, None
+
+
+def _shift(document: _Document, offset: int) -> None:
+    """Move every line of ``document`` down by ``offset`` (it was parsed apart from its file)."""
+    document.line += offset
+    for key, lines in document.lines.items():
+        if type(lines) is dict:
+            document.lines[key] = {k: line + offset for k, line in lines.items()}
+        else:
+            document.lines[key] = [line + offset for line in lines]
+    document.issues = [(line + offset, loc, message) for line, loc, message in document.issues]
 
 
 def _expanded_size(value: Any, memo: dict[int, int]) -> int:
@@ -426,14 +446,21 @@ def _walk(document: _Document, loc: Loc) -> _Walk:
     return _Walk(line, tuple(path), branch_at, branch)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class _Source:
     """Where one document was written: implements :class:`waypost.policies.validate.Source`."""
 
     path: str
     document: _Document
+    name_line: int = 0
+    """The line of ``name``, once asked for (0: not yet): every load asks, and the entry is
+    reused across loads by the :class:`LoadCache`."""
 
     def line_of(self, loc: Loc) -> int:
+        if loc == ("name",):
+            if not self.name_line:
+                self.name_line = _walk(self.document, loc).line
+            return self.name_line
         return _walk(self.document, loc).line
 
 
@@ -793,8 +820,9 @@ def _gc_paused() -> Iterator[None]:
 class _Load:
     """One load of one directory: collects entries, files and diagnostics as it goes."""
 
-    def __init__(self, root: str) -> None:
+    def __init__(self, root: str, cache: LoadCache | None = None) -> None:
         self.root = root
+        self.cache = cache
         self.diagnostics: list[Diagnostic] = []
         self.entries: list[Entry] = []
         self.inputs: dict[str, bytes] = {}  # relative path -> bytes, for the version hash
@@ -849,12 +877,32 @@ class _Load:
             self.fail(path, 0, f"cannot read file: {exc.strerror}")
             return
         self.inputs[relative] = data
+        if self.cache is None:
+            self.load_data(path, data)
+            return
+        loaded = self.cache.load(path, data, self.load_apart)
+        self.entries.extend(loaded.entries)
+        self.diagnostics.extend(loaded.diagnostics)
+        self.complete &= loaded.complete
+
+    def load_data(self, path: str, data: bytes, offset: int = 0) -> None:
+        """Parse ``data`` and check each document against its kind's model; ``offset`` lines of
+        the file come before ``data``."""
         documents, problem = _parse(data)
         if problem is not None:
             self.complete = False
-            self.fail(path, problem.line, problem.message)
+            self.fail(path, problem.line + offset, problem.message)
         for document in documents:
+            if offset:
+                _shift(document, offset)
             self.load_document(path, document)
+
+    def load_apart(self, path: str, data: bytes, offset: int) -> FileResult:
+        """:meth:`load_data` into a result of its own, for the :class:`LoadCache`."""
+        part = _Load(self.root)
+        part.load_data(path, data, offset)
+        lines = tuple(cast(_Source, e.source).document.line for e in part.entries)
+        return FileResult(tuple(part.entries), lines, tuple(part.diagnostics), part.complete)
 
     def load_document(self, path: str, document: _Document) -> None:
         value = document.value

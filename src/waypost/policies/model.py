@@ -262,7 +262,8 @@ class Gateway(Document):
 
 
 class HealthCheck(Spec):
-    path: StrictStr = Field(pattern=r"^/")
+    path: StrictStr | None = Field(default=None, pattern=r"^/")
+    service: StrictStr | None = None
     interval: Duration = 5000
     timeout: Duration = 1000
     healthy: PositiveInt = 2
@@ -349,6 +350,23 @@ class Service(Document):
             raise _field_error(
                 "registration", None, "a Service with DNS endpoints cannot take registered ones"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _health_check_fits_protocol(self) -> Self:
+        check = self.health_check
+        if check is None:
+            return self
+        if self.protocol == "grpc":
+            if check.path is not None:
+                raise ValueError(
+                    "health_check.path: a grpc Service is checked over gRPC (grpc.health.v1.Health/Check), "
+                    "not by GET: drop path (service: names the gRPC service to ask about)"
+                )
+        elif check.path is None:
+            raise ValueError("health_check.path is required: the path Envoy GETs")
+        elif check.service is not None:
+            raise ValueError("health_check.service is for protocol: grpc (a gRPC health check)")
         return self
 
     @property

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import signal
 import time
 from dataclasses import dataclass, field
@@ -14,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 import grpc
 
 from waypost.analytics import Analytics, AnalyticsOptions
+from waypost.h2grpc import Service, add_to_grpcio
 from waypost.log import get_logger
 from waypost.policies.model import PolicySet
 from waypost.policies.types import Endpoint
@@ -22,12 +24,11 @@ from waypost.server.analytics_pages import install_analytics
 from waypost.server.dashboard import Dashboard
 from waypost.server.decisions import DecisionOptions, DecisionPlane
 from waypost.server.gitpull import GitPuller
-from waypost.server.grpc_health import GrpcHealth
 from waypost.server.runtime import PolicyRuntime
 from waypost.server.watch import PolicyWatcher
 from waypost.xds.ads import ADS_SERVICE, PER_TYPE_SERVICES, AdsServer
 from waypost.xds.cache import PreparedVersion, SnapshotCache
-from waypost.xds.compiler import compile_policy
+from waypost.xds.compiler import CompileMemo, compile_policy
 from waypost.xds.compiler.decisions import decision_needs, needed_clusters
 from waypost.xds.compiler.registered import allowed
 from waypost.xds.registry import RedisRegistrySync
@@ -76,17 +77,17 @@ class XdsApplier:
         self.plane = plane
         self.collector = collector
         """The analytics collector at the advertised address, when this serve runs one."""
+        # Incremental reload: unchanged resources are not compiled (nor, in the cache, encoded)
+        # again; the result is that of a full compile (see xds/compiler/memo.py).
+        self.memo = CompileMemo()
 
     async def prepare(self, policy: PolicySet) -> PreparedVersion:
         needs = await asyncio.to_thread(decision_needs, policy)
         await self.plane.ensure(needed_clusters(needs, needs))
-        endpoints = self.plane.endpoints()
-        if self.collector is None:
-            compiled = await asyncio.to_thread(compile_policy, policy, decisions=endpoints)
-        else:
-            compiled = await asyncio.to_thread(
-                compile_policy, policy, decisions=endpoints, collector=self.collector
-            )
+        options: dict[str, Any] = {"decisions": self.plane.endpoints(), "memo": self.memo}
+        if self.collector is not None:  # only then: compile_policy's callers without one stay valid
+            options["collector"] = self.collector
+        compiled = await asyncio.to_thread(functools.partial(compile_policy, policy, **options))
         return await asyncio.to_thread(self.cache.prepare, compiled)
 
     def commit(self, prepared: PreparedVersion) -> None:
@@ -185,8 +186,16 @@ async def serve(options: ServeOptions, *, stop: asyncio.Event | None = None) -> 
         ]
     )
     ads.add_to(grpc_server)
-    health = GrpcHealth(grpc_server, [ADS_SERVICE, *PER_TYPE_SERVICES])
-    runtime.on_applied(lambda _: health.set_serving(True))
+
+    # Health (NOT_SERVING until a valid version is applied) and reflection for the xDS services,
+    # whose methods AdsServer registered itself.
+    def ready() -> bool:
+        return runtime.current is not None
+
+    health = add_to_grpcio(
+        grpc_server, [Service(name, {}, ready=ready) for name in (ADS_SERVICE, *PER_TYPE_SERVICES)]
+    )
+    runtime.on_applied(lambda _: health.notify())
     if options.xds_tls is not None:
         xds_port = grpc_server.add_secure_port(
             f"{options.host}:{options.xds_port}", options.xds_tls.server_credentials()
@@ -194,7 +203,6 @@ async def serve(options: ServeOptions, *, stop: asyncio.Event | None = None) -> 
     else:
         xds_port = grpc_server.add_insecure_port(f"{options.host}:{options.xds_port}")
     await grpc_server.start()
-    await health.start()
     await runtime.reload()  # an invalid first load still serves: not ready until a valid one
     gateways = runtime.current.gateways.values() if runtime.current is not None else ()
     if analytics is None and any(g.analytics.enabled for g in gateways):

@@ -7,7 +7,9 @@ with file:line, and the previous version keeps deciding.
 
 Standalone, one process per worker: ``--workers N`` starts N copies of itself, each with its own
 policy runtime and watcher, all bound to one port with SO_REUSEPORT, so the kernel spreads
-Envoy's connections across them (a Python process decides on one core).
+Envoy's connections across them (a Python process decides on one core). Consumer quotas counted
+in the decision (filters/authz/quota.py) live in ``--redis`` when given, shared with the RLS and
+every replica.
 """
 
 from __future__ import annotations
@@ -19,19 +21,18 @@ import signal
 import subprocess
 import sys
 from collections.abc import Coroutine
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import grpc
-
-from waypost.contract import AUTHZ_GRPC_SERVICE
 from waypost.filters.authz.core import AuthzCore, PreparedAuthz
 from waypost.filters.authz.grpc_service import AuthzGrpcService
+from waypost.filters.authz.quota import ConsumerQuota
 from waypost.filters.protect.service import BodyChecks, PreparedChecks
+from waypost.h2grpc import GrpcioServer, GrpcServer, Limits, start_grpc_server, start_grpcio_server
 from waypost.log import get_logger
 from waypost.policies.model import PolicySet
-from waypost.server.grpc_health import GrpcHealth
+from waypost.server.ratelimit import CounterOptions, LimiterApplier, open_limiter
 
 __all__ = [
     "DEFAULT_HTTP_PORT",
@@ -47,13 +48,6 @@ log = get_logger("waypost.authz.server")
 
 DEFAULT_PORT = 9191
 DEFAULT_HTTP_PORT = 9192
-
-_GRPC_OPTIONS = [
-    ("grpc.so_reuseport", 1),
-    ("grpc.keepalive_permit_without_calls", 1),
-    ("grpc.http2.max_pings_without_data", 0),
-    ("grpc.max_concurrent_streams", 1024),
-]
 
 
 class AuthzApplier:
@@ -88,21 +82,22 @@ class BodyChecksApplier:
 
 
 async def start_authz_grpc(
-    core: AuthzCore, host: str, port: int, *, body_checks: BodyChecks | None = None
-) -> tuple[grpc.aio.Server, int, GrpcHealth]:
-    """The Check service on a grpcio server, with Health (SERVING once the core has a version)
-    and reflection; with ``body_checks``, it also answers the body-checks filter's Checks.
-    OSError when the port is taken."""
-    server = grpc.aio.server(options=_GRPC_OPTIONS)
-    AuthzGrpcService(core, body_checks=body_checks).add_to(server)
-    health = GrpcHealth(server, [AUTHZ_GRPC_SERVICE])
-    bound = server.add_insecure_port(f"{host}:{port}")
-    if bound == 0:
-        raise OSError(f"cannot listen on {host}:{port} for ext_authz")
-    await server.start()
-    await health.start()
-    health.set_serving(core.version is not None)
-    return server, bound, health
+    core: AuthzCore,
+    host: str,
+    port: int,
+    *,
+    body_checks: BodyChecks | None = None,
+    grpcio: bool = False,
+    limits: Limits | None = None,
+) -> GrpcServer | GrpcioServer:
+    """The gRPC Check service on ``host:port`` (SO_REUSEPORT: workers share it), with Health
+    (SERVING once the core has a version) and reflection; with ``body_checks``, it also answers the
+    body-checks filter's Checks. Waypost's own gRPC server unless ``grpcio``. OSError when the port
+    is taken."""
+    registration = AuthzGrpcService(core, body_checks=body_checks).service()
+    if grpcio:
+        return await start_grpcio_server([registration], host, port, reuse_port=True)
+    return await start_grpc_server([registration], host, port, reuse_port=True, limits=limits)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -114,6 +109,11 @@ class AuthzOptions:
     admin_port: int | None = None
     watch: bool = True
     workers: int = 1
+    grpcio: bool = False
+    """Serve Check with grpcio's server instead of waypost's lean one (:mod:`waypost.h2grpc`)."""
+    limits: Limits = field(default_factory=Limits)
+    counters: CounterOptions = field(default_factory=CounterOptions)
+    """Where consumer quotas are counted (``--redis``: shared with the RLS and every replica)."""
 
 
 def run_authz(options: AuthzOptions, argv: list[str]) -> int:
@@ -124,6 +124,11 @@ def run_authz(options: AuthzOptions, argv: list[str]) -> int:
     if options.port == 0 or options.http_port == 0:
         print("waypost authz: --workers needs fixed ports", file=sys.stderr)
         return 2
+    if options.counters.redis is None:
+        log.warning(
+            "consumer quotas are counted per worker process: give --redis to share them",
+            workers=options.workers,
+        )
     children = []
     child_argv = list(argv)
     for index in range(options.workers):
@@ -165,17 +170,29 @@ async def _serve_one(options: AuthzOptions) -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, stop.set)
-    core = AuthzCore()
+    # Consumer quotas are counted in the decision (filters/authz/quota.py), in --redis if given.
+    limiter = await open_limiter(options.counters)
+    core = AuthzCore(quota=ConsumerQuota(limiter))
     body_checks = BodyChecks()
-    runtime = PolicyRuntime(options.policies, [AuthzApplier(core), BodyChecksApplier(body_checks)])
+    runtime = PolicyRuntime(
+        options.policies, [AuthzApplier(core), BodyChecksApplier(body_checks), LimiterApplier(limiter)]
+    )
     await runtime.reload()
-    server, port, health = await start_authz_grpc(core, options.host, options.port, body_checks=body_checks)
-    runtime.on_applied(lambda _: health.set_serving(True))
+    server = await start_authz_grpc(
+        core,
+        options.host,
+        options.port,
+        body_checks=body_checks,
+        grpcio=options.grpcio,
+        limits=options.limits,
+    )
+    port = server.port
+    runtime.on_applied(lambda _: server.health.notify())
     http_server = None
     if options.http_port is not None:
         from waypost.filters.authz.http_service import start_authz_http
 
-        http_server, _ = await start_authz_http(core, options.host, options.http_port)
+        http_server, _ = await start_authz_http(core, options.host, options.http_port, limits=options.limits)
     admin = None
     if options.admin_port is not None:
         admin = AdminServer(ready=lambda: core.version is not None, status=lambda: {"version": core.version})
@@ -201,4 +218,5 @@ async def _serve_one(options: AuthzOptions) -> None:
             await admin.close()
         if http_server is not None:
             http_server.close()
-        await server.stop(grace=0.5)
+        await server.stop()
+        await limiter.store.close()

@@ -18,13 +18,16 @@ from __future__ import annotations
 import contextlib
 import socket
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from waypost.contract import AUTHZ_CLUSTER, AUTHZ_HTTP_CLUSTER, DECISION_CLUSTERS, RATELIMIT_CLUSTER
 from waypost.filters.authz.core import AuthzCore
+from waypost.filters.authz.quota import ConsumerQuota
 from waypost.filters.protect.service import BodyChecks
 from waypost.filters.ratelimit.limiter import Limiter
+from waypost.h2grpc import Limits
+from waypost.h2grpc.health import Health
 from waypost.log import get_logger
 from waypost.policies.types import Endpoint
 from waypost.server.authz import (
@@ -34,8 +37,14 @@ from waypost.server.authz import (
     BodyChecksApplier,
     start_authz_grpc,
 )
-from waypost.server.grpc_health import GrpcHealth
-from waypost.server.ratelimit import LimiterApplier, RateLimitOptions, make_limiter, start_ratelimit
+from waypost.server.ratelimit import (
+    CounterOptions,
+    LimiterApplier,
+    RateLimitOptions,
+    make_limiter,
+    open_limiter,
+    start_ratelimit,
+)
 from waypost.server.runtime import PolicyApplier
 from waypost.xds.compiler import DecisionEndpoints
 
@@ -68,11 +77,18 @@ class DecisionOptions:
     """Run ext_authz in process when a version needs it and no address is named for it."""
     authz_port: int = DEFAULT_PORT
     authz_http_port: int = DEFAULT_HTTP_PORT
+    authz_grpcio: bool = False
+    """Serve Check with grpcio's server instead of waypost's own (:mod:`waypost.h2grpc`)."""
+    limits: Limits = field(default_factory=Limits)
+    """Connections, streams and sizes allowed per client on the ext_authz ports (issue 12)."""
     ratelimit: RateLimitOptions | None = None
     """The in-process rate-limit service's settings; None: never run it here."""
     authz_addresses: tuple[Endpoint, ...] = ()
     authz_http_addresses: tuple[Endpoint, ...] = ()
     ratelimit_addresses: tuple[Endpoint, ...] = ()
+    counters: CounterOptions = field(default_factory=CounterOptions)
+    """Where the in-process ext_authz counts consumer quotas when no rate-limit service runs here
+    (with one, its counters are shared)."""
 
 
 def default_advertise_address(host: str) -> str:
@@ -91,7 +107,7 @@ def default_advertise_address(host: str) -> str:
 class _Local:
     port: int
     stop: Callable[[], Awaitable[None]]
-    health: GrpcHealth | None = None
+    health: Health | None = None
 
 
 class DecisionPlane:
@@ -115,6 +131,8 @@ class DecisionPlane:
         # Route body checks (validation, body screening) ride on the gRPC Check port.
         self.body_checks = BodyChecks() if self.local_enabled[AUTHZ_CLUSTER] else None
         self.limiter: Limiter | None = None
+        self.quota_limiter: Limiter | None = None
+        """ext_authz's own limiter for consumer quotas, when no rate-limit service runs here."""
         self._running: dict[str, _Local] = {}
         self._errors: dict[str, str] = {}
         self._needs: Mapping[str, frozenset[str]] = {}
@@ -123,6 +141,13 @@ class DecisionPlane:
     async def open(self) -> None:
         if self.local_enabled[RATELIMIT_CLUSTER] and self.options.ratelimit is not None:
             self.limiter = await make_limiter(self.options.ratelimit)
+        if self.core is not None:
+            # One hop: the decision counts consumer quotas (filters/authz/quota.py), with the
+            # RLS's counters when it runs here, else with a limiter of its own.
+            limiter = self.limiter
+            if limiter is None:
+                limiter = self.quota_limiter = await open_limiter(self.options.counters)
+            self.core.quota = ConsumerQuota(limiter)
 
     def appliers(self) -> list[PolicyApplier[Any]]:
         """The in-process decision services' appliers, to commit with the xDS snapshot."""
@@ -133,6 +158,8 @@ class DecisionPlane:
             appliers.append(BodyChecksApplier(self.body_checks))
         if self.limiter is not None:
             appliers.append(LimiterApplier(self.limiter))
+        if self.quota_limiter is not None:
+            appliers.append(LimiterApplier(self.quota_limiter))
         return appliers
 
     async def ensure(self, needed: frozenset[str]) -> None:
@@ -164,17 +191,20 @@ class DecisionPlane:
             return _Local(running.port, running.stop, running.health)
         assert self.core is not None
         if cluster == AUTHZ_CLUSTER:
-            server, port, health = await start_authz_grpc(
-                self.core, host, self.options.authz_port, body_checks=self.body_checks
+            server = await start_authz_grpc(
+                self.core,
+                host,
+                self.options.authz_port,
+                body_checks=self.body_checks,
+                grpcio=self.options.authz_grpcio,
+                limits=self.options.limits,
             )
-
-            async def stop_grpc() -> None:
-                await server.stop(grace=0.5)
-
-            return _Local(port, stop_grpc, health)
+            return _Local(server.port, server.stop, server.health)
         from waypost.filters.authz.http_service import start_authz_http
 
-        http, port = await start_authz_http(self.core, host, self.options.authz_http_port)
+        http, port = await start_authz_http(
+            self.core, host, self.options.authz_http_port, limits=self.options.limits
+        )
 
         async def stop_http() -> None:
             http.close()
@@ -197,7 +227,7 @@ class DecisionPlane:
         self._needs = needs
         for local in self._running.values():
             if local.health is not None:
-                local.health.set_serving(True)
+                local.health.notify()  # readiness is read per call; Watch streams hear it now
         for problem in self.unserved():
             key = (problem["route"], problem["cluster"])
             if key not in self._reported:
@@ -256,3 +286,5 @@ class DecisionPlane:
         self._running.clear()
         if self.limiter is not None and not store_closed:
             await self.limiter.store.close()
+        if self.quota_limiter is not None:
+            await self.quota_limiter.store.close()

@@ -10,29 +10,28 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
-import grpc
-
-from waypost.contract import RATELIMIT_GRPC_SERVICE
-from waypost.filters.ratelimit.h2server import H2RateLimitServer, start_h2_server
 from waypost.filters.ratelimit.limiter import Limiter
 from waypost.filters.ratelimit.metrics import RATELIMIT_STORE_UP
 from waypost.filters.ratelimit.service import RateLimitService
 from waypost.filters.ratelimit.store import Algorithm, CounterStore, MemoryStore, RedisStore
 from waypost.filters.ratelimit.table import RateLimitTable
+from waypost.h2grpc import GrpcioServer, GrpcServer, Limits, start_grpc_server, start_grpcio_server
+from waypost.h2grpc.health import Health
 from waypost.log import get_logger
 from waypost.policies.model import PolicySet
-from waypost.server.grpc_health import GrpcHealth
 
 __all__ = [
     "DEFAULT_PORT",
+    "CounterOptions",
     "LimiterApplier",
     "RateLimitOptions",
     "RunningRateLimit",
     "StandaloneOptions",
     "make_limiter",
+    "open_limiter",
     "serve_ratelimit",
     "start_ratelimit",
 ]
@@ -51,7 +50,9 @@ class RateLimitOptions:
     fail_closed: bool = False
     algorithm: Algorithm = "fixed"
     grpcio: bool = False
-    """Serve with grpcio's aio server instead of the lean HTTP/2 server (see :mod:`h2server`)."""
+    """Serve with grpcio's aio server instead of the lean one (see :mod:`waypost.h2grpc`)."""
+    limits: Limits = field(default_factory=Limits)
+    """Connections, streams and sizes the lean server allows (issue 12: bounded per client)."""
 
 
 class LimiterApplier:
@@ -71,43 +72,58 @@ class LimiterApplier:
 
 @dataclass
 class RunningRateLimit:
-    server: grpc.aio.Server | H2RateLimitServer
+    server: GrpcServer | GrpcioServer
     port: int
     limiter: Limiter
-    health: GrpcHealth | None = None
-    """Health and reflection, on the grpcio server only (the lean server answers its own)."""
+
+    @property
+    def health(self) -> Health:
+        """``grpc.health.v1.Health`` of the port: SERVING once the limiter has a table."""
+        return self.server.health
 
     async def stop(self) -> None:
-        if isinstance(self.server, H2RateLimitServer):
-            await self.server.stop()
-        else:
-            await self.server.stop(grace=1)
+        await self.server.stop()
         await self.limiter.store.close()
 
 
-def make_store(options: RateLimitOptions) -> CounterStore:
-    if options.redis:
-        return RedisStore(options.redis, options.algorithm)
-    return MemoryStore(options.algorithm)
+@dataclass(frozen=True, kw_only=True)
+class CounterOptions:
+    """Where counters live, for the RLS and for consumer quotas counted by ext_authz."""
+
+    redis: str | None = None
+    """``redis://host:port/db``: counters shared by every replica; None keeps them in process."""
+    algorithm: Algorithm = "fixed"
+    fail_closed: bool = False
 
 
-async def make_limiter(options: RateLimitOptions) -> Limiter:
-    store = make_store(options)
+async def open_limiter(options: CounterOptions) -> Limiter:
+    """A limiter on a ready store (Redis connected and its script loaded, when ``redis``): for the
+    RLS, and for the ext_authz service counting consumer quotas itself (filters.authz.quota).
+    A policy runtime feeds it through a :class:`LimiterApplier`."""
+    store: CounterStore = (
+        RedisStore(options.redis, options.algorithm) if options.redis else MemoryStore(options.algorithm)
+    )
     if isinstance(store, RedisStore):
         await store.prepare()
     return Limiter(store, fail_closed=options.fail_closed)
 
 
+async def make_limiter(options: RateLimitOptions) -> Limiter:
+    return await open_limiter(
+        CounterOptions(redis=options.redis, algorithm=options.algorithm, fail_closed=options.fail_closed)
+    )
+
+
 async def start_ratelimit(options: RateLimitOptions, limiter: Limiter) -> RunningRateLimit:
     """Serve ``limiter`` (fed by a policy runtime) on ``options.port``; OSError if it is taken."""
     RATELIMIT_STORE_UP.set(1)
-    service = RateLimitService(limiter)
-    running: RunningRateLimit
-    if not options.grpcio:
-        h2 = await start_h2_server(service.answer, options.host, options.port)
-        running = RunningRateLimit(server=h2, port=h2.port, limiter=limiter)
+    registration = RateLimitService(limiter).service(ready=lambda: limiter.table is not None)
+    server: GrpcServer | GrpcioServer
+    if options.grpcio:
+        server = await start_grpcio_server([registration], options.host, options.port)
     else:
-        running = await _start_grpcio(service, options, limiter)
+        server = await start_grpc_server([registration], options.host, options.port, limits=options.limits)
+    running = RunningRateLimit(server=server, port=server.port, limiter=limiter)
     log.info(
         "rate-limit service listening",
         port=running.port,
@@ -117,27 +133,6 @@ async def start_ratelimit(options: RateLimitOptions, limiter: Limiter) -> Runnin
         fail_closed=options.fail_closed,
     )
     return running
-
-
-async def _start_grpcio(
-    service: RateLimitService, options: RateLimitOptions, limiter: Limiter
-) -> RunningRateLimit:
-    server = grpc.aio.server(
-        options=[
-            ("grpc.keepalive_time_ms", 30_000),
-            ("grpc.http2.max_pings_without_data", 0),
-            ("grpc.keepalive_permit_without_calls", 1),
-        ]
-    )
-    service.add_to(server)
-    health = GrpcHealth(server, [RATELIMIT_GRPC_SERVICE])
-    port = server.add_insecure_port(f"{options.host}:{options.port}")
-    if port == 0:
-        raise OSError(f"cannot listen on {options.host}:{options.port} for the rate-limit service")
-    await server.start()
-    await health.start()
-    health.set_serving(limiter.table is not None)
-    return RunningRateLimit(server=server, port=port, limiter=limiter, health=health)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -164,10 +159,7 @@ async def serve_ratelimit(options: StandaloneOptions, *, stop: asyncio.Event | N
     runtime = PolicyRuntime(options.policies, [LimiterApplier(limiter)])
     await runtime.reload()
     running = await start_ratelimit(options.ratelimit, limiter)
-    if running.health is not None:
-        health = running.health
-        health.set_serving(runtime.current is not None)
-        runtime.on_applied(lambda _: health.set_serving(True))
+    runtime.on_applied(lambda _: running.health.notify())
     admin = AdminServer(
         ready=lambda: runtime.current is not None,
         status=lambda: {"policy": runtime.version, "port": running.port},

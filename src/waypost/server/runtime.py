@@ -21,9 +21,11 @@ from typing import Any, Protocol, TypeVar
 from waypost.log import get_logger
 from waypost.metrics import POLICY_INFO, POLICY_LOADS
 from waypost.policies.diagnostics import PolicyError
+from waypost.policies.load_cache import LoadCache
 from waypost.policies.loader import load_policies
 from waypost.policies.model import PolicySet
 from waypost.server.gitinfo import GitInfo, git_info
+from waypost.server.heap import settle
 
 __all__ = ["LoadFailure", "PolicyApplier", "PolicyRuntime"]
 
@@ -67,6 +69,10 @@ class PolicyRuntime:
         """The last ``--git-pull`` result, written by :class:`~waypost.server.gitpull.GitPuller`."""
         self._lock = asyncio.Lock()
         self._on_applied: list[Callable[[PolicySet], None]] = []
+        # Incremental reload: unchanged documents are not parsed or validated again (the result
+        # is that of a full load; see policies/load_cache.py).
+        self._load_cache = LoadCache()
+        self._applied = 0
 
     def on_applied(self, callback: Callable[[PolicySet], None]) -> None:
         """Call ``callback`` after each version goes live (health status, reports)."""
@@ -85,7 +91,7 @@ class PolicyRuntime:
             # new commit) corrects it.
             git = await asyncio.to_thread(git_info, self.directory)
             try:
-                policy = await asyncio.to_thread(load_policies, self.directory)
+                policy = await asyncio.to_thread(load_policies, self.directory, self._load_cache)
                 if self.current is not None and self.current.version == policy.version:
                     POLICY_LOADS.labels("unchanged").inc()
                     self.last_failure = None
@@ -102,6 +108,8 @@ class PolicyRuntime:
             for applier, state in zip(self.appliers, prepared, strict=True):
                 applier.commit(state)
             self.current = policy
+            self._applied += 1
+            settle(self._applied)  # the new version's heap out of the collector's way (heap.py)
             self.last_failure = None
             self.applied_at = time.time()
             POLICY_LOADS.labels("applied").inc()

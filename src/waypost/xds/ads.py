@@ -497,20 +497,40 @@ class SotwStream(XdsStream):
         state.inflight.clear()
 
     def _respond(self, type_url: TypeUrl, state: TypeState, snapshot: Snapshot) -> tuple[bytes, int] | None:
-        resources = self._desired(type_url, snapshot)
-        version = version_of(resources)
+        whole = self._whole_type(type_url, state, snapshot)
+        if whole is not None:
+            # The common case, every stream of a group alike: the snapshot's version and encoded
+            # resources, computed once per snapshot, not sorted and hashed again per stream.
+            version, body, names = whole
+        else:
+            resources = self._desired(type_url, snapshot)
+            version = version_of(resources)
+            body = b"".join(r.sotw_entry for r in sorted(resources, key=lambda r: r.name))
+            names = _shared(frozenset(r.name for r in resources))
         if state.sent_subscription == state.subscription and version in (
             state.sent_version,
             state.nacked_version,
         ):
             return None
         nonce = self._next_nonce()
-        payload = _encode_response(version, resources, type_url, nonce)
+        payload = _encode_response(version, body, type_url, nonce)
         state.sent_version, state.sent_nonce = version, nonce
         state.sent_subscription = state.subscription
-        state.sent_names = _shared(frozenset(r.name for r in resources))
+        state.sent_names = names
         state.inflight.append((nonce, version, snapshot))
-        return payload, len(resources)
+        return payload, len(names)
+
+    def _whole_type(
+        self, type_url: TypeUrl, state: TypeState, snapshot: Snapshot
+    ) -> tuple[str, bytes, frozenset[str]] | None:
+        """(version, encoded resources, names) of all of ``snapshot``'s resources of the type,
+        when that is exactly what this stream should get (nothing retained, nothing filtered)."""
+        names = snapshot.names(type_url)
+        if state.subscription is not None and not names <= state.subscription:
+            return None
+        if type_url in (TypeUrl.CLUSTER, TypeUrl.ENDPOINT) and self._retained(type_url, snapshot):
+            return None
+        return snapshot.version(type_url), snapshot.sotw_body(type_url), names
 
 
 class DeltaStream(XdsStream):
@@ -618,11 +638,12 @@ def _subscription(type_url: TypeUrl, request: discovery_pb2.DiscoveryRequest) ->
     return _shared(names)
 
 
-def _encode_response(version: str, resources: list[EncodedResource], type_url: TypeUrl, nonce: str) -> bytes:
+def _encode_response(version: str, body: bytes, type_url: TypeUrl, nonce: str) -> bytes:
+    """A DiscoveryResponse; ``body`` is the resources' ``sotw_entry`` bytes in name order."""
     return b"".join(
         (
             encode_field(1, version.encode()),
-            *(r.sotw_entry for r in sorted(resources, key=lambda r: r.name)),
+            body,
             encode_field(4, type_url.encode()),
             encode_field(5, nonce.encode()),
             CONTROL_PLANE,

@@ -98,7 +98,12 @@ class SnapshotCache:
     def prepare(self, compiled: CompiledPolicy) -> PreparedVersion:
         """Encode and check every snapshot ``compiled`` needs now. Pure and thread-safe: run it
         off the event loop; raises :class:`~waypost.xds.snapshot.InconsistentSnapshot`."""
-        return self._prepare(compiled, with_registered(compiled, self.registry.claims()), ResourceEncoder())
+        # Resources unchanged since the current version (the same message objects, from the
+        # compiler's memo) keep their bytes: only what changed is encoded again.
+        encoder = ResourceEncoder(previous=self._encoder)
+        prepared = self._prepare(compiled, with_registered(compiled, self.registry.claims()), encoder)
+        encoder.forget_previous()
+        return prepared
 
     def _prepare(
         self, compiled: CompiledPolicy, served: CompiledPolicy, encoder: ResourceEncoder

@@ -8,6 +8,7 @@ the same files hand Envoy identical versions and a failover causes no churn.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -92,24 +93,62 @@ def version_of(resources: Iterable[EncodedResource]) -> str:
 
 
 class ResourceEncoder:
-    """Encodes each (type, name) once; shared by every group snapshot of one policy version."""
+    """Encodes each (type, name) once; shared by every group snapshot of one policy version.
 
-    def __init__(self) -> None:
+    Given the ``previous`` version's encoder, a resource whose message is the very object that
+    version had (the compiler's memo reuses unchanged resources) reuses its bytes and the names
+    it refers to: a reload re-encodes only what changed. :meth:`forget_previous` drops the link
+    once the version is prepared, so versions do not chain up in memory.
+    """
+
+    def __init__(self, previous: ResourceEncoder | None = None) -> None:
         self._done: dict[tuple[TypeUrl, str], EncodedResource] = {}
+        self._messages: dict[tuple[TypeUrl, str], message.Message] = {}
+        self._references: dict[tuple[TypeUrl, str], tuple[message.Message, _References]] = {}
+        self._previous = previous
 
     def without(self, keys: set[tuple[TypeUrl, str]]) -> ResourceEncoder:
         """A copy that re-encodes ``keys`` and reuses every other resource's bytes: for a change of
         the same policy version that touches only those resources (registered endpoints)."""
         derived = ResourceEncoder()
         derived._done = {key: encoded for key, encoded in self._done.items() if key not in keys}
+        derived._messages = {key: msg for key, msg in self._messages.items() if key not in keys}
+        derived._references = {key: refs for key, refs in self._references.items() if key not in keys}
         return derived
 
     def encode(self, type_url: TypeUrl, name: str, msg: message.Message) -> EncodedResource:
         key = (type_url, name)
         encoded = self._done.get(key)
         if encoded is None:
-            encoded = self._done[key] = EncodedResource.encode(type_url, name, msg)
+            previous = self._previous
+            if previous is not None and previous._messages.get(key) is msg:
+                encoded = previous._done[key]
+            else:
+                encoded = EncodedResource.encode(type_url, name, msg)
+            self._done[key] = encoded
+            self._messages[key] = msg
         return encoded
+
+    def references(self, type_url: TypeUrl, name: str, msg: message.Message) -> _References:
+        """The names ``msg`` refers to (walked once per message object)."""
+        key = (type_url, name)
+        found = self._references.get(key)
+        if found is None or found[0] is not msg:
+            previous = self._previous._references.get(key) if self._previous is not None else None
+            if previous is not None and previous[0] is msg:
+                found = previous
+            else:
+                refs = _References()
+                if isinstance(msg, route_pb2.RouteConfiguration):
+                    refs.walk_route_configuration(msg)
+                else:
+                    refs.walk(msg)
+                found = (msg, refs)
+            self._references[key] = found
+        return found[1]
+
+    def forget_previous(self) -> None:
+        self._previous = None
 
 
 class InconsistentSnapshot(ValueError):
@@ -132,9 +171,31 @@ class Snapshot:
     resources: Mapping[TypeUrl, Mapping[str, EncodedResource]]
     cluster_refs: Mapping[TypeUrl, frozenset[str]]
     eds_clusters: frozenset[str]
+    _versions: dict[TypeUrl, str] = dataclasses.field(default_factory=dict, compare=False, repr=False)
+    """Computed once: every stream of the group asks for them (a sort and a hash each)."""
+    _names: dict[TypeUrl, frozenset[str]] = dataclasses.field(default_factory=dict, compare=False, repr=False)
+    _bodies: dict[TypeUrl, bytes] = dataclasses.field(default_factory=dict, compare=False, repr=False)
 
     def version(self, type_url: TypeUrl) -> str:
-        return version_of(self.resources[type_url].values())
+        version = self._versions.get(type_url)
+        if version is None:
+            version = self._versions[type_url] = version_of(self.resources[type_url].values())
+        return version
+
+    def names(self, type_url: TypeUrl) -> frozenset[str]:
+        names = self._names.get(type_url)
+        if names is None:
+            names = self._names[type_url] = frozenset(self.resources[type_url])
+        return names
+
+    def sotw_body(self, type_url: TypeUrl) -> bytes:
+        """Every resource of the type as ``DiscoveryResponse.resources`` entries, in name order:
+        what a state-of-the-world response carries, joined once for all the group's streams."""
+        body = self._bodies.get(type_url)
+        if body is None:
+            resources = self.resources[type_url]
+            body = self._bodies[type_url] = b"".join(resources[name].sotw_entry for name in sorted(resources))
+        return body
 
     @classmethod
     def build(
@@ -156,13 +217,13 @@ class Snapshot:
             assert isinstance(msg, cluster_pb2.Cluster)
             if msg.type == cluster_pb2.Cluster.EDS:
                 refs.eds_clusters.add(msg.eds_cluster_config.service_name or name)
-        for msg in resources.get(TypeUrl.LISTENER, {}).values():
-            refs.walk(msg)
+        for name, msg in resources.get(TypeUrl.LISTENER, {}).items():
+            refs.merge(encoder.references(TypeUrl.LISTENER, name, msg))
         listener_clusters = frozenset(refs.clusters)
         route_refs = _References()
-        for msg in resources.get(TypeUrl.ROUTE, {}).values():
+        for name, msg in resources.get(TypeUrl.ROUTE, {}).items():
             assert isinstance(msg, route_pb2.RouteConfiguration)
-            route_refs.walk_route_configuration(msg)
+            route_refs.merge(encoder.references(TypeUrl.ROUTE, name, msg))
         refs.merge(route_refs)
         snapshot = cls(
             policy_version=policy_version,

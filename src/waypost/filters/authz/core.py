@@ -143,6 +143,8 @@ class Decision:
     headers: tuple[tuple[str, str], ...] = ()
     """Allowed: headers for the upstream. Denied: headers for the client."""
     body: bytes = b""
+    client_headers: tuple[tuple[str, str], ...] = ()
+    """Allowed: headers added to the client's response (the ``ratelimit-*`` of a counted quota)."""
 
     @property
     def allowed(self) -> bool:
@@ -176,6 +178,8 @@ def _json_str(value: object) -> str:
 
 Resolution = Identity | _Failure | None
 Source = Callable[[AuthRequest], "Resolution | Awaitable[Resolution]"]
+Quota = Callable[[str, Decision], "Decision | Awaitable[Decision]"]
+"""(route, allowed decision) -> the decision after counting the consumer's quota (see quota.py)."""
 
 
 class _Index:
@@ -566,8 +570,11 @@ _NOT_READY = _deny(503, "no policy loaded")
 class AuthzCore:
     """Decides requests against the current policy version; :meth:`apply` swaps versions."""
 
-    def __init__(self) -> None:
+    def __init__(self, quota: Quota | None = None) -> None:
+        """``quota``: counts an admitted consumer's request (one hop, see quota.py); settable
+        later as :attr:`quota`, before the first decision."""
         self._current: _Version | None = None
+        self.quota = quota
 
     @property
     def version(self) -> str | None:
@@ -626,7 +633,21 @@ class AuthzCore:
                     break
             if not self._judge(current, plan, policy, request, path, identity, outcome):
                 break
-        return self._finish(plan, request, outcome.result(), started, outcome.dry_run_denied)
+        decision = self._count(plan, outcome.result())
+        if not isinstance(decision, Decision):
+            return self._finish_later(plan, request, decision, started, outcome.dry_run_denied)
+        return self._finish(plan, request, decision, started, outcome.dry_run_denied)
+
+    def _count(self, plan: RoutePlan, decision: Decision) -> Decision | Awaitable[Decision]:
+        """The decision after counting an admitted consumer's quota (no quota: unchanged)."""
+        if self.quota is None or not decision.consumer or not decision.allowed:
+            return decision
+        return self.quota(plan.route, decision)
+
+    async def _finish_later(
+        self, plan: RoutePlan, request: AuthRequest, counted: Awaitable[Decision], started: int, dry_run: bool
+    ) -> Decision:
+        return self._finish(plan, request, await counted, started, dry_run)
 
     async def _decide_async(
         self, current: _Version, plan: RoutePlan, request: AuthRequest, started: int
@@ -642,7 +663,10 @@ class AuthzCore:
                     break
             if not self._judge(current, plan, policy, request, path, identity, outcome):
                 break
-        return self._finish(plan, request, outcome.result(), started, outcome.dry_run_denied)
+        decision = self._count(plan, outcome.result())
+        if not isinstance(decision, Decision):
+            decision = await decision
+        return self._finish(plan, request, decision, started, outcome.dry_run_denied)
 
     def _judge(
         self,

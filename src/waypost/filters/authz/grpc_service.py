@@ -1,25 +1,27 @@
-"""`envoy.service.auth.v3.Authorization/Check` over grpc aio, on raw bytes.
+"""`envoy.service.auth.v3.Authorization/Check`, registered with :mod:`waypost.h2grpc`, on raw bytes.
 
 The handler takes the serialized CheckRequest and returns serialized CheckResponse bytes itself
 (no generated servicer), so each response is encoded once per distinct decision and reused:
 a denial or an allow for the same consumer on the same route is the same bytes every time.
+A decision made inline is answered inline (no task, no await): the lean server writes it at once.
 """
 
 from __future__ import annotations
 
 import inspect
-from typing import Any
+from collections.abc import Awaitable
 
-import grpc
 from envoy.config.core.v3 import base_pb2
 from envoy.service.auth.v3 import external_auth_pb2
 from envoy.type.v3 import http_status_pb2
 from google.protobuf import struct_pb2
+from google.protobuf.message import DecodeError
 from google.rpc import status_pb2
 
 from waypost.contract import AUTHZ_GRPC_SERVICE, METADATA_CONSUMER, METADATA_PLAN
 from waypost.filters.authz.core import AuthRequest, AuthzCore, Decision
 from waypost.filters.protect.service import CHECK_EXTENSION, BodyChecks
+from waypost.h2grpc import GrpcError, Service, Status, UnaryMethod
 from waypost.log import get_logger
 
 __all__ = ["SERVICE_NAME", "AuthzGrpcService", "encode_decision", "request_from_check"]
@@ -28,7 +30,8 @@ log = get_logger("waypost.authz.grpc")
 
 SERVICE_NAME = AUTHZ_GRPC_SERVICE
 _OVERWRITE = base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD
-_GRPC_CODE = {401: 16, 403: 7}  # UNAUTHENTICATED, PERMISSION_DENIED; anything else UNAVAILABLE
+# UNAUTHENTICATED, PERMISSION_DENIED, RESOURCE_EXHAUSTED; anything else UNAVAILABLE
+_GRPC_CODE = {401: 16, 403: 7, 429: 8}
 _CACHE_LIMIT = 10_000
 
 
@@ -54,10 +57,8 @@ def encode_decision(decision: Decision) -> bytes:
     response = external_auth_pb2.CheckResponse()
     if decision.allowed:
         response.status.code = 0
-        response.ok_response.headers.extend(
-            base_pb2.HeaderValueOption(header=base_pb2.HeaderValue(key=k, value=v), append_action=_OVERWRITE)
-            for k, v in decision.headers
-        )
+        response.ok_response.headers.extend(_options(decision.headers))
+        response.ok_response.response_headers_to_add.extend(_options(decision.client_headers))
         if decision.consumer:
             # CONTRACT (rate limits): namespace envoy.filters.http.ext_authz, string keys
             # `consumer` and `plan` (plan only when the Consumer has one).
@@ -71,13 +72,17 @@ def encode_decision(decision: Decision) -> bytes:
         denied.status.code = http_status_pb2.StatusCode.Value(
             http_status_pb2.StatusCode.Name(decision.status)
         )
-        denied.headers.extend(
-            base_pb2.HeaderValueOption(header=base_pb2.HeaderValue(key=k, value=v), append_action=_OVERWRITE)
-            for k, v in decision.headers
-        )
+        denied.headers.extend(_options(decision.headers))
         denied.body = decision.body.decode()
     encoded: bytes = response.SerializeToString(deterministic=True)
     return encoded
+
+
+def _options(headers: tuple[tuple[str, str], ...]) -> list[base_pb2.HeaderValueOption]:
+    return [
+        base_pb2.HeaderValueOption(header=base_pb2.HeaderValue(key=k, value=v), append_action=_OVERWRITE)
+        for k, v in headers
+    ]
 
 
 def _struct(values: dict[str, str]) -> struct_pb2.Struct:
@@ -87,7 +92,7 @@ def _struct(values: dict[str, str]) -> struct_pb2.Struct:
 
 
 class AuthzGrpcService:
-    """The Check method, registered on any grpc.aio server with :meth:`add_to`."""
+    """The Check method: :meth:`service` is its registration (lean server or grpcio)."""
 
     def __init__(self, core: AuthzCore, *, body_checks: BodyChecks | None = None) -> None:
         self.core = core
@@ -96,29 +101,26 @@ class AuthzGrpcService:
         self.body_checks = body_checks
         self._encoded: dict[Decision, bytes] = {}
 
-    def add_to(self, server: grpc.aio.Server) -> None:
-        handler = grpc.method_handlers_generic_handler(
-            SERVICE_NAME,
-            {
-                "Check": grpc.unary_unary_rpc_method_handler(
-                    self.check, request_deserializer=None, response_serializer=None
-                )
-            },
+    def service(self) -> Service:
+        """Healthy (SERVING) once the core holds a valid policy version."""
+        return Service(
+            SERVICE_NAME, {"Check": UnaryMethod(self.check)}, ready=lambda: self.core.version is not None
         )
-        server.add_generic_rpc_handlers((handler,))
 
-    async def check(self, body: bytes, context: Any) -> bytes:
+    def check(self, body: bytes) -> bytes | Awaitable[bytes]:
         try:
             check = external_auth_pb2.CheckRequest.FromString(body)
-        except Exception:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "malformed CheckRequest")
-            raise
+        except DecodeError as exc:
+            raise GrpcError(Status.INVALID_ARGUMENT, "malformed CheckRequest") from exc
         if self.body_checks is not None and CHECK_EXTENSION in check.attributes.context_extensions:
             return self.body_checks.check(check)
         decision = self.core.decide(request_from_check(check))
         if inspect.isawaitable(decision):
-            decision = await decision
+            return self._later(decision)
         return self.encode(decision)
+
+    async def _later(self, decision: Awaitable[Decision]) -> bytes:
+        return self.encode(await decision)
 
     def encode(self, decision: Decision) -> bytes:
         encoded = self._encoded.get(decision)

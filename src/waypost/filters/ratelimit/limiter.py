@@ -1,15 +1,17 @@
 """The rate-limit decision: descriptors in, a verdict with its headers out.
 
-Transport-free, so the RLS gRPC service and (later) the ext_authz service share it: the latter can
-check a consumer's quota in the call it already makes (:func:`check_consumer_quota`) and answer
-429 itself, sparing Envoy a second Python call.
+Transport-free, so the RLS gRPC service and the ext_authz service share it: the latter counts a
+consumer's quota in the call it already makes (:func:`consumer_quota`) and answers 429 itself,
+sparing Envoy a second Python call.
 """
 
 from __future__ import annotations
 
+import inspect
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from waypost import contract as d
 from waypost.filters.ratelimit.metrics import (
@@ -25,7 +27,14 @@ from waypost.filters.ratelimit.table import LimitRule, RateLimitTable, build_tab
 from waypost.log import get_logger
 from waypost.policies.model import PolicySet
 
-__all__ = ["DescriptorResult", "Limiter", "Verdict", "check_consumer_quota", "consumer_usage"]
+__all__ = [
+    "DescriptorResult",
+    "Limiter",
+    "Verdict",
+    "check_consumer_quota",
+    "consumer_quota",
+    "consumer_usage",
+]
 
 log = get_logger("waypost.ratelimit")
 
@@ -39,8 +48,9 @@ _DECIDED_OVER = RATELIMIT_DECISIONS.labels("over_limit")
 _DECIDED_SHADOW = RATELIMIT_DECISIONS.labels("shadow_over_limit")
 
 
-@dataclass(frozen=True, slots=True)
-class DescriptorResult:
+class DescriptorResult(NamedTuple):
+    # A NamedTuple, not a frozen dataclass: one is built per counted descriptor per decision, and
+    # a frozen dataclass's __init__ costs several times a tuple's.
     over_limit: bool
     """Over the limit and enforced (shadow denials are False here)."""
     limit: int
@@ -246,19 +256,42 @@ def rate_limit_headers(results: Sequence[DescriptorResult], allowed: bool) -> tu
     return tuple(headers)
 
 
+def consumer_quota(
+    limiter: Limiter, route: str, consumer: str, plan: str | None = None, hits: int = 1
+) -> Verdict | Awaitable[Verdict] | None:
+    """Count one request of ``consumer`` on ``route`` against the route's consumer and plan limits.
+
+    For the ext_authz decision: it knows the consumer already, so it answers 429 itself with
+    ``verdict.headers`` (the headers the RLS path sets) and Envoy makes one call, not two. The
+    counters are the RLS path's, so both paths share one quota. A Verdict when the store counts in
+    process, an awaitable of one when it needs I/O (Redis: one round trip), None when the route
+    has no such limit.
+    """
+    table = limiter.table
+    limits = table.consumer_limits.get(route) if table is not None else None
+    if not limits:
+        return None
+    descriptors = [_consumer_entries(limit, consumer, plan) for limit in limits]
+    verdict = limiter.decide_now(descriptors, hits)
+    return verdict if verdict is not None else limiter.decide(descriptors, hits)
+
+
+def _consumer_entries(limit: str, consumer: str, plan: str | None) -> list[tuple[str, str]]:
+    # The descriptor Envoy would have sent the RLS (see compiler.ratelimit.global_actions).
+    entries = [(d.LIMIT_KEY, limit), (d.CONSUMER_KEY, consumer)]
+    if plan is not None:
+        entries.append((d.PLAN_KEY, plan))
+    return entries
+
+
 async def check_consumer_quota(
     limiter: Limiter, route: str, consumer: str, plan: str | None = None, hits: int = 1
 ) -> Verdict:
-    """Count one request of ``consumer`` on ``route`` against the route's consumer limits.
-
-    For the ext_authz service: it knows the consumer already, so it can answer 429 itself with
-    ``verdict.headers`` (the same headers the RLS path sets) and Envoy needs no second call. The
-    counters are the ones the RLS path uses, so both paths share one quota.
-    """
-    descriptors = _consumer_descriptors(limiter, route, consumer, plan)
-    if not descriptors:
+    """:func:`consumer_quota`, always awaited; allowed when the route has no consumer limit."""
+    verdict = consumer_quota(limiter, route, consumer, plan, hits)
+    if verdict is None:
         return Verdict(True, ())
-    return await limiter.decide(descriptors, hits)
+    return await verdict if inspect.isawaitable(verdict) else verdict
 
 
 async def consumer_usage(
@@ -266,24 +299,9 @@ async def consumer_usage(
 ) -> tuple[DescriptorResult, ...]:
     """Where ``consumer`` stands against ``route``'s consumer limits (the same counters Envoy's
     requests count on), counting nothing: the developer portal's usage and remaining quota."""
-    descriptors = _consumer_descriptors(limiter, route, consumer, plan)
-    if not descriptors:
-        return ()
-    return tuple(r for r in await limiter.peek(descriptors) if r.counted)
-
-
-def _consumer_descriptors(
-    limiter: Limiter, route: str, consumer: str, plan: str | None
-) -> list[list[tuple[str, str]]]:
     table = limiter.table
-    if table is None:
-        return []
-    descriptors: list[list[tuple[str, str]]] = []
-    for policy in table.route_policies.get(route, ()):
-        for limit_value, rule in table.rules.items():
-            if rule.policy == policy and rule.by == "consumer":
-                entries = [(d.LIMIT_KEY, limit_value), (d.CONSUMER_KEY, consumer)]
-                if plan is not None:
-                    entries.append((d.PLAN_KEY, plan))
-                descriptors.append(entries)
-    return descriptors
+    limits = table.consumer_limits.get(route) if table is not None else None
+    if not limits:
+        return ()
+    descriptors = [_consumer_entries(limit, consumer, plan) for limit in limits]
+    return tuple(r for r in await limiter.peek(descriptors) if r.counted)

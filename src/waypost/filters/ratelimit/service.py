@@ -1,4 +1,4 @@
-"""``envoy.service.ratelimit.v3.RateLimitService/ShouldRateLimit`` over gRPC (grpc aio).
+"""``envoy.service.ratelimit.v3.RateLimitService/ShouldRateLimit``, registered with :mod:`waypost.h2grpc`.
 
 A thin transport over :class:`~waypost.filters.ratelimit.limiter.Limiter`: decode the request,
 decide, encode the answer with the ``ratelimit-*`` / ``retry-after`` headers Envoy adds to the
@@ -7,15 +7,16 @@ response. Bad input never raises: an unknown domain or descriptor is simply not 
 
 from __future__ import annotations
 
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 
-import grpc
 from envoy.config.core.v3 import base_pb2
 from envoy.service.ratelimit.v3 import rls_pb2
 from google.protobuf import duration_pb2
+from google.protobuf.message import DecodeError
 
 from waypost import contract as d
 from waypost.filters.ratelimit.limiter import Limiter, Verdict
+from waypost.h2grpc import GrpcError, Service, Status, UnaryMethod
 from waypost.log import get_logger
 
 __all__ = ["SERVICE_NAME", "RateLimitService"]
@@ -37,20 +38,16 @@ class RateLimitService:
     def __init__(self, limiter: Limiter) -> None:
         self.limiter = limiter
 
-    def add_to(self, server: grpc.aio.Server) -> None:
-        # Raw bytes in and out: the handler parses and serializes itself (skips grpc's wrappers).
-        handler = grpc.unary_unary_rpc_method_handler(self.should_rate_limit_raw)
-        server.add_generic_rpc_handlers(
-            (grpc.method_handlers_generic_handler(SERVICE_NAME, {"ShouldRateLimit": handler}),)
-        )
+    def service(self, ready: Callable[[], bool]) -> Service:
+        """The gRPC registration; healthy (SERVING) while ``ready()`` (a policy is applied)."""
+        return Service(SERVICE_NAME, {"ShouldRateLimit": UnaryMethod(self.answer_bytes)}, ready=ready)
 
-    async def should_rate_limit_raw(self, request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+    def answer_bytes(self, body: bytes) -> bytes | Awaitable[bytes]:
         try:
-            parsed = rls_pb2.RateLimitRequest.FromString(request)
-        except Exception:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "malformed RateLimitRequest")
-            raise  # unreachable: abort raises
-        return await self.decide_bytes(parsed)
+            request = rls_pb2.RateLimitRequest.FromString(body)
+        except DecodeError as exc:
+            raise GrpcError(Status.INVALID_ARGUMENT, "malformed RateLimitRequest") from exc
+        return self.answer(request)
 
     def answer(self, request: rls_pb2.RateLimitRequest) -> bytes | Awaitable[bytes]:
         """The serialized response, inline when the store counts in process, else awaitable."""

@@ -44,6 +44,9 @@ class RateLimitTable:
     rules: Mapping[str, LimitRule]
     route_policies: Mapping[str, tuple[str, ...]]
     """Route name -> its RateLimitPolicy names (for consumer checks made outside Envoy's RLS call)."""
+    consumer_limits: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    """Route name -> the ``limit`` values of its global limits keyed by consumer or plan: what the
+    ext_authz decision counts itself (:func:`~waypost.filters.ratelimit.limiter.consumer_quota`)."""
 
 
 def build_table(policy: PolicySet) -> RateLimitTable:
@@ -85,4 +88,15 @@ def build_table(policy: PolicySet) -> RateLimitTable:
                 plans=plans,
             )
     route_policies = {name: route.rate_limit_policies for name, route in policy.routes.items()}
-    return RateLimitTable(version=policy.version, rules=rules, route_policies=route_policies)
+    by_policy: dict[str, list[str]] = {}
+    for value, rule in rules.items():
+        if rule.by == "consumer":
+            by_policy.setdefault(rule.policy, []).append(value)
+    consumer_limits = {
+        name: limits
+        for name, names in route_policies.items()
+        if (limits := tuple(v for p in names for v in by_policy.get(p, ())))
+    }
+    return RateLimitTable(
+        version=policy.version, rules=rules, route_policies=route_policies, consumer_limits=consumer_limits
+    )

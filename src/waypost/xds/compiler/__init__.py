@@ -1,12 +1,14 @@
 """Compile a validated PolicySet into Envoy resources: pure functions, model in, protobuf out.
 
-Each Gateway and each Service compiles exactly once per policy version; a node group's resources
-are then a selection of those (the Gateways its selector picks, the Services behind their Routes).
+Each Gateway and each Service compiles exactly once per policy version, or not at all when a
+:class:`CompileMemo` has it from the previous version with the same inputs; a node group's
+resources are then a selection of those (the Gateways its selector picks, the Services behind
+their Routes).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Hashable, Mapping
 from dataclasses import dataclass, field
 
 from envoy.config.cluster.v3 import cluster_pb2
@@ -17,7 +19,7 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import http_con
 from envoy.extensions.transport_sockets.tls.v3 import secret_pb2
 from google.protobuf import message
 
-from waypost.policies.model import Gateway, PolicySet, Route
+from waypost.policies.model import Gateway, PolicySet, Route, Service
 from waypost.policies.types import Endpoint
 from waypost.xds.compiler.analytics import analytics_cluster, gateway_logs, patch_hcm_analytics
 from waypost.xds.compiler.clusters import build_cluster, build_load_assignment
@@ -29,6 +31,7 @@ from waypost.xds.compiler.decisions import (
 )
 from waypost.xds.compiler.features import GATEWAY_CLUSTERS, HTTP_FEATURES, HttpFeature
 from waypost.xds.compiler.listeners import build_listener
+from waypost.xds.compiler.memo import CompileMemo, context_key, service_view
 from waypost.xds.compiler.names import cluster_name, grpc_client_cluster_name, grpc_target_key
 from waypost.xds.compiler.proxyless import (
     build_grpc_client_cluster,
@@ -41,7 +44,14 @@ from waypost.xds.compiler.secrets import build_secrets
 from waypost.xds.compiler.upstream_tls import build_service_secrets, patch_cluster_tls
 from waypost.xds.types import TypeUrl
 
-__all__ = ["CompiledPolicy", "DecisionEndpoints", "GatewayResources", "NodeResources", "compile_policy"]
+__all__ = [
+    "CompileMemo",
+    "CompiledPolicy",
+    "DecisionEndpoints",
+    "GatewayResources",
+    "NodeResources",
+    "compile_policy",
+]
 
 NodeResources = dict[TypeUrl, dict[str, message.Message]]
 """Resources by type URL, then by resource name: everything one node group receives."""
@@ -117,31 +127,53 @@ def _http_filters(feature: HttpFeature, gateway: Gateway, routes: list[Route]) -
 
 
 def compile_policy(
-    policy: PolicySet, *, decisions: DecisionEndpoints | None = None, collector: Endpoint | None = None
+    policy: PolicySet,
+    *,
+    decisions: DecisionEndpoints | None = None,
+    memo: CompileMemo | None = None,
+    collector: Endpoint | None = None,
 ) -> CompiledPolicy:
     """Every resource of ``policy``; ``decisions`` says where the decision services are (none
-    known: their clusters go out empty, and `waypost serve` reports the routes that need them);
-    ``collector`` where Envoys reach waypost's analytics collector (``waypost serve
-    --analytics-port``; None compiles no access-log stream, see :mod:`.analytics`)."""
-    decisions = decisions or DecisionEndpoints()
+    known: their clusters go out empty, and `waypost serve` reports the routes that need them).
+    With a ``memo`` (kept across versions), resources whose inputs are unchanged are reused from
+    the previous compile (see :mod:`.memo`); the result is the same. ``collector``: where Envoys
+    reach waypost's analytics collector (``waypost serve --analytics-port``; None compiles no
+    access-log stream, see :mod:`.analytics`)."""
+    memo = memo or CompileMemo()
+    memo.begin()
+    try:
+        return _compile(policy, decisions or DecisionEndpoints(), memo, collector)
+    finally:
+        memo.end()
+
+
+def _compile(
+    policy: PolicySet, decisions: DecisionEndpoints, memo: CompileMemo, collector: Endpoint | None
+) -> CompiledPolicy:
     needs = decision_needs(policy)
     routes_by_gateway: dict[str, list[Route]] = {name: [] for name in policy.gateways}
     for route in policy.routes.values():
         routes_by_gateway[route.gateway].append(route)
 
-    bound_features = [f.bind(policy) if hasattr(f, "bind") else f for f in HTTP_FEATURES]
-    gateways: dict[str, GatewayResources] = {}
-    clusters: dict[str, cluster_pb2.Cluster] = {}
-    for name, gateway in sorted(policy.gateways.items()):
-        routes = sorted(routes_by_gateway[name], key=lambda r: r.name)
-        features = [f for f in bound_features if f.applies(gateway, routes)]
+    context = memo.intern("context", context_key(policy))
+    services = memo.intern("services", service_view(policy))
+    bound: list[HttpFeature] = []
+
+    def features_bound() -> list[HttpFeature]:
+        if not bound:  # bound once per version, and only if some gateway is rebuilt
+            bound.extend(f.bind(policy) if hasattr(f, "bind") else f for f in HTTP_FEATURES)
+        return bound
+
+    def build_gateway(
+        gateway: Gateway, routes: list[Route], decision_clusters: frozenset[str]
+    ) -> tuple[GatewayResources, list[cluster_pb2.Cluster]]:
+        features = [f for f in features_bound() if f.applies(gateway, routes)]
         own_clusters = [c for build in GATEWAY_CLUSTERS for c in build(gateway)]
         streams_log = collector is not None and gateway_logs(gateway)
         if streams_log:
             assert collector is not None
             own_clusters.append(analytics_cluster(collector))
-        clusters.update((c.name, c) for c in own_clusters)
-        gateways[name] = GatewayResources(
+        resources = GatewayResources(
             listener=build_listener(
                 gateway,
                 [hf for f in features for hf in _http_filters(f, gateway, routes)],
@@ -151,8 +183,21 @@ def compile_policy(
             secrets=build_secrets(gateway, policy.files),
             clusters=frozenset(cluster_name(s) for r in routes for s in r.services)
             | {c.name for c in own_clusters}
-            | needed_clusters(needs, (r.name for r in routes)),
+            | decision_clusters,
         )
+        return resources, own_clusters
+
+    gateways: dict[str, GatewayResources] = {}
+    clusters: dict[str, cluster_pb2.Cluster] = {}
+    for name, gateway in sorted(policy.gateways.items()):
+        routes = sorted(routes_by_gateway[name], key=lambda r: r.name)
+        decision_clusters = needed_clusters(needs, (r.name for r in routes))
+        # The collector's address shapes the listener and its cluster: part of the key.
+        key = (id(gateway), tuple(map(id, routes)), services, context, decision_clusters, collector)
+        gateways[name], own_clusters = memo.get(
+            "gateway", name, key, policy, build_gateway, gateway, routes, decision_clusters
+        )
+        clusters.update((c.name, c) for c in own_clusters)
     _compile_grpc_targets(policy, gateways)
     load_assignments: dict[str, endpoint_pb2.ClusterLoadAssignment] = {}
     for name in sorted(needed_clusters(needs, needs)):
@@ -162,13 +207,20 @@ def compile_policy(
             load_assignments[name] = assignment
     cluster_secrets: dict[str, tuple[secret_pb2.Secret, ...]] = {}
     for _, service in sorted(policy.services.items()):
-        xds_cluster = build_cluster(service)
-        patch_cluster_tls(service, xds_cluster, policy.files)
-        clusters[xds_cluster.name] = xds_cluster
+        # Upstream TLS reads the files too; without it a Service's id is the whole key.
+        service_key: Hashable = id(service)
         if service.tls is not None:
-            cluster_secrets[xds_cluster.name] = build_service_secrets(service, policy.files)
+            service_key = (id(service), tuple(sorted(policy.files.items())))
+        xds_cluster, secrets = memo.get(
+            "cluster", service.name, service_key, policy, _service_cluster, service, policy
+        )
+        clusters[xds_cluster.name] = xds_cluster
+        if secrets is not None:
+            cluster_secrets[xds_cluster.name] = secrets
         if xds_cluster.type == cluster_pb2.Cluster.EDS:
-            load_assignments[xds_cluster.name] = build_load_assignment(service)
+            load_assignments[xds_cluster.name] = memo.get(
+                "endpoints", service.name, id(service), policy, build_load_assignment, service
+            )
     for name in sorted({name for target in policy.grpc_targets.values() for name in target.services}):
         service = policy.services[name]
         grpc_cluster = build_grpc_client_cluster(service)
@@ -184,6 +236,15 @@ def compile_policy(
         decision_needs=needs,
         decision_endpoints=decisions,
     )
+
+
+def _service_cluster(
+    service: Service, policy: PolicySet
+) -> tuple[cluster_pb2.Cluster, tuple[secret_pb2.Secret, ...] | None]:
+    xds_cluster = build_cluster(service)
+    patch_cluster_tls(service, xds_cluster, policy.files)
+    secrets = build_service_secrets(service, policy.files) if service.tls is not None else None
+    return xds_cluster, secrets
 
 
 def _compile_grpc_targets(policy: PolicySet, gateways: dict[str, GatewayResources]) -> None:

@@ -125,16 +125,24 @@ def load_assignment(
 def _health_check(service: Service) -> health_check_pb2.HealthCheck:
     hc = service.health_check
     assert hc is not None
-    http_check = health_check_pb2.HealthCheck.HttpHealthCheck(path=hc.path)
-    if service.protocol in ("http2", "grpc"):
-        http_check.codec_client_type = http_pb2.HTTP2
-    return health_check_pb2.HealthCheck(
+    xds_check = health_check_pb2.HealthCheck(
         timeout=duration(hc.timeout),
         interval=duration(hc.interval),
+        # Envoy checks a cluster that has had no traffic yet only every 60 s by default: the
+        # interval users write holds from the start (an endpoint's state is right before use).
+        no_traffic_interval=duration(hc.interval),
         healthy_threshold=wrappers_pb2.UInt32Value(value=hc.healthy),
         unhealthy_threshold=wrappers_pb2.UInt32Value(value=hc.unhealthy),
-        http_health_check=http_check,
     )
+    if service.protocol == "grpc":
+        # grpc.health.v1.Health/Check over the cluster's HTTP/2: SERVING is healthy.
+        xds_check.grpc_health_check.service_name = hc.service or ""
+        return xds_check
+    assert hc.path is not None  # the model requires it for http1/http2
+    xds_check.http_health_check.path = hc.path
+    if service.protocol == "http2":
+        xds_check.http_health_check.codec_client_type = http_pb2.HTTP2
+    return xds_check
 
 
 def _circuit_breakers(service: Service) -> circuit_breaker_pb2.CircuitBreakers:

@@ -46,6 +46,7 @@ __all__ = [
 
 EXT_AUTHZ_FILTER = "envoy.filters.http.ext_authz"
 HEADER_MUTATION_FILTER = "waypost.identity_headers"
+_RATE_LIMIT_HEADERS = ["ratelimit-limit", "ratelimit-remaining", "ratelimit-reset", "retry-after"]
 _BASE_TIMEOUT_MS = 500
 _TIMEOUT_MARGIN_MS = 250
 
@@ -205,7 +206,9 @@ def _http_service(policies: Sequence[AuthPolicy], path_prefix: str) -> ext_authz
         path_prefix=path_prefix,
         authorization_response=ext_authz_pb2.AuthorizationResponse(
             allowed_upstream_headers=_matchers(claim_headers, prefixes=[IDENTITY_HEADER_PREFIX]),
-            allowed_client_headers=_matchers(["content-type", "www-authenticate"]),
+            allowed_client_headers=_matchers(["content-type", "www-authenticate", *_RATE_LIMIT_HEADERS]),
+            # A consumer's counted quota (filters.authz.quota): the headers the RLS path sets.
+            allowed_client_headers_on_success=_matchers(_RATE_LIMIT_HEADERS[:3]),
             # CONTRACT (rate limits): the same dynamic metadata keys as the gRPC service.
             dynamic_metadata_from_headers=_matchers([METADATA_CONSUMER, METADATA_PLAN]),
         ),

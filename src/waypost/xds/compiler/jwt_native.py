@@ -48,6 +48,7 @@ import json
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any, cast
 
 from envoy.config.accesslog.v3 import accesslog_pb2
 from envoy.config.core.v3 import base_pb2
@@ -132,12 +133,22 @@ def native_policy(route: Route, policy: PolicySet) -> AuthPolicy | None:
 
 def native_routes(policy: PolicySet) -> Mapping[str, AuthPolicy]:
     """Every natively enforced route of ``policy``, with its AuthPolicy."""
+    last = _last_native
+    if last and last[0] is policy:
+        return cast(Mapping[str, AuthPolicy], last[1])  # several features bind to one version
     found = {}
     for name, route in policy.routes.items():
+        if not route.auth_policies:
+            continue
         auth = native_policy(route, policy)
         if auth is not None:
             found[name] = auth
+    _last_native[:] = [policy, found]
     return found
+
+
+_last_native: list[Any] = []
+"""[policy, its native routes] of the last call (a policy is frozen, so this stays true)."""
 
 
 def _jwks_text(path: str, policy: PolicySet) -> str | None:

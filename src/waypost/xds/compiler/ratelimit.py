@@ -5,6 +5,12 @@ global limits become per-route rate-limit actions whose descriptors Envoy sends 
 RateLimitService (:mod:`waypost.filters.ratelimit`). Every descriptor starts with the entry
 ``limit = <policy>/<index>``, so the service finds the limit by a dict lookup and never re-matches
 the request. The descriptor layout is shared with the service through :mod:`waypost.contract`.
+
+One hop: on a route the ext_authz decision service decides (an AuthPolicy not enforced natively),
+global limits keyed by consumer or plan are counted by that decision itself
+(:mod:`waypost.filters.authz.quota`), which answers 429 with the RLS's headers; their descriptors
+are not sent to the RLS, so such a request costs Envoy one call to Python, not two. Limits keyed
+by anything else (client IP, header, route) stay with the RLS.
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ from waypost import contract as d
 from waypost.contract import RATELIMIT_CLUSTER
 from waypost.policies.model import Gateway, Limit, PolicySet, RateLimitPolicy, Route
 from waypost.policies.types import RATE_UNIT_SECONDS
+from waypost.xds.compiler.jwt_native import native_routes
 from waypost.xds.compiler.pb import pack
 
 __all__ = [
@@ -50,6 +57,8 @@ _MAX_DYNAMIC_DESCRIPTORS = 10_000
 @dataclass(frozen=True)
 class _Policies:
     by_name: dict[str, RateLimitPolicy] = field(default_factory=dict)
+    counted_by_authz: frozenset[str] = frozenset()
+    """Routes whose consumer and plan limits the ext_authz decision counts (module docstring)."""
 
     def limits(self, route: Route, scope: str) -> list[tuple[RateLimitPolicy, int, Limit]]:
         found = []
@@ -65,15 +74,20 @@ class _Policies:
     def global_entries(self, route: Route) -> list[tuple[RateLimitPolicy, str, str]]:
         """(policy, limit id, by) of every descriptor the route sends to the RLS."""
         entries: list[tuple[RateLimitPolicy, str, str]] = []
+        by_authz = route.name in self.counted_by_authz
         for name in route.rate_limit_policies:
             policy = self.by_name.get(name)
             if policy is None:
                 continue
             entries.extend(
-                (policy, str(i), lim.by) for i, lim in enumerate(policy.limits) if lim.scope == "global"
+                (policy, str(i), lim.by)
+                for i, lim in enumerate(policy.limits)
+                if lim.scope == "global" and not (by_authz and lim.by == "consumer")
             )
-            if policy.plans and not any(
-                lim.by == "consumer" and lim.scope == "global" for lim in policy.limits
+            if (
+                policy.plans
+                and not by_authz
+                and not any(lim.by == "consumer" and lim.scope == "global" for lim in policy.limits)
             ):
                 # Plans without a `by: consumer` limit still count per consumer: only planned ones.
                 entries.append((policy, d.PLANS_ONLY, "consumer"))
@@ -138,7 +152,12 @@ class GlobalRateLimitFeature:
         self._policies = policies or _Policies()
 
     def bind(self, policy: PolicySet) -> GlobalRateLimitFeature:
-        return GlobalRateLimitFeature(_Policies(dict(policy.rate_limit_policies)))
+        # Routes the decision service decides: it counts their consumer quotas in the same call.
+        native = native_routes(policy)
+        by_authz = frozenset(
+            name for name, route in policy.routes.items() if route.auth_policies and name not in native
+        )
+        return GlobalRateLimitFeature(_Policies(dict(policy.rate_limit_policies), by_authz))
 
     def applies(self, gateway: Gateway, routes: Sequence[Route]) -> bool:
         return any(self._policies.global_entries(route) for route in routes)

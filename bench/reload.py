@@ -1,0 +1,238 @@
+"""Benchmark: a change to a large policy directory, from reload to a real Envoy serving it.
+
+10,000 Services and 10,000 Routes over 10 Gateways (the layout of ``bench/compile.py``, without
+health checks so the Envoy is not busy probing 20,000 unreachable hosts). One process runs what
+``waypost serve`` runs (:class:`PolicyRuntime`, :class:`SnapshotCache`, the ADS server on uvloop);
+one real Envoy (``--concurrency 1``) selects 3 of the Gateways (about 3,000 routes and clusters).
+Two changes, alternating, each timed from the start of the reload (what the file watcher calls
+after its debounce, 0.25 s by default) to the first request Envoy answers with the new config:
+
+* **route added**: a Route appended to ``routes.yaml``, polled until Envoy stops answering 404;
+* **endpoint changed**: one Service's endpoint moved to a second echo server, polled until the
+  answer comes from it; and which xDS types were pushed for it (``waypost_xds_pushes_total``).
+
+``--full`` turns the incremental caches off (every reload loads, compiles and encodes
+everything), for the figure before, measured in the same run:
+
+    .venv/bin/python bench/reload.py [--services 10000] [--routes 10000] [--rounds 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import grpc
+import httpx
+import yaml
+
+from waypost.demo import find_envoy
+from waypost.log import configure_logging
+from waypost.metrics import XDS_PUSHES
+from waypost.policies.load_cache import LoadCache
+from waypost.server.app import XdsApplier
+from waypost.server.decisions import DecisionOptions, DecisionPlane
+from waypost.server.runtime import PolicyRuntime
+from waypost.xds.ads import AdsServer
+from waypost.xds.bootstrap import build_bootstrap
+from waypost.xds.cache import SnapshotCache
+from waypost.xds.compiler import CompileMemo
+from waypost.xds.snapshot import ResourceEncoder
+
+GATEWAYS = 10
+ENVOY_FLAGS = ("--concurrency", "1", "--use-dynamic-base-id", "-l", "warning")
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def write_policies(directory: Path, services: int, routes: int, echo: str, ports: list[int]) -> None:
+    with open(directory / "gateways.yaml", "w") as out:
+        for g in range(GATEWAYS):
+            out.write(
+                f"---\nkind: Gateway\nname: gw{g}\nport: {ports[g]}\naddress: 127.0.0.1\n"
+                f"nodes: {{cluster: edge{g % 3}}}\n"
+            )
+    with open(directory / "services.yaml", "w") as out:
+        for s in range(services):
+            endpoints = f"['{echo}']" if s == 1 else f"['10.{s // 250}.{s % 250}.1:8080']"
+            out.write(
+                f"---\nkind: Service\nname: svc{s}\nendpoints: {endpoints}\nconnect_timeout: 1s\n"
+                "circuit_breaker: {max_connections: 1024, max_requests: 1024}\n"
+            )
+    with open(directory / "routes.yaml", "w") as out:
+        for r in range(routes):
+            out.write(
+                f"---\nkind: Route\nname: route{r}\ngateway: gw{r % GATEWAYS}\n"
+                f"match: {{prefix: /v1/r{r}/, methods: [GET, POST]}}\n"
+                f"backend: svc{r % services}\ntimeout: 5s\n"
+                "retries: {attempts: 2, on: [5xx, reset]}\n"
+            )
+
+
+def pushes() -> dict[str, float]:
+    out: dict[str, float] = {}
+    for metric in XDS_PUSHES.collect():
+        for sample in metric.samples:
+            if sample.name.endswith("_total"):
+                out[sample.labels["type"]] = out.get(sample.labels["type"], 0) + sample.value
+    return out
+
+
+async def until(client: httpx.AsyncClient, url: str, done: Any, timeout: float = 30) -> float:
+    deadline = time.perf_counter() + timeout
+    while time.perf_counter() < deadline:
+        try:
+            response = await client.get(url)
+            if done(response):
+                return time.perf_counter()
+        except httpx.HTTPError:
+            pass
+        await asyncio.sleep(0.002)
+    raise TimeoutError(url)
+
+
+async def run(args: argparse.Namespace, work: Path) -> None:
+    configure_logging("warning")
+    echo_ports = [free_port(), free_port()]
+    echos = [
+        subprocess.Popen(
+            [sys.executable, "-m", "waypost.demo.echo", "--name", f"echo{i}", "--port", str(port)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        for i, port in enumerate(echo_ports)
+    ]
+    policies = work / "policies"
+    policies.mkdir()
+    ports = [free_port() for _ in range(GATEWAYS)]
+    write_policies(policies, args.services, args.routes, f"127.0.0.1:{echo_ports[0]}", ports)
+    cache = SnapshotCache()
+    plane = DecisionPlane(DecisionOptions(authz=False))  # no decision service: routes need none
+    await plane.open()
+    xds = XdsApplier(cache, plane)
+    runtime = PolicyRuntime(policies, [xds])
+    started = time.perf_counter()
+    await runtime.reload()
+    print(f"initial load + compile + prepare: {time.perf_counter() - started:.2f} s")
+    ads = AdsServer(cache)
+    server = grpc.aio.server(options=[("grpc.max_receive_message_length", 16 * 1024 * 1024)])
+    ads.add_to(server)
+    xds_port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    bootstrap = build_bootstrap(
+        node_id="bench", node_cluster="edge1", xds_host="127.0.0.1", xds_port=xds_port, admin_port=0
+    )
+    (work / "bootstrap.yaml").write_text(yaml.safe_dump(bootstrap))
+    envoy = subprocess.Popen(
+        [
+            str(find_envoy()),
+            "-c",
+            str(work / "bootstrap.yaml"),
+            "--concurrency",
+            "1",
+            "--use-dynamic-base-id",
+            "-l",
+            "warning",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=(work / "envoy.log").open("wb"),
+    )
+    gw1 = f"http://127.0.0.1:{ports[1]}"
+    results: dict[str, dict[str, list[float]]] = {}
+    try:
+        async with httpx.AsyncClient(trust_env=False, timeout=5) as client:
+            started = time.perf_counter()
+            await until(client, f"{gw1}/v1/r1/x", lambda r: r.status_code == 200, timeout=120)
+            print(f"Envoy serving the initial config {time.perf_counter() - started:.1f} s after it started")
+            services = (policies / "services.yaml").read_text()
+            modes = ["incremental", "full"] if args.full else ["incremental"]
+            for round_ in range(args.rounds):
+                for mode in modes:
+                    if mode == "full":  # the caches off: everything loaded, compiled, encoded again
+                        runtime._load_cache, xds.memo = LoadCache(), CompileMemo()
+                        cache._encoder = ResourceEncoder()
+                    times = results.setdefault(
+                        mode, {"route": [], "route reload": [], "eds": [], "eds reload": []}
+                    )
+                    name = f"added{round_}{mode[0]}"
+                    with open(policies / "routes.yaml", "a") as out:
+                        out.write(
+                            f"---\nkind: Route\nname: {name}\ngateway: gw1\nmatch: {{prefix: /{name}}}\n"
+                            "backend: svc1\n"
+                        )
+                    t0 = time.perf_counter()
+                    await runtime.reload()
+                    times["route reload"].append(time.perf_counter() - t0)
+                    t1 = await until(client, f"{gw1}/{name}", lambda r: r.status_code == 200)
+                    times["route"].append(t1 - t0)
+
+                    if mode == "full":
+                        runtime._load_cache, xds.memo = LoadCache(), CompileMemo()
+                        cache._encoder = ResourceEncoder()
+                    target = (round_ * len(modes) + modes.index(mode)) % 2 == 0
+                    port = echo_ports[1] if target else echo_ports[0]
+                    name_expected = "echo1" if target else "echo0"
+                    (policies / "services.yaml").write_text(
+                        services.replace(f"'127.0.0.1:{echo_ports[0]}'", f"'127.0.0.1:{port}'")
+                    )
+                    before = pushes()
+                    t0 = time.perf_counter()
+                    await runtime.reload()
+                    times["eds reload"].append(time.perf_counter() - t0)
+                    t1 = await until(client, f"{gw1}/v1/r1/x", lambda r, n=name_expected: n in r.text)
+                    times["eds"].append(t1 - t0)
+                    await asyncio.sleep(0.3)
+                    after = pushes()
+                    pushed = {k: int(v - before.get(k, 0)) for k, v in after.items() if v != before.get(k, 0)}
+                    print(f"  round {round_} {mode}: endpoint change pushed {pushed}")
+    except TimeoutError:
+        print((work / "envoy.log").read_text()[-3000:])
+        raise
+    finally:
+        envoy.terminate()
+        envoy.wait(10)
+        for echo in echos:
+            echo.terminate()
+        await server.stop(0)
+        ads.close()
+    for mode, times in results.items():
+        parts = []
+        for key, values in times.items():
+            runs = ", ".join(f"{v:.3f}" for v in values)
+            parts.append(f"{key} median {statistics.median(values):.3f} s (runs {runs})")
+        print(f"{mode}: " + "; ".join(parts))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--services", type=int, default=10_000)
+    parser.add_argument("--routes", type=int, default=10_000)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument(
+        "--full", action="store_true", help="also time full reloads (caches off), alternating"
+    )
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            import uvloop
+
+            uvloop.run(run(args, Path(tmp)))
+        except ImportError:
+            asyncio.run(run(args, Path(tmp)))
+
+
+if __name__ == "__main__":
+    main()
