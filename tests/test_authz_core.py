@@ -205,15 +205,13 @@ def test_malformed_plugin_strings_are_rejected(tmp_path: Path, plugin: str) -> N
         load(tmp_path, MTLS.replace("waypost_test_plugins:slow", plugin))
 
 
-def test_compiler_wires_ext_authz_only_where_needed(tmp_path: Path) -> None:
-    policy = load(
-        tmp_path,
-        policy_yaml(8080, "127.0.0.1:9", failure_mode="open")
-        + "---\n"
-        + consumers_yaml()
-        + "---\nkind: Gateway\nname: internal\nport: 9090\n---\n"
-        "kind: Route\nname: internal\ngateway: internal\nmatch: {prefix: /}\nbackend: echo\n",
+def test_compiler_wires_ext_authz_on_every_gateway_configured_per_route(tmp_path: Path) -> None:
+    internal = (
+        "---\nkind: Gateway\nname: internal\nport: 9090\n---\n"
+        "kind: Route\nname: internal\ngateway: internal\nmatch: {prefix: /}\nbackend: echo\n"
     )
+    text = policy_yaml(8080, "127.0.0.1:9", failure_mode="open") + "---\n" + consumers_yaml() + internal
+    policy = load(tmp_path, text)
     compiled = compile_policy(policy)
     SnapshotCache().prepare(compiled)  # the decision clusters travel with the snapshot: consistent
 
@@ -222,24 +220,35 @@ def test_compiler_wires_ext_authz_only_where_needed(tmp_path: Path) -> None:
         compiled.gateways[gateway].listener.filter_chains[0].filters[0].typed_config.Unpack(hcm)
         return {f.name: f.typed_config for f in hcm.http_filters}
 
-    assert "envoy.filters.http.ext_authz" not in filters("internal")
+    # The same auth filters everywhere (issue 12): a gateway without auth has them too, switched off.
+    assert "envoy.filters.http.ext_authz" in filters("internal")
     public = filters("public")
-    assert list(public)[:2] == ["waypost.identity_headers", "envoy.filters.http.ext_authz"]
+    assert next(iter(public)) == "waypost.identity_headers"
     config = ext_authz_pb2.ExtAuthz()
     public["envoy.filters.http.ext_authz"].Unpack(config)  # type: ignore[attr-defined]
     assert config.failure_mode_allow and config.grpc_service.envoy_grpc.cluster_name == "waypost_authz"
-    assert config.grpc_service.timeout.ToMilliseconds() >= 500
     per_route = {}
-    for vhost in compiled.gateways["public"].route_config.virtual_hosts:
-        for route in vhost.routes:
-            settings = ext_authz_pb2.ExtAuthzPerRoute()
-            route.typed_per_filter_config["envoy.filters.http.ext_authz"].Unpack(settings)
-            per_route[route.name] = settings
-    assert per_route["public"].disabled
+    for gateway in ("public", "internal"):
+        for vhost in compiled.gateways[gateway].route_config.virtual_hosts:
+            for route in vhost.routes:
+                settings = ext_authz_pb2.ExtAuthzPerRoute()
+                route.typed_per_filter_config["envoy.filters.http.ext_authz"].Unpack(settings)
+                per_route[route.name] = settings
+    assert per_route["public"].disabled and per_route["internal"].disabled
     assert dict(per_route["orders"].check_settings.context_extensions) == {
         "route": "orders",
         "policies": "orders-auth",
     }
+    assert per_route["orders"].check_settings.grpc_service.timeout.ToMilliseconds() >= 500
+
+    # No auth change alters a listener: only the route table (which old connections see at once).
+    (tmp_path / "again").mkdir()
+    opened = load(tmp_path / "again", text.replace("auth: orders-auth\n", "", 1))
+    assert opened.routes["orders"].auth_policies == ()
+    for gateway in ("public", "internal"):
+        before = compiled.gateways[gateway].listener.SerializeToString(deterministic=True)
+        after = compile_policy(opened).gateways[gateway].listener.SerializeToString(deterministic=True)
+        assert before == after, gateway
 
 
 def test_keys_new_prints_key_once_and_the_hash(capsys: pytest.CaptureFixture[str]) -> None:

@@ -33,6 +33,10 @@ COMPOSED = {
     "conflicts with Route other (file:line): same gateway 'public', host '*' and match": "): same gateway",
     "waypost diff: unknown revision 'x'": "unknown revision '{rev}'",
     "waypost: --label expects key=value": "--label expects key=value",
+    "regular expression too complex for Envoy: RE2 program size N > 4096": "RE2 program size",
+    "... is N characters; the limit is 4096": "characters; the limit is {MAX_CHARS}",
+    "claims_to_headers.sub: 'x-api-key' is a credential header of an AuthPolicy": "credential header of an",
+    "file is N bytes; policy files are limited to 1048576": "policy files are limited to {MAX",
     "route orders needs the rate-limit service (waypost_ratelimit), which nothing serves": (
         "), which nothing serves"
     ),

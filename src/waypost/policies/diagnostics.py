@@ -10,7 +10,12 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-__all__ = ["Diagnostic", "PolicyError"]
+__all__ = ["MAX_REPORTED_PER_FILE", "MAX_REPORTED_TOTAL", "Diagnostic", "PolicyError", "capped"]
+
+MAX_REPORTED_PER_FILE = 20
+"""Problems shown per file; the rest are counted in one closing line ("... N more")."""
+MAX_REPORTED_TOTAL = 200
+"""Problems shown for a whole directory: a generated file cannot flood a terminal or /status."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,3 +54,22 @@ class PolicyError(Exception):
     def __reduce__(self) -> tuple[type[PolicyError], tuple[tuple[Diagnostic, ...]]]:
         # Rebuilt from the diagnostics, not from the message (pickling, multiprocessing).
         return (type(self), (self.diagnostics,))
+
+
+def capped(diagnostics: Iterable[Diagnostic]) -> list[Diagnostic]:
+    """The first problems of each file (in file and line order), then one line per file saying how
+    many more there are, and at most :data:`MAX_REPORTED_TOTAL` lines in all."""
+    ordered = sorted(diagnostics, key=lambda d: (d.path, d.line))
+    shown: list[Diagnostic] = []
+    hidden: dict[str, int] = {}
+    per_file: dict[str, int] = {}
+    for diagnostic in ordered:
+        count = per_file[diagnostic.path] = per_file.get(diagnostic.path, 0) + 1
+        if count <= MAX_REPORTED_PER_FILE and len(shown) < MAX_REPORTED_TOTAL:
+            shown.append(diagnostic)
+        else:
+            hidden[diagnostic.path] = hidden.get(diagnostic.path, 0) + 1
+    for path, count in hidden.items():
+        message = f"only the first {per_file[path] - count} problems of this file are shown ({count} more)"
+        shown.append(Diagnostic(path, 0, "", "", message))
+    return shown

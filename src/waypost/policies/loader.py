@@ -46,7 +46,7 @@ from yaml.events import (
     StreamEndEvent,
 )
 
-from waypost.policies.diagnostics import Diagnostic, PolicyError
+from waypost.policies.diagnostics import MAX_REPORTED_PER_FILE, Diagnostic, PolicyError, capped
 from waypost.policies.load_cache import FileResult, LoadCache
 from waypost.policies.model import (
     KINDS,
@@ -60,6 +60,7 @@ from waypost.policies.model import (
     Sidecar,
     SourceRef,
 )
+from waypost.policies.pem import certificate_problem, key_mismatch_problem, private_key_problem
 from waypost.policies.request_schemas import SchemaProblem, compile_validation
 from waypost.policies.sidecars import expand_sidecar
 from waypost.policies.types import HEADER_NAME_PATTERN, NAME_PATTERN, PrivateBytes
@@ -71,6 +72,14 @@ MAX_DEPTH: Final = 64
 """Deepest nesting accepted in a document; real policies nest a handful of levels."""
 MAX_NODES: Final = 1_000_000
 """Most values one document may hold once aliases are expanded (a bound against alias bombs)."""
+MAX_FILE_BYTES: Final = 1024 * 1024
+"""Largest policy file read (1 MiB): a 10 MB file of a million keys took 28 s to refuse; now it is
+refused unread, and no file takes more than a few seconds. About 5,000 Consumers fit in one file;
+more go in several files."""
+MAX_DOCUMENTS: Final = 10_000
+"""Most documents (`---`) read from one file; reading stops there with an error."""
+MAX_ENTRIES: Final = 10_000
+"""Most keys of one mapping, or items of one list, in a document (which is then not validated)."""
 
 _KIND_ATTRIBUTES: Final = {
     "Gateway": "gateways",
@@ -218,6 +227,11 @@ class _YamlProblem:
     message: str
 
 
+class _TooManyDocuments(Exception):
+    def __init__(self, line: int) -> None:
+        self.line = line
+
+
 def _parse(data: bytes) -> tuple[list[_Document], _YamlProblem | None]:
     """Every complete document of ``data``, and the syntax error that stopped reading, if any."""
     parser = yaml.CSafeLoader(data)
@@ -235,6 +249,8 @@ def _parse(data: bytes) -> tuple[list[_Document], _YamlProblem | None]:
         return documents, _YamlProblem(line, f"not valid UTF-8 or UTF-16 text: {exc.reason}")
     except yaml.YAMLError as exc:
         return documents, _YamlProblem(1, f"invalid YAML: {exc}")
+    except _TooManyDocuments as exc:
+        return documents, _YamlProblem(exc.line, f"more than {MAX_DOCUMENTS} documents in one file")
     finally:
         parser.dispose()
     return documents, None
@@ -332,8 +348,12 @@ def _read_events(parser: yaml.CSafeLoader, documents: list[_Document]) -> None:
             continue
         elif event_type is MappingEndEvent or event_type is SequenceEndEvent:
             frame = stack.pop()
-            top = stack[-1] if stack else None
             value, line, anchor = frame.value, frame.line, frame.anchor
+            if len(value) > MAX_ENTRIES and not document.fatal:
+                what = "keys" if frame.is_map else "items"
+                _issue(document, stack, len(stack), line, f"more than {MAX_ENTRIES} {what}")
+                document.fatal = True
+            top = stack[-1] if stack else None
             if frame.merges:
                 # Keys written in the mapping win over merged ones; earlier merges win over later.
                 for merged in frame.merges:
@@ -355,6 +375,8 @@ def _read_events(parser: yaml.CSafeLoader, documents: list[_Document]) -> None:
                 document.fatal = True
                 value = None
         elif event_type is DocumentStartEvent:
+            if len(documents) >= MAX_DOCUMENTS:
+                raise _TooManyDocuments(event.start_mark.line + 1)
             document = _Document(line=event.start_mark.line + 1)
             anchors = {}
             continue
@@ -759,13 +781,8 @@ def _content_problem(what: str, shown: str, data: bytes) -> str | None:
         return _openapi_problem(shown, data)
     if what == "schema":
         return None  # parsed and compiled with the rest of the route's validation
-    if b"-----BEGIN" not in data:
-        return f"{shown} is not a PEM file (no '-----BEGIN' line)"
-    if what == "private key" and b"PRIVATE KEY-----" not in data:
-        return f"{shown} holds no PEM private key ('-----BEGIN ... PRIVATE KEY-----')"
-    if what == "certificate" and b"-----BEGIN CERTIFICATE-----" not in data:
-        return f"{shown} holds no PEM certificate ('-----BEGIN CERTIFICATE-----')"
-    return None
+    # Parsed as Envoy will parse them, so junk between PEM markers is a file:line error here.
+    return private_key_problem(shown, data) if what == "private key" else certificate_problem(shown, data)
 
 
 def _descriptor_problem(shown: str, data: bytes) -> str | None:
@@ -828,6 +845,8 @@ class _Load:
         self.inputs: dict[str, bytes] = {}  # relative path -> bytes, for the version hash
         self.files: dict[str, bytes] = {}
         self.complete = True  # every file was read and parsed: missing targets really are missing
+        self.reported: dict[str, int] = {}  # path -> diagnostics of its documents so far
+        self.unchecked: dict[str, int] = {}  # path -> documents skipped after too many problems
 
     def display(self, relative: str) -> str:
         return self.root if relative == "." else os.path.join(self.root, relative)
@@ -841,11 +860,12 @@ class _Load:
             raise PolicyError([Diagnostic(self.root, 0, "", "", f"policy directory {what}")])
         for relative in self.policy_files():
             self.load_file(relative)
+        self.report_unchecked()
         self.expand_sidecars()
         self.diagnostics.extend(validate(self.entries, check_references=self.complete))
         self.read_referenced_files()
         if self.diagnostics:
-            raise PolicyError(self.diagnostics)
+            raise PolicyError(capped(self.diagnostics))
         return self.policy_set()
 
     def policy_files(self) -> list[str]:
@@ -876,6 +896,10 @@ class _Load:
             self.complete = False
             self.fail(path, 0, f"cannot read file: {exc.strerror}")
             return
+        if len(data) > MAX_FILE_BYTES:
+            self.complete = False
+            self.fail(path, 0, f"file is {len(data)} bytes; policy files are limited to {MAX_FILE_BYTES}")
+            return
         self.inputs[relative] = data
         if self.cache is None:
             self.load_data(path, data)
@@ -897,14 +921,33 @@ class _Load:
                 _shift(document, offset)
             self.load_document(path, document)
 
+    def report_unchecked(self) -> None:
+        """One line per file whose documents were skipped after too many problems."""
+        for path, count in self.unchecked.items():
+            self.complete = False  # a skipped document may define what others refer to
+            message = f"{count} more document(s) not checked: the file has {MAX_REPORTED_PER_FILE}+ problems"
+            self.fail(path, 0, message)
+        self.unchecked.clear()
+
     def load_apart(self, path: str, data: bytes, offset: int) -> FileResult:
         """:meth:`load_data` into a result of its own, for the :class:`LoadCache`."""
         part = _Load(self.root)
         part.load_data(path, data, offset)
+        part.report_unchecked()
         lines = tuple(cast(_Source, e.source).document.line for e in part.entries)
         return FileResult(tuple(part.entries), lines, tuple(part.diagnostics), part.complete)
 
     def load_document(self, path: str, document: _Document) -> None:
+        if self.reported.get(path, 0) >= MAX_REPORTED_PER_FILE and document.value is not None:
+            # Enough problems in this file to fail the load: the rest is not validated (each
+            # unknown field costs a "did you mean" search), only counted.
+            self.unchecked[path] = self.unchecked.get(path, 0) + 1
+            return
+        before = len(self.diagnostics)
+        self._load_document(path, document)
+        self.reported[path] = self.reported.get(path, 0) + len(self.diagnostics) - before
+
+    def _load_document(self, path: str, document: _Document) -> None:
         value = document.value
         if value is None and not document.issues:
             return  # an empty document, e.g. a trailing `---`
@@ -974,6 +1017,8 @@ class _Load:
                     failed = True
                     line = entry.source.line_of(ref.loc)
                     self.fail(entry.source.path, line, _at(ref.loc, problem), entry.kind, entry.name)
+                elif ref.what == "private key":
+                    self.check_key_pair(entry, ref)
                 elif ref.what == "descriptor" and isinstance(entry.document, Route):
                     # Envoy refuses a transcoder naming a service its descriptor lacks.
                     missing = _missing_grpc_services(entry.document, self.files[ref.value])
@@ -988,6 +1033,18 @@ class _Load:
                     schema_loc, message = schema_problem
                     line = entry.source.line_of(schema_loc)
                     self.fail(entry.source.path, line, _at(schema_loc, message), entry.kind, entry.name)
+
+    def check_key_pair(self, entry: Entry, key_ref: _FileRef) -> None:
+        """Envoy refuses a key that is not its certificate's; `_file_refs` yields the cert first."""
+        tls = getattr(entry.document, "tls", None)
+        cert = self.files.get(getattr(tls, "cert", None) or "")
+        key = self.files.get(key_ref.value)
+        if cert is None or key is None:
+            return
+        problem = key_mismatch_problem(f"'{key_ref.value}'", bytes(cert), bytes(key))
+        if problem is not None:
+            line = entry.source.line_of(key_ref.loc)
+            self.fail(entry.source.path, line, _at(key_ref.loc, problem), entry.kind, entry.name)
 
     def read_reference(self, ref: _FileRef, cache: dict[str, bytes | str]) -> str | None:
         shown = f"'{ref.value}'"

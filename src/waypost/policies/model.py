@@ -35,6 +35,7 @@ from waypost.policies.types import (
     Name,
     Port,
     RateUnit,
+    RequestHeaderName,
 )
 
 __all__ = [
@@ -175,7 +176,7 @@ class DenyRule(Spec):
     """
 
     paths: tuple[StrictStr, ...] = ()
-    headers: dict[HeaderName, StrictStr] = Field(default_factory=dict)
+    headers: dict[RequestHeaderName, StrictStr] = Field(default_factory=dict)
 
     @model_validator(mode="after")
     def _something_to_match(self) -> Self:
@@ -382,7 +383,7 @@ class RouteMatch(Spec):
     path: StrictStr | None = Field(default=None, pattern=r"^/")
     regex: StrictStr | None = None
     methods: tuple[HttpMethod, ...] = ()
-    headers: dict[HeaderName, StrictStr] = Field(default_factory=dict)
+    headers: dict[RequestHeaderName, StrictStr] = Field(default_factory=dict)
 
     @model_validator(mode="after")
     def _exactly_one_path_match(self) -> Self:
@@ -678,7 +679,7 @@ class Sidecar(Document):
 
 
 class ApiKeyIdentity(Spec):
-    header: HeaderName = "x-api-key"
+    header: RequestHeaderName = "x-api-key"
 
 
 class JwtIdentity(Spec):
@@ -686,7 +687,7 @@ class JwtIdentity(Spec):
     audiences: tuple[StrictStr, ...] = ()
     jwks: StrictStr = Field(description="A JWKS file relative to the policy directory, or an https:// URL.")
     claims_to_headers: dict[StrictStr, HeaderName] = Field(default_factory=dict)
-    header: HeaderName = "authorization"
+    header: RequestHeaderName = "authorization"
 
 
 class MtlsIdentity(Spec):
@@ -815,7 +816,7 @@ class Consumer(Document):
 
 
 class Limit(Spec):
-    by: StrictStr = Field(pattern=r"^(consumer|client_ip|route|header:[a-zA-Z0-9!#$%&'*+.^_`|~-]+)$")
+    by: StrictStr = Field(pattern=r"^(consumer|client_ip|route|header:[a-zA-Z0-9!#$%&'*+.^`|~-]+)$")
     requests: PositiveInt
     per: RateUnit
     scope: Literal["global", "local"] = "global"

@@ -11,7 +11,15 @@ import re
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
-from pydantic import BeforeValidator, Field, PlainSerializer, StrictInt, StrictStr, WithJsonSchema
+from pydantic import (
+    AfterValidator,
+    BeforeValidator,
+    Field,
+    PlainSerializer,
+    StrictInt,
+    StrictStr,
+    WithJsonSchema,
+)
 
 __all__ = [
     "HOSTNAME_RE",
@@ -25,6 +33,7 @@ __all__ = [
     "Port",
     "PrivateBytes",
     "RateUnit",
+    "RequestHeaderName",
     "format_duration",
     "parse_duration",
     "parse_endpoint",
@@ -40,6 +49,24 @@ Port = Annotated[StrictInt, Field(ge=1, le=65535)]
 
 HEADER_NAME_PATTERN = r"^:?[a-zA-Z0-9!#$%&'*+.^_`|~-]+$"
 HeaderName = Annotated[StrictStr, Field(pattern=HEADER_NAME_PATTERN)]
+
+
+def _no_underscore(name: str) -> str:
+    if "_" in name:
+        raise ValueError(
+            f"'{name}': gateways refuse requests whose header names contain '_' (400), so a"
+            " request header of this name never arrives; use '-'"
+        )
+    return name
+
+
+RequestHeaderName = Annotated[
+    StrictStr,
+    Field(pattern=HEADER_NAME_PATTERN, description="A header clients send: no '_' (such requests get 400)."),
+    AfterValidator(_no_underscore),
+]
+"""A header name read from client requests (matches, credentials): never with ``_``, which the
+gateways refuse (``headers_with_underscores_action: REJECT_REQUEST``)."""
 
 HOSTNAME_RE = re.compile(
     r"^(\*|(\*\.)?([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*)$"

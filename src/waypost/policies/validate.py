@@ -9,14 +9,15 @@ engine would refuse. Pure: no I/O; positions come from each document's :class:`S
 from __future__ import annotations
 
 import ipaddress
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
 from waypost.policies.diagnostics import Diagnostic
+from waypost.policies.identity import RESERVED_HEADERS, credential_headers
 from waypost.policies.model import (
     Api,
+    AuthPolicy,
     Consumer,
     DenyRule,
     Document,
@@ -26,6 +27,7 @@ from waypost.policies.model import (
     Portal,
     Route,
 )
+from waypost.policies.regexes import regex_problem
 from waypost.policies.validate_catalog import check_catalog
 from waypost.policies.validate_grpc import check_grpc_targets
 
@@ -74,6 +76,7 @@ def validate(entries: Sequence[Entry], *, check_references: bool = True) -> list
     _check_consumers(valid, out)
     _check_routes(valid, out)
     _check_gateways(valid, out)
+    _check_claim_headers(valid, out)
     check_grpc_targets(valid, out)
     check_catalog(valid, out)
     return out
@@ -201,72 +204,6 @@ def _check_consumers(entries: Sequence[Entry], out: list[Diagnostic]) -> None:
                     out.append(_error(entry, loc, "account.keys: describes a key that is not in api_keys"))
 
 
-# Constructs Python's `re` accepts but Envoy's RE2 engine refuses: RE2 has no backtracking, so no
-# lookaround, backreferences, atomic groups, conditionals or possessive quantifiers.
-_RE2_UNSUPPORTED_GROUPS = {
-    "(?=": "lookahead '(?='",
-    "(?!": "negative lookahead '(?!'",
-    "(?<=": "lookbehind '(?<='",
-    "(?<!": "negative lookbehind '(?<!'",
-    "(?>": "atomic group '(?>'",
-    "(?(": "conditional group '(?('",
-    "(?P=": "backreference '(?P='",
-}
-_INLINE_FLAGS_RE = re.compile(r"\(\?([aiLmsux-]+)[:)]")
-_RE2_FLAGS = frozenset("ims-")
-_BACKREF_DIGITS = frozenset("123456789")
-_COUNTED_RE = re.compile(r"\{\d*,?\d*\}$")
-
-
-def _is_quantifier(pattern: str, index: int) -> bool:
-    char = pattern[index]
-    return char in "*+?" or (char == "}" and _COUNTED_RE.search(pattern, 0, index + 1) is not None)
-
-
-def regex_problem(pattern: str) -> str | None:
-    """Why Envoy (RE2) would refuse ``pattern``, or None when it is fine."""
-    try:
-        re.compile(pattern)
-    except re.error as exc:
-        return f"invalid regular expression: {exc.msg} at position {exc.pos}"
-    except (OverflowError, RecursionError, ValueError) as exc:
-        return f"invalid regular expression: {exc}"
-    # Scan rather than search the text: `\(?=` and `[(?=]` are literals, not lookaheads.
-    index, in_class = 0, False
-    while index < len(pattern):
-        char = pattern[index]
-        following = pattern[index + 1 : index + 2]
-        if char == "\\":
-            if not in_class and following in _BACKREF_DIGITS:
-                return f"backreference '\\{following}' is not supported by Envoy's RE2 engine"
-            if not in_class and following == "Z":
-                return "'\\Z' is not supported by Envoy's RE2 engine: use '$'"
-            index += 2
-            continue
-        if in_class:
-            in_class = char != "]"
-        elif char == "[":
-            in_class = True
-            # A ']' right after '[' or '[^' is a member of the class, not its end.
-            index += 2 if following == "^" else 1
-            if pattern[index : index + 1] == "]":
-                index += 1
-            continue
-        elif char == "(" and following == "?":
-            for construct, label in _RE2_UNSUPPORTED_GROUPS.items():
-                if pattern.startswith(construct, index):
-                    return f"{label} is not supported by Envoy's RE2 engine"
-            flags = _INLINE_FLAGS_RE.match(pattern, index)
-            if flags and not set(flags.group(1)) <= _RE2_FLAGS:
-                return f"inline flags '(?{flags.group(1)}' are not supported by Envoy's RE2 engine"
-            index += 2
-            continue
-        elif following == "+" and _is_quantifier(pattern, index):
-            return f"possessive quantifier '{char}+' is not supported by Envoy's RE2 engine"
-        index += 1
-    return None
-
-
 def _check_routes(entries: Sequence[Entry], out: list[Diagnostic]) -> None:
     # Two routes with the same gateway, host and match: only one could ever be chosen, and which
     # one would depend on file order. Methods and headers are compared as sets.
@@ -337,6 +274,13 @@ def _check_gateways(entries: Sequence[Entry], out: list[Diagnostic]) -> None:
         if not isinstance(gateway, Gateway):
             continue
         _check_deny_patterns(entry, gateway.deny, out)
+        agents = gateway.limits.user_agents if gateway.limits is not None else None
+        for field_name in ("allow", "deny"):
+            for index, pattern in enumerate(getattr(agents, field_name, ())):
+                problem = regex_problem(pattern)
+                if problem is not None:
+                    loc = ("limits", "user_agents", field_name, index)
+                    out.append(_error(entry, loc, f"{_field(loc)}: {problem}"))
         address = _normal_address(gateway.address)
         if address is None:
             out.append(_error(entry, ("address",), f"address: '{gateway.address}' is not an IP address"))
@@ -354,3 +298,31 @@ def _check_gateways(entries: Sequence[Entry], out: list[Diagnostic]) -> None:
                 )
                 break
         earlier.append((entry, gateway))
+
+
+def _check_claim_headers(entries: Sequence[Entry], out: list[Diagnostic]) -> None:
+    # Claim headers are removed from every client request (policies.identity): one naming a
+    # credential or a header every request needs would remove that too.
+    policies = [e.document for e in entries if isinstance(e.document, AuthPolicy)]
+    credentials = credential_headers(policies)
+    for entry in entries:
+        policy = entry.document
+        if not isinstance(policy, AuthPolicy):
+            continue
+        for index, source in enumerate(policy.identity):
+            for claim, header in (source.jwt.claims_to_headers if source.jwt else {}).items():
+                name = header.lower()
+                why = (
+                    "a credential header of an AuthPolicy"
+                    if name in credentials
+                    else "a header requests need"
+                    if name in RESERVED_HEADERS
+                    else None
+                )
+                if why is not None:
+                    loc = ("identity", index, "jwt", "claims_to_headers", claim)
+                    message = (
+                        f"{_field(loc)}: '{header}' is {why}; claim headers are removed from client"
+                        " requests, so pick another name (e.g. x-user-id)"
+                    )
+                    out.append(_error(entry, loc, message))

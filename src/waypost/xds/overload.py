@@ -14,6 +14,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from waypost.policies.regexes import MAX_PROGRAM_SIZE
+
 __all__ = ["DEFAULT_MAX_CONNECTIONS", "LAYERED_RUNTIME", "build_overload_manager"]
 
 # Envoy warns at start-up when nothing caps downstream connections; 50k is the figure of Envoy's
@@ -22,7 +24,7 @@ DEFAULT_MAX_CONNECTIONS = 50_000
 _MONITORS = "type.googleapis.com/envoy.extensions.resource_monitors"
 _CONNECTIONS = "envoy.resource_monitors.global_downstream_max_connections"
 _HEAP = "envoy.resource_monitors.fixed_heap"
-_RE2_ERROR_LEVEL = 4096
+_RE2_ERROR_LEVEL = MAX_PROGRAM_SIZE  # what `waypost validate` checks policies' regexes against
 
 LAYERED_RUNTIME: dict[str, Any] = {
     "layers": [

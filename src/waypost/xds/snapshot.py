@@ -302,6 +302,12 @@ class _References:
             if msg.HasField("sds_config"):  # an SDS secret from a file path is not ours to serve
                 self.secrets.add(msg.name)
             return
+        elif name == "envoy.extensions.filters.http.ext_authz.v3.ExtAuthz":
+            # The filter-level service is a default no route uses: every route disables the filter
+            # or names its own service per route (walked with the route table), and the listener
+            # must not change with auth (issue 12), so its cluster is carried only when a route
+            # needs it. Envoy accepts the listener without it (tests/test_e2e_auth_rollout.py).
+            return
         elif name == "envoy.config.core.v3.GrpcService.EnvoyGrpc":
             self.clusters.add(msg.cluster_name)
         elif name == "envoy.config.core.v3.HttpUri":

@@ -1,16 +1,27 @@
 """Route.auth -> Envoy's ext_authz filter calling waypost's Check service, per route.
 
-Only gateways with at least one authenticated route get the filter. Each such route carries
-``context_extensions`` naming itself and its AuthPolicies, so the decision service looks up a
-prebuilt plan instead of re-matching the request; every other route of the gateway disables the
-filter per route and costs nothing. The decision service is reached through the cluster
-:data:`~waypost.contract.AUTHZ_CLUSTER` (or ``AUTHZ_HTTP_CLUSTER``), which waypost delivers over
-CDS/EDS with the endpoints `waypost serve` knows (its own, or ``--authz-address``); see
-:mod:`waypost.xds.compiler.decisions`.
+Every gateway carries the filter, whether or not any route is authenticated, and its
+filter-level config depends only on the Gateway (``auth_service``, ``auth_failure_mode``), never on
+Routes or AuthPolicies. CONTRACT (no window without auth): an auth change then alters only the
+route table, which Envoy swaps for every connection at once; the listener is not replaced, so no
+connection opened before the change keeps a filter chain that lacks the filter (200 without a
+key) or has one the new routes do not configure (403 on public routes). Everything that depends
+on policies (the service, its timeout, the claim headers) is per route, in ``check_settings``.
 
-On the same gateways, :class:`IdentityHeadersFeature` removes every client-sent ``x-waypost-*``
-request header first, on every route (authenticated or not), so identity headers reaching an
-upstream were always set by waypost.
+An authenticated route carries ``context_extensions`` naming itself and its AuthPolicies, so the
+decision service looks up a prebuilt plan instead of re-matching the request; every other route
+disables the filter per route and costs nothing: Envoy then never calls the decision service, so
+its cluster may be absent (it is delivered only when a route needs it, :meth:`cluster_for`; Envoy
+accepts a listener whose ext_authz names a cluster it lacks, and the snapshot check skips the
+filter-level service, which no route uses) and ``auth_failure_mode`` is never consulted. The
+decision service is reached through the cluster :data:`~waypost.contract.AUTHZ_CLUSTER` (or
+``AUTHZ_HTTP_CLUSTER``), which waypost delivers over CDS/EDS with the endpoints `waypost serve`
+knows (its own, or ``--authz-address``); see :mod:`waypost.xds.compiler.decisions`.
+
+On every gateway, :class:`IdentityHeadersFeature` removes every client-sent ``x-waypost-*``
+request header first, and on every route (authenticated or not) every other header an AuthPolicy
+maps a claim to (:mod:`waypost.policies.identity`), so identity headers reaching an upstream were
+always set by waypost, whichever source identified the caller.
 """
 
 from __future__ import annotations
@@ -23,7 +34,7 @@ from envoy.config.route.v3 import route_components_pb2
 from envoy.extensions.filters.http.ext_authz.v3 import ext_authz_pb2
 from envoy.extensions.filters.http.header_mutation.v3 import header_mutation_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm_pb2
-from envoy.type.matcher.v3 import string_pb2
+from envoy.type.matcher.v3 import regex_pb2, string_pb2
 from envoy.type.v3 import http_status_pb2
 
 from waypost.contract import (
@@ -34,6 +45,7 @@ from waypost.contract import (
     METADATA_CONSUMER,
     METADATA_PLAN,
 )
+from waypost.policies.identity import identity_headers
 from waypost.policies.model import AuthPolicy, Gateway, PolicySet, Route
 from waypost.xds.compiler.jwt_native import native_routes
 from waypost.xds.compiler.pb import duration, pack
@@ -51,17 +63,22 @@ _BASE_TIMEOUT_MS = 500
 _TIMEOUT_MARGIN_MS = 250
 
 
-def _needs_authz(routes: Sequence[Route]) -> bool:
-    return any(route.auth_policies for route in routes)
-
-
 class IdentityHeadersFeature:
-    """Strip client-sent ``x-waypost-*`` request headers before anything else sees the request.
+    """Strip client-sent identity headers before anything else sees the request.
 
     On every gateway, with or without auth: a backend that trusts ``x-waypost-consumer`` must not
-    be reachable with a forged one through a gateway that happens to have no AuthPolicy."""
+    be reachable with a forged one through a gateway that happens to have no AuthPolicy. The
+    ``x-waypost-`` prefix is removed by the filter itself; the claim headers of the policy's
+    AuthPolicies per route (header_mutation applies both), so they change with the route table,
+    never the listener (see the CONTRACT above)."""
 
     filter_name = HEADER_MUTATION_FILTER
+
+    def __init__(self, policy: PolicySet | None = None) -> None:
+        self._claim_headers = identity_headers(policy.auth_policies) if policy is not None else ()
+
+    def bind(self, policy: PolicySet) -> IdentityHeadersFeature:
+        return IdentityHeadersFeature(policy)
 
     def applies(self, gateway: Gateway, routes: Sequence[Route]) -> bool:
         return True
@@ -78,7 +95,16 @@ class IdentityHeadersFeature:
         return hcm_pb2.HttpFilter(name=HEADER_MUTATION_FILTER, typed_config=pack(config))
 
     def patch_route(self, route: Route, xds_route: route_components_pb2.Route) -> None:
-        return None
+        if not self._claim_headers:
+            return
+        per_route = header_mutation_pb2.HeaderMutationPerRoute(
+            mutations=header_mutation_pb2.Mutations(
+                request_mutations=[
+                    mutation_rules_pb2.HeaderMutation(remove=name) for name in self._claim_headers
+                ]
+            )
+        )
+        xds_route.typed_per_filter_config[HEADER_MUTATION_FILTER].CopyFrom(pack(per_route))
 
 
 class ExtAuthzFeature:
@@ -109,11 +135,11 @@ class ExtAuthzFeature:
             )
 
     def bind(self, policy: PolicySet) -> ExtAuthzFeature:
-        """This feature for one policy version: the filter's settings depend on the AuthPolicies."""
+        """This feature for one policy version: the per-route settings depend on the AuthPolicies."""
         return ExtAuthzFeature(policy)
 
     def applies(self, gateway: Gateway, routes: Sequence[Route]) -> bool:
-        return _needs_authz([r for r in routes if r.name not in self._native])
+        return True
 
     def cluster_for(self, route: Route) -> str | None:
         """The decision cluster Envoy calls for ``route``, if any."""
@@ -122,13 +148,7 @@ class ExtAuthzFeature:
         return AUTHZ_HTTP_CLUSTER if route.gateway in self._http_gateways else AUTHZ_CLUSTER
 
     def http_filter(self, gateway: Gateway, routes: Sequence[Route]) -> hcm_pb2.HttpFilter:
-        policies = [
-            self.auth_policies[name]
-            for route in routes
-            if route.name not in self._native
-            for name in route.auth_policies
-            if name in self.auth_policies
-        ]
+        # From the Gateway alone (see the module's CONTRACT): no policy change alters the listener.
         fail_open = gateway.auth_failure_mode == "open"
         config = ext_authz_pb2.ExtAuthz(
             transport_api_version=config_source_pb2.ApiVersion.V3,
@@ -137,24 +157,17 @@ class ExtAuthzFeature:
             status_on_error=http_status_pb2.HttpStatus(code=http_status_pb2.StatusCode.ServiceUnavailable),
             clear_route_cache=False,
         )
-        if gateway.name in self._http_gateways:
-            config.http_service.CopyFrom(_http_service(policies, AUTHZ_HTTP_PATH_PREFIX))
-        else:
-            config.grpc_service.CopyFrom(
-                grpc_service_pb2.GrpcService(
-                    envoy_grpc=grpc_service_pb2.GrpcService.EnvoyGrpc(cluster_name=AUTHZ_CLUSTER),
-                    timeout=duration(_timeout_ms(policies)),
-                )
+        if gateway.auth_service == "http":
+            config.http_service.CopyFrom(_http_service((), AUTHZ_HTTP_PATH_PREFIX))
+            # The HTTP transport forwards only a few headers unless told otherwise; which ones
+            # hold credentials depends on policies, so every header travels (as over gRPC).
+            config.allowed_headers.patterns.append(
+                string_pb2.StringMatcher(safe_regex=regex_pb2.RegexMatcher(regex=".*"))
             )
+        else:
+            config.grpc_service.CopyFrom(_grpc_service(()))
         if fail_open:
             config.failure_mode_allow_header_add = True
-        headers = _credential_headers(policies)
-        if headers is not None:
-            # Only credentials travel to the decision service: smaller CheckRequests, less to parse.
-            # Envoy wants at least one pattern; mtls-only policies need no header but `host`.
-            config.allowed_headers.patterns.extend(
-                string_pb2.StringMatcher(exact=h) for h in headers or ["host"]
-            )
         return hcm_pb2.HttpFilter(name=EXT_AUTHZ_FILTER, typed_config=pack(config))
 
     def patch_route(self, route: Route, xds_route: route_components_pb2.Route) -> None:
@@ -169,9 +182,14 @@ class ExtAuthzFeature:
                 )
             )
         elif route.auth_policies:
+            # The service is named per route, even on gRPC gateways: its timeout follows the
+            # route's plugins, and an `auth_service: http` gateway decides here in gRPC what its
+            # HTTP endpoint cannot (mTLS, plugins).
+            policies = [self.auth_policies[p] for p in route.auth_policies if p in self.auth_policies]
             per_route = ext_authz_pb2.ExtAuthzPerRoute(
                 check_settings=ext_authz_pb2.CheckSettings(
-                    context_extensions={"route": route.name, "policies": ",".join(route.auth_policies)}
+                    context_extensions={"route": route.name, "policies": ",".join(route.auth_policies)},
+                    grpc_service=_grpc_service(policies),
                 )
             )
         else:
@@ -184,6 +202,13 @@ def _http_capable(policies: Sequence[AuthPolicy]) -> bool:
     plugins may add any header, which HTTP mode could only pass on by name)."""
     return all(
         source.api_key is not None or source.jwt is not None for p in policies for source in p.identity
+    )
+
+
+def _grpc_service(policies: Sequence[AuthPolicy]) -> grpc_service_pb2.GrpcService:
+    return grpc_service_pb2.GrpcService(
+        envoy_grpc=grpc_service_pb2.GrpcService.EnvoyGrpc(cluster_name=AUTHZ_CLUSTER),
+        timeout=duration(_timeout_ms(policies)),
     )
 
 
@@ -230,21 +255,3 @@ def _timeout_ms(policies: Sequence[AuthPolicy]) -> int:
         if source.custom is not None
     ]
     return max([_BASE_TIMEOUT_MS, *(t + _TIMEOUT_MARGIN_MS for t in plugin_timeouts)])
-
-
-def _credential_headers(policies: Sequence[AuthPolicy]) -> list[str] | None:
-    """The request headers decisions read, or None when a plugin or CEL rule may read any."""
-    headers: set[str] = set()
-    for policy in policies:
-        for source in policy.identity:
-            if source.custom is not None:
-                return None
-            if source.api_key is not None:
-                headers.add(source.api_key.header.lower())
-            elif source.jwt is not None:
-                headers.add(source.jwt.header.lower())
-        for rule in policy.rules:
-            match = rule.allow or rule.deny
-            if match is not None and match.when is not None and "headers" in match.when:
-                return None
-    return sorted(headers)

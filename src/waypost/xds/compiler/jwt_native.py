@@ -44,6 +44,7 @@ string) match only their string members natively.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from collections.abc import Mapping, Sequence
@@ -64,6 +65,7 @@ from google.protobuf import wrappers_pb2
 
 from waypost.contract import CONSUMER_HEADER
 from waypost.policies.model import AuthPolicy, Gateway, PolicySet, Route, RuleMatch
+from waypost.policies.regexes import regex_problem
 from waypost.xds.compiler.pb import pack as _pack
 
 __all__ = [
@@ -77,7 +79,9 @@ __all__ = [
 ]
 
 JWT_AUTHN_FILTER = "envoy.filters.http.jwt_authn"
-RBAC_FILTER = "envoy.filters.http.rbac"
+RBAC_FILTER = "waypost.rbac.jwt"
+"""Not Envoy's default rbac name: the Gateway's deny filter has that one, and a per-route config
+is looked up by filter name, so a shared name would let this route's rules replace the gateway's."""
 PAYLOAD_KEY = "waypost_jwt"
 """jwt_authn files the verified payload under this key of its metadata namespace."""
 
@@ -119,6 +123,10 @@ def native_policy(route: Route, policy: PolicySet) -> AuthPolicy | None:
         if match is None or match.when is not None:
             return None
         if not all(_SAFE_PATH.match(p) for p in match.paths):
+            return None
+        # A long scope makes a regex over Envoy's RE2 program-size limit: the decision service
+        # checks it instead of a NACK.
+        if any(regex_problem(_scope_word(scope)) is not None for scope in match.scopes):
             return None
     if any(c.roles or c.plan is not None or c.subscriptions is not None for c in policy.consumers.values()):
         return None
@@ -182,7 +190,15 @@ class _Native:
 
 
 class JwtAuthnFeature:
-    """Envoy's jwt_authn filter: one provider and requirement per natively enforced AuthPolicy."""
+    """Envoy's jwt_authn filter: one provider and requirement per natively enforced AuthPolicy.
+
+    On every gateway (empty where no route is native), so adding or removing native routes never
+    replaces the listener (see :mod:`.ext_authz`). The providers do change with their policies,
+    and then the listener is replaced; connections opened before keep the old providers while
+    the route table changes at once. So requirements are named after their provider's content
+    (:func:`requirement_name`): a route whose policy changed names a requirement the old chain
+    lacks, which jwt_authn refuses (403) rather than verify against a stale JWKS, issuer or
+    audience. Unchanged policies keep their names and keep working on old connections."""
 
     filter_name = JWT_AUTHN_FILTER
 
@@ -194,24 +210,33 @@ class JwtAuthnFeature:
         return JwtAuthnFeature(policy)
 
     def applies(self, gateway: Gateway, routes: Sequence[Route]) -> bool:
-        return bool(self._native.on(routes))
+        return True
 
     def http_filter(self, gateway: Gateway, routes: Sequence[Route]) -> hcm_pb2.HttpFilter:
-        assert self._policy is not None
         config = jwt_pb2.JwtAuthentication()
-        for name, auth in sorted(self._native.on(routes).items()):
-            config.providers[name].CopyFrom(_provider(auth, self._policy))
+        for _, auth in sorted(self._native.on(routes).items()):
+            assert self._policy is not None
+            provider = _provider(auth, self._policy)
+            name = requirement_name(auth.name, provider)
+            config.providers[name].CopyFrom(provider)
             config.requirement_map[name].CopyFrom(jwt_pb2.JwtRequirement(provider_name=name))
         return hcm_pb2.HttpFilter(name=JWT_AUTHN_FILTER, typed_config=_pack(config))
 
     def patch_route(self, route: Route, xds_route: route_components_pb2.Route) -> None:
         auth = self._native.routes.get(route.name)
-        per_route = (
-            jwt_pb2.PerRouteConfig(requirement_name=auth.name)
-            if auth is not None
-            else jwt_pb2.PerRouteConfig(disabled=True)
-        )
+        if auth is not None:
+            assert self._policy is not None
+            name = requirement_name(auth.name, _provider(auth, self._policy))
+            per_route = jwt_pb2.PerRouteConfig(requirement_name=name)
+        else:
+            per_route = jwt_pb2.PerRouteConfig(disabled=True)
         xds_route.typed_per_filter_config[JWT_AUTHN_FILTER].CopyFrom(_pack(per_route))
+
+
+def requirement_name(policy_name: str, provider: jwt_pb2.JwtProvider) -> str:
+    """``policy-<12 hex>``: the AuthPolicy's name and a digest of everything its provider checks."""
+    digest = hashlib.sha256(provider.SerializeToString(deterministic=True)).hexdigest()[:12]
+    return f"{policy_name}-{digest}"
 
 
 def _provider(auth: AuthPolicy, policy: PolicySet) -> jwt_pb2.JwtProvider:
@@ -249,7 +274,8 @@ def _provider(auth: AuthPolicy, policy: PolicySet) -> jwt_pb2.JwtProvider:
 
 
 class NativeRbacFeature:
-    """Envoy's rbac filter, configured per natively enforced route (allow-all elsewhere)."""
+    """Envoy's rbac filter, configured per natively enforced route (allow-all elsewhere); on every
+    gateway, so native routes come and go without replacing the listener."""
 
     filter_name = RBAC_FILTER
 
@@ -260,7 +286,7 @@ class NativeRbacFeature:
         return NativeRbacFeature(policy)
 
     def applies(self, gateway: Gateway, routes: Sequence[Route]) -> bool:
-        return bool(self._native.on(routes))
+        return True
 
     def http_filter(self, gateway: Gateway, routes: Sequence[Route]) -> hcm_pb2.HttpFilter:
         # No rules at the filter level: routes without a per-route config are not restricted.
@@ -333,7 +359,7 @@ def _claim_has(claim: str, value: str) -> list[rbac_pb2.Permission]:
 
 def _scope(scope: str) -> rbac_pb2.Permission:
     """waypost's scopes: the space-separated `scope` string when it is a string, else `scp`."""
-    word = rf"(?s)(^|.*\s){re.escape(scope)}(\s.*|$)"
+    word = _scope_word(scope)
     scope_is_string = _metadata("scope", value_pb2.ValueMatcher(string_match=_regex("(?s).*")))
     in_scp = _metadata(
         "scp",
@@ -349,6 +375,10 @@ def _scope(scope: str) -> rbac_pb2.Permission:
             _and([_not(scope_is_string), in_scp]),
         ]
     )
+
+
+def _scope_word(scope: str) -> str:
+    return rf"(?s)(^|.*\s){re.escape(scope)}(\s.*|$)"
 
 
 def _metadata(claim: str, value: value_pb2.ValueMatcher) -> rbac_pb2.Permission:

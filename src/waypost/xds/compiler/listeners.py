@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from envoy.config.core.v3 import address_pb2, base_pb2
+from envoy.config.core.v3 import address_pb2, base_pb2, protocol_pb2
 from envoy.config.listener.v3 import listener_components_pb2, listener_pb2
 from envoy.extensions.filters.http.router.v3 import router_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm_pb2
@@ -43,12 +43,25 @@ def build_listener(
         normalize_path=_bool(True),
         merge_slashes=True,
         path_with_escaped_slashes_action=_HCM.UNESCAPE_AND_REDIRECT,
+        # Host normalization, so a host-scoped route (and its auth) cannot be skipped for a `*`
+        # catch-all by spelling the host differently: `api.example.com:443` and
+        # `api.example.com.` (a fully qualified name) are `api.example.com`. An empty port
+        # (`api.example.com:`) is not a port to Envoy's stripping; the route configuration's
+        # ignore_port_in_host_matching covers it (routes.py).
         strip_any_host_port=True,
+        strip_trailing_host_dot=True,
         # Routes may remove the upstream's `server` header; Envoy must not re-add its own.
         server_header_transformation=_HCM.PASS_THROUGH,
     )
     for hook in (*HCM_HOOKS, *extra_hooks):
         hook(gateway, hcm)
+    # After the hooks, which may set other protocol options. `x_user_id` is `x-user-id` to many
+    # backends (CGI, nginx, Django), so an underscore header could smuggle a value past the
+    # removal of identity headers or a header rule: refuse the request (400), as Envoy Gateway
+    # does by default.
+    hcm.common_http_protocol_options.headers_with_underscores_action = (
+        protocol_pb2.HttpProtocolOptions.REJECT_REQUEST
+    )
     chain = listener_components_pb2.FilterChain(
         filters=[
             listener_components_pb2.Filter(

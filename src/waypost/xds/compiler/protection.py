@@ -147,7 +147,9 @@ class RouteDenyFeature:
     filter_name = ROUTE_RBAC_FILTER
 
     def applies(self, gateway: Gateway, routes: Sequence[Route]) -> bool:
-        return any(route.deny for route in routes)
+        # On every gateway: a route gaining `deny` must bind connections opened before the change
+        # too, and only the route table (not the listener) reaches those at once.
+        return True
 
     def http_filter(self, gateway: Gateway, routes: Sequence[Route]) -> hcm_pb2.HttpFilter:
         # No rules at the filter level: routes without `deny` pass untouched.

@@ -57,6 +57,9 @@ def build_route_configuration(
         virtual_hosts=virtual_hosts,
         # A route naming a cluster Envoy lacks answers 503, not 404: it is an outage, not a miss.
         validate_clusters=wrappers_pb2.BoolValue(value=False),
+        # `api.example.com:` (an empty port, which the connection manager leaves alone) and any
+        # port pick the host's virtual host, never the `*` catch-all.
+        ignore_port_in_host_matching=True,
     )
 
 
