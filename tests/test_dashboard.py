@@ -3,53 +3,16 @@ waypost with a real Envoy connected. The screenshot lands in test-artifacts/dash
 
 from __future__ import annotations
 
-import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
 from prometheus_client import CollectorRegistry, Counter
 
 from support import REPO_ROOT, get, wait_until
+from support.browser import headless
 from waypost.server.dashboard import AUTHZ_METRIC, RATELIMIT_METRIC, Sample, rates, read_counters
 
 ARTIFACTS = REPO_ROOT / "test-artifacts"
-
-
-def _chromium() -> str:
-    for name in ("chromium", "chromium-browser", "google-chrome"):
-        found = shutil.which(name)
-        if found:
-            return found
-    pytest.fail("chromium is not installed: run `make system-deps`", pytrace=False)
-
-
-def _headless(url: str, profile: Path, *extra: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [
-            _chromium(),
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-dev-shm-usage",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            "--no-first-run",
-            "--hide-scrollbars",
-            f"--user-data-dir={profile}",
-            "--window-size=1280,900",
-            # Virtual time runs the page's polling (setInterval + fetch) to completion before the
-            # DOM is dumped or the screenshot taken, however slow the machine.
-            "--virtual-time-budget=6000",
-            *extra,
-            url,
-        ],
-        capture_output=True,
-        text=True,
-        timeout=90,
-        check=False,
-    )
 
 
 def test_counters_and_rates() -> None:
@@ -97,7 +60,7 @@ def test_dashboard_shows_a_connected_envoy_in_sync(
     # Self-contained: no script, style or font from elsewhere (the SVG namespace is only a name).
     assert "://" not in page.text.replace("http://www.w3.org/2000/svg", "")
 
-    dom = _headless(f"{waypost.admin_url}/", tmp_path / "chrome-dom", "--dump-dom")
+    dom = headless(f"{waypost.admin_url}/", tmp_path / "chrome-dom", "--dump-dom")
     assert 'data-loaded="true"' in dom.stdout, dom.stderr[-2000:]
     assert '<tr data-node="edge-1">' in dom.stdout
     assert 'data-sync="in-sync"' in dom.stdout
@@ -108,7 +71,7 @@ def test_dashboard_shows_a_connected_envoy_in_sync(
     ARTIFACTS.mkdir(exist_ok=True)
     screenshot = ARTIFACTS / "dashboard.png"
     screenshot.unlink(missing_ok=True)
-    shot = _headless(f"{waypost.admin_url}/", tmp_path / "chrome-shot", f"--screenshot={screenshot}")
+    shot = headless(f"{waypost.admin_url}/", tmp_path / "chrome-shot", f"--screenshot={screenshot}")
     assert screenshot.exists() and screenshot.stat().st_size > 10_000, shot.stderr[-2000:]
 
     # A refused change shows on the page with its file:line, while the Envoy stays in sync.
@@ -119,7 +82,7 @@ def test_dashboard_shows_a_connected_envoy_in_sync(
     wait_until(
         lambda: waypost.status()["policy"]["last_error"], timeout=20, message="the broken file refused"
     )
-    dom = _headless(f"{waypost.admin_url}/", tmp_path / "chrome-dom2", "--dump-dom")
+    dom = headless(f"{waypost.admin_url}/", tmp_path / "chrome-dom2", "--dump-dom")
     assert '<section class="error" id="load-error">' in dom.stdout, dom.stdout
     assert "broken.yaml:5: Route broken: backend 'nope' is not a Service" in dom.stdout
     assert 'data-sync="in-sync"' in dom.stdout
@@ -238,7 +201,7 @@ def test_dashboard_page_shows_nacks_as_text(tmp_path: Path) -> None:
     assert ready.wait(10)
     try:
         url = f"http://127.0.0.1:{port[0]}/"
-        dom = _headless(url, tmp_path / "chrome", "--dump-dom").stdout
+        dom = headless(url, tmp_path / "chrome", "--dump-dom").stdout
         assert 'data-sync="nacked"' in dom  # behind because Envoy rejected the push
         assert "&lt;img src=x onerror=alert(1)&gt; Proto constraint validation failed" in dom
         assert "<img" not in dom
@@ -257,7 +220,7 @@ def test_dashboard_page_shows_nacks_as_text(tmp_path: Path) -> None:
         assert '<span class="badge bad">nothing</span>' in dom
         assert "10.1.2.3:9191" in dom
         ARTIFACTS.mkdir(exist_ok=True)
-        _headless(url, tmp_path / "chrome-shot", f"--screenshot={ARTIFACTS / 'dashboard-nack.png'}")
+        headless(url, tmp_path / "chrome-shot", f"--screenshot={ARTIFACTS / 'dashboard-nack.png'}")
     finally:
         loop, stop = stopping[0]
         loop.call_soon_threadsafe(stop.set)

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from support import EchoFactory, EnvoyProcess, WaypostProcess, free_ports
-from test_dashboard import _headless
+from support.browser import headless
 
 pytestmark = pytest.mark.e2e
 
@@ -90,7 +90,7 @@ cors:
     envoy = await asyncio.to_thread(start_envoy, xds_port=waypost.xds_port)
     await asyncio.to_thread(envoy.wait_for_listener, port)
     try:
-        result = await asyncio.to_thread(_headless, f"{origin}/", tmp_path / "chromium-profile", "--dump-dom")
+        result = await asyncio.to_thread(headless, f"{origin}/", tmp_path / "chromium-profile", "--dump-dom")
         found = re.search(r'<p id="out">([^<]*)</p>', result.stdout)
         assert found is not None, result.stdout[-2000:] + result.stderr[-2000:]
         assert found.group(1).startswith("status=200"), found.group(1)

@@ -1,8 +1,9 @@
 """Golden tests: each tests/golden/NAME/in/ policy directory renders to the files in out/.
 
 A valid case renders one YAML file per resource type for the node in NAME/case.yaml (default:
-cluster `edge`, no labels; `grpc_client: true` renders for a proxyless gRPC client), and an
-Envoy node's output also passes `envoy --mode validate`. An invalid case
+cluster `edge`, no labels; `grpc_client: true` renders for a proxyless gRPC client;
+`collector: HOST:PORT` compiles as served with an analytics collector), and an Envoy node's
+output also passes `envoy --mode validate`. An invalid case
 renders `diagnostics.txt`, the exact lines `waypost validate` prints.
 
 Regenerate after an intended change, then review the diff like code:
@@ -24,6 +25,7 @@ import yaml
 
 from waypost.policies.diagnostics import PolicyError
 from waypost.policies.loader import load_policies
+from waypost.policies.types import parse_endpoint
 from waypost.xds.compiler import NodeResources, compile_policy
 from waypost.xds.render import SECTIONS, dump_yaml, render_resources, static_bootstrap
 
@@ -44,8 +46,10 @@ def node_resources(case: str, monkeypatch: pytest.MonkeyPatch) -> NodeResources 
         policy = load_policies(Path("in"))
     except PolicyError as exc:
         return "".join(f"{d}\n" for d in exc.diagnostics)
-    node = case_options(case).get("node", {})
-    compiled = compile_policy(policy)
+    options = case_options(case)
+    node = options.get("node", {})
+    collector = parse_endpoint(options["collector"]) if "collector" in options else None
+    compiled = compile_policy(policy, collector=collector)
     return compiled.resources_for(
         compiled.select_gateways(
             node.get("cluster", "edge"), node.get("labels", {}), proxyless=node.get("grpc_client", False)

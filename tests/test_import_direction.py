@@ -25,6 +25,7 @@ LAYERS: dict[str, tuple[int, str]] = {
     "waypost.h2grpc": (1, "gRPC transport"),  # the decision ports' server: below both services
     "waypost.xds": (2, "compiler"),
     "waypost.filters": (2, "decision services"),
+    "waypost.analytics": (2, "analytics"),
     "waypost.server": (3, "server"),
     # The developer portal: a web app over the policy repository that reads the rate-limit
     # counters (decision services); `waypost serve` may host it, so it sits beside the server.
@@ -32,6 +33,7 @@ LAYERS: dict[str, tuple[int, str]] = {
     "waypost.gitdiff": (4, "cli"),
     "waypost.gitdiff_help": (4, "cli"),
     "waypost.cli": (4, "cli"),
+    "waypost.cli_analytics": (4, "cli"),
     "waypost.demo": (4, "cli"),
     "waypost.__main__": (4, "cli"),
     "waypost": (4, "cli"),

@@ -1,4 +1,4 @@
-"""The `waypost` command line: validate, render, bootstrap, serve, diff, schema, docs, teams.
+"""The `waypost` command line: validate, render, bootstrap, serve, top, diff, schema, docs, teams.
 
 A thin layer: parse arguments, call one stage, print its result. Exit codes: 0 success, 1 invalid
 policy (one `path:line: Kind name: message` line per problem on stderr), 2 usage errors.
@@ -19,6 +19,13 @@ from typing import TYPE_CHECKING, Any
 # busy in the parent (grpc/grpc#43055): `git` under serve, --git-pull and the portal. waypost
 # only forks to exec, so it needs none of them; read by grpcio when first imported, below.
 os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
+
+from waypost.cli_analytics import (
+    add_analytics_arguments,
+    add_top_parser,
+    analytics_options,
+    run_top,
+)
 
 if TYPE_CHECKING:
     from waypost.h2grpc import Limits
@@ -248,6 +255,8 @@ def _parser() -> argparse.ArgumentParser:
     keys_commands = keys.add_subparsers(dest="keys_command", required=True)
     keys_new = keys_commands.add_parser("new", help="print a fresh API key once, and the line to commit")
     keys_new.add_argument("consumer")
+    add_analytics_arguments(serve)
+    add_top_parser(commands)
 
     teams = commands.add_parser("teams", help="views of the Team documents")
     teams_commands = teams.add_subparsers(dest="teams_command", required=True)
@@ -498,6 +507,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             from waypost.codeowners import run_codeowners
 
             return run_codeowners(args.directory, args.platform)
+        if args.command == "top":
+            return run_top(args)
     except argparse.ArgumentTypeError as exc:
         print(f"waypost: {exc}", file=sys.stderr)
         return 2
@@ -678,6 +689,7 @@ def _serve(args: argparse.Namespace) -> int:
         ),
         registry_redis=args.redis,
         portal=serve_portal_options(args),
+        analytics=analytics_options(args),
     )
     # Only once the arguments are known good: a usage error leaves logging as it was.
     configure_logging(args.log_level, json=None if args.log_format is None else args.log_format == "json")

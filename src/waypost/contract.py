@@ -9,6 +9,8 @@ config naming them, so renaming one is a migration, not a refactor.
 from __future__ import annotations
 
 __all__ = [
+    "ANALYTICS_CLUSTER",
+    "ANALYTICS_SAMPLE_TAG",
     "AUTHZ_CLUSTER",
     "AUTHZ_GRPC_SERVICE",
     "AUTHZ_HTTP_CLUSTER",
@@ -56,6 +58,13 @@ BODY_CHECK_EXTENSION = "check"
 
 DECISION_CLUSTERS = (AUTHZ_CLUSTER, AUTHZ_HTTP_CLUSTER, RATELIMIT_CLUSTER)
 """In the order /status and the dashboard list them."""
+
+ANALYTICS_CLUSTER = "waypost_analytics"
+"""The call-analytics collector (Envoy's gRPC access-log service), for Gateways with analytics on."""
+
+ANALYTICS_SAMPLE_TAG = "waypost.sample"
+"""Access-log custom tag with the Gateway's sample percentage: the collector counts each entry as
+100/sample requests."""
 
 AUTHZ_GRPC_SERVICE = "envoy.service.auth.v3.Authorization"
 RATELIMIT_GRPC_SERVICE = "envoy.service.ratelimit.v3.RateLimitService"

@@ -58,6 +58,7 @@ AUTHZ_PORT = 9191  # ext_authz decisions (`waypost serve --authz-port`)
 RATELIMIT_PORT = 18001  # rate-limit decisions (`waypost serve --ratelimit-port`)
 PORTAL_PORT = 9904  # the developer portal (`waypost serve --portal-port`)
 PULL_INTERVAL = "1s"  # how soon a portal commit reaches the fleet
+ANALYTICS_PORT = 18002  # Envoy's access-log stream (`waypost serve --analytics-port`)
 ACME_KEY = "demo-acme-key"  # policies/partners.yaml holds their hashes
 TRIAL_KEY = "demo-trial-key"
 DEV_KEY = "demo-dev-key"  # policies/portal/consumers/demo-dev.yaml: the portal's demo consumer
@@ -444,6 +445,7 @@ class Demo:
                 (LOOPBACK, AUTHZ_PORT, "waypost ext_authz"),
                 (LOOPBACK, RATELIMIT_PORT, "waypost rate limit"),
                 (LOOPBACK, PORTAL_PORT, "waypost developer portal"),
+                (LOOPBACK, ANALYTICS_PORT, "waypost analytics collector"),
             ]
         )
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -485,6 +487,10 @@ class Demo:
                     str(PORTAL_PORT),
                     "--portal-workdir",
                     str(self.workdir / "portal-clone"),
+                    "--analytics-port",
+                    str(ANALYTICS_PORT),
+                    "--data-dir",
+                    str(self.workdir / "data"),
                 ],
                 self.workdir / "waypost.log",
                 env,
@@ -577,7 +583,8 @@ class Demo:
         self.say()
         self.say(
             f"Envoy admin: http://{LOOPBACK}:{ENVOY_ADMIN_PORT}/config_dump   "
-            f"waypost dashboard: http://{LOOPBACK}:{WAYPOST_ADMIN_PORT}/"
+            f"waypost dashboard: http://{LOOPBACK}:{WAYPOST_ADMIN_PORT}/   "
+            f"call analytics: http://{LOOPBACK}:{WAYPOST_ADMIN_PORT}/analytics"
         )
         self.say(
             f"Developer portal: http://{LOOPBACK}:{PORTAL_PORT}/  (sign in with the key {ADMIN_KEY!r} as the"

@@ -55,6 +55,7 @@ __all__ = [
     "Document",
     "Fault",
     "Gateway",
+    "GatewayAnalytics",
     "GatewayGrant",
     "GatewayLimits",
     "GatewayTLS",
@@ -217,6 +218,18 @@ class Tracing(Spec):
     sampling: Percent = 100.0
 
 
+class GatewayAnalytics(Spec):
+    """Call analytics: Envoy streams this Gateway's access log to waypost over gRPC (served by
+    `waypost serve --analytics-port`; without it nothing is streamed)."""
+
+    enabled: StrictBool = True
+    sample: Annotated[float, Field(strict=True, gt=0, le=100, allow_inf_nan=False)] = Field(
+        default=100.0,
+        description="Percentage of requests logged; each logged request counts as 100/sample, "
+        "so figures stay estimates of the whole traffic.",
+    )
+
+
 class Gateway(Document):
     kind: Literal["Gateway"] = "Gateway"
     port: Port
@@ -237,6 +250,9 @@ class Gateway(Document):
     compression: Compression | None = Field(default=None, description="Compress every route's responses.")
     access_log: StrictBool = Field(default=False, description="One JSON line per request on Envoy's stdout.")
     tracing: Tracing | None = None
+    analytics: GatewayAnalytics = Field(
+        default_factory=GatewayAnalytics, description="Call analytics; on by default."
+    )
     trusted_hops: Annotated[StrictInt, Field(ge=0, le=10)] = Field(
         default=0,
         description="Proxies in front of this gateway that append to x-forwarded-for; the client "

@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import parse_qsl
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
@@ -29,6 +30,8 @@ _REASONS = {
     400: "Bad Request",
     401: "Unauthorized",
     404: "Not Found",
+    500: "Internal Server Error",
+    502: "Bad Gateway",
     405: "Method Not Allowed",
     503: "Service Unavailable",
 }
@@ -46,6 +49,8 @@ class Response:
 
 
 Handler = Callable[[], Awaitable[Response] | Response]
+QueryHandler = Callable[[Mapping[str, str]], Awaitable[Response]]
+"""A page that reads its query string (``?a=1&b=2``, last value of a repeated name wins)."""
 
 PROBES = frozenset({"/healthz", "/readyz"})
 """Pages load balancers and kubelets call without credentials; they reveal only up/ready."""
@@ -70,10 +75,14 @@ class AdminServer:
             "/metrics": lambda: Response(200, generate_latest(), CONTENT_TYPE_LATEST),
             "/status": lambda: Response.json(200, self._status()),
         }
+        self._query_routes: dict[str, QueryHandler] = {}
         self._server: asyncio.Server | None = None
 
     def route(self, path: str, handler: Callable[[], Response]) -> None:
         self._routes[path] = handler
+
+    def route_query(self, path: str, handler: QueryHandler) -> None:
+        self._query_routes[path] = handler
 
     def _readyz(self) -> Response:
         ready = self._ready()
@@ -95,6 +104,8 @@ class AdminServer:
         try:
             head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), timeout=10)
             response = self._dispatch(head)
+            if not isinstance(response, Response):
+                response = await response
         except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, TimeoutError, ConnectionError):
             writer.close()
             return
@@ -116,19 +127,26 @@ class AdminServer:
         finally:
             writer.close()
 
-    def _dispatch(self, head: bytes) -> Response:
+    def _dispatch(self, head: bytes) -> Response | Awaitable[Response]:
         request_line = head.split(b"\r\n", 1)[0].decode("latin-1")
         parts = request_line.split(" ")
         if len(parts) != 3 or not parts[2].startswith("HTTP/"):
             return Response.json(400, {"error": "malformed request line"})
-        method, target = parts[0], parts[1].split("?", 1)[0]
-        handler = self._routes.get(target)
-        if handler is None:
-            return Response.json(404, {"error": f"no such page: {target}", "pages": sorted(self._routes)})
+        method, target = parts[0], parts[1]
+        path, _, query = target.partition("?")
+        # Before anything else answers: an unknown page's 404 lists the pages there are.
+        if path not in PROBES and not self._auth.allows(_header(head, b"authorization")):
+            return _UNAUTHORIZED
+        handler = self._routes.get(path)
+        query_handler = self._query_routes.get(path)
+        if handler is None and query_handler is None:
+            pages = sorted([*self._routes, *self._query_routes])
+            return Response.json(404, {"error": f"no such page: {path}", "pages": pages})
         if method not in ("GET", "HEAD"):
             return Response.json(405, {"error": "only GET is served here"})
-        if target not in PROBES and not self._auth.allows(_header(head, b"authorization")):
-            return _UNAUTHORIZED
+        if query_handler is not None:
+            return query_handler(dict(parse_qsl(query, keep_blank_values=True)))
+        assert handler is not None
         return handler()
 
 

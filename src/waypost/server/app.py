@@ -1,10 +1,11 @@
 """`waypost serve`: wires the policy runtime, its appliers (snapshot cache, in-process decision
-services), the ADS server, the admin page and the watcher."""
+services, call analytics), the ADS server, the admin page and the watcher."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import signal
 import time
 from dataclasses import dataclass, field
@@ -13,10 +14,13 @@ from typing import TYPE_CHECKING, Any
 
 import grpc
 
+from waypost.analytics import Analytics, AnalyticsOptions
 from waypost.h2grpc import Service, add_to_grpcio
 from waypost.log import get_logger
 from waypost.policies.model import PolicySet
+from waypost.policies.types import Endpoint
 from waypost.server.admin import AdminServer
+from waypost.server.analytics_pages import install_analytics
 from waypost.server.dashboard import Dashboard
 from waypost.server.decisions import DecisionOptions, DecisionPlane
 from waypost.server.exposure import AdminAuth
@@ -66,6 +70,8 @@ class ServeOptions:
     """``redis://...``: share self-registered endpoints with the other replicas through it."""
     portal: PortalOptions | None = None
     """Also serve the developer portal (``--portal-port``); it reads this process's counters."""
+    analytics: AnalyticsOptions | None = None
+    """Collect Envoy's access logs (``--analytics-port``): call analytics."""
 
 
 class XdsApplier:
@@ -74,9 +80,13 @@ class XdsApplier:
 
     name = "xds"
 
-    def __init__(self, cache: SnapshotCache, plane: DecisionPlane) -> None:
+    def __init__(
+        self, cache: SnapshotCache, plane: DecisionPlane, *, collector: Endpoint | None = None
+    ) -> None:
         self.cache = cache
         self.plane = plane
+        self.collector = collector
+        """The analytics collector at the advertised address, when this serve runs one."""
         # Incremental reload: unchanged resources are not compiled (nor, in the cache, encoded)
         # again; the result is that of a full compile (see xds/compiler/memo.py).
         self.memo = CompileMemo()
@@ -84,9 +94,10 @@ class XdsApplier:
     async def prepare(self, policy: PolicySet) -> PreparedVersion:
         needs = await asyncio.to_thread(decision_needs, policy)
         await self.plane.ensure(needed_clusters(needs, needs))
-        compiled = await asyncio.to_thread(
-            compile_policy, policy, decisions=self.plane.endpoints(), memo=self.memo
-        )
+        options: dict[str, Any] = {"decisions": self.plane.endpoints(), "memo": self.memo}
+        if self.collector is not None:  # only then: compile_policy's callers without one stay valid
+            options["collector"] = self.collector
+        compiled = await asyncio.to_thread(functools.partial(compile_policy, policy, **options))
         return await asyncio.to_thread(self.cache.prepare, compiled)
 
     def commit(self, prepared: PreparedVersion) -> None:
@@ -175,10 +186,19 @@ async def serve(options: ServeOptions, *, stop: asyncio.Event | None = None) -> 
     if options.registry_redis:
         registry_sync = RedisRegistrySync(options.registry_redis, cache.registry)
         registry_sync.start()
+    analytics = Analytics(options.analytics) if options.analytics is not None else None
+    collector = None
+    if analytics is not None:
+        # Like the decision services: at the advertised address, delivered to Envoy over CDS.
+        collector = Endpoint(plane.advertise_address, await analytics.start(options.host))
     # Decision services first: they hold a version before Envoy can receive routes that call them.
     runtime = PolicyRuntime(
         options.policies,
-        [*plane.appliers(), XdsApplier(cache, plane)],
+        [
+            *plane.appliers(),
+            *([analytics] if analytics else []),
+            XdsApplier(cache, plane, collector=collector),
+        ],
         working_tree=options.working_tree,
         settle=options.debounce,
     )
@@ -214,6 +234,14 @@ async def serve(options: ServeOptions, *, stop: asyncio.Event | None = None) -> 
         xds_port = grpc_server.add_insecure_port(f"{options.host}:{options.xds_port}")
     await grpc_server.start()
     await runtime.reload()  # an invalid first load still serves: not ready until a valid one
+    gateways = runtime.current.gateways.values() if runtime.current is not None else ()
+    if analytics is None and any(g.analytics.enabled for g in gateways):
+        log.info("call analytics off: serve with --analytics-port to collect the Gateways' access logs")
+
+    def status() -> dict[str, Any]:
+        return build_status(runtime, cache, ads, plane) | {
+            "analytics": analytics.status() if analytics else None
+        }
 
     # Before the admin port answers: /readyz 200 means the portal is up too (or said why not).
     portal = None
@@ -226,12 +254,14 @@ async def serve(options: ServeOptions, *, stop: asyncio.Event | None = None) -> 
             log.error("portal not started", error=str(exc))
     admin = AdminServer(
         ready=lambda: not readiness_problems(runtime, plane),
-        status=lambda: build_status(runtime, cache, ads, plane),
+        status=status,
         problems=lambda: readiness_problems(runtime, plane),
         auth=options.admin_auth,
     )
-    dashboard = Dashboard(lambda: build_status(runtime, cache, ads, plane))
+    dashboard = Dashboard(status)
     dashboard.install(admin)
+    if analytics is not None:
+        install_analytics(admin, analytics)
     dashboard.start()
     admin_port = await admin.start(options.admin_host or options.host, options.admin_port)
     puller = GitPuller(runtime, options.git_pull) if options.git_pull else None
@@ -270,3 +300,5 @@ async def serve(options: ServeOptions, *, stop: asyncio.Event | None = None) -> 
         ads.close()
         if registry_sync is not None:
             await registry_sync.stop()
+        if analytics is not None:
+            await analytics.stop()

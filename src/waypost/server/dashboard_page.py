@@ -59,6 +59,7 @@ PAGE = r"""<!doctype html>
 <header>
   <h1>waypost fleet</h1>
   <span class="version" id="version">loading…</span>
+  <a href="/analytics" style="color:#c9d3e0;font-size:13px">call analytics</a>
   <span class="updated" id="updated"></span>
 </header>
 <main>

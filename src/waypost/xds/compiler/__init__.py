@@ -20,6 +20,8 @@ from envoy.extensions.transport_sockets.tls.v3 import secret_pb2
 from google.protobuf import message
 
 from waypost.policies.model import Gateway, PolicySet, Route, Service
+from waypost.policies.types import Endpoint
+from waypost.xds.compiler.analytics import analytics_cluster, gateway_logs, patch_hcm_analytics
 from waypost.xds.compiler.clusters import build_cluster, build_load_assignment
 from waypost.xds.compiler.decisions import (
     DecisionEndpoints,
@@ -125,21 +127,29 @@ def _http_filters(feature: HttpFeature, gateway: Gateway, routes: list[Route]) -
 
 
 def compile_policy(
-    policy: PolicySet, *, decisions: DecisionEndpoints | None = None, memo: CompileMemo | None = None
+    policy: PolicySet,
+    *,
+    decisions: DecisionEndpoints | None = None,
+    memo: CompileMemo | None = None,
+    collector: Endpoint | None = None,
 ) -> CompiledPolicy:
     """Every resource of ``policy``; ``decisions`` says where the decision services are (none
     known: their clusters go out empty, and `waypost serve` reports the routes that need them).
     With a ``memo`` (kept across versions), resources whose inputs are unchanged are reused from
-    the previous compile (see :mod:`.memo`); the result is the same."""
+    the previous compile (see :mod:`.memo`); the result is the same. ``collector``: where Envoys
+    reach waypost's analytics collector (``waypost serve --analytics-port``; None compiles no
+    access-log stream, see :mod:`.analytics`)."""
     memo = memo or CompileMemo()
     memo.begin()
     try:
-        return _compile(policy, decisions or DecisionEndpoints(), memo)
+        return _compile(policy, decisions or DecisionEndpoints(), memo, collector)
     finally:
         memo.end()
 
 
-def _compile(policy: PolicySet, decisions: DecisionEndpoints, memo: CompileMemo) -> CompiledPolicy:
+def _compile(
+    policy: PolicySet, decisions: DecisionEndpoints, memo: CompileMemo, collector: Endpoint | None
+) -> CompiledPolicy:
     needs = decision_needs(policy)
     routes_by_gateway: dict[str, list[Route]] = {name: [] for name in policy.gateways}
     for route in policy.routes.values():
@@ -159,9 +169,15 @@ def _compile(policy: PolicySet, decisions: DecisionEndpoints, memo: CompileMemo)
     ) -> tuple[GatewayResources, list[cluster_pb2.Cluster]]:
         features = [f for f in features_bound() if f.applies(gateway, routes)]
         own_clusters = [c for build in GATEWAY_CLUSTERS for c in build(gateway)]
+        streams_log = collector is not None and gateway_logs(gateway)
+        if streams_log:
+            assert collector is not None
+            own_clusters.append(analytics_cluster(collector))
         resources = GatewayResources(
             listener=build_listener(
-                gateway, [hf for f in features for hf in _http_filters(f, gateway, routes)]
+                gateway,
+                [hf for f in features for hf in _http_filters(f, gateway, routes)],
+                extra_hooks=(patch_hcm_analytics,) if streams_log else (),
             ),
             route_config=build_route_configuration(gateway, routes, policy.services, features),
             secrets=build_secrets(gateway, policy.files),
@@ -176,7 +192,8 @@ def _compile(policy: PolicySet, decisions: DecisionEndpoints, memo: CompileMemo)
     for name, gateway in sorted(policy.gateways.items()):
         routes = sorted(routes_by_gateway[name], key=lambda r: r.name)
         decision_clusters = needed_clusters(needs, (r.name for r in routes))
-        key = (id(gateway), tuple(map(id, routes)), services, context, decision_clusters)
+        # The collector's address shapes the listener and its cluster: part of the key.
+        key = (id(gateway), tuple(map(id, routes)), services, context, decision_clusters, collector)
         gateways[name], own_clusters = memo.get(
             "gateway", name, key, policy, build_gateway, gateway, routes, decision_clusters
         )

@@ -16,7 +16,7 @@ from waypost.policies.types import Endpoint
 from waypost.xds.compiler.names import cluster_name
 from waypost.xds.compiler.pb import ads_source, duration, pack
 
-__all__ = ["build_cluster", "build_load_assignment", "load_assignment"]
+__all__ = ["build_cluster", "build_load_assignment", "grpc_cluster", "load_assignment"]
 
 _LB_POLICY = {
     "round_robin": cluster_pb2.Cluster.ROUND_ROBIN,
@@ -65,6 +65,26 @@ def build_cluster(service: Service) -> cluster_pb2.Cluster:
             )
         )
     return xds_cluster
+
+
+def grpc_cluster(name: str, endpoint: Endpoint) -> cluster_pb2.Cluster:
+    """A cluster to one gRPC endpoint of waypost's or a collector's: HTTP/2, STATIC for an IP
+    address, STRICT_DNS (IPv4 first) for a host name."""
+    cluster = cluster_pb2.Cluster(
+        name=name,
+        connect_timeout=duration(1000),
+        type=cluster_pb2.Cluster.STATIC if endpoint.is_ip else cluster_pb2.Cluster.STRICT_DNS,
+        load_assignment=load_assignment(name, [endpoint]),
+    )
+    if not endpoint.is_ip:
+        cluster.dns_lookup_family = cluster_pb2.Cluster.V4_PREFERRED
+    options = http_protocol_options_pb2.HttpProtocolOptions(
+        explicit_http_config=http_protocol_options_pb2.HttpProtocolOptions.ExplicitHttpConfig(
+            http2_protocol_options=protocol_pb2.Http2ProtocolOptions()
+        )
+    )
+    cluster.typed_extension_protocol_options[_HTTP_OPTIONS_KEY].CopyFrom(pack(options))
+    return cluster
 
 
 def build_load_assignment(service: Service) -> endpoint_pb2.ClusterLoadAssignment:

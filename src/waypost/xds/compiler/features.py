@@ -36,7 +36,7 @@ from waypost.xds.compiler.screening import ScreenFeature, patch_hcm_screen_log
 from waypost.xds.compiler.slow_clients import patch_hcm_slow_clients
 from waypost.xds.compiler.upgrades import GrpcWebFeature
 
-__all__ = ["GATEWAY_CLUSTERS", "HCM_HOOKS", "HTTP_FEATURES", "HttpFeature"]
+__all__ = ["GATEWAY_CLUSTERS", "HCM_HOOKS", "HTTP_FEATURES", "HcmHook", "HttpFeature"]
 
 
 class HttpFeature(Protocol):

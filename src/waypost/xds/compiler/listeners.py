@@ -12,7 +12,7 @@ from envoy.extensions.transport_sockets.tls.v3 import secret_pb2, tls_pb2
 from google.protobuf import wrappers_pb2
 
 from waypost.policies.model import Gateway
-from waypost.xds.compiler.features import HCM_HOOKS
+from waypost.xds.compiler.features import HCM_HOOKS, HcmHook
 from waypost.xds.compiler.names import listener_name, route_config_name, secret_name_ca, secret_name_cert
 from waypost.xds.compiler.pb import ads_source, pack
 
@@ -21,7 +21,11 @@ __all__ = ["build_listener"]
 _HCM = hcm_pb2.HttpConnectionManager
 
 
-def build_listener(gateway: Gateway, http_filters: Sequence[hcm_pb2.HttpFilter]) -> listener_pb2.Listener:
+def build_listener(
+    gateway: Gateway, http_filters: Sequence[hcm_pb2.HttpFilter], *, extra_hooks: Sequence[HcmHook] = ()
+) -> listener_pb2.Listener:
+    """``extra_hooks`` run after :data:`HCM_HOOKS`: settings that depend on where this policy is
+    served from (the analytics collector's address), not on the policy alone."""
     hcm = _HCM(
         stat_prefix=gateway.name,
         codec_type=_HCM.AUTO,
@@ -49,7 +53,7 @@ def build_listener(gateway: Gateway, http_filters: Sequence[hcm_pb2.HttpFilter])
         # Routes may remove the upstream's `server` header; Envoy must not re-add its own.
         server_header_transformation=_HCM.PASS_THROUGH,
     )
-    for hook in HCM_HOOKS:
+    for hook in (*HCM_HOOKS, *extra_hooks):
         hook(gateway, hcm)
     # After the hooks, which may set other protocol options. `x_user_id` is `x-user-id` to many
     # backends (CGI, nginx, Django), so an underscore header could smuggle a value past the

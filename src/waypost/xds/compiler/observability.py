@@ -13,16 +13,15 @@ from __future__ import annotations
 
 from envoy.config.accesslog.v3 import accesslog_pb2
 from envoy.config.cluster.v3 import cluster_pb2
-from envoy.config.core.v3 import grpc_service_pb2, protocol_pb2, substitution_format_string_pb2
+from envoy.config.core.v3 import grpc_service_pb2, substitution_format_string_pb2
 from envoy.config.trace.v3 import http_tracer_pb2, opentelemetry_pb2
 from envoy.extensions.access_loggers.stream.v3 import stream_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm_pb2
-from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2
 from envoy.type.v3 import percent_pb2
 from google.protobuf import struct_pb2, wrappers_pb2
 
 from waypost.policies.model import Gateway
-from waypost.xds.compiler.clusters import load_assignment
+from waypost.xds.compiler.clusters import grpc_cluster
 from waypost.xds.compiler.names import tracing_cluster_name
 from waypost.xds.compiler.pb import duration, pack
 
@@ -97,22 +96,4 @@ def tracing_clusters(gateway: Gateway) -> list[cluster_pb2.Cluster]:
     """The OTLP collector's cluster, when the gateway traces: HTTP/2 (gRPC), static or DNS."""
     if gateway.tracing is None:
         return []
-    collector = gateway.tracing.collector
-    name = tracing_cluster_name(gateway.name)
-    cluster = cluster_pb2.Cluster(
-        name=name,
-        connect_timeout=duration(1000),
-        type=cluster_pb2.Cluster.STATIC if collector.is_ip else cluster_pb2.Cluster.STRICT_DNS,
-        load_assignment=load_assignment(name, [collector]),
-    )
-    if not collector.is_ip:
-        cluster.dns_lookup_family = cluster_pb2.Cluster.V4_PREFERRED
-    options = http_protocol_options_pb2.HttpProtocolOptions(
-        explicit_http_config=http_protocol_options_pb2.HttpProtocolOptions.ExplicitHttpConfig(
-            http2_protocol_options=protocol_pb2.Http2ProtocolOptions()
-        )
-    )
-    cluster.typed_extension_protocol_options[
-        "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
-    ].CopyFrom(pack(options))
-    return [cluster]
+    return [grpc_cluster(tracing_cluster_name(gateway.name), gateway.tracing.collector)]
