@@ -36,7 +36,6 @@ COMPOSED = {
     "regular expression too complex for Envoy: RE2 program size N > 4096": "RE2 program size",
     "... is N characters; the limit is 4096": "characters; the limit is {MAX_CHARS}",
     "claims_to_headers.sub: 'x-api-key' is a credential header of an AuthPolicy": "credential header of an",
-    "file is N bytes; policy files are limited to 1048576": "policy files are limited to {MAX",
     "'x' is a FIFO, not a regular file; not read": ", not a regular file; not read",
     "policy files kept changing for 30s; not applied": "policy files kept changing for",
     "refusing to start: the admin port would listen on": "the admin port would listen on",

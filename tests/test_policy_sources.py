@@ -135,7 +135,7 @@ def test_files_over_the_caps_are_refused_unread(tmp_path: Path) -> None:
     with cert.open("ab") as handle:
         handle.truncate(MAX_REFERENCED_FILE_BYTES + 1)
     errors = _errors(policies)
-    assert f"{policies}/big.yaml: 'big.yaml' is larger than 16 MiB; not read" in errors
+    assert f"{policies}/big.yaml: 'big.yaml' is larger than 1 MiB; not read" in errors
     assert any("tls.cert:" in e and "is larger than 8 MiB; not read" in e for e in errors)
 
 

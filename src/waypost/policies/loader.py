@@ -80,10 +80,8 @@ MAX_DEPTH: Final = 64
 """Deepest nesting accepted in a document; real policies nest a handful of levels."""
 MAX_NODES: Final = 1_000_000
 """Most values one document may hold once aliases are expanded (a bound against alias bombs)."""
-MAX_FILE_BYTES: Final = 1024 * 1024
-"""Largest policy file read (1 MiB): a 10 MB file of a million keys took 28 s to refuse; now it is
-refused unread, and no file takes more than a few seconds. About 5,000 Consumers fit in one file;
-more go in several files."""
+MAX_FILE_BYTES: Final = MAX_POLICY_FILE_BYTES
+"""Largest policy file read: one cap, enforced by the source (:mod:`.source`) before reading."""
 MAX_DOCUMENTS: Final = 10_000
 """Most documents (`---`) read from one file; reading stops there with an error."""
 MAX_ENTRIES: Final = 10_000
@@ -898,10 +896,6 @@ class _Load:
         except SourceError as exc:
             self.complete = False
             self.fail(path, 0, str(exc))
-            return
-        if len(data) > MAX_FILE_BYTES:
-            self.complete = False
-            self.fail(path, 0, f"file is {len(data)} bytes; policy files are limited to {MAX_FILE_BYTES}")
             return
         self.inputs[relative] = data
         if self.cache is None:
