@@ -8,7 +8,6 @@ counts. Checks the spec's outcome for `by: consumer` limits and `plans`.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 from collections.abc import Callable
 from pathlib import Path
 
@@ -16,14 +15,11 @@ import httpx
 import pytest
 
 from support import EchoFactory, EnvoyProcess, WaypostProcess, async_wait_until, free_port
+from waypost.filters.authz.core import hash_api_key
 
 pytestmark = pytest.mark.e2e
 
 KEYS = {"acme": "acme-key-1", "globex": "globex-key-1", "initech": "initech-key-1"}
-
-
-def sha(key: str) -> str:
-    return "sha256:" + hashlib.sha256(key.encode()).hexdigest()
 
 
 def policy_text(port: int, backend: str) -> str:
@@ -59,16 +55,16 @@ plans:
 ---
 kind: Consumer
 name: acme
-api_keys: ["{sha(KEYS["acme"])}"]
+api_keys: ["{hash_api_key(KEYS["acme"])}"]
 ---
 kind: Consumer
 name: globex
-api_keys: ["{sha(KEYS["globex"])}"]
+api_keys: ["{hash_api_key(KEYS["globex"])}"]
 ---
 kind: Consumer
 name: initech
 plan: gold
-api_keys: ["{sha(KEYS["initech"])}"]
+api_keys: ["{hash_api_key(KEYS["initech"])}"]
 """
 
 

@@ -11,7 +11,6 @@
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
 import os
 import shutil
@@ -39,15 +38,12 @@ from support import (
 from support.procs import SRC_DIR
 from support.redis import RedisProcess
 from waypost.contract import AUTHZ_CLUSTER, AUTHZ_GRPC_SERVICE, RATELIMIT_CLUSTER
+from waypost.filters.authz.core import hash_api_key
 from waypost.xds.ads import ADS_SERVICE
 
 pytestmark = pytest.mark.e2e
 
 KEYS = {"acme": "acme-key-1", "globex": "globex-key-1"}
-
-
-def sha(key: str) -> str:
-    return "sha256:" + hashlib.sha256(key.encode()).hexdigest()
 
 
 def policy_text(port: int, backend: str, *, limit: int = 10) -> str:
@@ -85,11 +81,11 @@ limits: [{{by: consumer, requests: {limit}, per: hour}}]
 ---
 kind: Consumer
 name: acme
-api_keys: ["{sha(KEYS["acme"])}"]
+api_keys: ["{hash_api_key(KEYS["acme"])}"]
 ---
 kind: Consumer
 name: globex
-api_keys: ["{sha(KEYS["globex"])}"]
+api_keys: ["{hash_api_key(KEYS["globex"])}"]
 """
 
 

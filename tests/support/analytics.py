@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -17,6 +16,7 @@ from support.client import get
 from support.echo import EchoFactory
 from support.ports import free_port
 from support.procs import EnvoyProcess, WaypostProcess, async_wait_until
+from waypost.filters.authz.core import hash_api_key
 
 __all__ = [
     "DELAY_MS",
@@ -31,10 +31,6 @@ __all__ = [
 
 KEYS = {"acme": "acme-key-1", "globex": "globex-key-1", "initech": "initech-key-1"}
 DELAY_MS = 40
-
-
-def sha(key: str) -> str:
-    return "sha256:" + hashlib.sha256(key.encode()).hexdigest()
 
 
 def policy_text(port: int, backend: str, *, auth: bool = True) -> str:
@@ -76,16 +72,16 @@ identity:
 ---
 kind: Consumer
 name: acme
-api_keys: ["{sha(KEYS["acme"])}"]
+api_keys: ["{hash_api_key(KEYS["acme"])}"]
 ---
 kind: Consumer
 name: globex
-api_keys: ["{sha(KEYS["globex"])}"]
+api_keys: ["{hash_api_key(KEYS["globex"])}"]
 ---
 kind: Consumer
 name: initech
 plan: gold
-api_keys: ["{sha(KEYS["initech"])}"]
+api_keys: ["{hash_api_key(KEYS["initech"])}"]
 """
 
 

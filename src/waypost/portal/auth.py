@@ -11,7 +11,6 @@ OIDC is Authlib's Starlette client, authorization-code flow, configured from the
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import os
 import secrets
@@ -21,6 +20,7 @@ from typing import Any, Final
 import authlib.deprecate
 from starlette.requests import Request
 
+from waypost.filters.authz.core import hash_api_key
 from waypost.filters.ratelimit.store import MemoryStore
 from waypost.policies.model import PortalOidc
 from waypost.portal.service import PortalError, PortalService, User
@@ -124,7 +124,7 @@ class Auth:
             raise PortalError(401, "unknown API key")
         email = consumer.account.email if consumer.account is not None else None
         user = User(consumer=consumer.name, email=email)
-        self.sign_in(request, user, key_hash="sha256:" + hashlib.sha256(key.encode()).hexdigest())
+        self.sign_in(request, user, key_hash=hash_api_key(key))
         return user
 
     # --- OIDC -----------------------------------------------------------------------------------

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import datetime
-import hashlib
 import re
 import secrets
 import time
@@ -24,6 +23,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Final
 
+from waypost.filters.authz.core import hash_api_key
 from waypost.filters.ratelimit.limiter import Limiter, consumer_usage
 from waypost.filters.ratelimit.store import StoreUnavailable
 from waypost.log import get_logger
@@ -87,7 +87,7 @@ class IssuedKey:
 def new_key() -> IssuedKey:
     prefix = "wpk_" + secrets.token_hex(4)
     key = f"{prefix}_{secrets.token_urlsafe(32)}"
-    return IssuedKey(key, "sha256:" + hashlib.sha256(key.encode()).hexdigest(), prefix)
+    return IssuedKey(key, hash_api_key(key), prefix)
 
 
 @dataclass
@@ -131,7 +131,7 @@ class PortalService:
         return (await self.policy()).portal or Portal(name="portal")
 
     async def consumer_by_key(self, key: str) -> Consumer | None:
-        digest = "sha256:" + hashlib.sha256(key.encode()).hexdigest()
+        digest = hash_api_key(key)
         for consumer in (await self.policy()).consumers.values():
             if digest in consumer.api_keys:
                 return consumer
