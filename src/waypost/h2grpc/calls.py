@@ -169,6 +169,9 @@ class Stream:
         """Streaming: one response message; returns once the windows let it all out."""
         if self.done:
             raise GrpcError(Status.CANCELLED, "call ended")
+        await self.conn.writable()
+        if self.done:
+            raise GrpcError(Status.CANCELLED, "call ended")
         self._start_response()
         self.outbound += b"\x00" + _LENGTH.pack(len(message)) + message
         self._queue_out()

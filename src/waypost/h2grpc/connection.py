@@ -65,6 +65,7 @@ class H2Connection(asyncio.Protocol):
         self.stream_window = min(limits.max_message + 5, _MAX_WINDOW)  # ours, per stream
         self.blocked: list[Stream] = []  # streams with response bytes waiting for window
         self._paused = False
+        self._resumed: asyncio.Future[None] | None = None
         self._paused_bytes = 0
         self._paused_control = 0
 
@@ -98,6 +99,7 @@ class H2Connection(asyncio.Protocol):
                 stream.task.cancel()
         self.streams.clear()
         self.blocked.clear()
+        self._wake_writers()
 
     def pause_writing(self) -> None:
         self._paused = True
@@ -106,6 +108,21 @@ class H2Connection(asyncio.Protocol):
         self._paused = False
         self._paused_bytes = self._paused_control = 0
         self._credit(0)
+        self._wake_writers()
+
+    async def writable(self) -> None:
+        """Return once the transport takes writes again (at once unless paused): a streaming
+        handler waits here between messages, so a client that reads slowly holds one message in
+        the server's buffers, not every message the handler has."""
+        if self._paused and self._transport is not None:
+            if self._resumed is None:
+                self._resumed = asyncio.get_running_loop().create_future()
+            await asyncio.shield(self._resumed)
+
+    def _wake_writers(self) -> None:
+        resumed, self._resumed = self._resumed, None
+        if resumed is not None and not resumed.done():
+            resumed.set_result(None)
 
     def data_received(self, data: bytes) -> None:
         buffer = self._buffer

@@ -26,7 +26,7 @@ import asyncio
 import itertools
 import time
 import weakref
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol
 
@@ -34,6 +34,9 @@ import grpc
 from envoy.service.discovery.v3 import discovery_pb2
 from google.protobuf import message
 
+from waypost.h2grpc import GrpcError, Limits, Service, Status, StreamMethod
+from waypost.h2grpc.api import Send
+from waypost.h2grpc.grpcio_backend import grpc_status
 from waypost.log import get_logger
 from waypost.metrics import XDS_NACKS, XDS_PUSHES, XDS_STREAMS
 from waypost.xds.cache import NodeInfo
@@ -41,6 +44,7 @@ from waypost.xds.snapshot import EncodedResource, Snapshot, encode_field, versio
 from waypost.xds.types import PUSH_ORDER, WILDCARD_TYPES, TypeUrl
 
 __all__ = [
+    "XDS_LIMITS",
     "AdsServer",
     "ConfigWatcher",
     "DeltaStream",
@@ -215,7 +219,7 @@ class XdsStream:
         self._registry = registry
         self._authorize = authorize
         self._nonces = itertools.count(1)
-        self._context: grpc.aio.ServicerContext | None = None
+        self._send: Send | None = None
         self._write_lock = asyncio.Lock()
         self._closed = False
         self._push: asyncio.Task[None] | None = None
@@ -223,25 +227,32 @@ class XdsStream:
         self._gate_blocked_since: float | None = None
         self._gate_warned = False
 
-    async def serve(self, requests: AsyncIterator[Any], context: grpc.aio.ServicerContext) -> None:
-        """Answer the stream's requests on this coroutine, writing responses with ``context``.
+    async def serve(self, requests: AsyncIterator[bytes], send: Send) -> None:
+        """Answer the stream's (serialized) requests on this coroutine, writing responses with
+        ``send``; a refusal raises :class:`~waypost.h2grpc.GrpcError` (the transport answers it).
 
         No reader task and no response generator per stream: at thousands of streams each costs
         kilobytes. Policy changes arrive through :meth:`notify`, which pushes from a short-lived
         task; one lock keeps every stream's writes in the order their state was decided.
         """
-        self._context = context
+        self._send = send
         XDS_STREAMS.labels(self.protocol).inc()
         incoming = aiter(requests)
         try:
             while True:
                 try:
-                    request = await anext(incoming)
+                    raw = await anext(incoming)
                 except StopAsyncIteration:
                     return
                 except Exception as exc:  # the peer went away mid-message; end the stream quietly
                     log.debug("xds stream read ended", error=str(exc), stream=self.stream_id)
                     return
+                try:
+                    request = self.request_type.FromString(raw)
+                except message.DecodeError:
+                    raise GrpcError(
+                        Status.INVALID_ARGUMENT, f"not a {self.request_type.DESCRIPTOR.full_name}"
+                    ) from None
                 if self.node is None:
                     self._start(self._identify(request))
                 self._on_request(request)
@@ -260,17 +271,17 @@ class XdsStream:
         """Write whatever is due now. Deciding and writing happen under one lock, so responses
         leave in the order their nonces were handed out."""
         async with self._write_lock:
-            if self._closed or self._context is None:
+            if self._closed or self._send is None:
                 return
             for response in self._due_responses():
-                await self._context.write(response)
+                await self._send(response)
 
     def _identify(self, request: Any) -> NodeInfo:
         if not request.HasField("node") or not request.node.id:
-            raise _StreamError(grpc.StatusCode.INVALID_ARGUMENT, "first request must carry node.id")
+            raise GrpcError(Status.INVALID_ARGUMENT, "first request must carry node.id")
         if len(request.node.id) > MAX_NODE_NAME or len(request.node.cluster) > MAX_NODE_NAME:
-            raise _StreamError(
-                grpc.StatusCode.INVALID_ARGUMENT,
+            raise GrpcError(
+                Status.INVALID_ARGUMENT,
                 f"node.id and node.cluster are at most {MAX_NODE_NAME} characters",
             )
         node = NodeInfo.from_proto(request.node)
@@ -278,7 +289,7 @@ class XdsStream:
             refusal = self._authorize(node)
             if refusal is not None:
                 log.warning("xds stream refused", node=node.id, reason=refusal)
-                raise _StreamError(grpc.StatusCode.PERMISSION_DENIED, refusal)
+                raise GrpcError(Status.PERMISSION_DENIED, refusal)
         return node
 
     def _start(self, node: NodeInfo) -> None:
@@ -297,7 +308,7 @@ class XdsStream:
 
     def notify(self) -> None:
         """The watcher moved on (or a gate timer fired): push what is due, once, soon."""
-        if self._closed or self._context is None or self.node is None:
+        if self._closed or self._send is None or self.node is None:
             return
         if self._push is None or self._push.done():
             self._push = asyncio.get_running_loop().create_task(self._push_changes())
@@ -687,21 +698,29 @@ def _encode_delta_response(
     )
 
 
-class _StreamError(Exception):
-    def __init__(self, code: grpc.StatusCode, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-
-
 Authorizer = Callable[[grpc.aio.ServicerContext, NodeInfo], str | None]
 """Per RPC: given the call's context (its TLS peer) and the node it claims, None or a refusal."""
 
+XDS_LIMITS = Limits(
+    max_connections=65_536,  # every Envoy holds one connection; the fd limit is the real cap
+    max_message=16 * 1024 * 1024,  # a delta request's initial_resource_versions names everything
+    connection_window=17 * 1024 * 1024,  # at least one largest request
+    max_write_backlog=64 * 1024 * 1024,  # one large response waiting for a slow Envoy to read it
+)
+"""The lean server's limits on the xDS port (the decision ports' defaults suit many small calls)."""
+
+_Handler = Callable[[AsyncIterator[bytes], Send, NodeAuthorizer | None], Awaitable[None]]
+
 
 class AdsServer:
-    """Registers ADS (SotW and delta) and the per-type xDS services on a ``grpc.aio.Server``.
+    """ADS (SotW and delta) and the per-type xDS services, on either gRPC server.
 
-    ``authorizer``, when given, is asked on every stream's first request whether the peer may
-    receive config for the node it names (see :mod:`waypost.xds.security`).
+    :meth:`services` registers them with waypost's lean HTTP/2 server (:mod:`waypost.h2grpc`,
+    plaintext xDS): per message it costs a fraction of grpcio's aio server, which is what a fleet
+    of thousands of streams is bound by. :meth:`add_to` registers them on a ``grpc.aio.Server``
+    (TLS and mTLS xDS). ``authorizer``, when given, is asked on every stream's first request
+    whether the peer may receive config for the node it names (see :mod:`waypost.xds.security`);
+    it needs the TLS peer, so only :meth:`add_to` takes it.
     """
 
     def __init__(
@@ -728,30 +747,42 @@ class AdsServer:
             generation = self.watcher.generation
             self.registry.notify_all()
 
-    def add_to(self, server: grpc.aio.Server) -> None:
+    def _methods(self) -> dict[str, dict[str, _Handler]]:
+        """gRPC service name -> method name -> handler, for ADS and every per-type service."""
         services = {ADS_SERVICE: (None, "StreamAggregatedResources", "DeltaAggregatedResources")}
         services.update(PER_TYPE_SERVICES)  # type: ignore[arg-type]
+        return {
+            service: {sotw: self._handler(SotwStream, only), delta: self._handler(DeltaStream, only)}
+            for service, (only, sotw, delta) in services.items()
+        }
+
+    def services(self, ready: Callable[[], bool] = lambda: True) -> list[Service]:
+        """The xDS services for :func:`waypost.h2grpc.start_grpc_server` (health from ``ready``)."""
+        if self.authorizer is not None:
+            raise ValueError("the node authorizer needs the TLS peer: serve mTLS xDS with add_to()")
+
+        def method(handler: _Handler) -> StreamMethod:
+            return StreamMethod(lambda requests, send: handler(requests, send, None))
+
+        return [
+            Service(name, {m: method(handler) for m, handler in methods.items()}, ready=ready)
+            for name, methods in self._methods().items()
+        ]
+
+    def add_to(self, server: grpc.aio.Server) -> None:
+        """Register the xDS services on a grpcio server (requests and responses stay bytes)."""
         generic = []
-        for service, (only, sotw_method, delta_method) in services.items():
-            handlers: Mapping[str, grpc.RpcMethodHandler] = {
-                sotw_method: grpc.stream_stream_rpc_method_handler(
-                    self._handler(SotwStream, only),
-                    request_deserializer=discovery_pb2.DiscoveryRequest.FromString,
-                    response_serializer=_identity,
-                ),
-                delta_method: grpc.stream_stream_rpc_method_handler(
-                    self._handler(DeltaStream, only),
-                    request_deserializer=discovery_pb2.DeltaDiscoveryRequest.FromString,
-                    response_serializer=_identity,
-                ),
+        for service, methods in self._methods().items():
+            handlers = {
+                name: grpc.stream_stream_rpc_method_handler(self._grpcio(h)) for name, h in methods.items()
             }
             generic.append(grpc.method_handlers_generic_handler(service, handlers))
         server.add_generic_rpc_handlers(tuple(generic))
 
-    def _handler(
-        self, kind: type[XdsStream], only: TypeUrl | None
-    ) -> Callable[[AsyncIterator[Any], grpc.aio.ServicerContext], Awaitable[None]]:
-        async def handle(requests: AsyncIterator[Any], context: grpc.aio.ServicerContext) -> None:
+    def _grpcio(
+        self, handler: _Handler
+    ) -> Callable[[AsyncIterator[bytes], grpc.aio.ServicerContext], Awaitable[None]]:
+        async def handle(requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext) -> None:
             authorize: NodeAuthorizer | None = None
             if self.authorizer is not None:
                 authorizer = self.authorizer
@@ -759,17 +790,21 @@ class AdsServer:
                 def authorize(node: NodeInfo) -> str | None:
                     return authorizer(context, node)
 
+            try:
+                await handler(requests, context.write, authorize)
+            except GrpcError as error:
+                await context.abort(grpc_status(error), error.message)
+
+        return handle
+
+    def _handler(self, kind: type[XdsStream], only: TypeUrl | None) -> _Handler:
+        async def handle(
+            requests: AsyncIterator[bytes], send: Send, authorize: NodeAuthorizer | None
+        ) -> None:
             if self._follower is None or self._follower.done():
                 # Started with the first stream: the server's event loop is running by then.
                 self._follower = asyncio.get_running_loop().create_task(self._follow_changes())
             stream = kind(self.watcher, self.registry, only=only, authorize=authorize)
-            try:
-                await stream.serve(requests, context)
-            except _StreamError as exc:
-                await context.abort(exc.code, str(exc))
+            await stream.serve(requests, send)
 
         return handle
-
-
-def _identity(payload: bytes) -> bytes:
-    return payload
