@@ -69,7 +69,7 @@ def _rss_kb() -> int:
     return 0
 
 
-async def _server() -> None:
+async def _server(transport: str) -> None:
     import grpc
 
     from waypost.log import configure_logging
@@ -91,18 +91,29 @@ async def _server() -> None:
 
     cache.publish(compile_policy(_policy(version)))
     ads = AdsServer(cache)
-    server = grpc.aio.server(  # the options `waypost serve` uses
-        options=[
-            ("grpc.keepalive_time_ms", 30_000),
-            ("grpc.http2.max_pings_without_data", 0),
-            ("grpc.keepalive_permit_without_calls", 1),
-            ("grpc.max_receive_message_length", 16 * 1024 * 1024),
-            *json.loads(os.environ.get("FANOUT_GRPC_OPTIONS", "[]")),
-        ]
-    )
-    ads.add_to(server)
-    port = server.add_insecure_port("127.0.0.1:0")
-    await server.start()
+    if transport == "h2grpc":  # `waypost serve` on plaintext xDS
+        from waypost.h2grpc import start_grpc_server
+        from waypost.xds.ads import XDS_LIMITS
+
+        lean = await start_grpc_server(ads.services(), "127.0.0.1", 0, limits=XDS_LIMITS)
+        port, stop = lean.port, lean.stop
+    else:
+        server = grpc.aio.server(  # the options `waypost serve` uses on TLS xDS
+            options=[
+                ("grpc.keepalive_time_ms", 30_000),
+                ("grpc.http2.max_pings_without_data", 0),
+                ("grpc.keepalive_permit_without_calls", 1),
+                ("grpc.max_receive_message_length", 16 * 1024 * 1024),
+                *json.loads(os.environ.get("FANOUT_GRPC_OPTIONS", "[]")),
+            ]
+        )
+        ads.add_to(server)
+        port = server.add_insecure_port("127.0.0.1:0")
+        await server.start()
+
+        async def stop() -> None:
+            await server.stop(grace=None)
+
     reader = asyncio.StreamReader()
     await asyncio.get_running_loop().connect_read_pipe(
         lambda: asyncio.StreamReaderProtocol(reader), sys.stdin
@@ -147,7 +158,7 @@ async def _server() -> None:
             at = time.time()
             cache.commit(prepared)
             say({"published_at": at, "targets": targets()})
-    await server.stop(grace=None)
+    await stop()
 
 
 # --- client --------------------------------------------------------------------------------------
@@ -283,9 +294,13 @@ def _cpu_s(pid: int) -> float:
 
 
 def run(
-    streams: int, per_process: int, per_channel: int = 1, server_src: str | None = None
+    streams: int,
+    per_process: int,
+    per_channel: int = 1,
+    server_src: str | None = None,
+    transport: str = "h2grpc",
 ) -> dict[str, Any]:
-    server = _spawn("--role", "server", src=server_src)
+    server = _spawn("--role", "server", "--transport", transport, src=server_src)
     clients: list[subprocess.Popen[str]] = []
     try:
         hello = _ask(server, None)
@@ -324,6 +339,7 @@ def run(
         cpu_converged = _cpu_s(server.pid)
         return {
             "streams": streams,
+            "server": f"{'before' if server_src else 'this checkout'}, {transport}",
             "client_processes": len(clients),
             "streams_per_connection": per_channel,
             "initial_sync_s": round(initial, 2),
@@ -358,6 +374,17 @@ def main() -> None:
     parser.add_argument("--clients-per-process", type=int, default=1250)
     parser.add_argument("--port", type=int)
     parser.add_argument("--server-src", help="run the server from this src/ directory (an older checkout)")
+    parser.add_argument(
+        "--before-src",
+        help="compare: per stream count, first a server from this src/ directory (grpcio), then this one",
+    )
+    parser.add_argument(
+        "--transport",
+        nargs="+",
+        choices=("h2grpc", "grpcio"),
+        default=["h2grpc"],
+        help="the server's gRPC stack: waypost's lean one (plaintext xDS) or grpcio's (TLS xDS)",
+    )
     parser.add_argument("--count", type=int)
     parser.add_argument("--first", type=int, default=0)
     parser.add_argument("--names")
@@ -371,7 +398,7 @@ def main() -> None:
         uvloop = None  # type: ignore[assignment]
     runner = uvloop.run if uvloop is not None else asyncio.run
     if args.role == "server":
-        runner(_server())
+        runner(_server(args.transport[0]))
         return
     if args.role == "client":
         names = json.loads(args.names)
@@ -380,8 +407,12 @@ def main() -> None:
         )
         return
     for streams in args.streams:
-        result = run(streams, args.clients_per_process, args.streams_per_channel, args.server_src)
-        print(json.dumps(result), flush=True)
+        variants = [(args.server_src, transport) for transport in args.transport]
+        if args.before_src:
+            variants.insert(0, (args.before_src, "grpcio"))
+        for src, transport in variants:
+            result = run(streams, args.clients_per_process, args.streams_per_channel, src, transport)
+            print(json.dumps(result), flush=True)
 
 
 if __name__ == "__main__":

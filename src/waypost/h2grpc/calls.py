@@ -58,6 +58,7 @@ class Stream:
         "send_window",
         "task",
         "trailer",
+        "uncredited",
     )
 
     def __init__(self, conn: H2Connection, stream_id: int, method: UnaryMethod | StreamMethod | None) -> None:
@@ -66,6 +67,7 @@ class Stream:
         self.method = method
         self.body = bytearray()
         self.held = 0  # request bytes buffered, not yet credited back to the client
+        self.uncredited = 0  # bytes of taken messages not yet credited back (batched)
         self.recv_window = conn.stream_window
         self.send_window = conn.peer_initial_window
         self.remote_closed = False
@@ -113,7 +115,9 @@ class Stream:
                 self.held -= 5 + length
                 self.conn.credit_stream(self, 5 + length)
                 continue
-            return
+            break
+        if body and self.uncredited and not self.done:
+            self.conn.release_stream_credit(self)  # the sender may be blocked mid-message
 
     def end_of_request(self) -> None:
         self.remote_closed = True

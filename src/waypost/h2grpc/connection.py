@@ -387,7 +387,17 @@ class H2Connection(asyncio.Protocol):
         self._unacked = 0
 
     def credit_stream(self, stream: Stream, size: int) -> None:
+        """``size`` bytes of ``stream``'s complete messages were taken. The stream's window is
+        credited back in batches (a quarter window), not per message: a long-lived stream of small
+        messages (xDS ACKs) would otherwise cost a WINDOW_UPDATE each. A message partly received
+        gets every pending credit at once (:meth:`Stream._extract`): its sender may be waiting."""
         self.consume(size)
+        stream.uncredited += size
+        if stream.uncredited >= self.stream_window // 4:
+            self.release_stream_credit(stream)
+
+    def release_stream_credit(self, stream: Stream) -> None:
+        size, stream.uncredited = stream.uncredited, 0
         if not stream.remote_closed and size:
             stream.recv_window += size
             self.write(f.frame(f.WINDOW_UPDATE, 0, stream.id, _U32.pack(size)))

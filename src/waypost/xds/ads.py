@@ -23,6 +23,7 @@ type version a SotW stream would send, so /status reads the same for both protoc
 from __future__ import annotations
 
 import asyncio
+import functools
 import itertools
 import time
 import weakref
@@ -33,6 +34,7 @@ from typing import Any, ClassVar, Protocol
 import grpc
 from envoy.service.discovery.v3 import discovery_pb2
 from google.protobuf import message
+from prometheus_client import Counter
 
 from waypost.h2grpc import GrpcError, Limits, Service, Status, StreamMethod
 from waypost.h2grpc.api import Send
@@ -179,6 +181,13 @@ class StreamRegistry:
 
 _stream_ids = itertools.count(1)
 
+
+@functools.cache
+def _pushes(type_url: TypeUrl, group: tuple[str, ...]) -> Counter:
+    """The push counter of a type and group: looked up once, not on every push."""
+    return XDS_PUSHES.labels(type_url.short, ",".join(group))
+
+
 _NAME_SETS: weakref.WeakValueDictionary[frozenset[str], frozenset[str]] = weakref.WeakValueDictionary()
 
 
@@ -226,6 +235,8 @@ class XdsStream:
         """A pending push of a policy change; None when none is scheduled."""
         self._gate_blocked_since: float | None = None
         self._gate_warned = False
+        self._current: Snapshot | None = None
+        self._snapshot_generation = -1
 
     async def serve(self, requests: AsyncIterator[bytes], send: Send) -> None:
         """Answer the stream's (serialized) requests on this coroutine, writing responses with
@@ -365,7 +376,7 @@ class XdsStream:
     def _due_responses(self) -> list[bytes]:
         if self.node is None:
             return []
-        snapshot = self._watcher.snapshot_for(self.node)
+        snapshot = self._snapshot()
         if snapshot is None:
             return []
         responses = []
@@ -380,7 +391,7 @@ class XdsStream:
                 continue
             payload, count = sent
             responses.append(payload)
-            XDS_PUSHES.labels(type_url.short, ",".join(snapshot.group)).inc()
+            _pushes(type_url, snapshot.group).inc()
             log.debug(
                 "xds push",
                 node=self.node.id,
@@ -392,6 +403,14 @@ class XdsStream:
             )
         return responses
 
+    def _snapshot(self) -> Snapshot | None:
+        """The node's snapshot, looked up (its group selected) once per watcher generation."""
+        generation = self._watcher.generation
+        if self._snapshot_generation != generation and self.node is not None:
+            self._current = self._watcher.snapshot_for(self.node)
+            self._snapshot_generation = generation
+        return self._current
+
     def _respond(self, type_url: TypeUrl, state: TypeState, snapshot: Snapshot) -> tuple[bytes, int] | None:
         """The response (and its resource count) ``type_url`` needs now, with ``state`` updated
         as sent; None when the node is up to date."""
@@ -399,6 +418,26 @@ class XdsStream:
 
     def _next_nonce(self) -> str:
         return str(next(self._nonces))
+
+    def _whole_type(self, type_url: TypeUrl, snapshot: Snapshot) -> tuple[str, bytes, frozenset[str]] | None:
+        """(version, encoded resources, names) of all of ``snapshot``'s resources of the type,
+        when that is exactly what this stream should get (nothing retained, nothing filtered):
+        the common case, every stream of a group alike, computed once per snapshot."""
+        names = snapshot.names(type_url)
+        subscription = self.types[type_url].subscription
+        if subscription is not None and not names <= subscription:
+            return None
+        if type_url in (TypeUrl.CLUSTER, TypeUrl.ENDPOINT) and self._retained(type_url, snapshot):
+            return None
+        return snapshot.version(type_url), snapshot.sotw_body(type_url), names
+
+    def _desired_set(self, type_url: TypeUrl, snapshot: Snapshot) -> tuple[str, frozenset[str]]:
+        """(version, names) of what the node should hold of the type."""
+        whole = self._whole_type(type_url, snapshot)
+        if whole is not None:
+            return whole[0], whole[2]
+        resources = self._desired(type_url, snapshot)
+        return version_of(resources), frozenset(r.name for r in resources)
 
     def _desired(self, type_url: TypeUrl, snapshot: Snapshot) -> list[EncodedResource]:
         by_name: dict[str, EncodedResource] = dict(snapshot.resources[type_url])
@@ -433,13 +472,13 @@ class XdsStream:
         cds = self.types.get(TypeUrl.CLUSTER)
         if cds is None:
             return True  # this node takes clusters from elsewhere
-        desired = self._desired(TypeUrl.CLUSTER, snapshot)
-        settled = cds.acked_version == version_of(desired)
+        version, names = self._desired_set(TypeUrl.CLUSTER, snapshot)
+        settled = cds.acked_version == version
         if settled:
             eds = self.types.get(TypeUrl.ENDPOINT)
             # Only the clusters the node takes: a gRPC client subscribes to clusters by name, and
             # only once routes naming them have reached it.
-            needed = snapshot.eds_clusters & {r.name for r in desired}
+            needed = snapshot.eds_clusters & names
             settled = not needed or (eds is not None and needed <= eds.sent_names)
         if settled:
             self._gate_blocked_since = None
@@ -470,7 +509,7 @@ class XdsStream:
                 "acked_version": state.acked_version,
                 "sent_version": state.sent_version,
                 "in_sync": snapshot is not None
-                and state.acked_version == version_of(self._desired(type_url, snapshot)),
+                and state.acked_version == self._desired_set(type_url, snapshot)[0],
                 "last_nack": None
                 if nack is None
                 else {"version": nack.version, "error": nack.message, "at": nack.at},
@@ -529,10 +568,8 @@ class SotwStream(XdsStream):
         state.inflight.clear()
 
     def _respond(self, type_url: TypeUrl, state: TypeState, snapshot: Snapshot) -> tuple[bytes, int] | None:
-        whole = self._whole_type(type_url, state, snapshot)
-        if whole is not None:
-            # The common case, every stream of a group alike: the snapshot's version and encoded
-            # resources, computed once per snapshot, not sorted and hashed again per stream.
+        whole = self._whole_type(type_url, snapshot)
+        if whole is not None:  # not sorted and hashed again per stream
             version, body, names = whole
         else:
             resources = self._desired(type_url, snapshot)
@@ -551,18 +588,6 @@ class SotwStream(XdsStream):
         state.sent_names = names
         state.inflight.append((nonce, version, snapshot))
         return payload, len(names)
-
-    def _whole_type(
-        self, type_url: TypeUrl, state: TypeState, snapshot: Snapshot
-    ) -> tuple[str, bytes, frozenset[str]] | None:
-        """(version, encoded resources, names) of all of ``snapshot``'s resources of the type,
-        when that is exactly what this stream should get (nothing retained, nothing filtered)."""
-        names = snapshot.names(type_url)
-        if state.subscription is not None and not names <= state.subscription:
-            return None
-        if type_url in (TypeUrl.CLUSTER, TypeUrl.ENDPOINT) and self._retained(type_url, snapshot):
-            return None
-        return snapshot.version(type_url), snapshot.sotw_body(type_url), names
 
 
 class DeltaStream(XdsStream):
