@@ -14,9 +14,16 @@ Three kinds of process (this one file plays each role):
   from the publish to the last stream ACKing every new type version.
 
     .venv/bin/python bench/fanout.py [--streams 100 1000 5000] [--clients-per-process 1250]
+        [--transport h2grpc grpcio] [--before-src /path/to/older/src]
+
+The server runs ADS on waypost's lean gRPC server (``--transport h2grpc``, what ``waypost serve``
+uses on plaintext xDS) or on grpcio's (``grpcio``, used on TLS xDS). ``--before-src`` runs, per
+stream count, first a server from an older checkout's ``src/`` (on grpcio), then this one: a
+before/after in one run.
 
 All processes share the machine's cores (2 here), so the convergence figure includes the
-clients' own CPU time: an upper bound for the server's part.
+clients' own CPU time: an upper bound for the server's part. The server's CPU per stream and the
+clients' total CPU are reported beside it.
 
 Profiling aids: ``FANOUT_HISTOGRAM=1`` prints (stderr) which Python object types grew by how many
 bytes between RSS readings; ``FANOUT_GRPC_OPTIONS='[["grpc.http2.bdp_probe", 0]]'`` adds server
@@ -333,10 +340,12 @@ def run(
         loaded = _ask(server, "rss")
         assert loaded["streams"] == streams, loaded
         cpu_synced = _cpu_s(server.pid)
+        clients_synced = sum(_cpu_s(c.pid) for c in clients)
         published = _ask(server, "publish")
         converged = [_ask(c, json.dumps(published["targets"])) for c in clients]
         reached = max(answer["reached"] for answer in converged)
         cpu_converged = _cpu_s(server.pid)
+        clients_converged = sum(_cpu_s(c.pid) for c in clients)
         return {
             "streams": streams,
             "server": f"{'before' if server_src else 'this checkout'}, {transport}",
@@ -350,6 +359,9 @@ def run(
             # The server's own CPU (utime + stime), per stream: what grows with N on its side.
             "server_cpu_ms_per_stream_sync": round((cpu_synced - cpu_start) * 1000 / streams, 2),
             "server_cpu_ms_per_stream_change": round((cpu_converged - cpu_synced) * 1000 / streams, 3),
+            # The simulated Envoys' CPU (all client processes), on the same two cores.
+            "clients_cpu_s_sync": round(clients_synced, 1),
+            "clients_cpu_s_change": round(clients_converged - clients_synced, 2),
             # Streams that failed and were re-opened: while connecting, and during the change.
             "stream_failures_initial": sum(answer["stream_failures"] for answer in synced),
             "stream_failures_change": sum(a["stream_failures"] for a in converged)

@@ -176,9 +176,14 @@ class Stream:
         await self.conn.writable()
         if self.done:
             raise GrpcError(Status.CANCELLED, "call ended")
-        self._start_response()
+        head = b""
+        if not self.headers_sent:  # written with the first message: one write, not two
+            self.headers_sent = True
+            head = f.frame(f.HEADERS, f.END_HEADERS, self.id, f.RESPONSE_HEADERS)
         self.outbound += b"\x00" + _LENGTH.pack(len(message)) + message
-        self._queue_out()
+        if self not in self.conn.blocked:
+            self.conn.blocked.append(self)
+        self.flush(head)
         while self.outbound and not self.done:
             self.drained = asyncio.get_running_loop().create_future()
             await self.drained
@@ -217,16 +222,22 @@ class Stream:
             self.conn.blocked.append(self)
         self.flush()
 
-    def flush(self) -> None:
+    def flush(self, head: bytes = b"") -> None:
+        """Write what the windows allow of the queued response (after ``head``), in one write."""
         conn, out = self.conn, self.outbound
+        chunks = [head]
         while out:
             size = min(len(out), conn.send_window, self.send_window, conn.peer_max_frame)
             if size <= 0:
-                return
-            conn.write(f.frame(f.DATA, 0, self.id, bytes(out[:size])))
+                break
+            chunks.append(f.frame(f.DATA, 0, self.id, bytes(out[:size])))
             del out[:size]
             conn.send_window -= size
             self.send_window -= size
+        if len(chunks) > 1 or head:
+            conn.write(b"".join(chunks))
+        if out:
+            return
         if self in conn.blocked:
             conn.blocked.remove(self)
         if self.trailer is not None:
