@@ -29,6 +29,7 @@ import time
 import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
+from resource import RLIMIT_NOFILE, getrlimit
 from typing import Any, ClassVar, Protocol
 
 import grpc
@@ -727,7 +728,9 @@ Authorizer = Callable[[grpc.aio.ServicerContext, NodeInfo], str | None]
 """Per RPC: given the call's context (its TLS peer) and the node it claims, None or a refusal."""
 
 XDS_LIMITS = Limits(
-    max_connections=65_536,  # every Envoy holds one connection; the fd limit is the real cap
+    # Every Envoy holds one connection for as long as it runs: as many as the process may open,
+    # less some for everything else (at the cap the longest-idle connection makes room).
+    max_connections=max(1_000, getrlimit(RLIMIT_NOFILE)[0] - 256),
     max_message=16 * 1024 * 1024,  # a delta request's initial_resource_versions names everything
     connection_window=17 * 1024 * 1024,  # at least one largest request
     max_write_backlog=64 * 1024 * 1024,  # one large response waiting for a slow Envoy to read it
