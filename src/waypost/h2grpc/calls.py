@@ -183,7 +183,7 @@ class Stream:
         self.outbound += b"\x00" + _LENGTH.pack(len(message)) + message
         if self not in self.conn.blocked:
             self.conn.blocked.append(self)
-        self.flush(head)
+        self.flush(head, soon=True)
         while self.outbound and not self.done:
             self.drained = asyncio.get_running_loop().create_future()
             await self.drained
@@ -222,8 +222,9 @@ class Stream:
             self.conn.blocked.append(self)
         self.flush()
 
-    def flush(self, head: bytes = b"") -> None:
-        """Write what the windows allow of the queued response (after ``head``), in one write."""
+    def flush(self, head: bytes = b"", *, soon: bool = False) -> None:
+        """Write what the windows allow of the queued response (after ``head``), in one write;
+        ``soon``: at the loop's next turn (:meth:`H2Connection.write_soon`)."""
         conn, out = self.conn, self.outbound
         chunks = [head]
         while out:
@@ -235,7 +236,7 @@ class Stream:
             conn.send_window -= size
             self.send_window -= size
         if len(chunks) > 1 or head:
-            conn.write(b"".join(chunks))
+            (conn.write_soon if soon else conn.write)(b"".join(chunks))
         if out:
             return
         if self in conn.blocked:

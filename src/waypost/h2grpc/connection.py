@@ -65,6 +65,7 @@ class H2Connection(asyncio.Protocol):
         self.stream_window = min(limits.max_message + 5, _MAX_WINDOW)  # ours, per stream
         self.blocked: list[Stream] = []  # streams with response bytes waiting for window
         self._paused = False
+        self._soon: list[bytes] | None = None  # streamed responses waiting for the loop's next turn
         self._resumed: asyncio.Future[None] | None = None
         self._paused_bytes = 0
         self._paused_control = 0
@@ -99,6 +100,7 @@ class H2Connection(asyncio.Protocol):
                 stream.task.cancel()
         self.streams.clear()
         self.blocked.clear()
+        self._soon = None
         self._wake_writers()
 
     def pause_writing(self) -> None:
@@ -342,7 +344,29 @@ class H2Connection(asyncio.Protocol):
             stream.end_of_request()
 
     # ---- output
+    def write_soon(self, data: bytes) -> None:
+        """Write ``data`` at the event loop's next turn, with whatever else is written by then: a
+        streaming handler answering several requests in one step (an xDS client's first four
+        requests, two types changed at once) makes one system call, not one per message."""
+        if self._transport is None:
+            return
+        if self._soon is None:
+            self._soon = [data]
+            asyncio.get_running_loop().call_soon(self._write_soon)
+        else:
+            self._soon.append(data)
+
+    def _write_soon(self) -> None:
+        soon, self._soon = self._soon, None
+        if soon:
+            self._write(b"".join(soon))
+
     def write(self, data: bytes) -> None:
+        if self._soon is not None:
+            self._write_soon()  # what was written before goes first
+        self._write(data)
+
+    def _write(self, data: bytes) -> None:
         transport = self._transport
         if transport is None:
             return
@@ -420,6 +444,9 @@ class H2Connection(asyncio.Protocol):
             return
         if code != f.ErrorCode.NO_ERROR:
             log.warning("HTTP/2 connection error", code=code, reason=message)
+        self._write_soon()
+        if self._transport is None:
+            return  # dropped just now: its backlog was over the limit
         transport.write(f.goaway(self._last_stream, code, message.encode()))
         transport.close()
         if abort:
