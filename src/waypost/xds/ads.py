@@ -322,8 +322,20 @@ class XdsStream:
         """The watcher moved on (or a gate timer fired): push what is due, once, soon."""
         if self._closed or self._send is None or self.node is None:
             return
-        if self._push is None or self._push.done():
+        if (self._push is None or self._push.done()) and not self._in_sync():
             self._push = asyncio.get_running_loop().create_task(self._push_changes())
+
+    def _in_sync(self) -> bool:
+        """Whether the node was sent all of its snapshot of every type it takes, as subscribed:
+        then nothing is due (a change that left its node group alone costs it no task)."""
+        snapshot = self._snapshot()
+        for type_url, state in self.types.items():
+            if snapshot is None or state.sent_subscription != state.subscription:
+                return False
+            whole = self._whole_type(type_url, snapshot)
+            if whole is None or whole[0] != state.sent_version:
+                return False
+        return True
 
     async def _push_changes(self) -> None:
         try:
