@@ -6,6 +6,7 @@ under flow control, and concurrency on one connection."""
 from __future__ import annotations
 
 import asyncio
+import socket
 from collections.abc import AsyncIterator
 
 import grpc
@@ -162,6 +163,21 @@ async def test_stream_to_a_client_that_reads_late(channel: grpc.aio.Channel) -> 
     got = await asyncio.wait_for(_collect(call), 30)
     assert [m[:8] for m in got] == [b"%08d" % i for i in range(40)]
     assert all(len(m) == 1024 * 1024 for m in got)
+
+
+async def test_lean_server_turns_on_tcp_keepalive() -> None:
+    # A client whose host vanishes without closing (an xDS stream, a registered endpoint) is
+    # noticed by the kernel's keepalive probes, as grpcio's server notices it by its pings.
+    running = await start_grpc_server(SERVICES, "127.0.0.1", 0)
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel:
+            assert await channel.unary_unary("/test.Echo/Echo")(b"k") == b"echo:k"
+            (connection,) = running.slots.live
+            sock = connection._transport.get_extra_info("socket")  # type: ignore[attr-defined]
+            assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == 1
+            assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE) == 30
+    finally:
+        await running.stop()
 
 
 async def _collect(call: AsyncIterator[bytes]) -> list[bytes]:

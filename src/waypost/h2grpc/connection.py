@@ -18,6 +18,7 @@ does not read leaves queued by the write backlog and pending-control caps.
 from __future__ import annotations
 
 import asyncio
+import socket
 import struct
 import time
 from collections.abc import Mapping
@@ -79,6 +80,7 @@ class H2Connection(asyncio.Protocol):
             self._transport = None
             return
         self._transport.set_write_buffer_limits(high=256 * 1024)
+        _keepalive(self._transport.get_extra_info("socket"))
         limits = self.limits
         ours = (
             (0x3, limits.max_concurrent_streams),
@@ -452,3 +454,14 @@ class H2Connection(asyncio.Protocol):
         if abort:
             asyncio.get_running_loop().call_later(1.0, transport.abort)
         self.connection_lost(None)
+
+
+def _keepalive(sock: socket.socket | None) -> None:
+    """TCP keepalive: a client whose host vanished without closing (an xDS stream held for days,
+    a registered endpoint) is noticed in about a minute, as grpcio's server pings would."""
+    if sock is None or sock.family not in (socket.AF_INET, socket.AF_INET6):
+        return
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    for option, value in (("TCP_KEEPIDLE", 30), ("TCP_KEEPINTVL", 10), ("TCP_KEEPCNT", 3)):
+        if hasattr(socket, option):  # Linux names; other systems keep their defaults
+            sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, option), value)
