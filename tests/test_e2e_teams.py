@@ -115,3 +115,69 @@ async def _ready(admin: str) -> bool:
         return (await aget(f"{admin}/readyz")).status_code == 200
     except Exception:
         return False
+
+
+async def test_a_restart_while_a_team_is_broken_serves_its_last_good_from_the_state_dir(
+    tmp_path: Path, echo_backend: EchoFactory, start_envoy: Callable[..., EnvoyProcess]
+) -> None:
+    """serve --state-dir in a dirty git checkout: the restarted serve holds the broken team at the
+    last good it kept before the restart, the other team moves on from the commit's files."""
+    from support.gitrepo import GitRepo
+
+    alpha, beta = await echo_backend("alpha"), await echo_backend("beta")
+    port, xds_port, admin_port = free_ports(3)
+    git = GitRepo.init(tmp_path / "repo")
+    git.write("policies/platform.yaml", platform(port))
+    git.write("policies/teams/payments/p.yaml", team("payments", alpha.address, ["old"]))
+    git.write("policies/teams/search/s.yaml", team("search", beta.address, ["old"]))
+    git.commit_all("teams")
+    options = ServeOptions(
+        policies=git.path / "policies",
+        host="127.0.0.1",
+        xds_port=xds_port,
+        admin_port=admin_port,
+        debounce=0.05,
+        state_dir=tmp_path / "state",
+    )
+    admin, base = f"http://127.0.0.1:{admin_port}", f"http://127.0.0.1:{port}"
+
+    async def backend(path: str) -> str | int:
+        response = await aget(base + path)
+        return response.json()["backend"] if response.status_code == 200 else response.status_code
+
+    stop = asyncio.Event()
+    server = asyncio.create_task(serve(options, stop=stop))
+    try:
+        await async_wait_until(lambda: _ready(admin), timeout=10)
+        envoy = await asyncio.to_thread(start_envoy, xds_port=xds_port, node_id="edge-1")
+        await asyncio.to_thread(envoy.wait_for_listener, port)
+        assert await backend("/payments/old") == "alpha"
+    finally:
+        stop.set()
+        await server
+
+    # While waypost is down: payments breaks, search adds a route (committed), and the checkout
+    # gets uncommitted edits (search's file garbled): the commit is what serves.
+    git.write("policies/teams/payments/p.yaml", team("payments", "10.9.9.9:80", ["old", "new"]))
+    git.write("policies/teams/search/s.yaml", team("search", beta.address, ["old", "new"]))
+    git.commit_all("payments breaks, search moves")
+    git.write("policies/teams/search/s.yaml", "kind: [")
+
+    stop = asyncio.Event()
+    server = asyncio.create_task(serve(options, stop=stop))
+    try:
+        await async_wait_until(lambda: _ready(admin), timeout=10)
+
+        async def search_moved() -> bool:
+            return await backend("/search/new") == "beta"
+
+        await async_wait_until(search_moved, timeout=30)  # Envoy reconnected to the new serve
+        assert await backend("/payments/old") == "alpha"  # the last good kept across the restart
+        assert await backend("/payments/new") == 404
+        policy = (await aget(f"{admin}/status")).json()["policy"]
+        assert policy["teams"]["payments"]["state"] == "held"
+        assert policy["teams_last_good"]["state_dir"] == str(tmp_path / "state" / "teams")
+        assert policy["git"]["dirty"] is True
+    finally:
+        stop.set()
+        await server
