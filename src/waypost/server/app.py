@@ -262,7 +262,7 @@ async def serve(options: ServeOptions, *, stop: asyncio.Event | None = None) -> 
         problems=lambda: readiness_problems(runtime, plane),
         auth=options.admin_auth,
     )
-    dashboard = Dashboard(status)
+    dashboard = Dashboard(status, policy=lambda: runtime.current)
     dashboard.install(admin)
     if analytics is not None:
         install_analytics(admin, analytics)
