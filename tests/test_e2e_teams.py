@@ -3,7 +3,8 @@
 Two teams share a Gateway (payments under /payments, search under /search). A commit breaks
 payments (a host it was not granted) while both add a route: search's new route is served, the
 broken payments keeps serving its last good routes (its new one is not), /status says payments is
-held and why; fixing payments moves it forward.
+held and why; fixing payments moves it forward. Then: the same across a restart of serve with
+--state-dir in a dirty git checkout, and a JWT subject naming a team's Consumer.
 """
 
 from __future__ import annotations
@@ -178,6 +179,49 @@ async def test_a_restart_while_a_team_is_broken_serves_its_last_good_from_the_st
         assert policy["teams"]["payments"]["state"] == "held"
         assert policy["teams_last_good"]["state_dir"] == str(tmp_path / "state" / "teams")
         assert policy["git"]["dirty"] is True
+    finally:
+        stop.set()
+        await server
+
+
+async def test_a_jwt_subject_names_the_teams_consumer_through_envoy(
+    tmp_path: Path, echo_backend: EchoFactory, start_envoy: Callable[..., EnvoyProcess]
+) -> None:
+    """Both teams have a Consumer `shop`; only payments' has the role its AuthPolicy asks for. A
+    token for `shop` passes on payments' route as payments~shop, and is refused on search's."""
+    from authz_support import ISSUER, Signer
+
+    backend = await echo_backend("app")
+    signer = Signer.new()
+    port, xds_port, admin_port = free_ports(3)
+    policies = tmp_path / "policies"
+    policies.mkdir()
+    (policies / "platform.yaml").write_text(platform(port))
+    for name, role in (("payments", "ops"), ("search", "viewer")):
+        folder = policies / "teams" / name
+        folder.mkdir(parents=True)
+        (folder / "jwks.json").write_text(signer.jwks())
+        (folder / "p.yaml").write_text(
+            team(name, backend.address, ["orders"]).replace("backend: app", "backend: app\nauth: tokens")
+            + f"---\nkind: AuthPolicy\nname: tokens\nidentity: [{{jwt: {{issuer: '{ISSUER}',"
+            f" jwks: teams/{name}/jwks.json, audiences: [orders]}}}}]\nrules: [{{allow: {{roles: [ops]}}}}]\n"
+            f"---\nkind: Consumer\nname: shop\nroles: [{role}]\n"
+        )
+    stop = asyncio.Event()
+    options = ServeOptions(
+        policies=policies, host="127.0.0.1", xds_port=xds_port, admin_port=admin_port, debounce=0.05
+    )
+    server = asyncio.create_task(serve(options, stop=stop))
+    try:
+        await async_wait_until(lambda: _ready(f"http://127.0.0.1:{admin_port}"), timeout=10)
+        envoy = await asyncio.to_thread(start_envoy, xds_port=xds_port, node_id="edge-1")
+        await asyncio.to_thread(envoy.wait_for_listener, port)
+        bearer = {"authorization": "Bearer " + signer.token(sub="shop")}
+        allowed = await aget(f"http://127.0.0.1:{port}/payments/orders", headers=bearer)
+        assert allowed.status_code == 200, allowed.text
+        assert allowed.json()["headers"]["x-waypost-consumer"] == "payments~shop"
+        refused = await aget(f"http://127.0.0.1:{port}/search/orders", headers=bearer)
+        assert refused.status_code == 403 and refused.json()["reason"] == "no rule allows this request"
     finally:
         stop.set()
         await server
