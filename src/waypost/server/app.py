@@ -32,7 +32,7 @@ from waypost.xds.cache import PreparedVersion, SnapshotCache
 from waypost.xds.compiler import CompileMemo, compile_policy
 from waypost.xds.compiler.decisions import decision_needs, needed_clusters
 from waypost.xds.compiler.registered import allowed
-from waypost.xds.registry import RedisRegistrySync
+from waypost.xds.registry_redis import RedisRegistrySync
 from waypost.xds.security import XdsTls, authorize_node
 
 if TYPE_CHECKING:
