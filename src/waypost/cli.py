@@ -177,6 +177,13 @@ def _parser() -> argparse.ArgumentParser:
         help="reload this long after the last change; files read from disk must stay unchanged "
         "this long to be applied (default 0.25s)",
     )
+    serve.add_argument(
+        "--state-dir",
+        type=Path,
+        metavar="DIR",
+        help="keep each team's last good folders here, so a restart while a team's change is "
+        "refused still serves the team's last good version (default: in memory only)",
+    )
 
     from waypost.gitdiff_help import DIFF_HELP
 
@@ -652,6 +659,7 @@ def _serve(args: argparse.Namespace) -> int:
         admin_host=args.admin_host,
         admin_auth=admin_auth,
         working_tree=args.working_tree,
+        state_dir=args.state_dir,
         allow_plaintext_secrets=args.allow_plaintext_secrets,
         policies=args.policies,
         host=args.host,

@@ -63,6 +63,8 @@ class ServeOptions:
     """Where the decision services are: run here when needed (default) or named elsewhere."""
     working_tree: bool = False
     """In a git checkout, serve the working files instead of the commit HEAD names."""
+    state_dir: Path | None = None
+    """Where each team's last good folders are kept across restarts (None: in memory only)."""
     admin_auth: AdminAuth | None = None
     """Token and/or TLS for the admin port (required off loopback)."""
     allow_plaintext_secrets: bool = False
@@ -117,6 +119,7 @@ def build_status(
             "applied_at": runtime.applied_at,
             "git": runtime.git_status(),
             "teams": runtime.lanes.status(runtime.current.teams if runtime.current is not None else {}),
+            "teams_last_good": runtime.lanes.persistence(),
             "last_error": None
             if failure is None
             else {
@@ -227,6 +230,7 @@ async def serve(options: ServeOptions, *, stop: asyncio.Event | None = None) -> 
         ],
         working_tree=options.working_tree,
         settle=options.debounce,
+        state_dir=options.state_dir,
     )
     runtime.on_applied(lambda _: _warn_withheld(cache))
     reload_on_sighup(loop, runtime.reload)  # before the first load: SIGHUP never ends the process
@@ -265,7 +269,7 @@ async def serve(options: ServeOptions, *, stop: asyncio.Event | None = None) -> 
         problems=lambda: readiness_problems(runtime, plane),
         auth=options.admin_auth,
     )
-    dashboard = Dashboard(status)
+    dashboard = Dashboard(status, policy=lambda: runtime.current)
     dashboard.install(admin)
     if analytics is not None:
         install_analytics(admin, analytics)

@@ -7,7 +7,7 @@ a replica's live claims at once), so a steady fleet costs one write per claim pe
 one per tick; a departing claim is written once, with the expiry its grace gives it. A replica
 that dies stops renewing, and its nodes' claims lapse after their grace.
 
-Every write also increments ``wp:registry:gen``. Each tick (``interval``) a replica reads that
+Every write also increments the hash's field ``~gen``. Each tick (``interval``) a replica reads that
 counter and re-reads the hash only when it moved, when a claim it holds from another replica
 reaches its expiry, or every ``RESCAN_S`` in any case; expired fields are deleted by whoever
 reads them first. When two replicas hold a claim for the same node (a node that moved), the live
@@ -30,12 +30,13 @@ from typing import cast
 from waypost.log import get_logger
 from waypost.xds.registry import Claim, EndpointRegistry
 
-__all__ = ["GEN_KEY", "REDIS_KEY", "RedisRegistrySync"]
+__all__ = ["GEN_FIELD", "REDIS_KEY", "RedisRegistrySync"]
 
 log = get_logger("waypost.registry")
 
 REDIS_KEY = "wp:registry"
-GEN_KEY = "wp:registry:gen"
+GEN_FIELD = "~gen"
+"""A counter in the hash itself, bumped by each write (no claim field has this form)."""
 RESCAN_S = 5.0
 """A full read at least this often, whatever the counter says (a counter lost with Redis' data)."""
 
@@ -97,14 +98,15 @@ class RedisRegistrySync:
         """One tick: write what changed or nears expiry, then read the others' if anything moved."""
         now = time.time()
         writes, gone = self._due(now)
-        pipe = self._redis.pipeline(transaction=True)
+        # In order, without MULTI: a reader who sees the counter move reads the writes before it.
+        pipe = self._redis.pipeline(transaction=False)
         if writes:
             pipe.hset(REDIS_KEY, mapping={field: text for field, (text, _) in writes.items()})
         if gone:
             pipe.hdel(REDIS_KEY, *gone)
         if writes or gone:
-            pipe.incr(GEN_KEY)
-        pipe.get(GEN_KEY)
+            pipe.hincrby(REDIS_KEY, GEN_FIELD, 1)
+        pipe.hget(REDIS_KEY, GEN_FIELD)
         results = await pipe.execute()
         for field, (_, written) in writes.items():
             self._written[field] = written
@@ -165,7 +167,8 @@ class RedisRegistrySync:
         stale: list[bytes] = []
         suffix = f"|{self.replica}"
         for field_name, value in raw.items():
-            if field_name.decode(errors="replace").endswith(suffix):
+            name = field_name.decode(errors="replace")
+            if name == GEN_FIELD or name.endswith(suffix):
                 continue
             try:
                 live, claim = Claim.from_json(value)
