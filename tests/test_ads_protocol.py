@@ -20,9 +20,10 @@ from google.rpc import status_pb2
 
 from waypost.h2grpc import start_grpc_server
 from waypost.policies.model import Gateway, PolicySet, Route, Service
-from waypost.xds.ads import XDS_LIMITS, AdsServer, SotwStream
+from waypost.xds.ads import XDS_LIMITS, AdsServer
 from waypost.xds.cache import NodeInfo, SnapshotCache
 from waypost.xds.compiler import compile_policy
+from waypost.xds.sotw import SotwStream
 from waypost.xds.types import TypeUrl
 
 CDS, EDS, LDS, RDS = TypeUrl.CLUSTER, TypeUrl.ENDPOINT, TypeUrl.LISTENER, TypeUrl.ROUTE
