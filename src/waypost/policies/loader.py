@@ -17,6 +17,7 @@ from __future__ import annotations
 import gc
 import hashlib
 import json
+import operator
 import os
 import posixpath
 import re
@@ -72,7 +73,7 @@ from waypost.policies.source import (
 )
 from waypost.policies.teams import scope_teams, team_folders
 from waypost.policies.types import HEADER_NAME_PATTERN, NAME_PATTERN, PrivateBytes
-from waypost.policies.validate import Entry, Loc, validate
+from waypost.policies.validate import Entry, Loc, per_entry, validate
 
 __all__ = ["load_policies"]
 
@@ -753,6 +754,10 @@ def validation_problem(route: Route, files: Mapping[str, bytes]) -> tuple[Loc, s
     return None
 
 
+def _entry_file_refs(entry: Entry) -> tuple[_FileRef, ...]:
+    return tuple(_file_refs(entry.document)) if entry.document is not None else ()
+
+
 def _file_refs(document: Document) -> Iterator[_FileRef]:
     if isinstance(document, Gateway) and document.tls is not None:
         yield _FileRef(("tls", "cert"), document.tls.cert, "certificate")
@@ -828,6 +833,12 @@ def _missing_grpc_services(route: Route, data: bytes) -> list[str]:
 
 
 # --- The load ------------------------------------------------------------------------------------
+
+_by_kind_and_name: Final = operator.attrgetter("kind", "name")
+
+
+def _source_ref(entry: Entry) -> SourceRef:
+    return SourceRef(entry.source.path, entry.source.line_of(("name",)))
 
 
 @contextmanager
@@ -1011,7 +1022,7 @@ class _Load:
             if entry.document is None:
                 continue
             failed = False
-            for ref in _file_refs(entry.document):
+            for ref in per_entry(entry, "file refs", _entry_file_refs):
                 problem = self.read_reference(ref, cache)
                 if problem is not None:
                     failed = True
@@ -1027,7 +1038,7 @@ class _Load:
                         message = f"{', '.join(missing)} not in '{ref.value}'"
                         line = entry.source.line_of(loc)
                         self.fail(entry.source.path, line, _at(loc, message), entry.kind, entry.name)
-            if not failed and isinstance(entry.document, Route):
+            if not failed and isinstance(entry.document, Route) and entry.document.validation is not None:
                 schema_problem = validation_problem(entry.document, self.files)
                 if schema_problem is not None:
                     schema_loc, message = schema_problem
@@ -1090,10 +1101,10 @@ class _Load:
         by_kind: dict[str, dict[str, Document]] = {kind: {} for kind in KINDS}
         sources: dict[tuple[str, str], SourceRef] = {}
         field_sources: dict[tuple[str, str, str], SourceRef] = {}
-        for entry in sorted(self.entries, key=lambda entry: (entry.kind, entry.name)):
+        for entry in sorted(self.entries, key=_by_kind_and_name):
             assert entry.document is not None  # any invalid document raised PolicyError above
             by_kind[entry.kind][entry.name] = entry.document
-            sources[(entry.kind, entry.name)] = SourceRef(entry.source.path, entry.source.line_of(("name",)))
+            sources[(entry.kind, entry.name)] = per_entry(entry, "source", _source_ref)
             if isinstance(entry.document, AuthPolicy):
                 for index, source in enumerate(entry.document.identity):
                     if source.custom is not None:

@@ -80,6 +80,8 @@ class PolicyRuntime:
         """The commit of the applied version (None outside git)."""
         self.git_pull: dict[str, Any] | None = None
         """The last ``--git-pull`` result, written by :class:`~waypost.server.gitpull.GitPuller`."""
+        self.last_change: Callable[[], float | None] | None = None
+        """When the file watcher last saw a change (see server/settle.py); set by the watcher."""
         self.lanes = TeamLanes()
         """Per-team last good versions: which teams are held back, and why."""
         self._lock = asyncio.Lock()
@@ -116,12 +118,17 @@ class PolicyRuntime:
             # served (working tree, or a clean checkout of the commit served).
             lanes_usable = not serving_commit or (git is not None and not git.dirty)
             source = self.directory
+            early: asyncio.Future[list[Any] | None] | None = None
             try:
                 try:
                     if git is not None and serving_commit:
                         policy = await load_commit(self.directory, git, self._load_cache)
                     else:
-                        policy = await load_settled(self.directory, self.settle, self._load_cache)
+                        # The appliers prepare the version while the files settle (prepared
+                        # only: committed below, once they are known to be settled).
+                        policy, early = await load_settled(
+                            self.directory, self.settle, self._load_cache, self._prepare_new, self.last_change
+                        )
                     held: dict[str, HeldTeam] = {}
                 except PolicyError as exc:
                     # Problems only in teams' folders: those teams keep their last good documents.
@@ -143,7 +150,9 @@ class PolicyRuntime:
                         self._set_git(git, policy)
                     self.lanes.discard(source)
                     return False
-                prepared = [await applier.prepare(policy) for applier in self.appliers]
+                prepared = await early if early is not None else None
+                if prepared is None:
+                    prepared = [await applier.prepare(policy) for applier in self.appliers]
             except PolicyError as exc:
                 self.lanes.discard(source)
                 return self._fail([str(d) for d in exc.diagnostics], git)
@@ -182,6 +191,12 @@ class PolicyRuntime:
                 await asyncio.to_thread(self.lanes.remember, source, policy)
             self.lanes.discard(source)
             return True
+
+    async def _prepare_new(self, policy: PolicySet) -> list[Any] | None:
+        """Every applier's prepared state for ``policy``; None when it is the current version."""
+        if self.current is not None and self.current.version == policy.version:
+            return None
+        return [await applier.prepare(policy) for applier in self.appliers]
 
     def _hold(self, held: dict[str, HeldTeam], git: GitInfo | None) -> None:
         for team, state in held.items():

@@ -149,7 +149,8 @@ class SnapshotCache:
         groups = {node.group(compiled) for node in list(self._watched.values())}
         # The group of every Gateway proves all of them cut cleanly, even ones no node has yet.
         groups.add(tuple(sorted(compiled.gateways)))
-        snapshots = {group: self._build(served, group, encoder) for group in groups}
+        before = dict(self._snapshots)  # each group's current snapshot: unchanged types carry over
+        snapshots = {group: self._build(served, group, encoder, before.get(group)) for group in groups}
         return PreparedVersion(compiled=compiled, encoder=encoder, snapshots=snapshots, served=served)
 
     def commit(self, prepared: PreparedVersion) -> None:
@@ -233,10 +234,20 @@ class SnapshotCache:
             _private_key_secrets(self._compiled.resources_for(tuple(sorted(self._compiled.gateways))))
         )
 
-    def _build(self, compiled: CompiledPolicy, group: GroupKey, encoder: ResourceEncoder) -> Snapshot:
+    def _build(
+        self,
+        compiled: CompiledPolicy,
+        group: GroupKey,
+        encoder: ResourceEncoder,
+        previous: Snapshot | None = None,
+    ) -> Snapshot:
         resources = compiled.resources_for(group)
         snapshot = Snapshot.build(
-            policy_version=compiled.version, group=group, resources=resources, encoder=encoder
+            policy_version=compiled.version,
+            group=group,
+            resources=resources,
+            encoder=encoder,
+            previous=previous,
         )
         if self.withhold_private_keys:
             snapshot = snapshot.withholding(_private_key_secrets(resources))

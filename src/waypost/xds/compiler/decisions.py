@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import Any, cast
 
 from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.core.v3 import health_check_pb2, protocol_pb2
@@ -59,7 +60,23 @@ class DecisionEndpoints:
 
 
 def decision_needs(policy: PolicySet) -> dict[str, frozenset[str]]:
-    """Route name -> the decision clusters Envoy calls for it (routes needing none left out)."""
+    """Route name -> the decision clusters Envoy calls for it (routes needing none left out).
+
+    Computed once per version: `waypost serve` asks before compiling (to start the services the
+    version needs), the compiler again (a policy is frozen, so the answer stays true)."""
+    last = _last_needs
+    if last and last[0] is policy:
+        return cast(dict[str, frozenset[str]], last[1])
+    needs = _decision_needs(policy)
+    _last_needs[:] = [policy, needs]
+    return needs
+
+
+_last_needs: list[Any] = []
+"""[policy, its decision needs] of the last call."""
+
+
+def _decision_needs(policy: PolicySet) -> dict[str, frozenset[str]]:
     authz = ExtAuthzFeature().bind(policy)
     limits = GlobalRateLimitFeature().bind(policy)
     body_checks = BodyCheckFeature()
