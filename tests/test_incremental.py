@@ -261,11 +261,16 @@ def test_an_unchanged_document_is_not_parsed_or_compiled_again(tmp_path: Path) -
     assert incremental.memo.built == [("gateway", "gw1")]
     node = NODES[1]  # gw1's Envoys, whose route r3 goes to svc3
     before = incremental.cache.snapshot_for(node)
+    assert incremental.cache.compiled is not None
+    clusters = dict(incremental.cache.compiled.clusters)
     tree.apply(("endpoint", 3, 9))
     tree.write(tmp_path)
     incremental.reload(tmp_path)
     assert incremental.load_cache.parsed_documents == 1
-    assert sorted(incremental.memo.built) == [("cluster", "svc3"), ("endpoints", "svc3")]
+    assert incremental.memo.built == [("service", "svc3")]
+    # Its EDS cluster does not carry the endpoints: the very same cluster object is kept.
+    assert incremental.cache.compiled is not None
+    assert all(incremental.cache.compiled.clusters[name] is c for name, c in clusters.items())
     # An endpoint-only change: only the EDS version moves, so only EDS is pushed.
     after = incremental.cache.snapshot_for(node)
     assert before is not None and after is not None

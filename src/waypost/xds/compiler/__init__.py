@@ -31,7 +31,7 @@ from waypost.xds.compiler.decisions import (
 )
 from waypost.xds.compiler.features import GATEWAY_CLUSTERS, HTTP_FEATURES, HttpFeature
 from waypost.xds.compiler.listeners import build_listener
-from waypost.xds.compiler.memo import CompileMemo, context_key, service_view
+from waypost.xds.compiler.memo import SERVICE_FIELDS, CompileMemo, context_key, service_view
 from waypost.xds.compiler.names import cluster_name, grpc_client_cluster_name, grpc_target_key
 from waypost.xds.compiler.proxyless import (
     build_grpc_client_cluster,
@@ -201,26 +201,27 @@ def _compile(
     _compile_grpc_targets(policy, gateways)
     load_assignments: dict[str, endpoint_pb2.ClusterLoadAssignment] = {}
     for name in sorted(needed_clusters(needs, needs)):
-        xds_cluster, assignment = build_decision_cluster(name, decisions)
+        # Kept while its endpoints stay: a cluster object that stays lets snapshots keep CDS whole.
+        decision_key = (decisions.endpoints.get(name, ()), name in decisions.health_checked)
+        xds_cluster, assignment = memo.get(
+            "decision", name, decision_key, None, build_decision_cluster, name, decisions
+        )
         clusters[name] = xds_cluster
         if assignment is not None:
             load_assignments[name] = assignment
     cluster_secrets: dict[str, tuple[secret_pb2.Secret, ...]] = {}
-    for _, service in sorted(policy.services.items()):
+    files_key = tuple(sorted(policy.files.items())) if policy.files else ()
+    for name, service in sorted(policy.services.items()):
         # Upstream TLS reads the files too; without it a Service's id is the whole key.
-        service_key: Hashable = id(service)
-        if service.tls is not None:
-            service_key = (id(service), tuple(sorted(policy.files.items())))
-        xds_cluster, secrets = memo.get(
-            "cluster", service.name, service_key, policy, _service_cluster, service, policy
+        service_key: Hashable = id(service) if service.tls is None else (id(service), files_key)
+        _, xds_cluster, secrets, assignment = memo.get(
+            "service", name, service_key, policy, _service_resources, service, policy, memo
         )
         clusters[xds_cluster.name] = xds_cluster
         if secrets is not None:
             cluster_secrets[xds_cluster.name] = secrets
-        if xds_cluster.type == cluster_pb2.Cluster.EDS:
-            load_assignments[xds_cluster.name] = memo.get(
-                "endpoints", service.name, id(service), policy, build_load_assignment, service
-            )
+        if assignment is not None:
+            load_assignments[xds_cluster.name] = assignment
     for name in sorted({name for target in policy.grpc_targets.values() for name in target.services}):
         service = policy.services[name]
         grpc_cluster = build_grpc_client_cluster(service)
@@ -235,6 +236,37 @@ def _compile(
         cluster_secrets=cluster_secrets,
         decision_needs=needs,
         decision_endpoints=decisions,
+    )
+
+
+_ServiceResources = tuple[
+    Service,
+    cluster_pb2.Cluster,
+    tuple[secret_pb2.Secret, ...] | None,
+    endpoint_pb2.ClusterLoadAssignment | None,
+]
+
+
+def _service_resources(service: Service, policy: PolicySet, memo: CompileMemo) -> _ServiceResources:
+    """A Service's cluster, its upstream TLS secrets and (EDS) its load assignment."""
+    before: _ServiceResources | None = memo.previous("service", service.name)
+    if before is not None and _only_endpoints_moved(before[0], service):
+        xds_cluster, secrets = before[1], before[2]
+    else:
+        xds_cluster, secrets = _service_cluster(service, policy)
+    assignment = build_load_assignment(service) if xds_cluster.type == cluster_pb2.Cluster.EDS else None
+    return service, xds_cluster, secrets, assignment
+
+
+def _only_endpoints_moved(before: Service, now: Service) -> bool:
+    """Whether an EDS cluster built for ``before`` is the one ``now`` needs (it does not carry the
+    endpoints; a DNS cluster does, and TLS reads files: those are rebuilt)."""
+    return (
+        before.tls is None
+        and now.tls is None
+        and not before.uses_dns
+        and not now.uses_dns
+        and all(getattr(before, field) == getattr(now, field) for field in SERVICE_FIELDS)
     )
 
 

@@ -34,7 +34,7 @@ from waypost.contract import (
 )
 from waypost.policies.model import PolicySet
 from waypost.policies.types import Endpoint
-from waypost.xds.compiler.body_checks import BodyCheckFeature
+from waypost.xds.compiler.body_checks import BodyCheckFeature, checks_body
 from waypost.xds.compiler.clusters import load_assignment
 from waypost.xds.compiler.ext_authz import ExtAuthzFeature
 from waypost.xds.compiler.pb import ads_source, pack
@@ -77,11 +77,21 @@ _last_needs: list[Any] = []
 
 
 def _decision_needs(policy: PolicySet) -> dict[str, frozenset[str]]:
+    # Only a route with an AuthPolicy, a rate limit or a body check can need a decision service
+    # (each feature's cluster_for answers None without them): most routes of a large policy have
+    # none, and binding the features walks every route, so they are bound only when some does.
+    asking = [
+        (name, route)
+        for name, route in sorted(policy.routes.items())
+        if route.auth_policies or route.rate_limit_policies or checks_body(route)
+    ]
+    if not asking:
+        return {}
     authz = ExtAuthzFeature().bind(policy)
     limits = GlobalRateLimitFeature().bind(policy)
     body_checks = BodyCheckFeature()
     needs: dict[str, frozenset[str]] = {}
-    for name, route in sorted(policy.routes.items()):
+    for name, route in asking:
         found = (authz.cluster_for(route), limits.cluster_for(route), body_checks.cluster_for(route))
         clusters = frozenset(c for c in found if c)
         if clusters:

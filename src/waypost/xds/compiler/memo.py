@@ -14,8 +14,10 @@ What each resource is keyed by (everything its compilation reads):
   control its settings), the decision clusters its routes need, and the *context*: every
   document of the other kinds (AuthPolicy, Consumer, RateLimitPolicy, ...), every Gateway, and
   the referenced files' bytes (what the features bound to the policy read);
-* a Service's cluster: the Service and, with upstream TLS, the files; its load assignment: the
-  Service.
+* a Service's cluster and load assignment: the Service and, with upstream TLS, the files. A
+  Service whose only change is its IP endpoints keeps its cluster object (an EDS cluster does not
+  carry its endpoints): an endpoint change re-encodes one load assignment, and no cluster;
+* a decision service's cluster: where its endpoints are.
 
 Only the last compile's entries are kept, so memory stays one version's worth.
 """
@@ -28,7 +30,7 @@ from typing import Any, TypeVar, cast
 
 from waypost.policies.model import PolicySet, Service
 
-__all__ = ["CompileMemo", "context_key", "service_view"]
+__all__ = ["SERVICE_FIELDS", "CompileMemo", "context_key", "service_view"]
 
 T = TypeVar("T")
 
@@ -60,12 +62,12 @@ def service_view(policy: PolicySet) -> tuple[Hashable, ...]:
     no gateway. One view for every gateway (walking each gateway's routes for the names they use
     costs more than comparing); compared with ``==``, never hashed."""
     return tuple(
-        (name, *(getattr(service, field) for field in _SERVICE_FIELDS))
+        (name, *(getattr(service, field) for field in SERVICE_FIELDS))
         for name, service in policy.services.items()
     )
 
 
-_SERVICE_FIELDS = tuple(name for name in Service.model_fields if name != "endpoints")
+SERVICE_FIELDS = tuple(name for name in Service.model_fields if name != "endpoints")
 
 
 class CompileMemo:
@@ -92,6 +94,11 @@ class CompileMemo:
             value = found[2]
         self._current[("intern", name)] = ((), None, value)
         return value
+
+    def previous(self, kind: str, name: str) -> Any:
+        """What the previous compile built for (kind, name), whatever its key; None if nothing."""
+        found = self._previous.get((kind, name))
+        return found[2] if found is not None else None
 
     def get(self, kind: str, name: str, key: Hashable, keep: Any, build: Callable[..., T], *args: Any) -> T:
         """``build(*args)``, or the previous result for the same key. ``keep`` holds the objects
