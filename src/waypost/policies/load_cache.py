@@ -89,8 +89,11 @@ class LoadCache:
 
     def end(self) -> None:
         """Forget whatever the load that just ended did not use."""
-        self._files = {k: v for k, v in self._files.items() if k in self._used_files}
-        self._chunks = {k: v for k, v in self._chunks.items() if k in self._used_chunks}
+        # Rebuilt only when something went unused (every key used is a key held).
+        if len(self._used_files) < len(self._files):
+            self._files = {k: v for k, v in self._files.items() if k in self._used_files}
+        if len(self._used_chunks) < len(self._chunks):
+            self._chunks = {k: v for k, v in self._chunks.items() if k in self._used_chunks}
 
     def load(self, path: str, data: bytes, parse: Parse) -> FileResult:
         key = (path, hashlib.sha256(data).digest())

@@ -17,7 +17,6 @@ from __future__ import annotations
 import gc
 import hashlib
 import json
-import operator
 import os
 import posixpath
 import re
@@ -834,8 +833,6 @@ def _missing_grpc_services(route: Route, data: bytes) -> list[str]:
 
 # --- The load ------------------------------------------------------------------------------------
 
-_by_kind_and_name: Final = operator.attrgetter("kind", "name")
-
 
 def _source_ref(entry: Entry) -> SourceRef:
     return SourceRef(entry.source.path, entry.source.line_of(("name",)))
@@ -1101,17 +1098,23 @@ class _Load:
         by_kind: dict[str, dict[str, Document]] = {kind: {} for kind in KINDS}
         sources: dict[tuple[str, str], SourceRef] = {}
         field_sources: dict[tuple[str, str, str], SourceRef] = {}
-        for entry in sorted(self.entries, key=_by_kind_and_name):
-            assert entry.document is not None  # any invalid document raised PolicyError above
-            by_kind[entry.kind][entry.name] = entry.document
-            sources[(entry.kind, entry.name)] = per_entry(entry, "source", _source_ref)
-            if isinstance(entry.document, AuthPolicy):
-                for index, source in enumerate(entry.document.identity):
-                    if source.custom is not None:
-                        loc = ("identity", index, "custom", "plugin")
-                        field_sources[(entry.kind, entry.name, _field(loc))] = SourceRef(
-                            entry.source.path, entry.source.line_of(loc)
-                        )
+        # Grouped by kind, then each kind's names sorted (plain strings: the cheapest sort).
+        entries: dict[str, dict[str, Entry]] = {kind: {} for kind in KINDS}
+        for entry in self.entries:
+            entries[entry.kind][entry.name] = entry  # names are unique per kind (validated)
+        for kind in sorted(entries):
+            named = entries[kind]
+            for name in sorted(named):
+                entry = named[name]
+                assert entry.document is not None  # any invalid document raised PolicyError above
+                by_kind[kind][name] = entry.document
+                memo = entry.memo
+                source = memo.get("source")
+                if source is None:
+                    source = memo["source"] = _source_ref(entry)
+                sources[(kind, name)] = source
+                if kind == "AuthPolicy":
+                    self.field_sources(entry, field_sources)
         attributes: dict[str, Any] = {_KIND_ATTRIBUTES[kind]: docs for kind, docs in by_kind.items()}
         return PolicySet(
             version=self.version(),
@@ -1120,3 +1123,14 @@ class _Load:
             field_sources=field_sources,
             **attributes,
         )
+
+    @staticmethod
+    def field_sources(entry: Entry, out: dict[tuple[str, str, str], SourceRef]) -> None:
+        """Where fields checked after loading were written (see ``PolicySet.field_sources``)."""
+        if not isinstance(entry.document, AuthPolicy):
+            return
+        for index, source in enumerate(entry.document.identity):
+            if source.custom is not None:
+                loc = ("identity", index, "custom", "plugin")
+                where = SourceRef(entry.source.path, entry.source.line_of(loc))
+                out[(entry.kind, entry.name, _field(loc))] = where

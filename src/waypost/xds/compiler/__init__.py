@@ -31,7 +31,7 @@ from waypost.xds.compiler.decisions import (
 )
 from waypost.xds.compiler.features import GATEWAY_CLUSTERS, HTTP_FEATURES, HttpFeature
 from waypost.xds.compiler.listeners import build_listener
-from waypost.xds.compiler.memo import SERVICE_FIELDS, CompileMemo, context_key, service_view
+from waypost.xds.compiler.memo import CompileMemo, context_key, service_fields, service_view
 from waypost.xds.compiler.names import cluster_name, grpc_client_cluster_name, grpc_target_key
 from waypost.xds.compiler.proxyless import (
     build_grpc_client_cluster,
@@ -266,7 +266,7 @@ def _only_endpoints_moved(before: Service, now: Service) -> bool:
         and now.tls is None
         and not before.uses_dns
         and not now.uses_dns
-        and all(getattr(before, field) == getattr(now, field) for field in SERVICE_FIELDS)
+        and service_fields(before) == service_fields(now)
     )
 
 

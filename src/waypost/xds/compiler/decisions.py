@@ -34,7 +34,7 @@ from waypost.contract import (
 )
 from waypost.policies.model import PolicySet
 from waypost.policies.types import Endpoint
-from waypost.xds.compiler.body_checks import BodyCheckFeature, checks_body
+from waypost.xds.compiler.body_checks import BodyCheckFeature
 from waypost.xds.compiler.clusters import load_assignment
 from waypost.xds.compiler.ext_authz import ExtAuthzFeature
 from waypost.xds.compiler.pb import ads_source, pack
@@ -83,7 +83,8 @@ def _decision_needs(policy: PolicySet) -> dict[str, frozenset[str]]:
     asking = [
         (name, route)
         for name, route in sorted(policy.routes.items())
-        if route.auth_policies or route.rate_limit_policies or checks_body(route)
+        # The raw fields (a superset of checks_body): the features below decide exactly.
+        if route.auth or route.rate_limit or route.validation is not None or route.screen is not None
     ]
     if not asking:
         return {}
