@@ -1016,10 +1016,14 @@ class _Load:
     def read_referenced_files(self) -> None:
         cache: dict[str, bytes | str] = {}  # normalized relative path -> bytes, or why not
         for entry in self.entries:
-            if entry.document is None:
+            document = entry.document
+            if document is None:
                 continue
+            refs = per_entry(entry, "file refs", _entry_file_refs)
+            if not refs and not (isinstance(document, Route) and document.validation is not None):
+                continue  # most documents: nothing to read or compile
             failed = False
-            for ref in per_entry(entry, "file refs", _entry_file_refs):
+            for ref in refs:
                 problem = self.read_reference(ref, cache)
                 if problem is not None:
                     failed = True

@@ -91,7 +91,10 @@ def validate(entries: Sequence[Entry], *, check_references: bool = True) -> list
     valid = [entry for entry in entries if entry.document is not None]
     by_kind: dict[str, list[Entry]] = {}
     for entry in valid:
-        by_kind.setdefault(entry.kind, []).append(entry)
+        group = by_kind.get(entry.kind)
+        if group is None:
+            group = by_kind[entry.kind] = []
+        group.append(entry)
 
     def of(*kinds: str) -> list[Entry]:
         """The valid entries of ``kinds``, in file order (each check reports in that order)."""
@@ -133,7 +136,10 @@ def _field(loc: Loc) -> str:
 def _check_duplicate_names(entries: Sequence[Entry], out: list[Diagnostic]) -> dict[str, dict[str, Entry]]:
     defined: dict[str, dict[str, Entry]] = {}
     for entry in entries:
-        first = defined.setdefault(entry.kind, {}).setdefault(entry.name, entry)
+        names = defined.get(entry.kind)
+        if names is None:  # not setdefault(kind, {}): that builds a dict per entry
+            names = defined[entry.kind] = {}
+        first = names.setdefault(entry.name, entry)
         if first is not entry:
             out.append(
                 _error(entry, ("name",), f"duplicate {entry.kind} name, first defined at {_where(first)}")
