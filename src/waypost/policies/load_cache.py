@@ -27,10 +27,13 @@ import hashlib
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 from waypost.policies.diagnostics import Diagnostic
 from waypost.policies.validate import Entry
+
+if TYPE_CHECKING:
+    from waypost.policies.endpoint_patch import LastLoad
 
 __all__ = ["FileResult", "LoadCache"]
 
@@ -81,6 +84,10 @@ class LoadCache:
         self._used_chunks: set[_ChunkKey] = set()
         self.parsed_documents = 0
         """Documents parsed by the last load (the rest were reused): for tests and benchmarks."""
+        self.last: LastLoad | None = None
+        """The last successful load, for an endpoint-only change (see :mod:`.endpoint_patch`)."""
+        self.patched = False
+        """The last load was such a change, made to the set before: for tests and benchmarks."""
 
     def begin(self) -> None:
         self._used_files.clear()

@@ -47,6 +47,7 @@ from yaml.events import (
 )
 
 from waypost.policies.diagnostics import MAX_REPORTED_PER_FILE, Diagnostic, PolicyError, capped
+from waypost.policies.endpoint_patch import LastLoad, moved_endpoints, patched
 from waypost.policies.load_cache import FileResult, LoadCache
 from waypost.policies.model import (
     KINDS,
@@ -888,6 +889,18 @@ class _Load:
         for relative in files:
             self.load_file(relative)
         self.report_unchecked()
+        read = tuple(self.entries)
+        last = self.cache.last if self.cache is not None else None
+        if self.cache is not None:
+            self.cache.last = None  # set again below, once this load succeeds
+            self.cache.patched = False
+        moved = moved_endpoints(last, read) if self.complete and not self.diagnostics else None
+        if last is not None and moved is not None:
+            policy = self.patch(last, moved)
+            if policy is not None:
+                if self.cache is not None:
+                    self.cache.patched = True
+                return self.remember(read, policy)
         self.expand_sidecars()
         self.entries, overstepped = scope_teams(self.entries, self.relative)
         self.diagnostics.extend(overstepped)
@@ -895,7 +908,24 @@ class _Load:
         self.read_referenced_files()
         if self.diagnostics:
             raise PolicyError(capped(self.diagnostics), team_folders=team_folders(self.entries))
-        return self.policy_set()
+        return self.remember(read, self.policy_set())
+
+    def patch(self, last: LastLoad, moved: list[tuple[Entry, Entry]]) -> PolicySet | None:
+        """The last set with Services whose endpoints alone moved (see :mod:`.endpoint_patch`);
+        None, with this load's state as it was, when the referenced files say otherwise."""
+        inputs, reported = dict(self.inputs), len(self.diagnostics)
+        self.read_referenced_files()  # a certificate may have changed with the endpoints
+        if len(self.diagnostics) == reported and self.files == last.policy.files:
+            version = self.version()
+            return patched(last.policy, moved, version=version, files=self.files, source_of=_source_ref)
+        self.inputs, self.files = inputs, {}
+        del self.diagnostics[reported:]
+        return None
+
+    def remember(self, read: tuple[Entry, ...], policy: PolicySet) -> PolicySet:
+        if self.cache is not None:
+            self.cache.last = LastLoad(read, policy)
+        return policy
 
     def load_file(self, relative: str) -> None:
         path = self.display(relative)

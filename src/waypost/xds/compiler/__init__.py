@@ -19,6 +19,7 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import http_con
 from envoy.extensions.transport_sockets.tls.v3 import secret_pb2
 from google.protobuf import message
 
+from waypost.policies.endpoint_patch import fields_but_endpoints
 from waypost.policies.model import Gateway, PolicySet, Route, Service
 from waypost.policies.types import Endpoint
 from waypost.xds.compiler.analytics import analytics_cluster, gateway_logs, patch_hcm_analytics
@@ -31,7 +32,7 @@ from waypost.xds.compiler.decisions import (
 )
 from waypost.xds.compiler.features import GATEWAY_CLUSTERS, HTTP_FEATURES, HttpFeature
 from waypost.xds.compiler.listeners import build_listener
-from waypost.xds.compiler.memo import CompileMemo, context_key, service_fields, service_view
+from waypost.xds.compiler.memo import CompileMemo, context_key, service_view
 from waypost.xds.compiler.names import cluster_name, grpc_client_cluster_name, grpc_target_key
 from waypost.xds.compiler.proxyless import (
     build_grpc_client_cluster,
@@ -266,7 +267,7 @@ def _only_endpoints_moved(before: Service, now: Service) -> bool:
         and now.tls is None
         and not before.uses_dns
         and not now.uses_dns
-        and service_fields(before) == service_fields(now)
+        and fields_but_endpoints(before) == fields_but_endpoints(now)
     )
 
 

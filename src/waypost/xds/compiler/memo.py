@@ -25,13 +25,13 @@ Only the last compile's entries are kept, so memory stays one version's worth.
 from __future__ import annotations
 
 import dataclasses
-import operator
 from collections.abc import Callable, Hashable, Mapping
 from typing import Any, TypeVar, cast
 
-from waypost.policies.model import PolicySet, Service
+from waypost.policies.endpoint_patch import fields_but_endpoints
+from waypost.policies.model import PolicySet
 
-__all__ = ["CompileMemo", "context_key", "service_fields", "service_view"]
+__all__ = ["CompileMemo", "context_key", "service_view"]
 
 T = TypeVar("T")
 
@@ -62,13 +62,8 @@ def service_view(policy: PolicySet) -> tuple[Hashable, ...]:
     ``lb`` and ``protocol``, admission control its settings, ...), so an endpoint change recompiles
     no gateway. One view for every gateway (walking each gateway's routes for the names they use
     costs more than comparing); compared with ``==``, never hashed."""
-    fields = service_fields
+    fields = fields_but_endpoints
     return tuple((name, fields(service)) for name, service in policy.services.items())
-
-
-SERVICE_FIELDS = tuple(name for name in Service.model_fields if name != "endpoints")
-service_fields: Callable[[Service], tuple[Any, ...]] = operator.attrgetter(*SERVICE_FIELDS)
-"""A Service's fields but its endpoints, as one tuple (one C call per Service)."""
 
 
 class CompileMemo:
