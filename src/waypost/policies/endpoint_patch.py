@@ -22,7 +22,7 @@ from typing import Any
 from waypost.policies.model import PolicySet, Service, SourceRef
 from waypost.policies.validate import Entry
 
-__all__ = ["LastLoad", "fields_but_endpoints", "moved_endpoints", "patched"]
+__all__ = ["LastLoad", "fields_but_endpoints", "moved_endpoints", "only_services_differ", "patched"]
 
 fields_but_endpoints: Callable[[Service], tuple[Any, ...]] = operator.attrgetter(
     *(name for name in Service.model_fields if name != "endpoints")
@@ -90,3 +90,18 @@ def patched(
         services=services,
         sources=policy.sources if sources is None else sources,
     )
+
+
+_SHARED = tuple(
+    item.name
+    for item in dataclasses.fields(PolicySet)
+    if item.name not in ("version", "services", "sources", "field_sources", "files")
+)
+
+
+def only_services_differ(before: PolicySet, now: PolicySet) -> bool:
+    """Whether ``now`` is ``before`` with some Services swapped (what :func:`patched` makes): every
+    other kind is the very same mapping, and the files are equal. What reads no Service (a
+    Route's decision needs, a Gateway's listener) is then unchanged; a full load makes new
+    mappings, so this never holds by accident."""
+    return all(getattr(before, name) is getattr(now, name) for name in _SHARED) and before.files == now.files

@@ -74,13 +74,15 @@ class EncodedResource:
 
 def version_of(resources: Iterable[EncodedResource]) -> str:
     """The version of a set of resources: equal sets give equal versions on every replica."""
-    digest = hashlib.sha256()
-    for resource in sorted(resources, key=lambda r: r.name):
-        digest.update(resource.name.encode())
-        digest.update(b"\0")
-        digest.update(resource.digest.encode())
-        digest.update(b"\n")
-    return digest.hexdigest()[:16]
+    # One update of the joined lines (the same bytes as one update per piece, far fewer calls).
+    lines = b"".join(
+        f"{resource.name}\0{resource.digest}\n".encode() for resource in sorted(resources, key=_name)
+    )
+    return hashlib.sha256(lines).hexdigest()[:16]
+
+
+def _name(resource: EncodedResource) -> str:
+    return resource.name
 
 
 class ResourceEncoder:

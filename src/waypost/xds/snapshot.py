@@ -4,8 +4,9 @@ Resources are encoded by :class:`~waypost.xds.encoding.ResourceEncoder` (once pe
 by every group). A snapshot built with the same group's ``previous`` snapshot takes over each type
 whose messages are all the very objects it had (the compiler's memo reuses unchanged resources):
 its encoded entries, version and response body come along, so a change that touches one type
-(an endpoint: EDS) does not walk, sort or hash the others again. The result is the same as a
-build from scratch.
+(an endpoint: EDS) does not walk, sort or hash the others again; in a type where a few of the
+same names hold new messages, only those are encoded. The result is the same as a build from
+scratch.
 """
 
 from __future__ import annotations
@@ -121,13 +122,24 @@ class Snapshot:
         for type_url in TypeUrl:
             by_name = resources.get(type_url, {})
             before = previous._sources.get(type_url) if previous is not None else None
-            if before is not None and previous is not None and _same_objects(before, by_name):
+            moved = _moved(before, by_name) if before is not None else None
+            encode = encoder.encode
+            if previous is None or before is None or moved is None:
+                encoded[type_url] = {name: encode(type_url, name, by_name[name]) for name in sorted(by_name)}
+            elif not moved:
                 encoded[type_url] = previous.resources[type_url]
                 encoder.adopt(type_url, before, encoded[type_url])
                 kept.add(type_url)
-            else:
-                encode = encoder.encode
-                encoded[type_url] = {name: encode(type_url, name, by_name[name]) for name in sorted(by_name)}
+            else:  # the same names, a few of them new objects: only those are encoded (or looked up)
+                patched = dict(previous.resources[type_url])  # name order, as built
+                encoder.adopt(
+                    type_url,
+                    {n: m for n, m in before.items() if n not in moved},
+                    {n: e for n, e in patched.items() if n not in moved},
+                )
+                for name in moved:
+                    patched[name] = encode(type_url, name, by_name[name])
+                encoded[type_url] = patched
         refs = References()
         if TypeUrl.CLUSTER in kept and previous is not None:
             refs.eds_clusters |= previous.eds_clusters
@@ -185,9 +197,13 @@ class Snapshot:
             raise InconsistentSnapshot(f"group {','.join(self.group) or '(none)'}: " + "; ".join(problems))
 
 
-def _same_objects(before: Mapping[str, message.Message], now: Mapping[str, message.Message]) -> bool:
-    """Whether ``now`` has exactly the names of ``before``, each the very same message object."""
+def _moved(before: Mapping[str, message.Message], now: Mapping[str, message.Message]) -> set[str] | None:
+    """The names whose message is not the very object it was, when ``now`` has exactly the names
+    of ``before``, and they are few (an empty set: all the same); None otherwise."""
     if len(before) != len(now):
-        return False
+        return None
     get = before.get
-    return all(get(name) is msg for name, msg in now.items())
+    moved = {name for name, msg in now.items() if get(name) is not msg}
+    if len(moved) * 4 > len(now) or any(name not in before for name in moved):
+        return None  # other names, or most of them new: built whole
+    return moved

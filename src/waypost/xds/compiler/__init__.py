@@ -19,11 +19,9 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import http_con
 from envoy.extensions.transport_sockets.tls.v3 import secret_pb2
 from google.protobuf import message
 
-from waypost.policies.endpoint_patch import fields_but_endpoints
-from waypost.policies.model import Gateway, PolicySet, Route, Service
+from waypost.policies.model import Gateway, PolicySet, Route
 from waypost.policies.types import Endpoint
 from waypost.xds.compiler.analytics import analytics_cluster, gateway_logs, patch_hcm_analytics
-from waypost.xds.compiler.clusters import build_cluster, build_load_assignment
 from waypost.xds.compiler.decisions import (
     DecisionEndpoints,
     build_decision_cluster,
@@ -42,7 +40,7 @@ from waypost.xds.compiler.proxyless import (
 )
 from waypost.xds.compiler.routes import build_route_configuration
 from waypost.xds.compiler.secrets import build_secrets
-from waypost.xds.compiler.upstream_tls import build_service_secrets, patch_cluster_tls
+from waypost.xds.compiler.services import moved_endpoints_only, service_resources
 from waypost.xds.types import TypeUrl
 
 __all__ = [
@@ -141,9 +139,20 @@ def compile_policy(
     reach waypost's analytics collector (``waypost serve --analytics-port``; None compiles no
     access-log stream, see :mod:`.analytics`)."""
     memo = memo or CompileMemo()
+    decisions = decisions or DecisionEndpoints()
     memo.begin()
     try:
-        return _compile(policy, decisions or DecisionEndpoints(), memo, collector)
+        last = memo.last
+        compiled = None
+        if last is not None and last[1:] == (decisions, collector):  # same services' addresses
+            compiled = moved_endpoints_only(last[0], policy, memo)
+        if compiled is None:
+            compiled = _compile(policy, decisions, memo, collector)
+        memo.last = (compiled, decisions, collector)
+        return compiled
+    except BaseException:
+        memo.last = None
+        raise
     finally:
         memo.end()
 
@@ -216,7 +225,7 @@ def _compile(
         # Upstream TLS reads the files too; without it a Service's id is the whole key.
         service_key: Hashable = id(service) if service.tls is None else (id(service), files_key)
         _, xds_cluster, secrets, assignment = memo.get(
-            "service", name, service_key, policy, _service_resources, service, policy, memo
+            "service", name, service_key, policy, service_resources, service, policy, memo
         )
         clusters[xds_cluster.name] = xds_cluster
         if secrets is not None:
@@ -238,46 +247,6 @@ def _compile(
         decision_needs=needs,
         decision_endpoints=decisions,
     )
-
-
-_ServiceResources = tuple[
-    Service,
-    cluster_pb2.Cluster,
-    tuple[secret_pb2.Secret, ...] | None,
-    endpoint_pb2.ClusterLoadAssignment | None,
-]
-
-
-def _service_resources(service: Service, policy: PolicySet, memo: CompileMemo) -> _ServiceResources:
-    """A Service's cluster, its upstream TLS secrets and (EDS) its load assignment."""
-    before: _ServiceResources | None = memo.previous("service", service.name)
-    if before is not None and _only_endpoints_moved(before[0], service):
-        xds_cluster, secrets = before[1], before[2]
-    else:
-        xds_cluster, secrets = _service_cluster(service, policy)
-    assignment = build_load_assignment(service) if xds_cluster.type == cluster_pb2.Cluster.EDS else None
-    return service, xds_cluster, secrets, assignment
-
-
-def _only_endpoints_moved(before: Service, now: Service) -> bool:
-    """Whether an EDS cluster built for ``before`` is the one ``now`` needs (it does not carry the
-    endpoints; a DNS cluster does, and TLS reads files: those are rebuilt)."""
-    return (
-        before.tls is None
-        and now.tls is None
-        and not before.uses_dns
-        and not now.uses_dns
-        and fields_but_endpoints(before) == fields_but_endpoints(now)
-    )
-
-
-def _service_cluster(
-    service: Service, policy: PolicySet
-) -> tuple[cluster_pb2.Cluster, tuple[secret_pb2.Secret, ...] | None]:
-    xds_cluster = build_cluster(service)
-    patch_cluster_tls(service, xds_cluster, policy.files)
-    secrets = build_service_secrets(service, policy.files) if service.tls is not None else None
-    return xds_cluster, secrets
 
 
 def _compile_grpc_targets(policy: PolicySet, gateways: dict[str, GatewayResources]) -> None:

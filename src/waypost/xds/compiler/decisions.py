@@ -32,6 +32,7 @@ from waypost.contract import (
     RATELIMIT_CLUSTER,
     RATELIMIT_GRPC_SERVICE,
 )
+from waypost.policies.endpoint_patch import only_services_differ
 from waypost.policies.model import PolicySet
 from waypost.policies.types import Endpoint
 from waypost.xds.compiler.body_checks import BodyCheckFeature
@@ -65,7 +66,9 @@ def decision_needs(policy: PolicySet) -> dict[str, frozenset[str]]:
     Computed once per version: `waypost serve` asks before compiling (to start the services the
     version needs), the compiler again (a policy is frozen, so the answer stays true)."""
     last = _last_needs
-    if last and last[0] is policy:
+    # No decision need reads a Service: a version that only swapped some keeps the needs too.
+    if last and (last[0] is policy or only_services_differ(last[0], policy)):
+        _last_needs[0] = policy
         return cast(dict[str, frozenset[str]], last[1])
     needs = _decision_needs(policy)
     _last_needs[:] = [policy, needs]

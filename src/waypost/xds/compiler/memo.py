@@ -74,6 +74,9 @@ class CompileMemo:
         self._current: dict[tuple[str, str], tuple[Hashable, Any, Any]] = {}
         self.built: list[tuple[str, str]] = []
         """What the last compile built anew (the rest was reused): for tests and benchmarks."""
+        self.last: tuple[Any, Any, Any] | None = None
+        """(compiled policy, decision endpoints, collector) of the last compile, for one that only
+        moved endpoints (see :mod:`.services`)."""
 
     def begin(self) -> None:
         self._current = {}
@@ -95,6 +98,15 @@ class CompileMemo:
         """What the previous compile built for (kind, name), whatever its key; None if nothing."""
         found = self._previous.get((kind, name))
         return found[2] if found is not None else None
+
+    def carry_over(self) -> None:
+        """Keep every entry of the previous compile for the next (a compile that reused it all)."""
+        self._current = dict(self._previous)
+
+    def put(self, kind: str, name: str, key: Hashable, keep: Any, value: Any) -> None:
+        """Record what was built for (kind, name) outside :meth:`get`."""
+        self._current[(kind, name)] = (key, keep, value)
+        self.built.append((kind, name))
 
     def get(self, kind: str, name: str, key: Hashable, keep: Any, build: Callable[..., T], *args: Any) -> T:
         """``build(*args)``, or the previous result for the same key. ``keep`` holds the objects
