@@ -8,8 +8,10 @@ their Routes).
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Hashable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.endpoint.v3 import endpoint_pb2
@@ -102,9 +104,20 @@ class CompiledPolicy:
             sorted(name for name, gw in self.policy.gateways.items() if gw.selects(node_cluster, node_labels))
         )
 
-    def resources_for(self, gateway_names: tuple[str, ...]) -> NodeResources:
+    def resources_for(
+        self, gateway_names: tuple[str, ...], names_cache: dict[tuple[str, ...], Any] | None = None
+    ) -> NodeResources:
+        """``names_cache`` (kept by the caller across versions) keeps each group's sorted cluster
+        names while its gateways' cluster sets are the same objects (the memo reuses them)."""
         selected = [self.gateways[name] for name in gateway_names]
-        cluster_names = sorted(set().union(*(gw.clusters for gw in selected)))
+        sets = tuple(gw.clusters for gw in selected)
+        cached = names_cache.get(gateway_names) if names_cache is not None else None
+        if cached is not None and len(cached[0]) == len(sets) and all(map(operator.is_, cached[0], sets)):
+            cluster_names: list[str] = cached[1]
+        else:
+            cluster_names = sorted(set().union(*sets))
+            if names_cache is not None:
+                names_cache[gateway_names] = (sets, cluster_names)
         return {
             TypeUrl.CLUSTER: {name: self.clusters[name] for name in cluster_names},
             TypeUrl.ENDPOINT: {
