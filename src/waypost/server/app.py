@@ -32,7 +32,7 @@ from waypost.xds.cache import PreparedVersion, SnapshotCache
 from waypost.xds.compiler import CompileMemo, compile_policy
 from waypost.xds.compiler.decisions import decision_needs, needed_clusters
 from waypost.xds.compiler.registered import allowed
-from waypost.xds.registry import RedisRegistrySync
+from waypost.xds.registry_redis import RedisRegistrySync
 from waypost.xds.security import XdsTls, authorize_node
 
 if TYPE_CHECKING:
@@ -62,6 +62,8 @@ class ServeOptions:
     """Where the decision services are: run here when needed (default) or named elsewhere."""
     working_tree: bool = False
     """In a git checkout, serve the working files instead of the commit HEAD names."""
+    state_dir: Path | None = None
+    """Where each team's last good folders are kept across restarts (None: in memory only)."""
     admin_auth: AdminAuth | None = None
     """Token and/or TLS for the admin port (required off loopback)."""
     allow_plaintext_secrets: bool = False
@@ -116,6 +118,7 @@ def build_status(
             "applied_at": runtime.applied_at,
             "git": runtime.git_status(),
             "teams": runtime.lanes.status(runtime.current.teams if runtime.current is not None else {}),
+            "teams_last_good": runtime.lanes.persistence(),
             "last_error": None
             if failure is None
             else {
@@ -201,6 +204,7 @@ async def serve(options: ServeOptions, *, stop: asyncio.Event | None = None) -> 
         ],
         working_tree=options.working_tree,
         settle=options.debounce,
+        state_dir=options.state_dir,
     )
     runtime.on_applied(lambda _: _warn_withheld(cache))
     reload_on_sighup(loop, runtime.reload)  # before the first load: SIGHUP never ends the process
@@ -258,7 +262,7 @@ async def serve(options: ServeOptions, *, stop: asyncio.Event | None = None) -> 
         problems=lambda: readiness_problems(runtime, plane),
         auth=options.admin_auth,
     )
-    dashboard = Dashboard(status)
+    dashboard = Dashboard(status, policy=lambda: runtime.current)
     dashboard.install(admin)
     if analytics is not None:
         install_analytics(admin, analytics)
