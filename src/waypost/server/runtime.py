@@ -82,8 +82,6 @@ class PolicyRuntime:
         """The commit of the applied version (None outside git)."""
         self.git_pull: dict[str, Any] | None = None
         """The last ``--git-pull`` result, written by :class:`~waypost.server.gitpull.GitPuller`."""
-        self.last_change: Callable[[], float | None] | None = None
-        """When the file watcher last saw a change (see server/settle.py); set by the watcher."""
         self.lanes = TeamLanes(state_dir, directory)
         """Per-team last good versions: which teams are held back, and why (kept in ``state_dir``
         when given, so they survive a restart)."""
@@ -134,7 +132,7 @@ class PolicyRuntime:
                         # The appliers prepare the version while the files settle (prepared
                         # only: committed below, once they are known to be settled).
                         policy, early = await load_settled(
-                            self.directory, self.settle, self._load_cache, self._prepare_new, self.last_change
+                            self.directory, self.settle, self._load_cache, self._prepare_new
                         )
                     held: dict[str, HeldTeam] = {}
                 except PolicyError as exc:

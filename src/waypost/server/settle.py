@@ -12,10 +12,10 @@ longer than the window in the middle of a file can still be caught half-way:
 write policy files atomically (write a temporary file, then rename it over the old one), as
 ``git``, ``kubectl`` ConfigMap mounts and most editors do.
 
-With a file watcher running, the window can lie before the read: when the watcher saw no change
-under the directory for a whole window before the files were read (its debounce waits that long
-anyway), the second read follows the load at once; the files were then seen unchanged across a
-window all the same. Any event during the load, or no watcher, and the window follows the read.
+The window stays after the read even when a file watcher saw the directory quiet before it: a
+watcher learns of a write some time after it happens, so a quiet spell it reports may already
+hold a writer's next line (a rewrite 40 ms a line was read half-done that way, in
+tests/test_policy_sources.py).
 
 The window is otherwise idle: :func:`load_settled` can start the work that follows a load
 (``prepare``: the appliers compile and encode the version) inside it. That work only prepares;
@@ -60,14 +60,11 @@ async def load_settled(
     window: float,
     cache: LoadCache | None = None,
     prepare: Callable[[PolicySet], Awaitable[T]] | None = None,
-    last_change: Callable[[], float | None] | None = None,
 ) -> tuple[PolicySet, asyncio.Future[T] | None]:
     """The policy from disk, once unchanged across ``window`` seconds; raises PolicyError.
 
     With ``prepare``, it runs on the loaded policy during the window; the second value is its
-    outcome (await it for the result or its exception), None without ``prepare``.
-    ``last_change``: when a watcher last saw a change under the directory (``time.monotonic()``;
-    None when it is not watching), see the module docstring."""
+    outcome (await it for the result or its exception), None without ``prepare``."""
     started = time.monotonic()
     while True:
         source = DirectorySource(directory)
@@ -81,9 +78,7 @@ async def load_settled(
         # Read twice, a window apart, and compare stat and sha256 of everything read. Always:
         # file timestamps cannot decide it alone (a read racing a truncation can see the file
         # already empty and its mtime not yet updated).
-        changed_at = last_change() if last_change is not None else None
-        quiet_before = changed_at is not None and changed_at + window <= read_at
-        await asyncio.sleep(0.0 if quiet_before else max(0.0, read_at + window - time.monotonic()))
+        await asyncio.sleep(max(0.0, read_at + window - time.monotonic()))
         if work is not None:
             await asyncio.wait([work])  # its outcome (result or exception) stays in ``work``
         if await asyncio.to_thread(source.unchanged):

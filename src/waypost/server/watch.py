@@ -3,10 +3,7 @@
 A ``git pull`` or an editor's save touches several files in quick succession; the debounce
 turns that burst into one reload of the final state. When the policy is read from a commit, the
 checkout's ``HEAD`` and refs are watched too (a commit, checkout or pull moves them). SIGHUP asks
-for a reload, as with nginx and Kong, instead of ending the process. The watcher also tells the
-runtime when it last saw any change under the directory (:meth:`PolicyWatcher.last_change`):
-files quiet for a settle window before they are read need no second window after (see
-server/settle.py).
+for a reload, as with nginx and Kong, instead of ending the process.
 """
 
 from __future__ import annotations
@@ -14,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
-import time
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -54,7 +50,6 @@ class PolicyWatcher(FileSystemEventHandler):
         self._running: asyncio.Task[None] | None = None
         self._again = False
         self._observer = Observer()
-        self._changed_at: float | None = None  # monotonic time of the last event; None: not watching
 
     @classmethod
     def for_runtime(
@@ -65,17 +60,9 @@ class PolicyWatcher(FileSystemEventHandler):
         # Only for a checkout (known from the first load): no extra git process otherwise.
         seen = runtime.git or (runtime.last_failure.git if runtime.last_failure else None)
         dirs = git_dirs(runtime.directory) if seen is not None and not runtime.working_tree else []
-        watcher = cls(runtime.directory, runtime.reload, loop=loop, debounce=debounce, git_dirs=dirs)
-        runtime.last_change = watcher.last_change
-        return watcher
-
-    def last_change(self) -> float | None:
-        """``time.monotonic()`` of the last event under the directory (hidden entries included),
-        or of the start; None while not watching."""
-        return self._changed_at
+        return cls(runtime.directory, runtime.reload, loop=loop, debounce=debounce, git_dirs=dirs)
 
     def start(self) -> None:
-        self._changed_at = time.monotonic()  # nothing is known of what happened before
         self._observer.schedule(self, str(self._directory), recursive=True)
         for git_dir in self._git_dirs:
             if not git_dir.is_relative_to(self._directory):
@@ -83,7 +70,6 @@ class PolicyWatcher(FileSystemEventHandler):
         self._observer.start()
 
     def stop(self) -> None:
-        self._changed_at = None
         self._observer.stop()
         self._observer.join(timeout=5)
         if self._timer is not None:
@@ -92,10 +78,6 @@ class PolicyWatcher(FileSystemEventHandler):
     def on_any_event(self, event: FileSystemEvent) -> None:  # watchdog's thread
         if event.event_type in ("opened", "closed_no_write"):
             return
-        if self._changed_at is not None:
-            # Any change counts here, even one the reload ignores (a hidden file may be a
-            # certificate a policy names): this only decides how long the settle check waits.
-            self._changed_at = time.monotonic()
         paths = [event.src_path, getattr(event, "dest_path", "")]
         if all(self._ignored(str(p)) for p in paths if p):
             return
