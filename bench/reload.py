@@ -16,7 +16,11 @@ write itself, debounce included):
 ``--full`` turns the incremental caches off (every reload loads, compiles and encodes
 everything), for the figure before, measured in the same run:
 
-    .venv/bin/python bench/reload.py [--services 10000] [--routes 10000] [--rounds 3]
+    .venv/bin/python bench/reload.py [--services 10000] [--routes 10000] [--rounds 3] [--full] [--git]
+
+``--git`` makes the directory a git checkout and each change a commit: what ``waypost serve``
+reads by default there (the committed tree, no settle window); "from write" is then from the
+commit.
 """
 
 from __future__ import annotations
@@ -122,6 +126,14 @@ def forget(runtime: PolicyRuntime, xds: XdsApplier, cache: SnapshotCache) -> Non
     cache._snapshots = {}
 
 
+def git(directory: Path, *args: str) -> None:
+    subprocess.run(
+        ["git", "-c", "user.name=bench", "-c", "user.email=bench@example.invalid", *args],
+        cwd=directory,
+        check=True,
+    )
+
+
 def pushes() -> dict[str, float]:
     out: dict[str, float] = {}
     for metric in XDS_PUSHES.collect():
@@ -159,6 +171,10 @@ async def run(args: argparse.Namespace, work: Path) -> None:
     policies.mkdir()
     ports = [free_port() for _ in range(GATEWAYS)]
     write_policies(policies, args.services, args.routes, f"127.0.0.1:{echo_ports[0]}", ports)
+    if args.git:  # serve's default in a checkout: the committed tree is what is served
+        git(policies, "init", "-q")
+        git(policies, "add", ".")
+        git(policies, "commit", "-qm", "initial")
     cache = SnapshotCache()
     plane = DecisionPlane(DecisionOptions(authz=False))  # no decision service: routes need none
     await plane.open()
@@ -216,6 +232,9 @@ async def run(args: argparse.Namespace, work: Path) -> None:
                             f"---\nkind: Route\nname: {name}\ngateway: gw1\nmatch: {{prefix: /{name}}}\n"
                             "backend: svc1\n"
                         )
+                    if args.git:
+                        git(policies, "commit", "-qam", name)
+                        t0 = time.perf_counter()  # the change is the commit
                     t1 = await until(client, f"{gw1}/{name}", lambda r: r.status_code == 200)
                     start, end = await reloads.wait_for(t0)
                     times["route"].append(t1 - start)
@@ -233,6 +252,9 @@ async def run(args: argparse.Namespace, work: Path) -> None:
                     (policies / "services0.yaml").write_text(
                         services.replace(f"'127.0.0.1:{echo_ports[0]}'", f"'127.0.0.1:{port}'")
                     )
+                    if args.git:
+                        git(policies, "commit", "-qam", f"endpoint {round_} {mode}")
+                        t0 = time.perf_counter()
                     t1 = await until(client, f"{gw1}/v1/r1/x", lambda r, n=name_expected: n in r.text)
                     start, end = await reloads.wait_for(t0)
                     times["eds"].append(t1 - start)
@@ -268,6 +290,11 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument(
         "--full", action="store_true", help="also time full reloads (caches off), alternating"
+    )
+    parser.add_argument(
+        "--git",
+        action="store_true",
+        help="a git checkout: each change is a commit, read from the commit (no settle window)",
     )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:

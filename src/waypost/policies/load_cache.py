@@ -86,6 +86,8 @@ class LoadCache:
         """Documents parsed by the last load (the rest were reused): for tests and benchmarks."""
         self.last: LastLoad | None = None
         """The last successful load, for an endpoint-only change (see :mod:`.endpoint_patch`)."""
+        self.blobs: dict[str, bytes] = {}
+        """Git blobs the last load from a commit read, by object id (see ``GitTreeSource``)."""
         self.patched = False
         """The last load was such a change, made to the set before: for tests and benchmarks."""
 

@@ -51,8 +51,13 @@ MAX_SETTLE_SECONDS: Final = 30.0
 
 async def load_commit(directory: Path, git: GitInfo, cache: LoadCache | None = None) -> PolicySet:
     """The policy as committed in ``git.commit`` (``cache``: see :func:`load_policies`)."""
-    source = GitTreeSource(directory, toplevel=git.toplevel, commit=git.commit)
-    return await asyncio.to_thread(load_policies, source, cache)
+    known = cache.blobs if cache is not None else None  # unchanged files are not read again
+    source = GitTreeSource(directory, toplevel=git.toplevel, commit=git.commit, known=known)
+    try:
+        return await asyncio.to_thread(load_policies, source, cache)
+    finally:
+        if cache is not None:
+            cache.blobs = source.blobs
 
 
 async def load_settled(
