@@ -9,7 +9,7 @@ their Routes).
 from __future__ import annotations
 
 import operator
-from collections.abc import Hashable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -42,7 +42,7 @@ from waypost.xds.compiler.proxyless import (
 )
 from waypost.xds.compiler.routes import build_route_configuration
 from waypost.xds.compiler.secrets import build_secrets
-from waypost.xds.compiler.services import moved_endpoints_only, service_resources
+from waypost.xds.compiler.services import compile_services, moved_endpoints_only, same_services
 from waypost.xds.types import TypeUrl
 
 __all__ = [
@@ -179,7 +179,8 @@ def _compile(
         routes_by_gateway[route.gateway].append(route)
 
     context = memo.intern("context", context_key(policy))
-    services = memo.intern("services", service_view(policy))
+    # The very same Services as the last compile: the same view, not built and compared again.
+    services = memo.intern("services", None if same_services(memo, policy) else service_view(policy))
     bound: list[HttpFeature] = []
 
     def features_bound() -> list[HttpFeature]:
@@ -232,19 +233,10 @@ def _compile(
         clusters[name] = xds_cluster
         if assignment is not None:
             load_assignments[name] = assignment
-    cluster_secrets: dict[str, tuple[secret_pb2.Secret, ...]] = {}
-    files_key = tuple(sorted(policy.files.items())) if policy.files else ()
-    for name, service in sorted(policy.services.items()):
-        # Upstream TLS reads the files too; without it a Service's id is the whole key.
-        service_key: Hashable = id(service) if service.tls is None else (id(service), files_key)
-        _, xds_cluster, secrets, assignment = memo.get(
-            "service", name, service_key, policy, service_resources, service, policy, memo
-        )
-        clusters[xds_cluster.name] = xds_cluster
-        if secrets is not None:
-            cluster_secrets[xds_cluster.name] = secrets
-        if assignment is not None:
-            load_assignments[xds_cluster.name] = assignment
+    block = compile_services(policy, memo)
+    clusters.update(block.clusters)
+    load_assignments.update(block.load_assignments)
+    cluster_secrets = dict(block.cluster_secrets)
     for name in sorted({name for target in policy.grpc_targets.values() for name in target.services}):
         service = policy.services[name]
         grpc_cluster = build_grpc_client_cluster(service)

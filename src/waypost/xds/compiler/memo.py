@@ -85,14 +85,23 @@ class CompileMemo:
     def end(self) -> None:
         self._previous, self._current = self._current, {}
 
-    def intern(self, name: str, value: T) -> T:
+    def intern(self, name: str, value: T | None) -> T:
         """``value``, or the equal value the previous compile used: equal keys built from it then
-        compare by identity, not element by element."""
+        compare by identity, not element by element. None: the caller knows it is that value."""
         found = self._previous.get(("intern", name))
-        if found is not None and found[2] == value:
+        if found is not None and (value is None or found[2] == value):
             value = found[2]
+        assert value is not None
         self._current[("intern", name)] = ((), None, value)
         return value
+
+    def of_kind(self, kind: str) -> dict[tuple[str, str], tuple[Hashable, Any, Any]]:
+        """This compile's entries of one kind, to :meth:`carry` into a later one whole."""
+        return {key: entry for key, entry in self._current.items() if key[0] == kind}
+
+    def carry(self, entries: Mapping[tuple[str, str], tuple[Hashable, Any, Any]]) -> None:
+        """Keep entries of the previous compile (from :meth:`of_kind`) for the next."""
+        self._current.update(entries)
 
     def previous(self, kind: str, name: str) -> Any:
         """What the previous compile built for (kind, name), whatever its key; None if nothing."""

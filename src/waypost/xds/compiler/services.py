@@ -13,7 +13,10 @@ gives; the memo carries every entry over, so the next compile still finds them.
 from __future__ import annotations
 
 import dataclasses
-from typing import TYPE_CHECKING
+import operator
+from collections.abc import Hashable, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.endpoint.v3 import endpoint_pb2
@@ -28,7 +31,7 @@ from waypost.xds.compiler.upstream_tls import build_service_secrets, patch_clust
 if TYPE_CHECKING:
     from waypost.xds.compiler import CompiledPolicy
 
-__all__ = ["ServiceResources", "moved_endpoints_only", "service_resources"]
+__all__ = ["ServiceBlock", "compile_services", "moved_endpoints_only", "same_services", "service_resources"]
 
 ServiceResources = tuple[
     Service,
@@ -36,6 +39,64 @@ ServiceResources = tuple[
     tuple[secret_pb2.Secret, ...] | None,
     endpoint_pb2.ClusterLoadAssignment | None,
 ]
+
+
+@dataclass(frozen=True)
+class ServiceBlock:
+    """Every Service's resources in one compile, with the memo entries they came from."""
+
+    services: Mapping[str, Service]
+    files: Mapping[str, bytes]
+    clusters: dict[str, cluster_pb2.Cluster]
+    load_assignments: dict[str, endpoint_pb2.ClusterLoadAssignment]
+    cluster_secrets: dict[str, tuple[secret_pb2.Secret, ...]]
+    entries: dict[tuple[str, str], Any]
+
+
+def same_services(memo: CompileMemo, policy: PolicySet) -> bool:
+    """Whether the last compile had the very same Service objects, by name, and the same files."""
+    block: ServiceBlock | None = memo.previous("services", "")
+    if block is None:
+        return False
+    before, now = block.services, policy.services
+    return (
+        before is now
+        or (
+            len(before) == len(now)
+            and all(map(operator.is_, before.values(), now.values()))
+            and list(before) == list(now)
+        )
+    ) and block.files == policy.files
+
+
+def compile_services(policy: PolicySet, memo: CompileMemo) -> ServiceBlock:
+    """Every Service's resources: the last compile's whole when its Services are the very same
+    objects (a change to routes or gateways only), each from the memo otherwise."""
+    if same_services(memo, policy):
+        block: ServiceBlock = memo.previous("services", "")
+        memo.carry(block.entries)
+        memo.carry({("services", ""): ((), policy, block)})
+        return block
+    clusters: dict[str, cluster_pb2.Cluster] = {}
+    load_assignments: dict[str, endpoint_pb2.ClusterLoadAssignment] = {}
+    cluster_secrets: dict[str, tuple[secret_pb2.Secret, ...]] = {}
+    files_key = tuple(sorted(policy.files.items())) if policy.files else ()
+    for name, service in sorted(policy.services.items()):
+        # Upstream TLS reads the files too; without it a Service's id is the whole key.
+        service_key: Hashable = id(service) if service.tls is None else (id(service), files_key)
+        _, xds_cluster, secrets, assignment = memo.get(
+            "service", name, service_key, policy, service_resources, service, policy, memo
+        )
+        clusters[xds_cluster.name] = xds_cluster
+        if secrets is not None:
+            cluster_secrets[xds_cluster.name] = secrets
+        if assignment is not None:
+            load_assignments[xds_cluster.name] = assignment
+    block = ServiceBlock(
+        policy.services, policy.files, clusters, load_assignments, cluster_secrets, memo.of_kind("service")
+    )
+    memo.carry({("services", ""): ((), policy, block)})
+    return block
 
 
 def service_resources(service: Service, policy: PolicySet, memo: CompileMemo) -> ServiceResources:
