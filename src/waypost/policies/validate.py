@@ -157,9 +157,10 @@ _Expected = tuple[tuple[Loc, str, str], ...]
 def _check_references(
     entries: Sequence[Entry], defined: dict[str, dict[str, Entry]], out: list[Diagnostic]
 ) -> None:
+    none: dict[str, Entry] = {}
     for entry in entries:
         for loc, target, kind in per_entry(entry, "references", _references):
-            if target not in defined.get(kind, {}):
+            if target not in defined.get(kind, none):
                 article = _ARTICLE.get(kind, f"a {kind}")
                 out.append(_error(entry, loc, f"{_field(loc)} '{target}' is not {article}"))
 

@@ -83,12 +83,12 @@ def _decision_needs(policy: PolicySet) -> dict[str, frozenset[str]]:
     # Only a route with an AuthPolicy, a rate limit or a body check can need a decision service
     # (each feature's cluster_for answers None without them): most routes of a large policy have
     # none, and binding the features walks every route, so they are bound only when some does.
-    asking = [
+    asking = sorted(
         (name, route)
-        for name, route in sorted(policy.routes.items())
+        for name, route in policy.routes.items()
         # The raw fields (a superset of checks_body): the features below decide exactly.
         if route.auth or route.rate_limit or route.validation is not None or route.screen is not None
-    ]
+    )
     if not asking:
         return {}
     authz = ExtAuthzFeature().bind(policy)
