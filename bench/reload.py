@@ -4,17 +4,23 @@
 health checks so the Envoy is not busy probing 20,000 unreachable hosts). One process runs what
 ``waypost serve`` runs (:class:`PolicyRuntime`, :class:`SnapshotCache`, the ADS server on uvloop);
 one real Envoy (``--concurrency 1``) selects 3 of the Gateways (about 3,000 routes and clusters).
-Two changes, alternating, each timed from the start of the reload (what the file watcher calls
-after its debounce, 0.25 s by default) to the first request Envoy answers with the new config:
+The real file watcher runs (as in ``waypost serve``: debounce 0.25 s, settle window 0.25 s). Two
+changes, alternating, each timed from the start of the reload the watcher calls after its
+debounce to the first request Envoy answers with the new config (and, as "from write", from the
+write itself, debounce included):
 
-* **route added**: a Route appended to ``routes.yaml``, polled until Envoy stops answering 404;
+* **route added**: a Route appended to ``routes-gw1.yaml``, polled until Envoy stops answering 404;
 * **endpoint changed**: one Service's endpoint moved to a second echo server, polled until the
   answer comes from it; and which xDS types were pushed for it (``waypost_xds_pushes_total``).
 
 ``--full`` turns the incremental caches off (every reload loads, compiles and encodes
 everything), for the figure before, measured in the same run:
 
-    .venv/bin/python bench/reload.py [--services 10000] [--routes 10000] [--rounds 3]
+    .venv/bin/python bench/reload.py [--services 10000] [--routes 10000] [--rounds 3] [--full] [--git]
+
+``--git`` makes the directory a git checkout and each change a commit: what ``waypost serve``
+reads by default there (the committed tree, no settle window); "from write" is then from the
+commit.
 """
 
 from __future__ import annotations
@@ -40,6 +46,7 @@ from waypost.policies.load_cache import LoadCache
 from waypost.server.app import XdsApplier
 from waypost.server.decisions import DecisionOptions, DecisionPlane
 from waypost.server.runtime import PolicyRuntime
+from waypost.server.watch import PolicyWatcher
 from waypost.xds.ads import AdsServer
 from waypost.xds.bootstrap import build_bootstrap
 from waypost.xds.cache import SnapshotCache
@@ -65,21 +72,66 @@ def write_policies(directory: Path, services: int, routes: int, echo: str, ports
                 f"---\nkind: Gateway\nname: gw{g}\nport: {ports[g]}\naddress: 127.0.0.1\n"
                 f"nodes: {{cluster: edge{g % 3}}}\n"
             )
-    with open(directory / "services.yaml", "w") as out:
-        for s in range(services):
+    # One file per Gateway's routes and per 1,000 Services: a policy file is at most 1 MiB.
+    for s in range(services):
+        with open(directory / f"services{s // 1000}.yaml", "a") as out:
             endpoints = f"['{echo}']" if s == 1 else f"['10.{s // 250}.{s % 250}.1:8080']"
             out.write(
                 f"---\nkind: Service\nname: svc{s}\nendpoints: {endpoints}\nconnect_timeout: 1s\n"
                 "circuit_breaker: {max_connections: 1024, max_requests: 1024}\n"
             )
-    with open(directory / "routes.yaml", "w") as out:
-        for r in range(routes):
+    for r in range(routes):
+        with open(directory / f"routes-gw{r % GATEWAYS}.yaml", "a") as out:
             out.write(
                 f"---\nkind: Route\nname: route{r}\ngateway: gw{r % GATEWAYS}\n"
                 f"match: {{prefix: /v1/r{r}/, methods: [GET, POST]}}\n"
                 f"backend: svc{r % services}\ntimeout: 5s\n"
                 "retries: {attempts: 2, on: [5xx, reset]}\n"
             )
+
+
+TIMES = ("route", "route reload", "route from write", "eds", "eds reload", "eds from write")
+
+
+class Reloads:
+    """When each reload the watcher runs starts and ends."""
+
+    def __init__(self, runtime: PolicyRuntime) -> None:
+        self.done: list[tuple[float, float]] = []
+        reload = runtime.reload
+
+        async def timed() -> bool:
+            start = time.perf_counter()
+            try:
+                return await reload()
+            finally:
+                self.done.append((start, time.perf_counter()))
+
+        runtime.reload = timed  # type: ignore[method-assign]
+
+    async def wait_for(self, after: float) -> tuple[float, float]:
+        """The first reload that started after ``after``, once it ended."""
+        for _ in range(3000):
+            for start, end in self.done:
+                if start > after:
+                    return start, end
+            await asyncio.sleep(0.01)
+        raise TimeoutError("no reload")
+
+
+def forget(runtime: PolicyRuntime, xds: XdsApplier, cache: SnapshotCache) -> None:
+    """The caches off: everything is loaded, compiled, encoded and cut into snapshots again."""
+    runtime._load_cache, xds.memo = LoadCache(), CompileMemo()
+    cache._encoder = ResourceEncoder()
+    cache._snapshots = {}
+
+
+def git(directory: Path, *args: str) -> None:
+    subprocess.run(
+        ["git", "-c", "user.name=bench", "-c", "user.email=bench@example.invalid", *args],
+        cwd=directory,
+        check=True,
+    )
 
 
 def pushes() -> dict[str, float]:
@@ -119,14 +171,23 @@ async def run(args: argparse.Namespace, work: Path) -> None:
     policies.mkdir()
     ports = [free_port() for _ in range(GATEWAYS)]
     write_policies(policies, args.services, args.routes, f"127.0.0.1:{echo_ports[0]}", ports)
+    if args.git:  # serve's default in a checkout: the committed tree is what is served
+        git(policies, "init", "-q")
+        git(policies, "add", ".")
+        git(policies, "commit", "-qm", "initial")
     cache = SnapshotCache()
     plane = DecisionPlane(DecisionOptions(authz=False))  # no decision service: routes need none
     await plane.open()
     xds = XdsApplier(cache, plane)
     runtime = PolicyRuntime(policies, [xds])
     started = time.perf_counter()
-    await runtime.reload()
+    if not await runtime.reload():
+        raise SystemExit(f"the initial policy was refused: {runtime.last_failure}")
     print(f"initial load + compile + prepare: {time.perf_counter() - started:.2f} s")
+    # The file watcher of `waypost serve` (debounce 0.25 s) calls the runtime's reload.
+    reloads = Reloads(runtime)
+    watcher = PolicyWatcher.for_runtime(runtime, loop=asyncio.get_running_loop())
+    watcher.start()
     ads = AdsServer(cache)
     server = grpc.aio.server(options=[("grpc.max_receive_message_length", 16 * 1024 * 1024)])
     ads.add_to(server)
@@ -157,43 +218,48 @@ async def run(args: argparse.Namespace, work: Path) -> None:
             started = time.perf_counter()
             await until(client, f"{gw1}/v1/r1/x", lambda r: r.status_code == 200, timeout=120)
             print(f"Envoy serving the initial config {time.perf_counter() - started:.1f} s after it started")
-            services = (policies / "services.yaml").read_text()
+            services = (policies / "services0.yaml").read_text()
             modes = ["incremental", "full"] if args.full else ["incremental"]
             for round_ in range(args.rounds):
                 for mode in modes:
-                    if mode == "full":  # the caches off: everything loaded, compiled, encoded again
-                        runtime._load_cache, xds.memo = LoadCache(), CompileMemo()
-                        cache._encoder = ResourceEncoder()
-                    times = results.setdefault(
-                        mode, {"route": [], "route reload": [], "eds": [], "eds reload": []}
-                    )
+                    times = results.setdefault(mode, {key: [] for key in TIMES})
                     name = f"added{round_}{mode[0]}"
-                    with open(policies / "routes.yaml", "a") as out:
+                    if mode == "full":
+                        forget(runtime, xds, cache)
+                    t0 = time.perf_counter()
+                    with open(policies / "routes-gw1.yaml", "a") as out:
                         out.write(
                             f"---\nkind: Route\nname: {name}\ngateway: gw1\nmatch: {{prefix: /{name}}}\n"
                             "backend: svc1\n"
                         )
-                    t0 = time.perf_counter()
-                    await runtime.reload()
-                    times["route reload"].append(time.perf_counter() - t0)
+                    if args.git:
+                        git(policies, "commit", "-qam", name)
+                        t0 = time.perf_counter()  # the change is the commit
                     t1 = await until(client, f"{gw1}/{name}", lambda r: r.status_code == 200)
-                    times["route"].append(t1 - t0)
+                    start, end = await reloads.wait_for(t0)
+                    times["route"].append(t1 - start)
+                    times["route reload"].append(end - start)
+                    times["route from write"].append(t1 - t0)
+                    await asyncio.sleep(0.3)
 
                     if mode == "full":
-                        runtime._load_cache, xds.memo = LoadCache(), CompileMemo()
-                        cache._encoder = ResourceEncoder()
+                        forget(runtime, xds, cache)
                     target = (round_ * len(modes) + modes.index(mode)) % 2 == 0
                     port = echo_ports[1] if target else echo_ports[0]
                     name_expected = "echo1" if target else "echo0"
-                    (policies / "services.yaml").write_text(
-                        services.replace(f"'127.0.0.1:{echo_ports[0]}'", f"'127.0.0.1:{port}'")
-                    )
                     before = pushes()
                     t0 = time.perf_counter()
-                    await runtime.reload()
-                    times["eds reload"].append(time.perf_counter() - t0)
+                    (policies / "services0.yaml").write_text(
+                        services.replace(f"'127.0.0.1:{echo_ports[0]}'", f"'127.0.0.1:{port}'")
+                    )
+                    if args.git:
+                        git(policies, "commit", "-qam", f"endpoint {round_} {mode}")
+                        t0 = time.perf_counter()
                     t1 = await until(client, f"{gw1}/v1/r1/x", lambda r, n=name_expected: n in r.text)
-                    times["eds"].append(t1 - t0)
+                    start, end = await reloads.wait_for(t0)
+                    times["eds"].append(t1 - start)
+                    times["eds reload"].append(end - start)
+                    times["eds from write"].append(t1 - t0)
                     await asyncio.sleep(0.3)
                     after = pushes()
                     pushed = {k: int(v - before.get(k, 0)) for k, v in after.items() if v != before.get(k, 0)}
@@ -202,6 +268,7 @@ async def run(args: argparse.Namespace, work: Path) -> None:
         print((work / "envoy.log").read_text()[-3000:])
         raise
     finally:
+        watcher.stop()
         envoy.terminate()
         envoy.wait(10)
         for echo in echos:
@@ -223,6 +290,11 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument(
         "--full", action="store_true", help="also time full reloads (caches off), alternating"
+    )
+    parser.add_argument(
+        "--git",
+        action="store_true",
+        help="a git checkout: each change is a commit, read from the commit (no settle window)",
     )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:

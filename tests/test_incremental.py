@@ -12,6 +12,7 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -261,13 +262,70 @@ def test_an_unchanged_document_is_not_parsed_or_compiled_again(tmp_path: Path) -
     assert incremental.memo.built == [("gateway", "gw1")]
     node = NODES[1]  # gw1's Envoys, whose route r3 goes to svc3
     before = incremental.cache.snapshot_for(node)
+    assert incremental.cache.compiled is not None
+    clusters = dict(incremental.cache.compiled.clusters)
     tree.apply(("endpoint", 3, 9))
     tree.write(tmp_path)
     incremental.reload(tmp_path)
     assert incremental.load_cache.parsed_documents == 1
-    assert sorted(incremental.memo.built) == [("cluster", "svc3"), ("endpoints", "svc3")]
+    assert incremental.memo.built == [("service", "svc3")]
+    assert incremental.load_cache.patched  # the last set with svc3 swapped in, no full pass
+    # Its EDS cluster does not carry the endpoints: the very same cluster object is kept.
+    assert incremental.cache.compiled is not None
+    assert all(incremental.cache.compiled.clusters[name] is c for name, c in clusters.items())
     # An endpoint-only change: only the EDS version moves, so only EDS is pushed.
     after = incremental.cache.snapshot_for(node)
     assert before is not None and after is not None
     moved = {t for t in TypeUrl if before.version(t) != after.version(t)}
     assert moved == {TypeUrl.ENDPOINT}
+
+
+GRPC_POLICY = """\
+kind: Gateway
+name: edge
+port: 8080
+---
+kind: Service
+name: greeter
+protocol: grpc
+endpoints: ["10.0.0.7:50051"]
+---
+kind: GrpcTarget
+name: greet
+target: greeter.example:50051
+routes:
+  - backend: greeter
+"""
+
+
+def test_an_endpoint_change_others_read_takes_the_full_load(tmp_path: Path) -> None:
+    """Only endpoint moves nothing else reads skip the cross-document checks: a GrpcTarget reads
+    its Services' endpoints (IPs only), so a DNS name there fails as in a full load; a referenced
+    file that changed with the endpoints is read; a broken document is reported."""
+    cache = LoadCache()
+    (tmp_path / "policy.yaml").write_text(GRPC_POLICY)
+    load_policies(tmp_path, cache)
+    (tmp_path / "policy.yaml").write_text(GRPC_POLICY.replace("10.0.0.7:50051", "greeter.internal:50051"))
+    with pytest.raises(PolicyError) as cached:
+        load_policies(tmp_path, cache)
+    with pytest.raises(PolicyError) as full:
+        load_policies(tmp_path)
+    assert str(cached.value) == str(full.value)
+    assert "gRPC clients take IP endpoints only" in str(cached.value)
+
+    # Without GrpcTargets the change is patched in: the same set as a full load.
+    plain = GRPC_POLICY.split("---\nkind: GrpcTarget")[0]
+    (tmp_path / "policy.yaml").write_text(plain)
+    load_policies(tmp_path, cache)
+    (tmp_path / "policy.yaml").write_text(plain.replace("10.0.0.7", "10.0.0.8"))
+    patched = load_policies(tmp_path, cache)
+    assert cache.patched
+    assert patched == load_policies(tmp_path)
+    # A bad address is the document's own error, reported as without the cache.
+    (tmp_path / "policy.yaml").write_text(plain.replace("10.0.0.7:50051", "10.0.0.7:99999"))
+    with pytest.raises(PolicyError) as cached:
+        load_policies(tmp_path, cache)
+    with pytest.raises(PolicyError) as full:
+        load_policies(tmp_path)
+    assert str(cached.value) == str(full.value)
+    assert not cache.patched

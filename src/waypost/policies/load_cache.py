@@ -27,10 +27,13 @@ import hashlib
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 from waypost.policies.diagnostics import Diagnostic
 from waypost.policies.validate import Entry
+
+if TYPE_CHECKING:
+    from waypost.policies.endpoint_patch import LastLoad
 
 __all__ = ["FileResult", "LoadCache"]
 
@@ -81,6 +84,12 @@ class LoadCache:
         self._used_chunks: set[_ChunkKey] = set()
         self.parsed_documents = 0
         """Documents parsed by the last load (the rest were reused): for tests and benchmarks."""
+        self.last: LastLoad | None = None
+        """The last successful load, for an endpoint-only change (see :mod:`.endpoint_patch`)."""
+        self.blobs: dict[str, bytes] = {}
+        """Git blobs the last load from a commit read, by object id (see ``GitTreeSource``)."""
+        self.patched = False
+        """The last load was such a change, made to the set before: for tests and benchmarks."""
 
     def begin(self) -> None:
         self._used_files.clear()
@@ -89,8 +98,11 @@ class LoadCache:
 
     def end(self) -> None:
         """Forget whatever the load that just ended did not use."""
-        self._files = {k: v for k, v in self._files.items() if k in self._used_files}
-        self._chunks = {k: v for k, v in self._chunks.items() if k in self._used_chunks}
+        # Rebuilt only when something went unused (every key used is a key held).
+        if len(self._used_files) < len(self._files):
+            self._files = {k: v for k, v in self._files.items() if k in self._used_files}
+        if len(self._used_chunks) < len(self._chunks):
+            self._chunks = {k: v for k, v in self._chunks.items() if k in self._used_chunks}
 
     def load(self, path: str, data: bytes, parse: Parse) -> FileResult:
         key = (path, hashlib.sha256(data).digest())

@@ -47,6 +47,7 @@ from yaml.events import (
 )
 
 from waypost.policies.diagnostics import MAX_REPORTED_PER_FILE, Diagnostic, PolicyError, capped
+from waypost.policies.endpoint_patch import LastLoad, moved_endpoints, patched
 from waypost.policies.load_cache import FileResult, LoadCache
 from waypost.policies.model import (
     KINDS,
@@ -72,7 +73,7 @@ from waypost.policies.source import (
 )
 from waypost.policies.teams import scope_teams, team_folders
 from waypost.policies.types import HEADER_NAME_PATTERN, NAME_PATTERN, PrivateBytes
-from waypost.policies.validate import Entry, Loc, validate
+from waypost.policies.validate import Entry, Loc, per_entry, validate
 
 __all__ = ["load_policies"]
 
@@ -753,6 +754,10 @@ def validation_problem(route: Route, files: Mapping[str, bytes]) -> tuple[Loc, s
     return None
 
 
+def _entry_file_refs(entry: Entry) -> tuple[_FileRef, ...]:
+    return tuple(_file_refs(entry.document)) if entry.document is not None else ()
+
+
 def _file_refs(document: Document) -> Iterator[_FileRef]:
     if isinstance(document, Gateway) and document.tls is not None:
         yield _FileRef(("tls", "cert"), document.tls.cert, "certificate")
@@ -830,6 +835,10 @@ def _missing_grpc_services(route: Route, data: bytes) -> list[str]:
 # --- The load ------------------------------------------------------------------------------------
 
 
+def _source_ref(entry: Entry) -> SourceRef:
+    return SourceRef(entry.source.path, entry.source.line_of(("name",)))
+
+
 @contextmanager
 def _gc_paused() -> Iterator[None]:
     # Loading allocates hundreds of thousands of small acyclic objects, and the cyclic collector
@@ -880,6 +889,18 @@ class _Load:
         for relative in files:
             self.load_file(relative)
         self.report_unchecked()
+        read = tuple(self.entries)
+        last = self.cache.last if self.cache is not None else None
+        if self.cache is not None:
+            self.cache.last = None  # set again below, once this load succeeds
+            self.cache.patched = False
+        moved = moved_endpoints(last, read) if self.complete and not self.diagnostics else None
+        if last is not None and moved is not None:
+            policy = self.patch(last, moved)
+            if policy is not None:
+                if self.cache is not None:
+                    self.cache.patched = True
+                return self.remember(read, policy)
         self.expand_sidecars()
         self.entries, overstepped = scope_teams(self.entries, self.relative)
         self.diagnostics.extend(overstepped)
@@ -887,7 +908,24 @@ class _Load:
         self.read_referenced_files()
         if self.diagnostics:
             raise PolicyError(capped(self.diagnostics), team_folders=team_folders(self.entries))
-        return self.policy_set()
+        return self.remember(read, self.policy_set())
+
+    def patch(self, last: LastLoad, moved: list[tuple[Entry, Entry]]) -> PolicySet | None:
+        """The last set with Services whose endpoints alone moved (see :mod:`.endpoint_patch`);
+        None, with this load's state as it was, when the referenced files say otherwise."""
+        inputs, reported = dict(self.inputs), len(self.diagnostics)
+        self.read_referenced_files()  # a certificate may have changed with the endpoints
+        if len(self.diagnostics) == reported and self.files == last.policy.files:
+            version = self.version()
+            return patched(last.policy, moved, version=version, files=self.files, source_of=_source_ref)
+        self.inputs, self.files = inputs, {}
+        del self.diagnostics[reported:]
+        return None
+
+    def remember(self, read: tuple[Entry, ...], policy: PolicySet) -> PolicySet:
+        if self.cache is not None:
+            self.cache.last = LastLoad(read, policy)
+        return policy
 
     def load_file(self, relative: str) -> None:
         path = self.display(relative)
@@ -1008,10 +1046,14 @@ class _Load:
     def read_referenced_files(self) -> None:
         cache: dict[str, bytes | str] = {}  # normalized relative path -> bytes, or why not
         for entry in self.entries:
-            if entry.document is None:
+            document = entry.document
+            if document is None:
                 continue
+            refs = per_entry(entry, "file refs", _entry_file_refs)
+            if not refs and not (isinstance(document, Route) and document.validation is not None):
+                continue  # most documents: nothing to read or compile
             failed = False
-            for ref in _file_refs(entry.document):
+            for ref in refs:
                 problem = self.read_reference(ref, cache)
                 if problem is not None:
                     failed = True
@@ -1027,7 +1069,7 @@ class _Load:
                         message = f"{', '.join(missing)} not in '{ref.value}'"
                         line = entry.source.line_of(loc)
                         self.fail(entry.source.path, line, _at(loc, message), entry.kind, entry.name)
-            if not failed and isinstance(entry.document, Route):
+            if not failed and isinstance(entry.document, Route) and entry.document.validation is not None:
                 schema_problem = validation_problem(entry.document, self.files)
                 if schema_problem is not None:
                     schema_loc, message = schema_problem
@@ -1090,17 +1132,23 @@ class _Load:
         by_kind: dict[str, dict[str, Document]] = {kind: {} for kind in KINDS}
         sources: dict[tuple[str, str], SourceRef] = {}
         field_sources: dict[tuple[str, str, str], SourceRef] = {}
-        for entry in sorted(self.entries, key=lambda entry: (entry.kind, entry.name)):
-            assert entry.document is not None  # any invalid document raised PolicyError above
-            by_kind[entry.kind][entry.name] = entry.document
-            sources[(entry.kind, entry.name)] = SourceRef(entry.source.path, entry.source.line_of(("name",)))
-            if isinstance(entry.document, AuthPolicy):
-                for index, source in enumerate(entry.document.identity):
-                    if source.custom is not None:
-                        loc = ("identity", index, "custom", "plugin")
-                        field_sources[(entry.kind, entry.name, _field(loc))] = SourceRef(
-                            entry.source.path, entry.source.line_of(loc)
-                        )
+        # Grouped by kind, then each kind's names sorted (plain strings: the cheapest sort).
+        entries: dict[str, dict[str, Entry]] = {kind: {} for kind in KINDS}
+        for entry in self.entries:
+            entries[entry.kind][entry.name] = entry  # names are unique per kind (validated)
+        for kind in sorted(entries):
+            named = entries[kind]
+            for name in sorted(named):
+                entry = named[name]
+                assert entry.document is not None  # any invalid document raised PolicyError above
+                by_kind[kind][name] = entry.document
+                memo = entry.memo
+                source = memo.get("source")
+                if source is None:
+                    source = memo["source"] = _source_ref(entry)
+                sources[(kind, name)] = source
+                if kind == "AuthPolicy":
+                    self.field_sources(entry, field_sources)
         attributes: dict[str, Any] = {_KIND_ATTRIBUTES[kind]: docs for kind, docs in by_kind.items()}
         return PolicySet(
             version=self.version(),
@@ -1109,3 +1157,14 @@ class _Load:
             field_sources=field_sources,
             **attributes,
         )
+
+    @staticmethod
+    def field_sources(entry: Entry, out: dict[tuple[str, str, str], SourceRef]) -> None:
+        """Where fields checked after loading were written (see ``PolicySet.field_sources``)."""
+        if not isinstance(entry.document, AuthPolicy):
+            return
+        for index, source in enumerate(entry.document.identity):
+            if source.custom is not None:
+                loc = ("identity", index, "custom", "plugin")
+                where = SourceRef(entry.source.path, entry.source.line_of(loc))
+                out[(entry.kind, entry.name, _field(loc))] = where

@@ -546,7 +546,8 @@ class Route(Document):
     @property
     def services(self) -> tuple[str, ...]:
         """Every Service this route sends traffic to, mirrors included."""
-        names = [b.service for b in self.weighted_backends]
+        # Not through weighted_backends: this runs for every route of a version, several times.
+        names = [self.backend or ""] if self.backends is None else [b.service for b in self.backends]
         if self.mirror is not None:
             names.append(self.mirror.service)
         return tuple(dict.fromkeys(names))

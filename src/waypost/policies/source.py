@@ -31,6 +31,7 @@ import os
 import posixpath
 import stat
 import subprocess
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Final, Protocol
 
@@ -282,7 +283,13 @@ class GitTreeSource:
     """The policy directory as committed in ``commit``: blobs read with git plumbing."""
 
     def __init__(
-        self, directory: str | os.PathLike[str], *, toplevel: str, commit: str, display: str | None = None
+        self,
+        directory: str | os.PathLike[str],
+        *,
+        toplevel: str,
+        commit: str,
+        display: str | None = None,
+        known: Mapping[str, bytes] | None = None,
     ) -> None:
         self._display = display if display is not None else os.fspath(directory)
         self._toplevel = toplevel
@@ -293,6 +300,8 @@ class GitTreeSource:
         self._budget = _Budget()
         self._entries: dict[str, _TreeEntry] | None = None
         self._blobs: dict[str, bytes] = {}
+        self._known = known or {}
+        """Blobs an earlier load read, by object id (a blob never changes): not read again."""
 
     @property
     def display(self) -> str:
@@ -345,7 +354,14 @@ class GitTreeSource:
 
     def _prefetch(self, oids: list[str]) -> None:
         """Read many blobs with one ``git cat-file --batch``."""
-        wanted = [oid for oid in dict.fromkeys(oids) if oid not in self._blobs]
+        wanted = []
+        for oid in dict.fromkeys(oids):
+            if oid in self._blobs:
+                continue
+            if oid in self._known:
+                self._blobs[oid] = self._known[oid]
+            else:
+                wanted.append(oid)
         if not wanted:
             return
         output = self._git("cat-file", "--batch", input="".join(f"{oid}\n" for oid in wanted).encode())
@@ -356,6 +372,11 @@ class GitTreeSource:
             size = int(header[2]) if len(header) == 3 else 0
             self._blobs[oid] = output[header_end + 1 : header_end + 1 + size]
             offset = header_end + 1 + size + 1
+
+    @property
+    def blobs(self) -> dict[str, bytes]:
+        """Every blob this load read, by object id (``known`` for the next load of the same checkout)."""
+        return self._blobs
 
     def read(self, relative: str, *, limit: int) -> bytes:
         entry = self._resolve(relative)

@@ -6,6 +6,7 @@ Schema all come from one definition.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
 from dataclasses import dataclass
@@ -37,6 +38,7 @@ __all__ = [
     "RequestHeaderName",
     "ScopedName",
     "format_duration",
+    "is_ip_address",
     "parse_duration",
     "parse_endpoint",
 ]
@@ -143,11 +145,7 @@ class Endpoint:
 
     @property
     def is_ip(self) -> bool:
-        try:
-            ipaddress.ip_address(self.host)
-        except ValueError:
-            return False
-        return True
+        return is_ip_address(self.host)
 
     def __str__(self) -> str:
         return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
@@ -166,12 +164,20 @@ def parse_endpoint(value: Any) -> Endpoint:
     port = int(port_text)
     if not 1 <= port <= 65535:
         raise ValueError(f"'{value}': port must be between 1 and 65535")
+    if not is_ip_address(host) and (not HOSTNAME_RE.match(host.lower()) or host.startswith("*")):
+        raise ValueError(f"'{value}': '{host}' is neither an IP address nor a host name")
+    return Endpoint(host=host, port=port)
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def is_ip_address(host: str) -> bool:
+    """Whether ``host`` is an IPv4 or IPv6 address (cached: every load and compile asks, for every
+    endpoint, and ``ipaddress`` parses slowly)."""
     try:
         ipaddress.ip_address(host)
     except ValueError:
-        if not HOSTNAME_RE.match(host.lower()) or host.startswith("*"):
-            raise ValueError(f"'{value}': '{host}' is neither an IP address nor a host name") from None
-    return Endpoint(host=host, port=port)
+        return False
+    return True
 
 
 EndpointField = Annotated[

@@ -9,9 +9,9 @@ engine would refuse. Pure: no I/O; positions come from each document's :class:`S
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Protocol
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol, TypeVar, cast
 
 from waypost.policies.diagnostics import Diagnostic
 from waypost.policies.identity import RESERVED_HEADERS, credential_headers
@@ -31,7 +31,9 @@ from waypost.policies.regexes import regex_problem
 from waypost.policies.validate_catalog import check_catalog
 from waypost.policies.validate_grpc import check_grpc_targets
 
-__all__ = ["Entry", "Loc", "Source", "regex_problem", "validate"]
+__all__ = ["Entry", "Loc", "Source", "per_entry", "regex_problem", "validate"]
+
+T = TypeVar("T")
 
 Loc = tuple[str | int, ...]
 """A field path inside a document, as in pydantic: ``("backends", 1, "service")``."""
@@ -60,6 +62,22 @@ class Entry:
     name: str
     source: Source
     document: Document | None
+    memo: dict[str, Any] = field(default_factory=dict, init=False, compare=False, repr=False)
+    """Results of pure functions of this entry alone (:func:`per_entry`)."""
+
+
+def per_entry(entry: Entry, name: str, compute: Callable[[Entry], T]) -> T:
+    """``compute(entry)``, computed once per entry object and kept with it.
+
+    The loader's :class:`~waypost.policies.load_cache.LoadCache` hands back the very same entries
+    for unchanged documents, so the per-document part of a cross-document check (a document's
+    reference targets, its route-conflict keys, its own problems) is computed once per edit,
+    not once per load; only the combining (dictionary lookups) sees every document each time.
+    """
+    memo = entry.memo
+    if name not in memo:
+        memo[name] = compute(entry)
+    return cast(T, memo[name])
 
 
 def validate(entries: Sequence[Entry], *, check_references: bool = True) -> list[Diagnostic]:
@@ -71,14 +89,28 @@ def validate(entries: Sequence[Entry], *, check_references: bool = True) -> list
     out: list[Diagnostic] = []
     defined = _check_duplicate_names(entries, out)
     valid = [entry for entry in entries if entry.document is not None]
+    by_kind: dict[str, list[Entry]] = {}
+    for entry in valid:
+        group = by_kind.get(entry.kind)
+        if group is None:
+            group = by_kind[entry.kind] = []
+        group.append(entry)
+
+    def of(*kinds: str) -> list[Entry]:
+        """The valid entries of ``kinds``, in file order (each check reports in that order)."""
+        wanted = set(kinds)
+        return [entry for entry in valid if entry.kind in wanted]
+
     if check_references:
         _check_references(valid, defined, out)
-    _check_consumers(valid, out)
-    _check_routes(valid, out)
-    _check_gateways(valid, out)
-    _check_claim_headers(valid, out)
-    check_grpc_targets(valid, out)
-    check_catalog(valid, out)
+    _check_consumers(by_kind.get("Consumer", []), out)
+    _check_routes(by_kind.get("Route", []), out)
+    _check_gateways(by_kind.get("Gateway", []), out)
+    _check_claim_headers(by_kind.get("AuthPolicy", []), out)
+    if "GrpcTarget" in by_kind:
+        check_grpc_targets(of("GrpcTarget", "Service", "Gateway"), out)
+    if by_kind.keys() & {"Api", "Consumer", "Portal"}:
+        check_catalog(of("Route", "RateLimitPolicy", "Api", "Consumer", "Portal"), out)
     return out
 
 
@@ -104,7 +136,10 @@ def _field(loc: Loc) -> str:
 def _check_duplicate_names(entries: Sequence[Entry], out: list[Diagnostic]) -> dict[str, dict[str, Entry]]:
     defined: dict[str, dict[str, Entry]] = {}
     for entry in entries:
-        first = defined.setdefault(entry.kind, {}).setdefault(entry.name, entry)
+        names = defined.get(entry.kind)
+        if names is None:  # not setdefault(kind, {}): that builds a dict per entry
+            names = defined[entry.kind] = {}
+        first = names.setdefault(entry.name, entry)
         if first is not entry:
             out.append(
                 _error(entry, ("name",), f"duplicate {entry.kind} name, first defined at {_where(first)}")
@@ -115,49 +150,62 @@ def _check_duplicate_names(entries: Sequence[Entry], out: list[Diagnostic]) -> d
 _ARTICLE = {"AuthPolicy": "an AuthPolicy", "Api": "an Api"}
 
 
+_Expected = tuple[tuple[Loc, str, str], ...]
+"""(field, target name, target kind) for every reference a document makes."""
+
+
 def _check_references(
     entries: Sequence[Entry], defined: dict[str, dict[str, Entry]], out: list[Diagnostic]
 ) -> None:
-    def expect(entry: Entry, loc: Loc, target: str, kind: str) -> None:
-        if target not in defined.get(kind, {}):
-            article = _ARTICLE.get(kind, f"a {kind}")
-            out.append(_error(entry, loc, f"{_field(loc)} '{target}' is not {article}"))
+    none: dict[str, Entry] = {}
+    for entry in entries:
+        for loc, target, kind in per_entry(entry, "references", _references):
+            if target not in defined.get(kind, none):
+                article = _ARTICLE.get(kind, f"a {kind}")
+                out.append(_error(entry, loc, f"{_field(loc)} '{target}' is not {article}"))
 
-    def expect_names(entry: Entry, field: str, value: str | tuple[str, ...], kind: str) -> None:
+
+def _references(entry: Entry) -> _Expected:
+    found: list[tuple[Loc, str, str]] = []
+
+    def expect(loc: Loc, target: str, kind: str) -> None:
+        found.append((loc, target, kind))
+
+    def expect_names(field: str, value: str | tuple[str, ...], kind: str) -> None:
         if isinstance(value, str):
-            expect(entry, (field,), value, kind)
+            expect((field,), value, kind)
         else:
             for index, target in enumerate(value):
-                expect(entry, (field, index), target, kind)
+                expect((field, index), target, kind)
 
-    for entry in entries:
-        document = entry.document
-        if isinstance(document, Route):
-            expect(entry, ("gateway",), document.gateway, "Gateway")
-            if document.backend is not None:
-                expect(entry, ("backend",), document.backend, "Service")
-            for index, backend in enumerate(document.backends or ()):
-                expect(entry, ("backends", index, "service"), backend.service, "Service")
-            if document.mirror is not None:
-                expect(entry, ("mirror", "service"), document.mirror.service, "Service")
-            expect_names(entry, "auth", document.auth, "AuthPolicy")
-            expect_names(entry, "rate_limit", document.rate_limit, "RateLimitPolicy")
-        elif isinstance(document, GrpcTarget):
-            for r, grpc_route in enumerate(document.routes):
-                if grpc_route.backend is not None:
-                    expect(entry, ("routes", r, "backend"), grpc_route.backend, "Service")
-                for index, backend in enumerate(grpc_route.backends or ()):
-                    expect(entry, ("routes", r, "backends", index, "service"), backend.service, "Service")
-        elif isinstance(document, Consumer):
-            for index, subscription in enumerate(document.subscriptions or ()):
-                kind, target = subscription.target
-                expect(entry, ("subscriptions", index, kind), target, "Route" if kind == "route" else "Api")
-        elif isinstance(document, Api):
-            expect_names(entry, "routes", document.routes, "Route")
-        elif isinstance(document, Portal):
-            for index, admin in enumerate(document.admins):
-                if admin.consumer is not None:
-                    expect(entry, ("admins", index, "consumer"), admin.consumer, "Consumer")
+    document = entry.document
+    if isinstance(document, Route):
+        expect(("gateway",), document.gateway, "Gateway")
+        if document.backend is not None:
+            expect(("backend",), document.backend, "Service")
+        for index, backend in enumerate(document.backends or ()):
+            expect(("backends", index, "service"), backend.service, "Service")
+        if document.mirror is not None:
+            expect(("mirror", "service"), document.mirror.service, "Service")
+        expect_names("auth", document.auth, "AuthPolicy")
+        expect_names("rate_limit", document.rate_limit, "RateLimitPolicy")
+    elif isinstance(document, GrpcTarget):
+        for r, grpc_route in enumerate(document.routes):
+            if grpc_route.backend is not None:
+                expect(("routes", r, "backend"), grpc_route.backend, "Service")
+            for index, backend in enumerate(grpc_route.backends or ()):
+                expect(("routes", r, "backends", index, "service"), backend.service, "Service")
+    elif isinstance(document, Consumer):
+        for index, subscription in enumerate(document.subscriptions or ()):
+            kind, target = subscription.target
+            expect(("subscriptions", index, kind), target, "Route" if kind == "route" else "Api")
+    elif isinstance(document, Api):
+        expect_names("routes", document.routes, "Route")
+    elif isinstance(document, Portal):
+        for index, admin in enumerate(document.admins):
+            if admin.consumer is not None:
+                expect(("admins", index, "consumer"), admin.consumer, "Consumer")
+    return tuple(found)
 
 
 # --- per-kind rules across documents -------------------------------------------------------------
@@ -209,24 +257,11 @@ def _check_routes(entries: Sequence[Entry], out: list[Diagnostic]) -> None:
     # one would depend on file order. Methods and headers are compared as sets.
     claimed: dict[tuple[object, ...], Entry] = {}
     for entry in entries:
-        route = entry.document
-        if not isinstance(route, Route):
-            continue
-        _check_deny_patterns(entry, route.deny, out)
-        match = route.match
-        if match.regex is not None:
-            problem = regex_problem(match.regex)
-            if problem is not None:
-                out.append(_error(entry, ("match", "regex"), f"match.regex: {problem}"))
-        shape = (
-            match.path_kind,
-            match.path_value,
-            frozenset(match.methods),
-            frozenset((name.lower(), value) for name, value in match.headers.items()),
-        )
+        problems, claims = per_entry(entry, "route claims", _route_claims)
+        out.extend(problems)
         reported: set[int] = set()
-        for host in dict.fromkeys(route.hosts):
-            other = claimed.setdefault((route.gateway, host, *shape), entry)
+        for claim in claims:
+            other = claimed.setdefault(claim, entry)
             if other is not entry and id(other) not in reported:
                 reported.add(id(other))
                 out.append(
@@ -234,9 +269,30 @@ def _check_routes(entries: Sequence[Entry], out: list[Diagnostic]) -> None:
                         entry,
                         ("match",),
                         f"conflicts with Route {other.name} ({_where(other)}): same gateway"
-                        f" '{route.gateway}', host '{host}' and match",
+                        f" '{claim[0]}', host '{claim[1]}' and match",
                     )
                 )
+
+
+def _route_claims(entry: Entry) -> tuple[tuple[Diagnostic, ...], tuple[tuple[object, ...], ...]]:
+    """A Route's own problems (its patterns), and the (gateway, host, match) it claims."""
+    route = entry.document
+    assert isinstance(route, Route)
+    problems: list[Diagnostic] = []
+    _check_deny_patterns(entry, route.deny, problems)
+    match = route.match
+    if match.regex is not None:
+        problem = regex_problem(match.regex)
+        if problem is not None:
+            problems.append(_error(entry, ("match", "regex"), f"match.regex: {problem}"))
+    shape = (
+        match.path_kind,
+        match.path_value,
+        frozenset(match.methods),
+        frozenset((name.lower(), value) for name, value in match.headers.items()),
+    )
+    claims = tuple((route.gateway, host, *shape) for host in dict.fromkeys(route.hosts))
+    return tuple(problems), claims
 
 
 def _check_deny_patterns(entry: Entry, rules: Sequence[DenyRule], out: list[Diagnostic]) -> None:

@@ -123,12 +123,17 @@ class PolicyRuntime:
                 else copy_directory(self.directory)
             )
             source = self.directory
+            early: asyncio.Future[list[Any] | None] | None = None
             try:
                 try:
                     if git is not None and serving_commit:
                         policy = await load_commit(self.directory, git, self._load_cache)
                     else:
-                        policy = await load_settled(self.directory, self.settle, self._load_cache)
+                        # The appliers prepare the version while the files settle (prepared
+                        # only: committed below, once they are known to be settled).
+                        policy, early = await load_settled(
+                            self.directory, self.settle, self._load_cache, self._prepare_new
+                        )
                     held: dict[str, HeldTeam] = {}
                 except PolicyError as exc:
                     # Problems only in teams' folders: those teams keep their last good documents.
@@ -146,7 +151,9 @@ class PolicyRuntime:
                         self._set_git(git, policy)
                     self.lanes.discard(source)
                     return False
-                prepared = [await applier.prepare(policy) for applier in self.appliers]
+                prepared = await early if early is not None else None
+                if prepared is None:
+                    prepared = [await applier.prepare(policy) for applier in self.appliers]
             except PolicyError as exc:
                 self.lanes.discard(source)
                 return self._fail([str(d) for d in exc.diagnostics], git)
@@ -189,6 +196,12 @@ class PolicyRuntime:
                 log.error("team last good not kept", version=policy.version, error=str(exc))
             self.lanes.discard(source)
             return True
+
+    async def _prepare_new(self, policy: PolicySet) -> list[Any] | None:
+        """Every applier's prepared state for ``policy``; None when it is the current version."""
+        if self.current is not None and self.current.version == policy.version:
+            return None
+        return [await applier.prepare(policy) for applier in self.appliers]
 
     async def _fallback(
         self, error: PolicyError, materialize: Materialize

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from envoy.config.core.v3 import base_pb2
 from envoy.extensions.transport_sockets.tls.v3 import secret_pb2
@@ -121,6 +122,7 @@ class SnapshotCache:
         self.registry = EndpointRegistry(grace_for=self._grace_for, on_change=self._refresh_registered)
         self._encoder = ResourceEncoder()
         self._snapshots: dict[GroupKey, Snapshot] = {}
+        self._cluster_names: dict[GroupKey, Any] = {}  # see CompiledPolicy.resources_for
         self._watched: dict[int, NodeInfo] = {}
         self._generation = 0
         self._changed = asyncio.Event()
@@ -149,13 +151,16 @@ class SnapshotCache:
         groups = {node.group(compiled) for node in list(self._watched.values())}
         # The group of every Gateway proves all of them cut cleanly, even ones no node has yet.
         groups.add(tuple(sorted(compiled.gateways)))
-        snapshots = {group: self._build(served, group, encoder) for group in groups}
+        before = dict(self._snapshots)  # each group's current snapshot: unchanged types carry over
+        snapshots = {group: self._build(served, group, encoder, before.get(group)) for group in groups}
         return PreparedVersion(compiled=compiled, encoder=encoder, snapshots=snapshots, served=served)
 
     def commit(self, prepared: PreparedVersion) -> None:
         """Make a prepared version current and wake every stream. Event loop only."""
         self._compiled, self._served, self._encoder = prepared.compiled, prepared.served, prepared.encoder
         self._snapshots = dict(prepared.snapshots)
+        names = self._cluster_names  # only the groups in use: gateways come and go
+        self._cluster_names = {group: names[group] for group in self._snapshots if group in names}
         self._generation += 1
         changed, self._changed = self._changed, asyncio.Event()
         changed.set()
@@ -233,10 +238,20 @@ class SnapshotCache:
             _private_key_secrets(self._compiled.resources_for(tuple(sorted(self._compiled.gateways))))
         )
 
-    def _build(self, compiled: CompiledPolicy, group: GroupKey, encoder: ResourceEncoder) -> Snapshot:
-        resources = compiled.resources_for(group)
+    def _build(
+        self,
+        compiled: CompiledPolicy,
+        group: GroupKey,
+        encoder: ResourceEncoder,
+        previous: Snapshot | None = None,
+    ) -> Snapshot:
+        resources = compiled.resources_for(group, self._cluster_names)
         snapshot = Snapshot.build(
-            policy_version=compiled.version, group=group, resources=resources, encoder=encoder
+            policy_version=compiled.version,
+            group=group,
+            resources=resources,
+            encoder=encoder,
+            previous=previous,
         )
         if self.withhold_private_keys:
             snapshot = snapshot.withholding(_private_key_secrets(resources))

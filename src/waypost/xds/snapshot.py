@@ -1,22 +1,26 @@
 """Versioned snapshots: one node group's resources at one policy version, each encoded once.
 
-A resource is serialized deterministically exactly once per policy version; its bytes, its
-sha256 digest and its pre-encoded ``DiscoveryResponse.resources`` entry are shared by every node
-group and every stream. Versions are hashes of (name, digest) pairs, so two waypost replicas on
-the same files hand Envoy identical versions and a failover causes no churn.
+Resources are encoded by :class:`~waypost.xds.encoding.ResourceEncoder` (once per version, shared
+by every group). A snapshot built with the same group's ``previous`` snapshot takes over each type
+whose messages are all the very objects it had (the compiler's memo reuses unchanged resources):
+its encoded entries, version and response body come along, so a change that touches one type
+(an endpoint: EDS) does not walk, sort or hash the others again; in a type where a few of the
+same names hold new messages, only those are encoded. The result is the same as a build from
+scratch.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.route.v3 import route_pb2
-from google.protobuf import any_pb2, message, symbol_database
+from google.protobuf import message
 
+from waypost.xds.encoding import EncodedResource, ResourceEncoder, encode_field, encode_varint, version_of
+from waypost.xds.references import References
 from waypost.xds.types import TypeUrl
 
 __all__ = [
@@ -28,127 +32,6 @@ __all__ = [
     "encode_varint",
     "version_of",
 ]
-
-
-def encode_varint(value: int) -> bytes:
-    out = bytearray()
-    while True:
-        bits = value & 0x7F
-        value >>= 7
-        if value:
-            out.append(bits | 0x80)
-        else:
-            out.append(bits)
-            return bytes(out)
-
-
-def encode_field(number: int, payload: bytes) -> bytes:
-    """A length-delimited protobuf field (wire type 2)."""
-    return encode_varint(number << 3 | 2) + encode_varint(len(payload)) + payload
-
-
-@dataclass(frozen=True, slots=True)
-class EncodedResource:
-    name: str
-    type_url: TypeUrl
-    digest: str
-    body: bytes
-    any_bytes: bytes
-    """The resource as a serialized ``google.protobuf.Any``."""
-    sotw_entry: bytes
-    """``DiscoveryResponse.resources`` (field 2) holding this resource: appended as is."""
-    delta_entry: bytes
-    """``DeltaDiscoveryResponse.resources`` (field 2): a ``Resource`` with name, version (the
-    digest) and the resource, appended as is by every delta stream."""
-
-    @classmethod
-    def encode(cls, type_url: TypeUrl, name: str, msg: message.Message) -> EncodedResource:
-        body = msg.SerializeToString(deterministic=True)
-        any_bytes = encode_field(1, type_url.encode()) + encode_field(2, body)
-        digest = hashlib.sha256(body).hexdigest()
-        # Resource: version = 1, resource = 2, name = 3 (ascending, as deterministic output has it).
-        delta_resource = (
-            encode_field(1, digest.encode()) + encode_field(2, any_bytes) + encode_field(3, name.encode())
-        )
-        return cls(
-            name=name,
-            type_url=type_url,
-            digest=digest,
-            body=body,
-            any_bytes=any_bytes,
-            sotw_entry=encode_field(2, any_bytes),
-            delta_entry=encode_field(2, delta_resource),
-        )
-
-
-def version_of(resources: Iterable[EncodedResource]) -> str:
-    """The version of a set of resources: equal sets give equal versions on every replica."""
-    digest = hashlib.sha256()
-    for resource in sorted(resources, key=lambda r: r.name):
-        digest.update(resource.name.encode())
-        digest.update(b"\0")
-        digest.update(resource.digest.encode())
-        digest.update(b"\n")
-    return digest.hexdigest()[:16]
-
-
-class ResourceEncoder:
-    """Encodes each (type, name) once; shared by every group snapshot of one policy version.
-
-    Given the ``previous`` version's encoder, a resource whose message is the very object that
-    version had (the compiler's memo reuses unchanged resources) reuses its bytes and the names
-    it refers to: a reload re-encodes only what changed. :meth:`forget_previous` drops the link
-    once the version is prepared, so versions do not chain up in memory.
-    """
-
-    def __init__(self, previous: ResourceEncoder | None = None) -> None:
-        self._done: dict[tuple[TypeUrl, str], EncodedResource] = {}
-        self._messages: dict[tuple[TypeUrl, str], message.Message] = {}
-        self._references: dict[tuple[TypeUrl, str], tuple[message.Message, _References]] = {}
-        self._previous = previous
-
-    def without(self, keys: set[tuple[TypeUrl, str]]) -> ResourceEncoder:
-        """A copy that re-encodes ``keys`` and reuses every other resource's bytes: for a change of
-        the same policy version that touches only those resources (registered endpoints)."""
-        derived = ResourceEncoder()
-        derived._done = {key: encoded for key, encoded in self._done.items() if key not in keys}
-        derived._messages = {key: msg for key, msg in self._messages.items() if key not in keys}
-        derived._references = {key: refs for key, refs in self._references.items() if key not in keys}
-        return derived
-
-    def encode(self, type_url: TypeUrl, name: str, msg: message.Message) -> EncodedResource:
-        key = (type_url, name)
-        encoded = self._done.get(key)
-        if encoded is None:
-            previous = self._previous
-            if previous is not None and previous._messages.get(key) is msg:
-                encoded = previous._done[key]
-            else:
-                encoded = EncodedResource.encode(type_url, name, msg)
-            self._done[key] = encoded
-            self._messages[key] = msg
-        return encoded
-
-    def references(self, type_url: TypeUrl, name: str, msg: message.Message) -> _References:
-        """The names ``msg`` refers to (walked once per message object)."""
-        key = (type_url, name)
-        found = self._references.get(key)
-        if found is None or found[0] is not msg:
-            previous = self._previous._references.get(key) if self._previous is not None else None
-            if previous is not None and previous[0] is msg:
-                found = previous
-            else:
-                refs = _References()
-                if isinstance(msg, route_pb2.RouteConfiguration):
-                    refs.walk_route_configuration(msg)
-                else:
-                    refs.walk(msg)
-                found = (msg, refs)
-            self._references[key] = found
-        return found[1]
-
-    def forget_previous(self) -> None:
-        self._previous = None
 
 
 class InconsistentSnapshot(ValueError):
@@ -177,6 +60,10 @@ class Snapshot:
     """Computed once: every stream of the group asks for them (a sort and a hash each)."""
     _names: dict[TypeUrl, frozenset[str]] = dataclasses.field(default_factory=dict, compare=False, repr=False)
     _bodies: dict[TypeUrl, bytes] = dataclasses.field(default_factory=dict, compare=False, repr=False)
+    _sources: Mapping[TypeUrl, Mapping[str, message.Message]] = dataclasses.field(
+        default_factory=dict, compare=False, repr=False
+    )
+    """The messages ``resources`` were encoded from: a later build takes over unchanged types."""
 
     def version(self, type_url: TypeUrl) -> str:
         version = self._versions.get(type_url)
@@ -214,6 +101,8 @@ class Snapshot:
             _versions={},
             _names={},
             _bodies={},
+            # The other types are the full ones still: a later build may take them over.
+            _sources={t: v for t, v in self._sources.items() if t is not TypeUrl.SECRET},
         )
 
     @classmethod
@@ -224,22 +113,45 @@ class Snapshot:
         group: tuple[str, ...],
         resources: Mapping[TypeUrl, Mapping[str, message.Message]],
         encoder: ResourceEncoder,
+        previous: Snapshot | None = None,
     ) -> Snapshot:
-        encoded = {
-            type_url: {name: encoder.encode(type_url, name, msg) for name, msg in sorted(by_name.items())}
-            for type_url, by_name in resources.items()
-        }
+        """The group's snapshot; with ``previous`` (the group's snapshot before), the types whose
+        messages are unchanged objects are taken over from it (module docstring)."""
+        encoded: dict[TypeUrl, Mapping[str, EncodedResource]] = {}
+        kept: set[TypeUrl] = set()
         for type_url in TypeUrl:
-            encoded.setdefault(type_url, {})
-        refs = _References()
-        for name, msg in resources.get(TypeUrl.CLUSTER, {}).items():
-            assert isinstance(msg, cluster_pb2.Cluster)
-            if msg.type == cluster_pb2.Cluster.EDS:
-                refs.eds_clusters.add(msg.eds_cluster_config.service_name or name)
+            by_name = resources.get(type_url, {})
+            before = previous._sources.get(type_url) if previous is not None else None
+            moved = _moved(before, by_name) if before is not None else None
+            encode = encoder.encode
+            if previous is None or before is None or moved is None:
+                encoded[type_url] = {name: encode(type_url, name, by_name[name]) for name in sorted(by_name)}
+            elif not moved:
+                encoded[type_url] = previous.resources[type_url]
+                encoder.adopt(type_url, before, encoded[type_url])
+                kept.add(type_url)
+            else:  # the same names, a few of them new objects: only those are encoded (or looked up)
+                patched = dict(previous.resources[type_url])  # name order, as built
+                encoder.adopt(
+                    type_url,
+                    {n: m for n, m in before.items() if n not in moved},
+                    {n: e for n, e in patched.items() if n not in moved},
+                )
+                for name in moved:
+                    patched[name] = encode(type_url, name, by_name[name])
+                encoded[type_url] = patched
+        refs = References()
+        if TypeUrl.CLUSTER in kept and previous is not None:
+            refs.eds_clusters |= previous.eds_clusters
+        else:
+            for name, msg in resources.get(TypeUrl.CLUSTER, {}).items():
+                assert isinstance(msg, cluster_pb2.Cluster)
+                if msg.type == cluster_pb2.Cluster.EDS:
+                    refs.eds_clusters.add(msg.eds_cluster_config.service_name or name)
         for name, msg in resources.get(TypeUrl.LISTENER, {}).items():
             refs.merge(encoder.references(TypeUrl.LISTENER, name, msg))
         listener_clusters = frozenset(refs.clusters)
-        route_refs = _References()
+        route_refs = References()
         for name, msg in resources.get(TypeUrl.ROUTE, {}).items():
             assert isinstance(msg, route_pb2.RouteConfiguration)
             route_refs.merge(encoder.references(TypeUrl.ROUTE, name, msg))
@@ -253,11 +165,20 @@ class Snapshot:
                 TypeUrl.ROUTE: frozenset(route_refs.clusters),
             },
             eds_clusters=frozenset(refs.eds_clusters),
+            _sources={t: resources.get(t, {}) for t in TypeUrl},
         )
+        if previous is not None:  # a type taken over brings what was computed from it
+            for type_url in kept:
+                if type_url in previous._versions:
+                    snapshot._versions[type_url] = previous._versions[type_url]
+                if type_url in previous._names:
+                    snapshot._names[type_url] = previous._names[type_url]
+                if type_url in previous._bodies:
+                    snapshot._bodies[type_url] = previous._bodies[type_url]
         snapshot._check_consistent(refs)
         return snapshot
 
-    def _check_consistent(self, refs: _References) -> None:
+    def _check_consistent(self, refs: References) -> None:
         """Like go-control-plane's Snapshot.Consistent: every name referenced is carried."""
         problems = []
         for type_url, wanted in (
@@ -276,85 +197,13 @@ class Snapshot:
             raise InconsistentSnapshot(f"group {','.join(self.group) or '(none)'}: " + "; ".join(problems))
 
 
-_SYMBOLS = symbol_database.Default()
-
-
-class _References:
-    """Collects the names a set of resources refers to, by walking their protobuf trees."""
-
-    def __init__(self) -> None:
-        self.clusters: set[str] = set()
-        self.route_configs: set[str] = set()
-        self.secrets: set[str] = set()
-        self.eds_clusters: set[str] = set()
-
-    def merge(self, other: _References) -> None:
-        self.clusters |= other.clusters
-        self.route_configs |= other.route_configs
-        self.secrets |= other.secrets
-
-    def walk_route_configuration(self, config: route_pb2.RouteConfiguration) -> None:
-        # Specialised for speed: route tables are by far the largest resources.
-        for vhost in config.virtual_hosts:
-            for route in vhost.routes:
-                if route.HasField("route"):
-                    action = route.route
-                    if action.cluster:
-                        self.clusters.add(action.cluster)
-                    for weighted in action.weighted_clusters.clusters:
-                        self.clusters.add(weighted.name)
-                    for mirror in action.request_mirror_policies:
-                        self.clusters.add(mirror.cluster)
-                for packed in route.typed_per_filter_config.values():
-                    self.walk(packed)
-
-    def walk(self, msg: message.Message) -> None:
-        if isinstance(msg, any_pb2.Any):
-            inner = _unpack(msg)
-            if inner is not None:
-                self.walk(inner)
-            return
-        name = msg.DESCRIPTOR.full_name
-        if name == "envoy.extensions.filters.network.http_connection_manager.v3.Rds":
-            self.route_configs.add(msg.route_config_name)
-        elif name == "envoy.extensions.transport_sockets.tls.v3.SdsSecretConfig":
-            if msg.HasField("sds_config"):  # an SDS secret from a file path is not ours to serve
-                self.secrets.add(msg.name)
-            return
-        elif name == "envoy.extensions.filters.http.ext_authz.v3.ExtAuthz":
-            # The filter-level service is a default no route uses: every route disables the filter
-            # or names its own service per route (walked with the route table), and the listener
-            # must not change with auth (issue 12), so its cluster is carried only when a route
-            # needs it. Envoy accepts the listener without it (tests/test_e2e_auth_rollout.py).
-            return
-        elif name == "envoy.config.core.v3.GrpcService.EnvoyGrpc":
-            self.clusters.add(msg.cluster_name)
-        elif name == "envoy.config.core.v3.HttpUri":
-            self.clusters.add(msg.cluster)
-        elif name == "envoy.config.route.v3.RouteConfiguration":
-            assert isinstance(msg, route_pb2.RouteConfiguration)
-            self.walk_route_configuration(msg)
-            return
-        for field, value in msg.ListFields():
-            if field.message_type is None:
-                continue
-            if field.is_repeated:
-                if field.message_type.GetOptions().map_entry:
-                    for item in value.values():
-                        if isinstance(item, message.Message):
-                            self.walk(item)
-                else:
-                    for item in value:
-                        self.walk(item)
-            else:
-                self.walk(value)
-
-
-def _unpack(packed: any_pb2.Any) -> message.Message | None:
-    try:
-        cls = _SYMBOLS.GetSymbol(packed.TypeName())
-    except KeyError:
+def _moved(before: Mapping[str, message.Message], now: Mapping[str, message.Message]) -> set[str] | None:
+    """The names whose message is not the very object it was, when ``now`` has exactly the names
+    of ``before``, and they are few (an empty set: all the same); None otherwise."""
+    if len(before) != len(now):
         return None
-    inner = cls()
-    packed.Unpack(inner)
-    return inner
+    get = before.get
+    moved = {name for name, msg in now.items() if get(name) is not msg}
+    if len(moved) * 4 > len(now) or any(name not in before for name in moved):
+        return None  # other names, or most of them new: built whole
+    return moved

@@ -8,8 +8,10 @@ their Routes).
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Mapping
+import operator
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.endpoint.v3 import endpoint_pb2
@@ -19,10 +21,9 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import http_con
 from envoy.extensions.transport_sockets.tls.v3 import secret_pb2
 from google.protobuf import message
 
-from waypost.policies.model import Gateway, PolicySet, Route, Service
+from waypost.policies.model import Gateway, PolicySet, Route
 from waypost.policies.types import Endpoint
 from waypost.xds.compiler.analytics import analytics_cluster, gateway_logs, patch_hcm_analytics
-from waypost.xds.compiler.clusters import build_cluster, build_load_assignment
 from waypost.xds.compiler.decisions import (
     DecisionEndpoints,
     build_decision_cluster,
@@ -41,7 +42,7 @@ from waypost.xds.compiler.proxyless import (
 )
 from waypost.xds.compiler.routes import build_route_configuration
 from waypost.xds.compiler.secrets import build_secrets
-from waypost.xds.compiler.upstream_tls import build_service_secrets, patch_cluster_tls
+from waypost.xds.compiler.services import compile_services, moved_endpoints_only, same_services
 from waypost.xds.types import TypeUrl
 
 __all__ = [
@@ -103,9 +104,20 @@ class CompiledPolicy:
             sorted(name for name, gw in self.policy.gateways.items() if gw.selects(node_cluster, node_labels))
         )
 
-    def resources_for(self, gateway_names: tuple[str, ...]) -> NodeResources:
+    def resources_for(
+        self, gateway_names: tuple[str, ...], names_cache: dict[tuple[str, ...], Any] | None = None
+    ) -> NodeResources:
+        """``names_cache`` (kept by the caller across versions) keeps each group's sorted cluster
+        names while its gateways' cluster sets are the same objects (the memo reuses them)."""
         selected = [self.gateways[name] for name in gateway_names]
-        cluster_names = sorted(set().union(*(gw.clusters for gw in selected)))
+        sets = tuple(gw.clusters for gw in selected)
+        cached = names_cache.get(gateway_names) if names_cache is not None else None
+        if cached is not None and len(cached[0]) == len(sets) and all(map(operator.is_, cached[0], sets)):
+            cluster_names: list[str] = cached[1]
+        else:
+            cluster_names = sorted(set().union(*sets))
+            if names_cache is not None:
+                names_cache[gateway_names] = (sets, cluster_names)
         return {
             TypeUrl.CLUSTER: {name: self.clusters[name] for name in cluster_names},
             TypeUrl.ENDPOINT: {
@@ -140,9 +152,20 @@ def compile_policy(
     reach waypost's analytics collector (``waypost serve --analytics-port``; None compiles no
     access-log stream, see :mod:`.analytics`)."""
     memo = memo or CompileMemo()
+    decisions = decisions or DecisionEndpoints()
     memo.begin()
     try:
-        return _compile(policy, decisions or DecisionEndpoints(), memo, collector)
+        last = memo.last
+        compiled = None
+        if last is not None and last[1:] == (decisions, collector):  # same services' addresses
+            compiled = moved_endpoints_only(last[0], policy, memo)
+        if compiled is None:
+            compiled = _compile(policy, decisions, memo, collector)
+        memo.last = (compiled, decisions, collector)
+        return compiled
+    except BaseException:
+        memo.last = None
+        raise
     finally:
         memo.end()
 
@@ -156,7 +179,8 @@ def _compile(
         routes_by_gateway[route.gateway].append(route)
 
     context = memo.intern("context", context_key(policy))
-    services = memo.intern("services", service_view(policy))
+    # The very same Services as the last compile: the same view, not built and compared again.
+    services = memo.intern("services", None if same_services(memo, policy) else service_view(policy))
     bound: list[HttpFeature] = []
 
     def features_bound() -> list[HttpFeature]:
@@ -201,26 +225,18 @@ def _compile(
     _compile_grpc_targets(policy, gateways)
     load_assignments: dict[str, endpoint_pb2.ClusterLoadAssignment] = {}
     for name in sorted(needed_clusters(needs, needs)):
-        xds_cluster, assignment = build_decision_cluster(name, decisions)
+        # Kept while its endpoints stay: a cluster object that stays lets snapshots keep CDS whole.
+        decision_key = (decisions.endpoints.get(name, ()), name in decisions.health_checked)
+        xds_cluster, assignment = memo.get(
+            "decision", name, decision_key, None, build_decision_cluster, name, decisions
+        )
         clusters[name] = xds_cluster
         if assignment is not None:
             load_assignments[name] = assignment
-    cluster_secrets: dict[str, tuple[secret_pb2.Secret, ...]] = {}
-    for _, service in sorted(policy.services.items()):
-        # Upstream TLS reads the files too; without it a Service's id is the whole key.
-        service_key: Hashable = id(service)
-        if service.tls is not None:
-            service_key = (id(service), tuple(sorted(policy.files.items())))
-        xds_cluster, secrets = memo.get(
-            "cluster", service.name, service_key, policy, _service_cluster, service, policy
-        )
-        clusters[xds_cluster.name] = xds_cluster
-        if secrets is not None:
-            cluster_secrets[xds_cluster.name] = secrets
-        if xds_cluster.type == cluster_pb2.Cluster.EDS:
-            load_assignments[xds_cluster.name] = memo.get(
-                "endpoints", service.name, id(service), policy, build_load_assignment, service
-            )
+    block = compile_services(policy, memo)
+    clusters.update(block.clusters)
+    load_assignments.update(block.load_assignments)
+    cluster_secrets = dict(block.cluster_secrets)
     for name in sorted({name for target in policy.grpc_targets.values() for name in target.services}):
         service = policy.services[name]
         grpc_cluster = build_grpc_client_cluster(service)
@@ -236,15 +252,6 @@ def _compile(
         decision_needs=needs,
         decision_endpoints=decisions,
     )
-
-
-def _service_cluster(
-    service: Service, policy: PolicySet
-) -> tuple[cluster_pb2.Cluster, tuple[secret_pb2.Secret, ...] | None]:
-    xds_cluster = build_cluster(service)
-    patch_cluster_tls(service, xds_cluster, policy.files)
-    secrets = build_service_secrets(service, policy.files) if service.tls is not None else None
-    return xds_cluster, secrets
 
 
 def _compile_grpc_targets(policy: PolicySet, gateways: dict[str, GatewayResources]) -> None:

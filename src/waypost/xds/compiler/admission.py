@@ -59,19 +59,30 @@ class AdmissionFeature:
 
     def __init__(self, policy: PolicySet | None = None) -> None:
         self.services: Mapping[str, Service] = policy.services if policy is not None else {}
-        # Per gateway, the Services asking for admission control that its routes send to.
-        self._by_gateway: dict[str, list[str]] = {}
-        if policy is not None:
-            for gateway in policy.gateways:
-                routes = [r for r in policy.routes.values() if r.gateway == gateway]
-                self._by_gateway[gateway] = [s.name for s in self._asking(routes)]
+        self._policy = policy
+        # The Services asking for admission control (usually none: then nothing else is walked).
+        self._asked = frozenset(name for name, s in self.services.items() if s.admission_control)
+        self._by_gateway: dict[str, list[str]] | None = None
 
     def bind(self, policy: PolicySet) -> Self:
         return type(self)(policy)
 
     def _asking(self, routes: Sequence[Route]) -> list[Service]:
-        names = sorted({s for route in routes for s in route.services})
-        return [self.services[n] for n in names if n in self.services and self.services[n].admission_control]
+        if not self._asked:
+            return []
+        names = sorted({s for route in routes for s in route.services if s in self._asked})
+        return [self.services[n] for n in names]
+
+    def _gateway_asking(self, gateway: str) -> list[str]:
+        """Per gateway, the Services asking for admission control that its routes send to
+        (grouped on first use, in one pass over the routes)."""
+        if self._by_gateway is None:
+            by_gateway: dict[str, list[Route]] = {}
+            if self._policy is not None and self._asked:
+                for route in self._policy.routes.values():
+                    by_gateway.setdefault(route.gateway, []).append(route)
+            self._by_gateway = {name: [s.name for s in self._asking(rs)] for name, rs in by_gateway.items()}
+        return self._by_gateway.get(gateway, [])
 
     def applies(self, gateway: Gateway, routes: Sequence[Route]) -> bool:
         return bool(self._asking(routes))
@@ -87,6 +98,6 @@ class AdmissionFeature:
 
     def patch_route(self, route: Route, xds_route: route_components_pb2.Route) -> None:
         off = pack(route_components_pb2.FilterConfig(disabled=True))
-        for name in self._by_gateway.get(route.gateway, ()):
+        for name in self._gateway_asking(route.gateway) if self._asked else ():
             if name not in route.services:
                 xds_route.typed_per_filter_config[admission_filter_name(name)].CopyFrom(off)

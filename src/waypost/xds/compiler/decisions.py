@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import Any, cast
 
 from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.core.v3 import health_check_pb2, protocol_pb2
@@ -31,6 +32,7 @@ from waypost.contract import (
     RATELIMIT_CLUSTER,
     RATELIMIT_GRPC_SERVICE,
 )
+from waypost.policies.endpoint_patch import only_services_differ
 from waypost.policies.model import PolicySet
 from waypost.policies.types import Endpoint
 from waypost.xds.compiler.body_checks import BodyCheckFeature
@@ -59,12 +61,41 @@ class DecisionEndpoints:
 
 
 def decision_needs(policy: PolicySet) -> dict[str, frozenset[str]]:
-    """Route name -> the decision clusters Envoy calls for it (routes needing none left out)."""
+    """Route name -> the decision clusters Envoy calls for it (routes needing none left out).
+
+    Computed once per version: `waypost serve` asks before compiling (to start the services the
+    version needs), the compiler again (a policy is frozen, so the answer stays true)."""
+    last = _last_needs
+    # No decision need reads a Service: a version that only swapped some keeps the needs too.
+    if last and (last[0] is policy or only_services_differ(last[0], policy)):
+        _last_needs[0] = policy
+        return cast(dict[str, frozenset[str]], last[1])
+    needs = _decision_needs(policy)
+    _last_needs[:] = [policy, needs]
+    return needs
+
+
+_last_needs: list[Any] = []
+"""[policy, its decision needs] of the last call."""
+
+
+def _decision_needs(policy: PolicySet) -> dict[str, frozenset[str]]:
+    # Only a route with an AuthPolicy, a rate limit or a body check can need a decision service
+    # (each feature's cluster_for answers None without them): most routes of a large policy have
+    # none, and binding the features walks every route, so they are bound only when some does.
+    asking = sorted(
+        (name, route)
+        for name, route in policy.routes.items()
+        # The raw fields (a superset of checks_body): the features below decide exactly.
+        if route.auth or route.rate_limit or route.validation is not None or route.screen is not None
+    )
+    if not asking:
+        return {}
     authz = ExtAuthzFeature().bind(policy)
     limits = GlobalRateLimitFeature().bind(policy)
     body_checks = BodyCheckFeature()
     needs: dict[str, frozenset[str]] = {}
-    for name, route in sorted(policy.routes.items()):
+    for name, route in asking:
         found = (authz.cluster_for(route), limits.cluster_for(route), body_checks.cluster_for(route))
         clusters = frozenset(c for c in found if c)
         if clusters:

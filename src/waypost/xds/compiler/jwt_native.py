@@ -146,7 +146,7 @@ def native_routes(policy: PolicySet) -> Mapping[str, AuthPolicy]:
         return cast(Mapping[str, AuthPolicy], last[1])  # several features bind to one version
     found = {}
     for name, route in policy.routes.items():
-        if not route.auth_policies:
+        if not route.auth:  # the raw field, not auth_policies: this walks every route per version
             continue
         auth = native_policy(route, policy)
         if auth is not None:

@@ -14,8 +14,10 @@ What each resource is keyed by (everything its compilation reads):
   control its settings), the decision clusters its routes need, and the *context*: every
   document of the other kinds (AuthPolicy, Consumer, RateLimitPolicy, ...), every Gateway, and
   the referenced files' bytes (what the features bound to the policy read);
-* a Service's cluster: the Service and, with upstream TLS, the files; its load assignment: the
-  Service.
+* a Service's cluster and load assignment: the Service and, with upstream TLS, the files. A
+  Service whose only change is its IP endpoints keeps its cluster object (an EDS cluster does not
+  carry its endpoints): an endpoint change re-encodes one load assignment, and no cluster;
+* a decision service's cluster: where its endpoints are.
 
 Only the last compile's entries are kept, so memory stays one version's worth.
 """
@@ -26,7 +28,8 @@ import dataclasses
 from collections.abc import Callable, Hashable, Mapping
 from typing import Any, TypeVar, cast
 
-from waypost.policies.model import PolicySet, Service
+from waypost.policies.endpoint_patch import fields_but_endpoints
+from waypost.policies.model import PolicySet
 
 __all__ = ["CompileMemo", "context_key", "service_view"]
 
@@ -59,13 +62,8 @@ def service_view(policy: PolicySet) -> tuple[Hashable, ...]:
     ``lb`` and ``protocol``, admission control its settings, ...), so an endpoint change recompiles
     no gateway. One view for every gateway (walking each gateway's routes for the names they use
     costs more than comparing); compared with ``==``, never hashed."""
-    return tuple(
-        (name, *(getattr(service, field) for field in _SERVICE_FIELDS))
-        for name, service in policy.services.items()
-    )
-
-
-_SERVICE_FIELDS = tuple(name for name in Service.model_fields if name != "endpoints")
+    fields = fields_but_endpoints
+    return tuple((name, fields(service)) for name, service in policy.services.items())
 
 
 class CompileMemo:
@@ -76,6 +74,9 @@ class CompileMemo:
         self._current: dict[tuple[str, str], tuple[Hashable, Any, Any]] = {}
         self.built: list[tuple[str, str]] = []
         """What the last compile built anew (the rest was reused): for tests and benchmarks."""
+        self.last: tuple[Any, Any, Any] | None = None
+        """(compiled policy, decision endpoints, collector) of the last compile, for one that only
+        moved endpoints (see :mod:`.services`)."""
 
     def begin(self) -> None:
         self._current = {}
@@ -84,14 +85,37 @@ class CompileMemo:
     def end(self) -> None:
         self._previous, self._current = self._current, {}
 
-    def intern(self, name: str, value: T) -> T:
+    def intern(self, name: str, value: T | None) -> T:
         """``value``, or the equal value the previous compile used: equal keys built from it then
-        compare by identity, not element by element."""
+        compare by identity, not element by element. None: the caller knows it is that value."""
         found = self._previous.get(("intern", name))
-        if found is not None and found[2] == value:
+        if found is not None and (value is None or found[2] == value):
             value = found[2]
+        assert value is not None
         self._current[("intern", name)] = ((), None, value)
         return value
+
+    def of_kind(self, kind: str) -> dict[tuple[str, str], tuple[Hashable, Any, Any]]:
+        """This compile's entries of one kind, to :meth:`carry` into a later one whole."""
+        return {key: entry for key, entry in self._current.items() if key[0] == kind}
+
+    def carry(self, entries: Mapping[tuple[str, str], tuple[Hashable, Any, Any]]) -> None:
+        """Keep entries of the previous compile (from :meth:`of_kind`) for the next."""
+        self._current.update(entries)
+
+    def previous(self, kind: str, name: str) -> Any:
+        """What the previous compile built for (kind, name), whatever its key; None if nothing."""
+        found = self._previous.get((kind, name))
+        return found[2] if found is not None else None
+
+    def carry_over(self) -> None:
+        """Keep every entry of the previous compile for the next (a compile that reused it all)."""
+        self._current = dict(self._previous)
+
+    def put(self, kind: str, name: str, key: Hashable, keep: Any, value: Any) -> None:
+        """Record what was built for (kind, name) outside :meth:`get`."""
+        self._current[(kind, name)] = (key, keep, value)
+        self.built.append((kind, name))
 
     def get(self, kind: str, name: str, key: Hashable, keep: Any, build: Callable[..., T], *args: Any) -> T:
         """``build(*args)``, or the previous result for the same key. ``keep`` holds the objects

@@ -155,7 +155,7 @@ class GlobalRateLimitFeature:
         # Routes the decision service decides: it counts their consumer quotas in the same call.
         native = native_routes(policy)
         by_authz = frozenset(
-            name for name, route in policy.routes.items() if route.auth_policies and name not in native
+            name for name, route in policy.routes.items() if route.auth and name not in native
         )
         return GlobalRateLimitFeature(_Policies(dict(policy.rate_limit_policies), by_authz))
 
