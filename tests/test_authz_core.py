@@ -171,6 +171,27 @@ def test_grpc_encoding_carries_metadata_contract() -> None:
     assert denied.denied_response.body == "{}"
 
 
+def test_grpc_answer_with_quota_headers_equals_one_encoded_message() -> None:
+    """The reused bytes of an allow plus the per-header suffixes parse as the whole answer."""
+    service = AuthzGrpcService(AuthzCore())
+    base = Decision(
+        status=200, reason="allowed", consumer="acme", plan="gold", headers=(("x-waypost-consumer", "acme"),)
+    )
+    for remaining in ("9", "8", "9"):
+        counted = Decision(
+            status=200,
+            reason="allowed",
+            consumer="acme",
+            plan="gold",
+            headers=base.headers,
+            client_headers=(("ratelimit-limit", "10"), ("ratelimit-remaining", remaining), ("ratelimit-reset", "1")),
+        )
+        assert external_auth_pb2.CheckResponse.FromString(
+            service.encode(counted)
+        ) == external_auth_pb2.CheckResponse.FromString(encode_decision(counted))
+    assert service.encode(base) == encode_decision(base)
+
+
 async def test_grpc_service_rejects_garbage_without_crashing() -> None:
     service = AuthzGrpcService(AuthzCore())
     with pytest.raises(GrpcError, match="malformed") as caught:
