@@ -409,7 +409,8 @@ def main() -> int:
         gateway_cpu, authz_cpu, requests = cpu[name]
         print(
             f"{name:12} {result['rps']:>10.0f} {result['p50_ms']:>8.2f} {result['p99_ms']:>8.2f} "
-            f"{result['non2xx']:>8.0f} {gateway_cpu / requests * 1e6:>13.1f} {authz_cpu / requests * 1e6:>13.1f}"
+            f"{result['non2xx']:>8.0f} {gateway_cpu / requests * 1e6:>13.1f} "
+            f"{authz_cpu / requests * 1e6:>13.1f}"
         )
     print(f"load average before/after: {load_before} / {os.getloadavg()[0]:.1f}")
     for name in ("authz grpc", "authz http"):

@@ -824,4 +824,6 @@ _DRY_RUN = Decision(status=200, reason="dry run")
 def _allowed(consumer: str, plan: str | None) -> Decision:
     """An allow without claim headers: one object per consumer and plan, reused (the transports
     cache their encodings by decision, and a hit on an identical object is cheapest)."""
-    return Decision(status=200, reason="allowed", consumer=consumer, plan=plan, headers=((CONSUMER_HEADER, consumer),))
+    return Decision(
+        status=200, reason="allowed", consumer=consumer, plan=plan, headers=((CONSUMER_HEADER, consumer),)
+    )

@@ -129,7 +129,14 @@ class AuthzGrpcService:
     def encode(self, decision: Decision) -> bytes:
         extra = decision.client_headers
         if extra:
-            base = Decision(decision.status, decision.reason, decision.consumer, decision.plan, decision.headers)
+            base = Decision(
+                decision.status,
+                decision.reason,
+                decision.consumer,
+                decision.plan,
+                decision.headers,
+                decision.body,
+            )
             return self.encode(base) + b"".join(map(self._client_header, extra))
         encoded = self._encoded.get(decision)
         if encoded is None:
