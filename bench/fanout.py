@@ -14,9 +14,16 @@ Three kinds of process (this one file plays each role):
   from the publish to the last stream ACKing every new type version.
 
     .venv/bin/python bench/fanout.py [--streams 100 1000 5000] [--clients-per-process 1250]
+        [--transport h2grpc grpcio] [--before-src /path/to/older/src]
+
+The server runs ADS on waypost's lean gRPC server (``--transport h2grpc``, what ``waypost serve``
+uses on plaintext xDS) or on grpcio's (``grpcio``, used on TLS xDS). ``--before-src`` runs, per
+stream count, first a server from an older checkout's ``src/`` (on grpcio), then this one: a
+before/after in one run.
 
 All processes share the machine's cores (2 here), so the convergence figure includes the
-clients' own CPU time: an upper bound for the server's part.
+clients' own CPU time: an upper bound for the server's part. The server's CPU per stream and the
+clients' total CPU are reported beside it.
 
 Profiling aids: ``FANOUT_HISTOGRAM=1`` prints (stderr) which Python object types grew by how many
 bytes between RSS readings; ``FANOUT_GRPC_OPTIONS='[["grpc.http2.bdp_probe", 0]]'`` adds server
@@ -69,7 +76,7 @@ def _rss_kb() -> int:
     return 0
 
 
-async def _server() -> None:
+async def _server(transport: str) -> None:
     import grpc
 
     from waypost.log import configure_logging
@@ -91,18 +98,29 @@ async def _server() -> None:
 
     cache.publish(compile_policy(_policy(version)))
     ads = AdsServer(cache)
-    server = grpc.aio.server(  # the options `waypost serve` uses
-        options=[
-            ("grpc.keepalive_time_ms", 30_000),
-            ("grpc.http2.max_pings_without_data", 0),
-            ("grpc.keepalive_permit_without_calls", 1),
-            ("grpc.max_receive_message_length", 16 * 1024 * 1024),
-            *json.loads(os.environ.get("FANOUT_GRPC_OPTIONS", "[]")),
-        ]
-    )
-    ads.add_to(server)
-    port = server.add_insecure_port("127.0.0.1:0")
-    await server.start()
+    if transport == "h2grpc":  # `waypost serve` on plaintext xDS
+        from waypost.h2grpc import start_grpc_server
+        from waypost.xds.ads import XDS_LIMITS
+
+        lean = await start_grpc_server(ads.services(), "127.0.0.1", 0, limits=XDS_LIMITS)
+        port, stop = lean.port, lean.stop
+    else:
+        server = grpc.aio.server(  # the options `waypost serve` uses on TLS xDS
+            options=[
+                ("grpc.keepalive_time_ms", 30_000),
+                ("grpc.http2.max_pings_without_data", 0),
+                ("grpc.keepalive_permit_without_calls", 1),
+                ("grpc.max_receive_message_length", 16 * 1024 * 1024),
+                *json.loads(os.environ.get("FANOUT_GRPC_OPTIONS", "[]")),
+            ]
+        )
+        ads.add_to(server)
+        port = server.add_insecure_port("127.0.0.1:0")
+        await server.start()
+
+        async def stop() -> None:
+            await server.stop(grace=None)
+
     reader = asyncio.StreamReader()
     await asyncio.get_running_loop().connect_read_pipe(
         lambda: asyncio.StreamReaderProtocol(reader), sys.stdin
@@ -144,10 +162,11 @@ async def _server() -> None:
             version += 1
             compiled = compile_policy(_policy(version))
             prepared = cache.prepare(compiled)  # off the clock: waypost does this off the loop
+            cpu = time.process_time()  # the change's CPU starts here, not with compiling it
             at = time.time()
             cache.commit(prepared)
-            say({"published_at": at, "targets": targets()})
-    await server.stop(grace=None)
+            say({"published_at": at, "cpu_at_commit": cpu, "targets": targets()})
+    await stop()
 
 
 # --- client --------------------------------------------------------------------------------------
@@ -283,9 +302,13 @@ def _cpu_s(pid: int) -> float:
 
 
 def run(
-    streams: int, per_process: int, per_channel: int = 1, server_src: str | None = None
+    streams: int,
+    per_process: int,
+    per_channel: int = 1,
+    server_src: str | None = None,
+    transport: str = "h2grpc",
 ) -> dict[str, Any]:
-    server = _spawn("--role", "server", src=server_src)
+    server = _spawn("--role", "server", "--transport", transport, src=server_src)
     clients: list[subprocess.Popen[str]] = []
     try:
         hello = _ask(server, None)
@@ -315,15 +338,18 @@ def run(
         # Initial sync: every stream acks version 1 of every type.
         synced = [_ask(c, json.dumps(hello["targets"])) for c in clients]
         initial = max(answer["reached"] for answer in synced) - started
-        loaded = _ask(server, "rss")
-        assert loaded["streams"] == streams, loaded
         cpu_synced = _cpu_s(server.pid)
+        loaded = _ask(server, "rss")  # collects garbage first: not counted in either CPU figure
+        assert loaded["streams"] == streams, loaded
+        clients_synced = sum(_cpu_s(c.pid) for c in clients)
         published = _ask(server, "publish")
         converged = [_ask(c, json.dumps(published["targets"])) for c in clients]
         reached = max(answer["reached"] for answer in converged)
         cpu_converged = _cpu_s(server.pid)
+        clients_converged = sum(_cpu_s(c.pid) for c in clients)
         return {
             "streams": streams,
+            "server": f"{'before' if server_src else 'this checkout'}, {transport}",
             "client_processes": len(clients),
             "streams_per_connection": per_channel,
             "initial_sync_s": round(initial, 2),
@@ -333,7 +359,12 @@ def run(
             "kb_per_stream": round((loaded["rss_kb"] - baseline) / streams, 1),
             # The server's own CPU (utime + stime), per stream: what grows with N on its side.
             "server_cpu_ms_per_stream_sync": round((cpu_synced - cpu_start) * 1000 / streams, 2),
-            "server_cpu_ms_per_stream_change": round((cpu_converged - cpu_synced) * 1000 / streams, 3),
+            "server_cpu_ms_per_stream_change": round(
+                (cpu_converged - published["cpu_at_commit"]) * 1000 / streams, 3
+            ),
+            # The simulated Envoys' CPU (all client processes), on the same two cores.
+            "clients_cpu_s_sync": round(clients_synced, 1),
+            "clients_cpu_s_change": round(clients_converged - clients_synced, 2),
             # Streams that failed and were re-opened: while connecting, and during the change.
             "stream_failures_initial": sum(answer["stream_failures"] for answer in synced),
             "stream_failures_change": sum(a["stream_failures"] for a in converged)
@@ -358,6 +389,17 @@ def main() -> None:
     parser.add_argument("--clients-per-process", type=int, default=1250)
     parser.add_argument("--port", type=int)
     parser.add_argument("--server-src", help="run the server from this src/ directory (an older checkout)")
+    parser.add_argument(
+        "--before-src",
+        help="compare: per stream count, first a server from this src/ directory (grpcio), then this one",
+    )
+    parser.add_argument(
+        "--transport",
+        nargs="+",
+        choices=("h2grpc", "grpcio"),
+        default=["h2grpc"],
+        help="the server's gRPC stack: waypost's lean one (plaintext xDS) or grpcio's (TLS xDS)",
+    )
     parser.add_argument("--count", type=int)
     parser.add_argument("--first", type=int, default=0)
     parser.add_argument("--names")
@@ -371,7 +413,7 @@ def main() -> None:
         uvloop = None  # type: ignore[assignment]
     runner = uvloop.run if uvloop is not None else asyncio.run
     if args.role == "server":
-        runner(_server())
+        runner(_server(args.transport[0]))
         return
     if args.role == "client":
         names = json.loads(args.names)
@@ -380,8 +422,12 @@ def main() -> None:
         )
         return
     for streams in args.streams:
-        result = run(streams, args.clients_per_process, args.streams_per_channel, args.server_src)
-        print(json.dumps(result), flush=True)
+        variants = [(args.server_src, transport) for transport in args.transport]
+        if args.before_src:
+            variants.insert(0, (args.before_src, "grpcio"))
+        for src, transport in variants:
+            result = run(streams, args.clients_per_process, args.streams_per_channel, src, transport)
+            print(json.dumps(result), flush=True)
 
 
 if __name__ == "__main__":

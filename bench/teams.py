@@ -10,6 +10,9 @@ the policy runtime (load + validate + compile + prepare + commit, as `waypost se
 - one team broken: the same team's Service pointed outside its upstreams while another team
   changes a Route file; the runtime holds the broken team at its last good folder and applies the
   rest (the fallback: a failed load, a copy of the tree, a second load, compile and prepare).
+- the last two again in a git checkout served by commit (``serve``'s default), each change a
+  commit and the checkout left dirty: the team folders kept and the fallback's tree come from
+  the commit (``git archive``) rather than the working files.
 
 All three are measured side by side in one run: compare them with each other, not across runs.
 
@@ -21,6 +24,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import statistics
+import subprocess
 import tempfile
 import time
 from pathlib import Path
@@ -99,6 +103,8 @@ async def run(args: argparse.Namespace) -> dict[str, list[float]]:
         "full load": [],
         "one team's change": [],
         "one team broken": [],
+        "one team's change, git": [],
+        "one team broken, git": [],
     }
     for _ in range(args.repeat):
         with tempfile.TemporaryDirectory() as tmp:
@@ -130,7 +136,40 @@ async def run(args: argparse.Namespace) -> dict[str, list[float]]:
             timings["one team broken"].append(time.perf_counter() - started)
             assert applied and set(runtime.lanes.held) == {"team7"}, runtime.lanes.held
             runtime.lanes.close()
+        with tempfile.TemporaryDirectory() as tmp:
+            await _git_changes(Path(tmp), args, timings)
     return timings
+
+
+def _commit(directory: Path, message: str) -> None:
+    for argv in (["add", "-A"], ["-c", "user.name=b", "-c", "user.email=b@b", "commit", "-qm", message]):
+        subprocess.run(["git", *argv], cwd=directory, check=True)
+
+
+async def _git_changes(directory: Path, args: argparse.Namespace, timings: dict[str, list[float]]) -> None:
+    subprocess.run(["git", "init", "-q", str(directory)], check=True)
+    write_policies(directory, args.teams, args.services, args.routes)
+    _commit(directory, "teams")
+    runtime = PolicyRuntime(directory, [XdsApplier()])
+    assert await runtime.reload()
+    (directory / "wip.txt").write_text("uncommitted")  # a dirty checkout
+    team = directory / "teams" / "team7"
+    (team / "routes.yaml").write_text(team_routes(7, args.services, args.routes, prefix="v"))
+    _commit(directory, "team7 changes")
+    started = time.perf_counter()
+    assert await runtime.reload()
+    timings["one team's change, git"].append(time.perf_counter() - started)
+    (team / "services.yaml").write_text(team_services(7, args.services, net=200))
+    (team / "routes.yaml").write_text(team_routes(7, args.services, args.routes, prefix="w"))
+    (directory / "teams" / "team8" / "routes.yaml").write_text(
+        team_routes(8, args.services, args.routes, "w")
+    )
+    _commit(directory, "team7 breaks, team8 changes")
+    started = time.perf_counter()
+    applied = await runtime.reload()
+    timings["one team broken, git"].append(time.perf_counter() - started)
+    assert applied and set(runtime.lanes.held) == {"team7"}, runtime.lanes.held
+    runtime.lanes.close()
 
 
 def main() -> None:
@@ -147,7 +186,7 @@ def main() -> None:
     )
     for key, values in timings.items():
         runs = ", ".join(f"{v:.3f}" for v in values)
-        print(f"  {key:20s} median {statistics.median(values):.3f} s   (runs: {runs})")
+        print(f"  {key:24s} median {statistics.median(values):.3f} s   (runs: {runs})")
 
 
 if __name__ == "__main__":

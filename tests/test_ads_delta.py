@@ -21,9 +21,10 @@ from google.rpc import status_pb2
 from test_ads_protocol import AdsClient as SotwClient
 from test_ads_protocol import Harness, handshake, policy
 from test_ads_protocol import server as server  # the same in-process ADS fixture, shared
-from waypost.xds.ads import AdsServer, DeltaStream
+from waypost.xds.ads import AdsServer
 from waypost.xds.cache import NodeInfo, SnapshotCache
 from waypost.xds.compiler import compile_policy
+from waypost.xds.delta import DeltaStream
 from waypost.xds.types import TypeUrl
 
 CDS, EDS, LDS, RDS = TypeUrl.CLUSTER, TypeUrl.ENDPOINT, TypeUrl.LISTENER, TypeUrl.ROUTE

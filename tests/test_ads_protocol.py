@@ -18,10 +18,12 @@ from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
 from google.protobuf import struct_pb2
 from google.rpc import status_pb2
 
+from waypost.h2grpc import start_grpc_server
 from waypost.policies.model import Gateway, PolicySet, Route, Service
-from waypost.xds.ads import AdsServer, SotwStream
+from waypost.xds.ads import XDS_LIMITS, AdsServer
 from waypost.xds.cache import NodeInfo, SnapshotCache
 from waypost.xds.compiler import compile_policy
+from waypost.xds.sotw import SotwStream
 from waypost.xds.types import TypeUrl
 
 CDS, EDS, LDS, RDS = TypeUrl.CLUSTER, TypeUrl.ENDPOINT, TypeUrl.LISTENER, TypeUrl.ROUTE
@@ -131,18 +133,28 @@ class Harness:
         return only
 
 
-@pytest.fixture
-async def server() -> AsyncIterator[Harness]:
+@pytest.fixture(params=["h2grpc", "grpcio"])
+async def server(request: pytest.FixtureRequest) -> AsyncIterator[Harness]:
+    """ADS on waypost's lean gRPC server (plaintext xDS) and on grpcio's (TLS xDS): alike."""
     cache = SnapshotCache()
     ads = AdsServer(cache)
-    grpc_server = grpc.aio.server()
-    ads.add_to(grpc_server)
-    port = grpc_server.add_insecure_port("127.0.0.1:0")
-    await grpc_server.start()
+    if request.param == "h2grpc":
+        lean = await start_grpc_server(ads.services(), "127.0.0.1", 0, limits=XDS_LIMITS)
+        port, stop = lean.port, lean.stop
+    else:
+        grpc_server = grpc.aio.server()
+        ads.add_to(grpc_server)
+        port = grpc_server.add_insecure_port("127.0.0.1:0")
+        await grpc_server.start()
+
+        async def stop() -> None:
+            await grpc_server.stop(grace=None)
+
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
     yield Harness(cache, channel, ads)
     await channel.close()
-    await grpc_server.stop(grace=None)
+    await stop()
+    ads.close()
 
 
 async def handshake(client: AdsClient) -> dict[str, discovery_pb2.DiscoveryResponse]:
@@ -309,3 +321,14 @@ async def test_first_request_without_node_is_rejected(server) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as info:
         await call.read()
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+async def test_malformed_request_is_rejected(server) -> None:
+    server.cache.publish(compile_policy(policy("v1")))
+    call = server.channel.stream_stream(
+        "/envoy.service.discovery.v3.AggregatedDiscoveryService/DeltaAggregatedResources"
+    )(iter([b"\xff\xff\xff"]))
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await call.read()
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "DeltaDiscoveryRequest" in (info.value.details() or "")

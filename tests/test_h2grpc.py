@@ -6,6 +6,7 @@ under flow control, and concurrency on one connection."""
 from __future__ import annotations
 
 import asyncio
+import socket
 from collections.abc import AsyncIterator
 
 import grpc
@@ -52,10 +53,19 @@ async def chat(requests: AsyncIterator[bytes], send: Send) -> None:
         await send(body.upper())
 
 
+async def many(requests: AsyncIterator[bytes], send: Send) -> None:
+    async for body in requests:
+        for i in range(int(body)):
+            await send(b"%08d" % i + b"." * (1024 * 1024 - 8))
+        return
+
+
 SERVICES = [
     Service("test.Echo", {"Echo": UnaryMethod(echo), "Big": UnaryMethod(lambda n: b"x" * int(n))}),
     Service(
-        "test.Slow", {"Slow": UnaryMethod(slow), "Chat": StreamMethod(chat)}, ready=lambda: READY["value"]
+        "test.Slow",
+        {"Slow": UnaryMethod(slow), "Chat": StreamMethod(chat), "Many": StreamMethod(many)},
+        ready=lambda: READY["value"],
     ),
 ]
 
@@ -132,6 +142,46 @@ async def test_large_responses_and_many_concurrent_calls(channel: grpc.aio.Chann
 async def test_bidi_stream(channel: grpc.aio.Channel) -> None:
     call = channel.stream_stream("/test.Slow/Chat")(iter([b"a", b"b" * 200_000, b"c"]))
     assert [m async for m in call] == [b"A", b"B" * 200_000, b"C"]
+
+
+async def test_stream_of_small_messages_then_one_filling_the_window(channel: grpc.aio.Channel) -> None:
+    # The lean server credits a stream's window back in batches; a message that needs the whole
+    # window after many small ones must still get through (credit is released mid-message).
+    largest = 4 * 1024 * 1024 - 64
+    small = [b"ack %d" % i for i in range(300)]
+    call = channel.stream_stream("/test.Slow/Chat")(iter([*small, b"z" * largest, b"end"]))
+    got = await asyncio.wait_for(_collect(call), 20)
+    assert got[:300] == [m.upper() for m in small]
+    assert got[300] == b"Z" * largest and got[301] == b"END"
+
+
+async def test_stream_to_a_client_that_reads_late(channel: grpc.aio.Channel) -> None:
+    # 40 MiB of responses to a client that does not read for a while: the handler waits for the
+    # transport to drain between messages, and everything arrives, in order.
+    call = channel.stream_stream("/test.Slow/Many")(iter([b"40"]))
+    await asyncio.sleep(1.0)
+    got = await asyncio.wait_for(_collect(call), 30)
+    assert [m[:8] for m in got] == [b"%08d" % i for i in range(40)]
+    assert all(len(m) == 1024 * 1024 for m in got)
+
+
+async def test_lean_server_turns_on_tcp_keepalive() -> None:
+    # A client whose host vanishes without closing (an xDS stream, a registered endpoint) is
+    # noticed by the kernel's keepalive probes, as grpcio's server notices it by its pings.
+    running = await start_grpc_server(SERVICES, "127.0.0.1", 0)
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel:
+            assert await channel.unary_unary("/test.Echo/Echo")(b"k") == b"echo:k"
+            (connection,) = running.slots.live
+            sock = connection._transport.get_extra_info("socket")  # type: ignore[attr-defined]
+            assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == 1
+            assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE) == 30
+    finally:
+        await running.stop()
+
+
+async def _collect(call: AsyncIterator[bytes]) -> list[bytes]:
+    return [m async for m in call]
 
 
 async def test_health_reflects_readiness(

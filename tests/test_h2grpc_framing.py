@@ -40,6 +40,9 @@ class FakeTransport:
     def get_write_buffer_size(self) -> int:
         return 0
 
+    def get_extra_info(self, name: str, default: object = None) -> object:
+        return default  # no socket: nothing to set keepalive on
+
     def is_closing(self) -> bool:
         return self.closed
 

@@ -163,8 +163,8 @@ def test_team_cannot_define_gateways_or_plans_or_exceed_limits(tmp_path: Path) -
     found = errors(repo(tmp_path, payments=payments))
     assert found == [
         "teams/payments/policy.yaml:28: Route r2: team payments: more than 3 Routes (grant lacking: limits)",
-        "teams/payments/policy.yaml:34: Gateway own: kind: team payments: a team may define only AuthPolicy,"
-        " Consumer, RateLimitPolicy, Route, Service; Gateway is the platform's",
+        "teams/payments/policy.yaml:34: Gateway own: kind: team payments: a team may define only Api,"
+        " AuthPolicy, Consumer, RateLimitPolicy, Route, Service; Gateway is the platform's",
         "teams/payments/policy.yaml:40: Consumer c: plan: team payments: plan 'platinum' is not granted"
         " (grant lacking: plans)",
     ]

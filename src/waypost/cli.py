@@ -119,41 +119,13 @@ def _parser() -> argparse.ArgumentParser:
     grpc_bootstrap = commands.add_parser(
         "grpc-bootstrap", help="print the GRPC_XDS_BOOTSTRAP file of a proxyless gRPC client"
     )
-    grpc_bootstrap.add_argument("--node-id", required=True)
-    grpc_bootstrap.add_argument("--node-cluster", required=True)
-    grpc_bootstrap.add_argument("--xds", required=True, type=_host_port, metavar="HOST:PORT")
-    grpc_bootstrap.add_argument(
-        "--label", action="append", default=[], metavar="KEY=VALUE", help="node metadata label"
-    )
-    grpc_bootstrap.add_argument("--xds-tls-ca", metavar="PATH", help="CA file to verify waypost (TLS)")
-    grpc_bootstrap.add_argument("--xds-client-cert", metavar="PATH", help="client certificate (mTLS)")
-    grpc_bootstrap.add_argument("--xds-client-key", metavar="PATH", help="private key of --xds-client-cert")
-    grpc_bootstrap.add_argument(
-        "--register",
-        type=_registration,
-        metavar="SERVICE=IP:PORT",
-        help="be an endpoint of SERVICE at IP:PORT while connected (where its registration allows)",
-    )
+    _node_arguments(grpc_bootstrap, who="the gRPC client")
 
     bootstrap = commands.add_parser("bootstrap", help="print an Envoy bootstrap that connects to waypost")
-    bootstrap.add_argument("--node-id", required=True)
-    bootstrap.add_argument("--node-cluster", required=True)
-    bootstrap.add_argument("--xds", required=True, type=_host_port, metavar="HOST:PORT")
+    _node_arguments(bootstrap, who="Envoy")
     bootstrap.add_argument("--admin-port", type=int, default=9901)
     bootstrap.add_argument("--admin-address", default="127.0.0.1", help="Envoy admin listen address")
-    bootstrap.add_argument(
-        "--label", action="append", default=[], metavar="KEY=VALUE", help="node metadata label"
-    )
     bootstrap.add_argument("--delta", action="store_true", help="use incremental (delta) xDS")
-    bootstrap.add_argument(
-        "--xds-tls-ca",
-        metavar="PATH",
-        help="CA file (on the Envoy host) to verify waypost's xDS cert; enables TLS",
-    )
-    bootstrap.add_argument(
-        "--xds-client-cert", metavar="PATH", help="client certificate Envoy presents (mTLS)"
-    )
-    bootstrap.add_argument("--xds-client-key", metavar="PATH", help="private key of --xds-client-cert")
     bootstrap.add_argument(
         "--xds-sni", metavar="NAME", help="SNI and expected name of waypost's cert (default: the --xds host)"
     )
@@ -168,12 +140,6 @@ def _parser() -> argparse.ArgumentParser:
         type=_byte_size,
         metavar="SIZE",
         help="heap size (e.g. 2Gi, 512Mi) at which Envoy sheds load: 503s past 98%%, no keep-alive past 95%%",
-    )
-    bootstrap.add_argument(
-        "--register",
-        type=_registration,
-        metavar="SERVICE=IP:PORT",
-        help="be an endpoint of SERVICE at IP:PORT while connected (where its registration allows)",
     )
 
     serve = commands.add_parser("serve", help="serve policies to Envoy over ADS, reloading on change")
@@ -210,6 +176,13 @@ def _parser() -> argparse.ArgumentParser:
         metavar="INTERVAL",
         help="reload this long after the last change; files read from disk must stay unchanged "
         "this long to be applied (default 0.25s)",
+    )
+    serve.add_argument(
+        "--state-dir",
+        type=Path,
+        metavar="DIR",
+        help="keep each team's last good folders here, so a restart while a team's change is "
+        "refused still serves the team's last good version (default: in memory only)",
     )
 
     from waypost.gitdiff_help import DIFF_HELP
@@ -282,6 +255,29 @@ def _parser() -> argparse.ArgumentParser:
     add_serve_arguments(serve)
     add_portal_command(commands)
     return parser
+
+
+def _node_arguments(parser: argparse.ArgumentParser, *, who: str) -> None:
+    """The flags every bootstrap takes: the node's identity, the xDS address and its TLS."""
+    parser.add_argument("--node-id", required=True)
+    parser.add_argument("--node-cluster", required=True)
+    parser.add_argument("--xds", required=True, type=_host_port, metavar="HOST:PORT")
+    parser.add_argument(
+        "--label", action="append", default=[], metavar="KEY=VALUE", help="node metadata label"
+    )
+    parser.add_argument(
+        "--xds-tls-ca",
+        metavar="PATH",
+        help=f"CA file (on the host of {who}) to verify waypost's xDS cert; enables TLS",
+    )
+    parser.add_argument("--xds-client-cert", metavar="PATH", help=f"client certificate {who} presents (mTLS)")
+    parser.add_argument("--xds-client-key", metavar="PATH", help="private key of --xds-client-cert")
+    parser.add_argument(
+        "--register",
+        type=_registration,
+        metavar="SERVICE=IP:PORT",
+        help="be an endpoint of SERVICE at IP:PORT while connected (where its registration allows)",
+    )
 
 
 def _exposure_arguments(parser: argparse.ArgumentParser) -> None:
@@ -663,6 +659,7 @@ def _serve(args: argparse.Namespace) -> int:
         admin_host=args.admin_host,
         admin_auth=admin_auth,
         working_tree=args.working_tree,
+        state_dir=args.state_dir,
         allow_plaintext_secrets=args.allow_plaintext_secrets,
         policies=args.policies,
         host=args.host,

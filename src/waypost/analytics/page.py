@@ -3,7 +3,8 @@
 
 plotly.js comes from the installed ``plotly`` package (``/analytics/plotly.min.js``), never a
 CDN: admin networks are often air-gapped. The page polls ``/analytics.json`` with the chosen range
-and drill-down (gateway, api, route, consumer: clicking a bar or a row narrows to it), and
+and drill-down (gateway, api, route, consumer: clicking a bar or a row narrows to it), a team
+(the selector: only that team's routes), and
 ``/analytics/fleet.json`` when the server has a Prometheus. Untrusted text (consumer, route
 names) only ever goes into ``textContent`` or plotly's escaped labels.
 """
@@ -57,7 +58,8 @@ PAGE = r"""<!doctype html>
   <label>range <select id="range">
     <option>5m</option><option selected>15m</option><option>1h</option><option>6h</option>
     <option>24h</option><option>7d</option><option>30d</option></select></label>
-  <a href="/">fleet dashboard</a>
+  <label>team <select id="team"><option value="">all teams</option></select></label>
+  <a href="/" id="dashboard-link">fleet dashboard</a>
   <span class="updated" id="updated"></span>
 </header>
 <main>
@@ -95,13 +97,25 @@ for (const d of DIMS) if (params.has(d)) filters[d] = params.get(d);
 const rangeSel = document.getElementById("range");
 if (params.has("range")) rangeSel.value = params.get("range");
 rangeSel.onchange = () => { go(); };
+const teamSel = document.getElementById("team");
+let team = params.get("team") || "";
+teamSel.onchange = () => { team = teamSel.value; go(); };
+const query = () => new URLSearchParams({range: rangeSel.value, ...(team ? {team} : {}), ...filters});
+function teamOptions(teams) {
+  const have = [...teamSel.options].slice(1).map(o => o.value).join("\n");
+  if (have !== teams.join("\n")) {
+    teamSel.replaceChildren(teamSel.options[0]);
+    for (const t of teams) { const o = document.createElement("option"); o.value = t; o.textContent = t; teamSel.append(o); }
+  }
+  teamSel.value = team;
+  document.getElementById("dashboard-link").href = team ? "/?team=" + encodeURIComponent(team) : "/";
+}
 const label = (v) => v === "" ? "(none)" : v;
 const fmt = (n) => n == null ? "–" : (Math.abs(n) >= 1000 ? Math.round(n).toLocaleString("en") : (+n.toFixed(2)).toString());
 const ms = (n) => n == null ? "–" : fmt(n) + " ms";
 const pct = (n) => (100 * n).toFixed(2) + "%";
 function go() {
-  const q = new URLSearchParams({range: rangeSel.value, ...filters});
-  history.replaceState(null, "", "?" + q);
+  history.replaceState(null, "", "?" + query());
   load();
 }
 function drill(dim, value) { filters[dim] = value; go(); }
@@ -129,10 +143,11 @@ const layout = (extra) => Object.assign({margin:{l:48,r:12,t:8,b:36}, showlegend
 const config = {displayModeBar:false, responsive:true};
 async function load() {
   renderFilters();
-  const q = new URLSearchParams({range: rangeSel.value, ...filters});
-  const r = await fetch("/analytics.json?" + q);
+  const r = await fetch("/analytics.json?" + query());
   const data = await r.json();
-  if (!r.ok) { text("updated", data.error || "error"); return; }
+  if (!r.ok) { text("updated", data.error || "error"); document.body.dataset.error = data.error || "error"; return; }
+  teamOptions(data.teams || []);
+  document.body.dataset.loaded = "true";
   const t = data.totals;
   text("k-requests", fmt(t.requests)); text("k-errors", pct(t.error_rate));
   text("k-p50", ms(t.p50_ms)); text("k-p95", ms(t.p95_ms)); text("k-p99", ms(t.p99_ms));

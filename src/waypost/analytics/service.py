@@ -37,6 +37,7 @@ from waypost.analytics.routes import route_apis
 from waypost.analytics.store import Retention, Store, StoredRow
 from waypost.log import get_logger
 from waypost.policies.model import PolicySet
+from waypost.policies.teams import team_of_name, unknown_team
 
 __all__ = ["Analytics", "AnalyticsOptions", "Reply", "plotly_js"]
 
@@ -75,6 +76,8 @@ class Analytics:
         self._write_lock = asyncio.Lock()
         self._last_prune = 0.0
         self._streaming: list[str] = []
+        self._teams: list[str] = []
+        """The Teams of the applied policy: what ``team=`` may name."""
 
     # --- lifecycle ------------------------------------------------------------------------------
 
@@ -108,12 +111,12 @@ class Analytics:
     # A policy applier (waypost.server.runtime.PolicyApplier): the route -> Api map of a version.
     name = "analytics"
 
-    async def prepare(self, policy: PolicySet) -> tuple[dict[str, str], list[str]]:
+    async def prepare(self, policy: PolicySet) -> tuple[dict[str, str], list[str], list[str]]:
         streaming = sorted(name for name, gw in policy.gateways.items() if gw.analytics.enabled)
-        return route_apis(policy), streaming
+        return route_apis(policy), streaming, sorted(policy.teams)
 
-    def commit(self, prepared: tuple[dict[str, str], list[str]]) -> None:
-        self.aggregator.api_of, self._streaming = prepared
+    def commit(self, prepared: tuple[dict[str, str], list[str], list[str]]) -> None:
+        self.aggregator.api_of, self._streaming, self._teams = prepared
 
     def status(self) -> dict[str, Any]:
         """For /status: where the collector listens, what it holds, which Gateways stream to it."""
@@ -168,11 +171,23 @@ class Analytics:
             span = parse_range(params.get("range", "15m"))
         except ValueError as exc:
             return (400, {"error": str(exc)})
-        unknown = sorted(set(params) - {"range", *DIMENSIONS})
+        unknown = sorted(set(params) - {"range", "team", *DIMENSIONS})
         if unknown:
-            return (400, {"error": f"unknown parameter(s) {unknown}; use range, {', '.join(DIMENSIONS)}"})
-        filters = {k: params[k] for k in DIMENSIONS if k in params}
+            return (
+                400,
+                {"error": f"unknown parameter(s) {unknown}; use range, team, {', '.join(DIMENSIONS)}"},
+            )
+        problem = self._team_problem(params)
+        if problem is not None:
+            return (400, {"error": problem})
+        filters = {k: params[k] for k in ("team", *DIMENSIONS) if k in params}
         return (200, await self.figures(span, filters))
+
+    def _team_problem(self, params: Mapping[str, str]) -> str | None:
+        # A row's team is the prefix of its route's name (``<team>~<route>``, what Envoy logs):
+        # fixed when the row is written, so history stays attributed across reloads. Only the
+        # current policy's Teams may be named: a typo is a 400, not an empty page.
+        return unknown_team(params["team"], self._teams) if "team" in params else None
 
     async def figures(self, span: int, filters: Mapping[str, str]) -> dict[str, Any]:
         assert self.store is not None
@@ -185,6 +200,7 @@ class Analytics:
         )
         result["anomalies"] = [a.as_dict() for a in self.detector.active()]
         result["fleet"] = self.options.prometheus_url is not None
+        result["teams"] = self._teams
         return result
 
     async def live_response(self, params: Mapping[str, str]) -> Reply:
@@ -193,15 +209,26 @@ class Analytics:
             seconds = max(1, min(int(params.get("seconds", "10")), _LIVE_SECONDS))
         except ValueError:
             return (400, {"error": "seconds: a whole number"})
+        problem = self._team_problem(params)
+        if problem is not None:
+            return (400, {"error": problem})
+        team = params.get("team")
         now = int(time.time())
         rows = [
             StoredRow(SECOND, s, key, cell)
             for s, cells in self._live.items()
             if s >= now - seconds
             for key, cell in cells.items()
+            if team is None or team_of_name(key.route) == team
         ]
+        filters = {"team": team} if team is not None else {}
         result = figures(
-            rows, start=now - seconds, end=now, resolution=SECOND, filters={}, plans=self.aggregator.plans
+            rows,
+            start=now - seconds,
+            end=now,
+            resolution=SECOND,
+            filters=filters,
+            plans=self.aggregator.plans,
         )
         result["anomalies"] = [a.as_dict() for a in self.detector.active()]
         result["entries"] = self.aggregator.entries

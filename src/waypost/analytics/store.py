@@ -26,6 +26,7 @@ from typing import Any, Concatenate, ParamSpec, TypeVar
 from waypost.analytics.aggregate import DAY, HOUR, MINUTE, SECOND, Row
 from waypost.analytics.cells import Cell, Key
 from waypost.analytics.sketch import decode
+from waypost.policies.teams import SEPARATOR
 
 __all__ = ["FILE_NAME", "Retention", "Store", "StoredRow"]
 
@@ -155,10 +156,15 @@ class Store:
         self, resolution: int, start: int, end: int, where: dict[str, str] | None = None
     ) -> list[StoredRow]:
         """Rows of one resolution with ``start <= row.start <= end``, optionally filtered by
-        dimension (gateway, api, route, consumer, status) equal to a value."""
+        dimension (gateway, api, route, consumer, status) equal to a value, or by ``team``: the
+        rows of the team's routes (named ``<team>~<route>``; see :func:`team_of_name`)."""
         clauses = ["resolution = ?", "start >= ?", "start <= ?"]
         params: list[object] = [resolution, start, end]
         for name, value in sorted((where or {}).items()):
+            if name == "team":  # a prefix compared exactly: LIKE would read '_' in a name as a wildcard
+                clauses.append("substr(route, 1, ?) = ?")
+                params += [len(value) + 1, value + SEPARATOR]
+                continue
             if name not in Key._fields:
                 raise ValueError(f"no dimension {name!r}")
             clauses.append(f"{name} = ?")

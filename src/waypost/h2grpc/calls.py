@@ -58,6 +58,7 @@ class Stream:
         "send_window",
         "task",
         "trailer",
+        "uncredited",
     )
 
     def __init__(self, conn: H2Connection, stream_id: int, method: UnaryMethod | StreamMethod | None) -> None:
@@ -66,6 +67,7 @@ class Stream:
         self.method = method
         self.body = bytearray()
         self.held = 0  # request bytes buffered, not yet credited back to the client
+        self.uncredited = 0  # bytes of taken messages not yet credited back (batched)
         self.recv_window = conn.stream_window
         self.send_window = conn.peer_initial_window
         self.remote_closed = False
@@ -113,7 +115,9 @@ class Stream:
                 self.held -= 5 + length
                 self.conn.credit_stream(self, 5 + length)
                 continue
-            return
+            break
+        if body and self.uncredited and not self.done:
+            self.conn.release_stream_credit(self)  # the sender may be blocked mid-message
 
     def end_of_request(self) -> None:
         self.remote_closed = True
@@ -169,9 +173,17 @@ class Stream:
         """Streaming: one response message; returns once the windows let it all out."""
         if self.done:
             raise GrpcError(Status.CANCELLED, "call ended")
-        self._start_response()
+        await self.conn.writable()
+        if self.done:
+            raise GrpcError(Status.CANCELLED, "call ended")
+        head = b""
+        if not self.headers_sent:  # written with the first message: one write, not two
+            self.headers_sent = True
+            head = f.frame(f.HEADERS, f.END_HEADERS, self.id, f.RESPONSE_HEADERS)
         self.outbound += b"\x00" + _LENGTH.pack(len(message)) + message
-        self._queue_out()
+        if self not in self.conn.blocked:
+            self.conn.blocked.append(self)
+        self.flush(head, soon=True)
         while self.outbound and not self.done:
             self.drained = asyncio.get_running_loop().create_future()
             await self.drained
@@ -210,16 +222,23 @@ class Stream:
             self.conn.blocked.append(self)
         self.flush()
 
-    def flush(self) -> None:
+    def flush(self, head: bytes = b"", *, soon: bool = False) -> None:
+        """Write what the windows allow of the queued response (after ``head``), in one write;
+        ``soon``: at the loop's next turn (:meth:`H2Connection.write_soon`)."""
         conn, out = self.conn, self.outbound
+        chunks = [head]
         while out:
             size = min(len(out), conn.send_window, self.send_window, conn.peer_max_frame)
             if size <= 0:
-                return
-            conn.write(f.frame(f.DATA, 0, self.id, bytes(out[:size])))
+                break
+            chunks.append(f.frame(f.DATA, 0, self.id, bytes(out[:size])))
             del out[:size]
             conn.send_window -= size
             self.send_window -= size
+        if len(chunks) > 1 or head:
+            (conn.write_soon if soon else conn.write)(b"".join(chunks))
+        if out:
+            return
         if self in conn.blocked:
             conn.blocked.remove(self)
         if self.trailer is not None:

@@ -20,6 +20,7 @@ does not read leaves queued by the write backlog and pending-control caps.
 from __future__ import annotations
 
 import asyncio
+import socket
 import struct
 import time
 from collections.abc import Mapping
@@ -67,6 +68,8 @@ class H2Connection(asyncio.Protocol):
         self.stream_window = min(limits.max_message + 5, _MAX_WINDOW)  # ours, per stream
         self.blocked: list[Stream] = []  # streams with response bytes waiting for window
         self._paused = False
+        self._soon: list[bytes] | None = None  # streamed responses waiting for the loop's next turn
+        self._resumed: asyncio.Future[None] | None = None
         self._paused_bytes = 0
         self._paused_control = 0
         self._batch: list[bytes] | None = None  # writes held until data_received returns
@@ -80,6 +83,7 @@ class H2Connection(asyncio.Protocol):
             self._transport = None
             return
         self._transport.set_write_buffer_limits(high=256 * 1024)
+        _keepalive(self._transport.get_extra_info("socket"))
         limits = self.limits
         ours = (
             (0x3, limits.max_concurrent_streams),
@@ -101,6 +105,8 @@ class H2Connection(asyncio.Protocol):
                 stream.task.cancel()
         self.streams.clear()
         self.blocked.clear()
+        self._soon = None
+        self._wake_writers()
 
     def pause_writing(self) -> None:
         self._paused = True
@@ -109,6 +115,21 @@ class H2Connection(asyncio.Protocol):
         self._paused = False
         self._paused_bytes = self._paused_control = 0
         self._credit(0)
+        self._wake_writers()
+
+    async def writable(self) -> None:
+        """Return once the transport takes writes again (at once unless paused): a streaming
+        handler waits here between messages, so a client that reads slowly holds one message in
+        the server's buffers, not every message the handler has."""
+        if self._paused and self._transport is not None:
+            if self._resumed is None:
+                self._resumed = asyncio.get_running_loop().create_future()
+            await asyncio.shield(self._resumed)
+
+    def _wake_writers(self) -> None:
+        resumed, self._resumed = self._resumed, None
+        if resumed is not None and not resumed.done():
+            resumed.set_result(None)
 
     def data_received(self, data: bytes) -> None:
         self._batch = []
@@ -335,7 +356,29 @@ class H2Connection(asyncio.Protocol):
             stream.end_of_request()
 
     # ---- output
+    def write_soon(self, data: bytes) -> None:
+        """Write ``data`` at the event loop's next turn, with whatever else is written by then: a
+        streaming handler answering several requests in one step (an xDS client's first four
+        requests, two types changed at once) makes one system call, not one per message."""
+        if self._transport is None:
+            return
+        if self._soon is None:
+            self._soon = [data]
+            asyncio.get_running_loop().call_soon(self._write_soon)
+        else:
+            self._soon.append(data)
+
+    def _write_soon(self) -> None:
+        soon, self._soon = self._soon, None
+        if soon:
+            self._write(b"".join(soon))
+
     def write(self, data: bytes) -> None:
+        if self._soon is not None:
+            self._write_soon()  # what was written before goes first
+        self._write(data)
+
+    def _write(self, data: bytes) -> None:
         transport = self._transport
         if transport is None:
             return
@@ -388,7 +431,17 @@ class H2Connection(asyncio.Protocol):
         self._unacked = 0
 
     def credit_stream(self, stream: Stream, size: int) -> None:
+        """``size`` bytes of ``stream``'s complete messages were taken. The stream's window is
+        credited back in batches (a quarter window), not per message: a long-lived stream of small
+        messages (xDS ACKs) would otherwise cost a WINDOW_UPDATE each. A message partly received
+        gets every pending credit at once (:meth:`Stream._extract`): its sender may be waiting."""
         self.consume(size)
+        stream.uncredited += size
+        if stream.uncredited >= self.stream_window // 4:
+            self.release_stream_credit(stream)
+
+    def release_stream_credit(self, stream: Stream) -> None:
+        size, stream.uncredited = stream.uncredited, 0
         if not stream.remote_closed and size:
             stream.recv_window += size
             self.write(f.frame(f.WINDOW_UPDATE, 0, stream.id, _U32.pack(size)))
@@ -411,9 +464,23 @@ class H2Connection(asyncio.Protocol):
             return
         if code != f.ErrorCode.NO_ERROR:
             log.warning("HTTP/2 connection error", code=code, reason=message)
+        self._write_soon()
         self._flush_batch()  # what was answered before the error still goes out, in order
+        if self._transport is None:
+            return  # dropped just now: its backlog was over the limit
         transport.write(f.goaway(self._last_stream, code, message.encode()))
         transport.close()
         if abort:
             asyncio.get_running_loop().call_later(1.0, transport.abort)
         self.connection_lost(None)
+
+
+def _keepalive(sock: socket.socket | None) -> None:
+    """TCP keepalive: a client whose host vanished without closing (an xDS stream held for days,
+    a registered endpoint) is noticed in about a minute, as grpcio's server pings would."""
+    if sock is None or sock.family not in (socket.AF_INET, socket.AF_INET6):
+        return
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    for option, value in (("TCP_KEEPIDLE", 30), ("TCP_KEEPINTVL", 10), ("TCP_KEEPCNT", 3)):
+        if hasattr(socket, option):  # Linux names; other systems keep their defaults
+            sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, option), value)

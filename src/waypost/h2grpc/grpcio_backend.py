@@ -19,7 +19,7 @@ from waypost.h2grpc.server import with_health_and_reflection
 from waypost.log import get_logger
 from waypost.peers import PeerFilter
 
-__all__ = ["GrpcioServer", "add_to_grpcio", "start_grpcio_server"]
+__all__ = ["GrpcioServer", "add_to_grpcio", "grpc_status", "start_grpcio_server"]
 
 log = get_logger("waypost.h2grpc")
 
@@ -31,7 +31,7 @@ _OPTIONS = [
 ]
 
 
-def _status(error: GrpcError) -> grpc.StatusCode:
+def grpc_status(error: GrpcError) -> grpc.StatusCode:
     return next(code for code in grpc.StatusCode if code.value[0] == error.status)
 
 
@@ -41,7 +41,7 @@ def _unary(method: UnaryMethod) -> grpc.RpcMethodHandler:
             answer = method.handler(body)
             return answer if isinstance(answer, bytes) else await answer
         except GrpcError as error:
-            await context.abort(_status(error), error.message)
+            await context.abort(grpc_status(error), error.message)
             raise  # unreachable: abort raises
         except Exception:
             log.exception("gRPC handler failed")
@@ -59,7 +59,7 @@ def _stream(method: StreamMethod) -> grpc.RpcMethodHandler:
         try:
             await method.handler(requests, send)
         except GrpcError as error:
-            await context.abort(_status(error), error.message)
+            await context.abort(grpc_status(error), error.message)
         except Exception:
             log.exception("gRPC handler failed")
             await context.abort(grpc.StatusCode.INTERNAL, "internal error")

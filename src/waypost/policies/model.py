@@ -36,6 +36,7 @@ from waypost.policies.types import (
     Port,
     RateUnit,
     RequestHeaderName,
+    ScopedName,
 )
 
 __all__ = [
@@ -774,7 +775,11 @@ class Subscription(Spec):
     """Access to one Route, or to every route of one Api (exactly one of ``route``, ``api``)."""
 
     route: Name | None = None
-    api: Name | None = Field(default=None, description="An Api: covers every route it lists.")
+    api: ScopedName | None = Field(
+        default=None,
+        description="An Api: covers every route it lists (a Team's Api: `<team>~<name>`, or its own"
+        " team's by name).",
+    )
     plan: StrictStr | None = Field(
         default=None,
         description="With `api`: one of the Api's plans; on its routes it replaces the Consumer's plan.",
@@ -877,8 +882,9 @@ class Team(Document):
 
     Documents under ``folders`` belong to the team: their names are scoped to it, they may refer
     only to the team's own documents and to platform documents marked ``shared: true``, and they
-    must stay inside these grants. Teams define Services, Routes, AuthPolicies, Consumers and
-    RateLimitPolicies; Gateways stay the platform's.
+    must stay inside these grants. Teams define Services, Routes, AuthPolicies, Consumers,
+    RateLimitPolicies and Apis (over their own Routes, in the portal's catalog); Gateways stay the
+    platform's.
     """
 
     kind: Literal["Team"] = "Team"

@@ -17,10 +17,11 @@ import functools
 import ipaddress
 from collections.abc import Sequence
 
-from waypost.policies.model import HostGrant, RouteMatch, Team
+from waypost.policies.model import Api, AuthPolicy, Document, HostGrant, Route, RouteMatch, Service, Team
 from waypost.policies.types import HOSTNAME_RE
 
 __all__ = [
+    "file_paths",
     "grants_overlap",
     "host_covers",
     "hosts_overlap",
@@ -131,3 +132,23 @@ def _network(grant: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network | None
 
 def grants_on(team: Team, gateway: str) -> Sequence[HostGrant]:
     return tuple(host for grant in team.gateways if grant.gateway == gateway for host in grant.hosts)
+
+
+def file_paths(document: Document) -> list[tuple[tuple[str | int, ...], str]]:
+    """(field location, path) of every file a document names: a team's must be in its folders."""
+    found: list[tuple[tuple[str | int, ...], str]] = []
+    if isinstance(document, Service) and document.tls is not None:
+        found += [
+            (("tls", f), v) for f in ("ca", "cert", "key") if (v := getattr(document.tls, f)) is not None
+        ]
+    elif isinstance(document, Route) and document.grpc_json is not None:
+        found.append((("grpc_json", "descriptor"), document.grpc_json.descriptor))
+    elif isinstance(document, AuthPolicy):
+        found += [
+            (("identity", i, "jwt", "jwks"), s.jwt.jwks)
+            for i, s in enumerate(document.identity)
+            if s.jwt is not None and "://" not in s.jwt.jwks
+        ]
+    elif isinstance(document, Api) and document.openapi is not None:
+        found.append((("openapi",), document.openapi))
+    return found

@@ -3,7 +3,8 @@
 :func:`scope_teams` runs in the loader between reading documents and the cross-document checks of
 :mod:`waypost.policies.validate`. For every document under a Team's folder it
 
-- checks the kind is one a team may write (Service, Route, AuthPolicy, Consumer, RateLimitPolicy),
+- checks the kind is one a team may write (Service, Route, AuthPolicy, Consumer, RateLimitPolicy,
+  Api),
 - renames it ``<team>~<name>`` (:func:`scoped`), so ``payments/orders`` and ``search/orders``
   coexist; ``~`` cannot appear in a policy name, and waypost's generated Envoy names use ``/``
   (``<gateway>/otel``), so a scoped name collides with neither,
@@ -11,7 +12,7 @@
   ``shared: true``; anything else is an error naming the team and the grant it lacks,
 - and checks it against the team's grants (:mod:`waypost.policies.team_grants`): the Gateways,
   hosts and path prefixes of its Routes, the upstream addresses of its Services, the plans of its
-  Consumers and RateLimitPolicies, its size limits, and the files it names.
+  Consumers, RateLimitPolicies and Apis, its size limits, and the files it names.
 
 A repository without Team documents is returned untouched. Pure: no I/O.
 """
@@ -19,15 +20,13 @@ A repository without Team documents is returned untouched. Pure: no I/O.
 from __future__ import annotations
 
 import posixpath
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Final
 
-from pydantic import BaseModel
-
 from waypost.policies.diagnostics import Diagnostic
 from waypost.policies.model import (
-    AuthPolicy,
+    Api,
     Consumer,
     Document,
     RateLimitPolicy,
@@ -36,6 +35,7 @@ from waypost.policies.model import (
     Team,
 )
 from waypost.policies.team_grants import (
+    file_paths,
     grants_on,
     grants_overlap,
     host_covers,
@@ -55,12 +55,13 @@ __all__ = [
     "scoped",
     "team_folders",
     "team_of_name",
+    "unknown_team",
 ]
 
 SEPARATOR: Final = "~"
 """Between a team and a name: ``payments~orders``. API: it is in Envoy cluster and route names."""
 
-TEAM_KINDS: Final = frozenset({"Service", "Route", "AuthPolicy", "Consumer", "RateLimitPolicy"})
+TEAM_KINDS: Final = frozenset({"Service", "Route", "AuthPolicy", "Consumer", "RateLimitPolicy", "Api"})
 OWN_OR_SHARED: Final = "a team may refer only to its own documents and shared ones"
 
 
@@ -72,6 +73,17 @@ def team_of_name(name: str) -> str | None:
     """The team of a (possibly scoped) name, None for a platform name."""
     team, separator, _ = name.partition(SEPARATOR)
     return team if separator else None
+
+
+def unknown_team(team: str, teams: Iterable[str]) -> str | None:
+    """The 4xx message of a view asked for a ``team`` that is not one of ``teams``, or None.
+
+    Views filtered by team say so rather than answer an empty list: a typo must not read as
+    "this team has no traffic"."""
+    known = sorted(teams)
+    if team in known:
+        return None
+    return f"unknown team {team!r}; teams: {', '.join(known) or '(none: the policy has no Team documents)'}"
 
 
 def normal_folder(folder: str) -> str | None:
@@ -264,12 +276,17 @@ def _scope_entry(scope: _Scope, entry: Entry, team: str, counts: dict[tuple[str,
         _check_service(scope, entry, team, document)
     elif isinstance(document, Consumer):
         update.update(_scope_consumer(scope, entry, team, document))
-    elif isinstance(document, RateLimitPolicy):
+    elif isinstance(document, RateLimitPolicy | Api):
         for plan in document.plans:
             if plan not in grants.plans:
                 scope.error(
                     entry, ("plans", plan), f"plan '{plan}' is not granted (grant lacking: plans)", team
                 )
+        if isinstance(document, Api):  # a team's product covers only the team's own Routes
+            routes = (
+                scope.resolve(entry, team, ("routes", i), r, "Route") for i, r in enumerate(document.routes)
+            )
+            update["routes"] = tuple(routes)
     _check_files(scope, entry, team, document)
     return replace(entry, name=name, document=document.model_copy(update=update))
 
@@ -357,35 +374,23 @@ def _scope_consumer(scope: _Scope, entry: Entry, team: str, consumer: Consumer) 
         if subscription.plan is not None and subscription.plan not in grants.plans:
             message = f"plan '{subscription.plan}' is not granted (grant lacking: plans)"
             scope.error(entry, ("subscriptions", i, "plan"), message, team)
-        if subscription.route is None:  # an Api's: the platform's, by its own name
+        if subscription.api is not None:  # the team's own Api by name, else the platform's
+            api = subscription.api
+            if ("Api", scoped(team, api)) in scope.defined:
+                subscription = subscription.model_copy(update={"api": scoped(team, api)})
+            elif team_of_name(api) not in (None, team):
+                loc = ("subscriptions", i, "api")
+                scope.error(entry, loc, f"'{api}' is an Api of another team: {OWN_OR_SHARED}", team)
             subscriptions.append(subscription)
             continue
-        loc = ("subscriptions", i, "route")
-        route = scope.resolve(entry, team, loc, subscription.route, "Route")
+        route = scope.resolve(entry, team, ("subscriptions", i, "route"), subscription.route or "", "Route")
         subscriptions.append(subscription.model_copy(update={"route": route}))
     return {"subscriptions": tuple(subscriptions)}
 
 
-def _file_paths(document: BaseModel) -> list[tuple[Loc, str]]:
-    found: list[tuple[Loc, str]] = []
-    if isinstance(document, Service) and document.tls is not None:
-        found += [
-            (("tls", f), v) for f in ("ca", "cert", "key") if (v := getattr(document.tls, f)) is not None
-        ]
-    elif isinstance(document, Route) and document.grpc_json is not None:
-        found.append((("grpc_json", "descriptor"), document.grpc_json.descriptor))
-    elif isinstance(document, AuthPolicy):
-        found += [
-            (("identity", i, "jwt", "jwks"), s.jwt.jwks)
-            for i, s in enumerate(document.identity)
-            if s.jwt is not None and "://" not in s.jwt.jwks
-        ]
-    return found
-
-
 def _check_files(scope: _Scope, entry: Entry, team: str, document: Document) -> None:
     # A team's documents read only the team's files: never the platform's private keys.
-    for loc, path in _file_paths(document):
+    for loc, path in file_paths(document):
         normal = normal_folder(path)
         if normal is None or not any(in_folder(normal, folder) for folder in scope.folders[team]):
             scope.error(entry, loc, f"'{path}' is outside the team's folders", team)

@@ -24,6 +24,7 @@ from pydantic import (
 __all__ = [
     "HOSTNAME_RE",
     "RATE_UNIT_SECONDS",
+    "SCOPED_NAME_PATTERN",
     "Duration",
     "Endpoint",
     "EndpointField",
@@ -34,6 +35,7 @@ __all__ = [
     "PrivateBytes",
     "RateUnit",
     "RequestHeaderName",
+    "ScopedName",
     "format_duration",
     "parse_duration",
     "parse_endpoint",
@@ -43,6 +45,16 @@ NAME_PATTERN = r"^[A-Za-z0-9]([A-Za-z0-9_.-]{0,61}[A-Za-z0-9])?$"
 Name = Annotated[
     StrictStr,
     Field(pattern=NAME_PATTERN, description="Letters, digits, '-', '_', '.'; at most 63 characters."),
+]
+
+_NAME_BODY = r"[A-Za-z0-9]([A-Za-z0-9_.-]{0,61}[A-Za-z0-9])?"
+SCOPED_NAME_PATTERN = rf"^({_NAME_BODY}~)?{_NAME_BODY}$"
+ScopedName = Annotated[
+    StrictStr,
+    Field(
+        pattern=SCOPED_NAME_PATTERN,
+        description="A name, or `<team>~<name>` for a document of a Team (see Team).",
+    ),
 ]
 
 Port = Annotated[StrictInt, Field(ge=1, le=65535)]

@@ -13,7 +13,8 @@ from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel, ConfigDict, Field
 
 from waypost.policies.model import Api, Consumer, PolicySet
-from waypost.policies.types import NAME_PATTERN
+from waypost.policies.teams import team_of_name, unknown_team
+from waypost.policies.types import NAME_PATTERN, SCOPED_NAME_PATTERN
 from waypost.portal.auth import Auth
 from waypost.portal.service import PortalError, PortalService, User
 
@@ -21,6 +22,8 @@ __all__ = ["build_api"]
 
 HashHex = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
 ApiName = Annotated[str, Field(pattern=NAME_PATTERN, max_length=63)]
+ScopedApiName = Annotated[str, Field(pattern=SCOPED_NAME_PATTERN, max_length=127)]
+"""An Api's name: a Team's Api is ``<team>~<name>``."""
 
 
 class _Body(BaseModel):
@@ -37,12 +40,12 @@ class SignUp(_Body):
 
 
 class SubscriptionRequest(_Body):
-    api: str = Field(pattern=NAME_PATTERN, max_length=63)
+    api: str = Field(pattern=SCOPED_NAME_PATTERN, max_length=127)
     plan: str | None = Field(default=None, min_length=1, max_length=63)
 
 
 class ConsoleRequest(_Body):
-    api: str = Field(pattern=NAME_PATTERN, max_length=63)
+    api: str = Field(pattern=SCOPED_NAME_PATTERN, max_length=127)
     method: Literal["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"] = "GET"
     path: str = Field(pattern=r"^/[^\s]*$", max_length=2000)
     key: str | None = Field(default=None, max_length=200, description="Sent as the Api's key header.")
@@ -69,6 +72,7 @@ def api_summary(api: Api, policy: PolicySet) -> dict[str, Any]:
         )
     return {
         "name": api.name,
+        "team": team_of_name(api.name),
         "title": api.title,
         "version": api.version,
         "summary": api.summary,
@@ -80,6 +84,18 @@ def api_summary(api: Api, policy: PolicySet) -> dict[str, Any]:
         "approval": api.approval,
         "has_openapi": api.openapi is not None,
     }
+
+
+def catalog(policy: PolicySet, team: str | None) -> list[dict[str, Any]]:
+    """The catalog, or one team's part of it (its Apis, named ``<team>~<name>``); an unknown team
+    is a 400, not an empty catalog."""
+    if team is not None and (problem := unknown_team(team, policy.teams)) is not None:
+        raise PortalError(400, problem)
+    return [
+        api_summary(api, policy)
+        for api in policy.apis.values()
+        if team is None or team_of_name(api.name) == team
+    ]
 
 
 def _policies_of(api: Api, policy: PolicySet) -> list[Any]:
@@ -117,17 +133,16 @@ def build_api(service: PortalService, auth: Auth) -> APIRouter:
     SignedIn = Annotated[User, Depends(user)]
     Admin = Annotated[User, Depends(admin)]
 
-    @router.get("/apis", tags=["catalog"], summary="The published APIs")
-    async def list_apis() -> list[dict[str, Any]]:
-        policy = await service.policy()
-        return [api_summary(api, policy) for api in policy.apis.values()]
+    @router.get("/apis", tags=["catalog"], summary="The published APIs (or one team's: ?team=)")
+    async def list_apis(team: ApiName | None = None) -> list[dict[str, Any]]:
+        return catalog(await service.policy(), team)
 
     @router.get("/apis/{name}", tags=["catalog"], summary="One API, with its plans and limits")
-    async def get_api(name: ApiName) -> dict[str, Any]:
+    async def get_api(name: ScopedApiName) -> dict[str, Any]:
         return api_summary(await service.api(name), await service.policy())
 
     @router.get("/apis/{name}/openapi", tags=["catalog"], summary="The API's OpenAPI document")
-    async def get_openapi(name: ApiName) -> Any:
+    async def get_openapi(name: ScopedApiName) -> Any:
         import yaml
 
         api = await service.api(name)
@@ -281,7 +296,9 @@ def build_api(service: PortalService, auth: Auth) -> APIRouter:
         dependencies=[Csrf],
         summary="Revoke a Consumer's subscription",
     )
-    async def admin_revoke_subscription(consumer: ApiName, api: ApiName, signed: Admin) -> dict[str, Any]:
+    async def admin_revoke_subscription(
+        consumer: ApiName, api: ScopedApiName, signed: Admin
+    ) -> dict[str, Any]:
         await service.revoke_subscription(signed, consumer, api)
         return {"ok": True}
 

@@ -15,7 +15,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 from markdown_it import MarkdownIt
 
-from waypost.portal.api import api_summary
+from waypost.portal.api import api_summary, catalog
 from waypost.portal.auth import Auth
 from waypost.portal.service import PortalService
 
@@ -45,11 +45,10 @@ def build_pages(service: PortalService, auth: Auth) -> APIRouter:
         )
 
     @router.get("/", response_class=HTMLResponse)
-    async def catalog(request: Request) -> HTMLResponse:
+    async def catalog_page(request: Request, team: str | None = None) -> HTMLResponse:
         policy = await service.policy()
-        return await render(
-            request, "catalog.html", apis=[api_summary(a, policy) for a in policy.apis.values()]
-        )
+        apis = catalog(policy, team or None)
+        return await render(request, "catalog.html", apis=apis, teams=sorted(policy.teams), team=team or "")
 
     @router.get("/apis/{name}", response_class=HTMLResponse)
     async def api_page(request: Request, name: str) -> HTMLResponse:

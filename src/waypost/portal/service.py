@@ -295,7 +295,9 @@ class PortalService:
         request: Request = {"action": "subscribe", "consumer": consumer, "api": api_name, "plan": plan}
         message = f"Subscribe {consumer} to {api_name}" + (f" on plan {plan}" if plan else "")
         if api.needs_approval(plan):
-            review = f"{REVIEW_PREFIX}sub-{consumer}-{api_name}-{secrets.token_hex(3)}"
+            # A Team's Api is `<team>~<name>`; `~` may not appear in a git branch name.
+            branch_api = api_name.replace("~", ".")
+            review = f"{REVIEW_PREFIX}sub-{consumer}-{branch_api}-{secrets.token_hex(3)}"
             await self._commit(user, _edit_for(request), message, request, review=review)
             return "pending"
         await self._commit(user, _edit_for(request), message, request)

@@ -1,5 +1,5 @@
 """Mounts call analytics on the admin port: ``/analytics`` (the page), ``/analytics.json``
-(``?range=15m&gateway=&api=&route=&consumer=``), ``/analytics/live.json`` (the last seconds, for
+(``?range=15m&team=&gateway=&api=&route=&consumer=``), ``/analytics/live.json`` (the last seconds, for
 ``waypost top``), ``/analytics/fleet.json`` (from Prometheus, with ``--prometheus-url``) and
 ``/analytics/plotly.min.js`` (the charting library, from the installed plotly package)."""
 

@@ -8,6 +8,7 @@ import contextlib
 import functools
 import signal
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -15,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 import grpc
 
 from waypost.analytics import Analytics, AnalyticsOptions
-from waypost.h2grpc import Service, add_to_grpcio
+from waypost.h2grpc import GrpcioServer, GrpcServer, Service, add_to_grpcio, start_grpc_server
 from waypost.log import get_logger
 from waypost.policies.model import PolicySet
 from waypost.policies.types import Endpoint
@@ -27,12 +28,12 @@ from waypost.server.exposure import AdminAuth
 from waypost.server.gitpull import GitPuller
 from waypost.server.runtime import PolicyRuntime
 from waypost.server.watch import PolicyWatcher, reload_on_sighup
-from waypost.xds.ads import ADS_SERVICE, PER_TYPE_SERVICES, AdsServer
+from waypost.xds.ads import ADS_SERVICE, PER_TYPE_SERVICES, XDS_LIMITS, AdsServer
 from waypost.xds.cache import PreparedVersion, SnapshotCache
 from waypost.xds.compiler import CompileMemo, compile_policy
 from waypost.xds.compiler.decisions import decision_needs, needed_clusters
 from waypost.xds.compiler.registered import allowed
-from waypost.xds.registry import RedisRegistrySync
+from waypost.xds.registry_redis import RedisRegistrySync
 from waypost.xds.security import XdsTls, authorize_node
 
 if TYPE_CHECKING:
@@ -62,6 +63,8 @@ class ServeOptions:
     """Where the decision services are: run here when needed (default) or named elsewhere."""
     working_tree: bool = False
     """In a git checkout, serve the working files instead of the commit HEAD names."""
+    state_dir: Path | None = None
+    """Where each team's last good folders are kept across restarts (None: in memory only)."""
     admin_auth: AdminAuth | None = None
     """Token and/or TLS for the admin port (required off loopback)."""
     allow_plaintext_secrets: bool = False
@@ -116,6 +119,7 @@ def build_status(
             "applied_at": runtime.applied_at,
             "git": runtime.git_status(),
             "teams": runtime.lanes.status(runtime.current.teams if runtime.current is not None else {}),
+            "teams_last_good": runtime.lanes.persistence(),
             "last_error": None
             if failure is None
             else {
@@ -171,6 +175,31 @@ def registered_status(runtime: PolicyRuntime, cache: SnapshotCache) -> list[dict
     ]
 
 
+async def _start_xds(
+    ads: AdsServer, options: ServeOptions, ready: Callable[[], bool]
+) -> GrpcServer | GrpcioServer:
+    """The xDS port. Plaintext: waypost's lean HTTP/2 server, whose per-message cost keeps a
+    fleet of thousands of streams in sync (bench/README.md, xDS fan-out). TLS and mTLS: grpcio's
+    server, whose TLS stack the node authorizer reads client certificates from."""
+    if options.xds_tls is None:
+        return await start_grpc_server(ads.services(ready), options.host, options.xds_port, limits=XDS_LIMITS)
+    server = grpc.aio.server(
+        options=[
+            ("grpc.keepalive_time_ms", 30_000),
+            ("grpc.http2.max_pings_without_data", 0),
+            ("grpc.keepalive_permit_without_calls", 1),
+            ("grpc.max_receive_message_length", XDS_LIMITS.max_message),
+        ]
+    )
+    ads.add_to(server)
+    health = add_to_grpcio(
+        server, [Service(name, {}, ready=ready) for name in (ADS_SERVICE, *PER_TYPE_SERVICES)]
+    )
+    port = server.add_secure_port(f"{options.host}:{options.xds_port}", options.xds_tls.server_credentials())
+    await server.start()
+    return GrpcioServer(server, port, health)
+
+
 async def serve(options: ServeOptions, *, stop: asyncio.Event | None = None) -> None:
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -201,38 +230,20 @@ async def serve(options: ServeOptions, *, stop: asyncio.Event | None = None) -> 
         ],
         working_tree=options.working_tree,
         settle=options.debounce,
+        state_dir=options.state_dir,
     )
     runtime.on_applied(lambda _: _warn_withheld(cache))
     reload_on_sighup(loop, runtime.reload)  # before the first load: SIGHUP never ends the process
 
     mtls = options.xds_tls is not None and options.xds_tls.client_ca is not None
     ads = AdsServer(cache, authorizer=authorize_node if mtls else None)
-    grpc_server = grpc.aio.server(
-        options=[
-            ("grpc.keepalive_time_ms", 30_000),
-            ("grpc.http2.max_pings_without_data", 0),
-            ("grpc.keepalive_permit_without_calls", 1),
-            ("grpc.max_receive_message_length", 16 * 1024 * 1024),
-        ]
-    )
-    ads.add_to(grpc_server)
 
-    # Health (NOT_SERVING until a valid version is applied) and reflection for the xDS services,
-    # whose methods AdsServer registered itself.
+    # Health (NOT_SERVING until a valid version is applied) and reflection beside the xDS services.
     def ready() -> bool:
         return runtime.current is not None
 
-    health = add_to_grpcio(
-        grpc_server, [Service(name, {}, ready=ready) for name in (ADS_SERVICE, *PER_TYPE_SERVICES)]
-    )
-    runtime.on_applied(lambda _: health.notify())
-    if options.xds_tls is not None:
-        xds_port = grpc_server.add_secure_port(
-            f"{options.host}:{options.xds_port}", options.xds_tls.server_credentials()
-        )
-    else:
-        xds_port = grpc_server.add_insecure_port(f"{options.host}:{options.xds_port}")
-    await grpc_server.start()
+    xds_server = await _start_xds(ads, options, ready)
+    runtime.on_applied(lambda _: xds_server.health.notify())
     await runtime.reload()  # an invalid first load still serves: not ready until a valid one
     gateways = runtime.current.gateways.values() if runtime.current is not None else ()
     if analytics is None and any(g.analytics.enabled for g in gateways):
@@ -258,7 +269,7 @@ async def serve(options: ServeOptions, *, stop: asyncio.Event | None = None) -> 
         problems=lambda: readiness_problems(runtime, plane),
         auth=options.admin_auth,
     )
-    dashboard = Dashboard(status)
+    dashboard = Dashboard(status, policy=lambda: runtime.current)
     dashboard.install(admin)
     if analytics is not None:
         install_analytics(admin, analytics)
@@ -275,7 +286,7 @@ async def serve(options: ServeOptions, *, stop: asyncio.Event | None = None) -> 
     log.info(
         "waypost serving",
         policies=str(options.policies),
-        xds_port=xds_port,
+        xds_port=xds_server.port,
         xds_security="mtls" if mtls else "tls" if options.xds_tls else "plaintext",
         private_keys="sent" if not withhold else "withheld",
         admin_port=admin_port,
@@ -296,7 +307,7 @@ async def serve(options: ServeOptions, *, stop: asyncio.Event | None = None) -> 
             watcher.stop()
         await admin.close()
         await plane.close()
-        await grpc_server.stop(grace=1)
+        await xds_server.stop()
         ads.close()
         if registry_sync is not None:
             await registry_sync.stop()

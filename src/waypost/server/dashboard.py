@@ -13,6 +13,9 @@ process's Prometheus registry; ``waypost_authz_decisions_total`` and
 and a counter that does not exist reads as 0. A sample counts as denied (4xx) or limited (429)
 when one of its label values says so (see ``_DENIED`` / ``_LIMITED``).
 
+``?team=NAME`` narrows both to one team (see :mod:`waypost.server.team_views`); a name that is
+not a Team of the serving version is a 400 with a JSON body listing the teams.
+
 No CDN, no external asset: the page must work on an air-gapped admin network.
 """
 
@@ -24,14 +27,17 @@ import itertools
 import os
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
 from prometheus_client import REGISTRY, CollectorRegistry
 
+from waypost.policies.model import PolicySet
+from waypost.policies.teams import unknown_team
 from waypost.server.admin import AdminServer, Response
 from waypost.server.dashboard_page import PAGE
+from waypost.server.team_views import team_status, team_summary
 
 __all__ = ["Dashboard", "Sample"]
 
@@ -119,8 +125,11 @@ class Dashboard:
         interval: float | None = None,
         window: float = DEFAULT_WINDOW,
         registry: CollectorRegistry = REGISTRY,
+        policy: Callable[[], PolicySet | None] = lambda: None,
     ) -> None:
         self._status = status
+        self._policy = policy
+        """The serving version: its Teams and what each owns, for ``?team=``."""
         # The env override lets the browser test see a few points within seconds.
         self.interval = interval or _env_interval()
         self._registry = registry
@@ -130,7 +139,17 @@ class Dashboard:
 
     def install(self, admin: AdminServer) -> None:
         admin.route("/", lambda: Response(200, self._page, "text/html; charset=utf-8"))
-        admin.route("/dashboard.json", lambda: Response.json(200, self.data()))
+        admin.route_query("/dashboard.json", self._data_response)
+
+    async def _data_response(self, params: Mapping[str, str]) -> Response:
+        team = params.get("team") or None
+        if team is None:
+            return Response.json(200, self.data())
+        policy = self._policy()
+        problem = unknown_team(team, policy.teams if policy is not None else ())
+        if problem is not None or policy is None:
+            return Response.json(400, {"error": problem})
+        return Response.json(200, self.data(team_summary(policy, team)))
 
     def start(self) -> None:
         self.sample()
@@ -154,13 +173,19 @@ class Dashboard:
         samples = list(self._samples)
         return [{"t": b.t, **rates(a, b)} for a, b in itertools.pairwise(samples)]
 
-    def data(self) -> dict[str, Any]:
+    def data(self, team: dict[str, Any] | None = None) -> dict[str, Any]:
+        """The page's data; with ``team`` (a :func:`team_summary`), that team's view."""
         status = self._status()
+        if team is not None:
+            status = team_status(status, team)
+        policy = self._policy()
         latest = read_counters(self._registry)
         series = self.series()
         nodes = status.get("nodes", [])
         return {
             "status": status,
+            "team": team,
+            "teams": sorted(policy.teams) if policy is not None else [],
             "summary": {
                 "nodes": len(nodes),
                 "in_sync": sum(1 for node in nodes if node_in_sync(node)),

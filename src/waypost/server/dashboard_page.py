@@ -59,7 +59,8 @@ PAGE = r"""<!doctype html>
 <header>
   <h1>waypost fleet</h1>
   <span class="version" id="version">loading…</span>
-  <a href="/analytics" style="color:#c9d3e0;font-size:13px">call analytics</a>
+  <a href="/analytics" id="analytics-link" style="color:#c9d3e0;font-size:13px">call analytics</a>
+  <label style="font-size:13px;color:#c9d3e0">team <select id="team"><option value="">all teams</option></select></label>
   <span class="updated" id="updated"></span>
 </header>
 <main>
@@ -82,6 +83,14 @@ PAGE = r"""<!doctype html>
   <section class="error hidden" id="teams-held">
     <h2>Teams held at their last good version</h2>
     <pre id="teams-held-text"></pre>
+  </section>
+  <section class="hidden" id="team-view">
+    <h2>Team <span id="team-name"></span> <span class="note" id="team-owners"></span></h2>
+    <table>
+      <thead><tr><th>route</th><th>gateway</th><th>hosts</th></tr></thead>
+      <tbody id="team-routes"></tbody>
+    </table>
+    <p class="mono" id="team-owns"></p>
   </section>
   <section class="error hidden" id="load-error">
     <h2>Last policy change refused <span id="load-error-at"></span></h2>
@@ -259,10 +268,41 @@ function drawChart(series, now) {
   }
 }
 
+const teamSel = $("team");
+const team = new URLSearchParams(location.search).get("team") || "";
+teamSel.onchange = () => { location.search = teamSel.value ? "?team=" + encodeURIComponent(teamSel.value) : ""; };
+if (team) $("analytics-link").href = "/analytics?team=" + encodeURIComponent(team);
+
+function renderTeam(data) {
+  const have = [...teamSel.options].slice(1).map((o) => o.value).join("\n");
+  if (have !== (data.teams || []).join("\n")) {
+    teamSel.replaceChildren(teamSel.options[0], ...(data.teams || []).map((t) => el("option", { value: t }, t)));
+  }
+  teamSel.value = team;
+  const view = data.team;
+  $("team-view").classList.toggle("hidden", !view);
+  if (!view) return;
+  $("team-name").textContent = view.name;
+  $("team-owners").textContent = view.owners.join(", ");
+  const rows = view.routes.map((r) => el("tr", { "data-route": r.name },
+    el("td", { class: "mono" }, r.name), el("td", {}, r.gateway), el("td", { class: "mono" }, r.hosts.join(", ") || "*")));
+  $("team-routes").replaceChildren(...(rows.length ? rows
+    : [el("tr", {}, el("td", { colspan: "3", class: "empty" }, "no routes serving"))]));
+  $("team-owns").textContent = ["services", "consumers", "apis"]
+    .map((k) => k + ": " + (view[k].join(", ") || "—")).join(" · ");
+}
+
 async function poll() {
   try {
-    const response = await fetch("dashboard.json", { cache: "no-store" });
-    render(await response.json());
+    const response = await fetch("dashboard.json" + (team ? "?team=" + encodeURIComponent(team) : ""), { cache: "no-store" });
+    const data = await response.json();
+    if (!response.ok) {
+      $("version").textContent = data.error || "error";
+      document.body.dataset.error = data.error || "error";
+      return;
+    }
+    render(data);
+    renderTeam(data);
     document.body.dataset.loaded = "true";
   } catch (e) {
     $("updated").textContent = "cannot reach waypost: " + e;

@@ -16,14 +16,16 @@ prompt can never stall the control plane; any failure means "not in git" (``None
 
 from __future__ import annotations
 
+import io
 import os
 import subprocess
+import tarfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["GitInfo", "PullResult", "git_dirs", "git_info", "git_pull"]
+__all__ = ["GitInfo", "PullResult", "export_commit", "git_dirs", "git_info", "git_pull"]
 
 GIT_TIMEOUT = 10.0
 """Seconds for a local git query; a pull gets its own, longer timeout."""
@@ -99,6 +101,32 @@ def git_info(directory: Path | str, *, working_tree: bool = True) -> GitInfo | N
         toplevel=toplevel,
         working_tree=working_tree,
     )
+
+
+def export_commit(directory: Path | str, git: GitInfo, dest: Path) -> None:
+    """Write the policy directory as committed in ``git.commit`` into ``dest`` (``git archive``),
+    whatever the working files hold: the tree the per-team fallback rebuilds from in a dirty
+    checkout. Raises OSError when git fails (the caller refuses the change as if no fallback)."""
+    real = os.path.realpath(os.fspath(directory))
+    prefix = os.path.relpath(real, os.path.realpath(git.toplevel)).replace(os.sep, "/")
+    treeish = git.commit if prefix == "." else f"{git.commit}:{prefix}"
+    try:
+        result = subprocess.run(
+            ["git", "archive", "--format=tar", treeish],
+            cwd=git.toplevel,
+            capture_output=True,
+            timeout=GIT_TIMEOUT * 3,
+            env={**os.environ, **_ENV},
+            stdin=subprocess.DEVNULL,
+            check=False,
+        )
+    except subprocess.TimeoutExpired as exc:
+        raise OSError(f"git archive {git.short} timed out") from exc
+    if result.returncode != 0:
+        raise OSError(f"git archive {git.short}: {result.stderr.decode(errors='replace').strip()[:300]}")
+    with tarfile.open(fileobj=io.BytesIO(result.stdout)) as archive:
+        # The "data" filter refuses absolute paths, links out of ``dest`` and device files.
+        archive.extractall(dest, filter="data")
 
 
 def git_dirs(directory: Path | str) -> list[Path]:

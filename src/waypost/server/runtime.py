@@ -12,6 +12,7 @@ bug, leaves the last good version serving and is kept for /status and /readyz.
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -24,10 +25,10 @@ from waypost.policies.diagnostics import PolicyError
 from waypost.policies.load_cache import LoadCache
 from waypost.policies.loader import load_policies
 from waypost.policies.model import PolicySet
-from waypost.server.gitinfo import GitInfo, git_info
+from waypost.server.gitinfo import GitInfo, export_commit, git_info
 from waypost.server.heap import settle
 from waypost.server.settle import load_commit, load_settled
-from waypost.server.team_lanes import HeldTeam, TeamLanes
+from waypost.server.team_lanes import HeldTeam, Materialize, TeamLanes, copy_directory
 
 __all__ = ["LoadFailure", "PolicyApplier", "PolicyRuntime"]
 
@@ -66,6 +67,7 @@ class PolicyRuntime:
         *,
         working_tree: bool = False,
         settle: float = 0.25,
+        state_dir: Path | None = None,
     ) -> None:
         self.directory = directory
         self.appliers = tuple(appliers)
@@ -80,8 +82,9 @@ class PolicyRuntime:
         """The commit of the applied version (None outside git)."""
         self.git_pull: dict[str, Any] | None = None
         """The last ``--git-pull`` result, written by :class:`~waypost.server.gitpull.GitPuller`."""
-        self.lanes = TeamLanes()
-        """Per-team last good versions: which teams are held back, and why."""
+        self.lanes = TeamLanes(state_dir, directory)
+        """Per-team last good versions: which teams are held back, and why (kept in ``state_dir``
+        when given, so they survive a restart)."""
         self._lock = asyncio.Lock()
         self._on_applied: list[Callable[[PolicySet], None]] = []
         # Incremental reload: unchanged documents are not parsed or validated again (the result
@@ -112,9 +115,13 @@ class PolicyRuntime:
                     commit=git.short,
                 )
             serving_commit = git is not None and not self.working_tree
-            # Team lanes rebuild a tree from the directory's files: only when they are what is
-            # served (working tree, or a clean checkout of the commit served).
-            lanes_usable = not serving_commit or (git is not None and not git.dirty)
+            # Team lanes rebuild a tree from what is served: the commit's tree in a git checkout
+            # (dirty or not: the working files are not read), the files on disk otherwise.
+            materialize = (
+                functools.partial(export_commit, self.directory, git)
+                if git is not None and serving_commit
+                else copy_directory(self.directory)
+            )
             source = self.directory
             try:
                 try:
@@ -126,11 +133,7 @@ class PolicyRuntime:
                 except PolicyError as exc:
                     # Problems only in teams' folders: those teams keep their last good documents.
                     # (Loaded without the cache: its entries name the policy directory's paths.)
-                    fallback = (
-                        await asyncio.to_thread(self.lanes.fallback, self.directory, exc, load_policies)
-                        if lanes_usable
-                        else None
-                    )
+                    fallback = await self._fallback(exc, materialize)
                     if fallback is None:
                         raise
                     policy, source, held = fallback
@@ -178,10 +181,25 @@ class PolicyRuntime:
                 ms=round((time.perf_counter() - started) * 1000, 1),
             )
             # After the switch: the team folders that now serve are each team's last good.
-            if lanes_usable:
+            try:
+                if policy.teams and source == self.directory and serving_commit:
+                    source = await asyncio.to_thread(self.lanes.tree, materialize)  # the commit's files
                 await asyncio.to_thread(self.lanes.remember, source, policy)
+            except OSError as exc:  # the version serves; only the teams' fallback is older
+                log.error("team last good not kept", version=policy.version, error=str(exc))
             self.lanes.discard(source)
             return True
+
+    async def _fallback(
+        self, error: PolicyError, materialize: Materialize
+    ) -> tuple[PolicySet, Path, dict[str, HeldTeam]] | None:
+        try:
+            return await asyncio.to_thread(
+                self.lanes.fallback, self.directory, error, load_policies, materialize
+            )
+        except OSError as exc:  # git or the disk failed: refuse the change whole, saying why
+            log.error("team fallback failed; the change is refused whole", error=str(exc))
+            return None
 
     def _hold(self, held: dict[str, HeldTeam], git: GitInfo | None) -> None:
         for team, state in held.items():

@@ -8,9 +8,8 @@ replica keeps it in place). Whether a node may register at all is the policy's t
 :func:`waypost.xds.compiler.registered.with_registered` keeps only the ones the current policy
 allows, so a policy change takes a registration away at once.
 
-Replicas share claims through Redis (:class:`RedisRegistrySync`): each writes its own into one
-hash with an expiry it keeps refreshing while the node is live, and reads everyone's every
-``interval``. A replica that dies stops refreshing, and its nodes' claims lapse after their grace.
+Replicas share claims through Redis (:mod:`waypost.xds.registry_redis`); the claims other
+replicas hold arrive here through :meth:`EndpointRegistry.set_remote`.
 
 Contract: event loop only; ``on_change`` is called (soon, once per burst) whenever the set of
 endpoints may have changed.
@@ -19,24 +18,18 @@ endpoints may have changed.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import time
-import uuid
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
-from typing import cast
-
-from redis.typing import EncodableT, FieldT
 
 from waypost.log import get_logger
 from waypost.policies.types import Endpoint, parse_endpoint
 
-__all__ = ["Claim", "EndpointRegistry", "RedisRegistrySync", "parse_claim"]
+__all__ = ["Claim", "EndpointRegistry", "parse_claim"]
 
 log = get_logger("waypost.registry")
 
-REDIS_KEY = "wp:registry"
 BATCH_S = 0.02
 
 
@@ -51,9 +44,16 @@ class Claim:
     node_labels: Mapping[str, str] = field(default_factory=dict)
     expires: float | None = None
 
-    def to_json(self, expires: float) -> str:
+    def same_endpoint(self, other: Claim) -> bool:
+        """Equal but for ``expires``: what the compiled endpoints depend on."""
+        return replace(self, expires=None) == replace(other, expires=None)
+
+    def to_json(self, expires: float, *, live: bool) -> str:
+        """The shared form: ``live`` says whether the node's stream is up at the writing replica
+        (a live claim wins over another replica's departing one for the same node)."""
         return json.dumps(
             {
+                "live": live,
                 "service": self.service,
                 "address": str(self.endpoint),
                 "node": self.node_id,
@@ -65,9 +65,10 @@ class Claim:
         )
 
     @classmethod
-    def from_json(cls, text: str | bytes) -> Claim:
+    def from_json(cls, text: str | bytes) -> tuple[bool, Claim]:
+        """The shared form back: (whether it was live where written, the claim)."""
         data = json.loads(text)
-        return cls(
+        claim = cls(
             service=str(data["service"]),
             endpoint=parse_endpoint(data["address"]),
             node_id=str(data["node"]),
@@ -75,6 +76,7 @@ class Claim:
             node_labels={str(k): str(v) for k, v in dict(data["labels"]).items()},
             expires=float(data["expires"]),
         )
+        return bool(data.get("live", False)), claim
 
 
 def parse_claim(
@@ -143,9 +145,18 @@ class EndpointRegistry:
         return list(self._claims.values())
 
     def set_remote(self, claims: Mapping[tuple[str, str], Claim]) -> None:
-        """Claims other replicas share (any of this replica's own are ignored in favour of its own)."""
-        if dict(claims) != self._remote:
-            self._remote = dict(claims)
+        """Claims other replicas share (any of this replica's own are ignored in favour of its own).
+
+        A renewal moves only a claim's expiry, which no compiled endpoint depends on: the view
+        takes the new expiry without a rebuild of the snapshot."""
+        before = self._remote
+        self._remote = dict(claims)
+        same = before.keys() == self._remote.keys() and all(
+            before[key].same_endpoint(claim) for key, claim in self._remote.items()
+        )
+        if same:
+            self._view = self._merged()
+        else:
             self._changed()
 
     def claims(self, now: float | None = None) -> list[Claim]:
@@ -164,9 +175,12 @@ class EndpointRegistry:
         if gone:
             self._changed()
 
-    def _changed(self) -> None:
+    def _merged(self) -> tuple[Claim, ...]:
         merged = {**self._remote, **self._claims}
-        self._view = tuple(sorted(merged.values(), key=lambda c: (c.service, c.node_id)))
+        return tuple(sorted(merged.values(), key=lambda c: (c.service, c.node_id)))
+
+    def _changed(self) -> None:
+        self._view = self._merged()
         # Changes within BATCH_S (a fleet reconnecting, steady churn) cost one snapshot rebuild
         # and one push per stream: the rebuild rate stays bounded whatever the churn.
         if not self._change_pending:
@@ -176,76 +190,3 @@ class EndpointRegistry:
     def _notify(self) -> None:
         self._change_pending = False
         self._on_change()
-
-
-class RedisRegistrySync:
-    """Shares this replica's claims through one Redis hash and reads everyone else's.
-
-    Each field is ``<service>|<node id>``; its value the claim with an absolute expiry, renewed
-    every ``interval`` while the node is live (expiry ``now + max(grace, 3 * interval)``).
-    """
-
-    def __init__(self, url: str, registry: EndpointRegistry, *, interval: float = 0.2) -> None:
-        import redis.asyncio as aioredis
-
-        self._redis = aioredis.from_url(url, socket_timeout=1.0, socket_connect_timeout=1.0)
-        self._registry = registry
-        self._interval = interval
-        self._replica = uuid.uuid4().hex[:12]
-        self._task: asyncio.Task[None] | None = None
-        self._down = False
-
-    def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._run())
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-        await self._redis.aclose()
-
-    async def _run(self) -> None:
-        while True:
-            try:
-                await self.sync_once()
-                if self._down:
-                    self._down = False
-                    log.info("endpoint registry shared through redis again")
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # Redis down: keep serving what we know, retry
-                if not self._down:
-                    self._down = True
-                    log.warning("endpoint registry cannot reach redis; local claims only", error=str(exc))
-            await asyncio.sleep(self._interval)
-
-    async def sync_once(self) -> None:
-        now = time.time()
-        floor = 3 * self._interval
-        mine: dict[FieldT, EncodableT] = {}
-        for claim in self._registry.local_claims():
-            live_until = now + max(floor, self._registry.grace_for(claim.service))
-            expires = claim.expires if claim.expires is not None else live_until
-            mine[f"{claim.service}|{claim.node_id}"] = claim.to_json(expires)
-        if mine:
-            await self._redis.hset(REDIS_KEY, mapping=mine)
-        # redis-py types HGETALL for both clients (a value or an awaitable): ours awaits.
-        raw = await cast("Awaitable[dict[bytes, bytes]]", self._redis.hgetall(REDIS_KEY))
-        remote: dict[tuple[str, str], Claim] = {}
-        stale: list[bytes] = []
-        for field_name, value in raw.items():
-            if field_name.decode() in mine:
-                continue
-            try:
-                claim = Claim.from_json(value)
-            except (ValueError, KeyError, TypeError):
-                stale.append(field_name)
-                continue
-            if claim.expires is not None and claim.expires <= now:
-                stale.append(field_name)
-            else:
-                remote[(claim.service, claim.node_id)] = claim
-        if stale:
-            await self._redis.hdel(REDIS_KEY, *stale)
-        self._registry.set_remote(remote)

@@ -30,7 +30,7 @@ _SHORT = {
 # Why this order: Envoy must know a cluster (and its endpoints) before a route can send traffic to
 # it, and a listener's secrets before it can serve TLS. Pushing CDS, EDS, SDS, then LDS, RDS means
 # no request ever meets a route that names a cluster Envoy does not have yet. Removals run the
-# other way round (see ads.py): a cluster goes only once no acked route refers to it.
+# other way round (see stream.py): a cluster goes only once no acked route refers to it.
 PUSH_ORDER: tuple[TypeUrl, ...] = (
     TypeUrl.CLUSTER,
     TypeUrl.ENDPOINT,

@@ -38,7 +38,7 @@ from waypost.log import get_logger
 from waypost.metrics import AUTHZ_DECISIONS
 from waypost.policies.cel_env import compile_expression
 from waypost.policies.model import AuthPolicy, Consumer, IdentitySource, PolicySet, Rule, RuleMatch
-from waypost.policies.teams import team_of_name
+from waypost.policies.teams import SEPARATOR, team_of_name
 
 __all__ = [
     "AuthRequest",
@@ -191,21 +191,39 @@ Quota = Callable[[str, Decision], "Decision | Awaitable[Decision]"]
 
 
 class _Index:
-    """Consumers of one policy version, by key hash and by name; ``failed_keys`` outlives versions."""
+    """Consumers of one policy version, by key hash and by declared identity; ``failed_keys``
+    outlives versions.
+
+    A team's Consumer is named ``<team>~<name>`` in the policy, but a JWT subject, a certificate
+    name or a plugin names it as its team wrote it (``<name>``): identities are matched by that
+    declared name, on a team's route the team's own Consumer first, then the platform's (as the
+    team's references resolve). A scoped name never matches: an issuer cannot pick another
+    team's Consumer by writing ``<team>~<name>`` in a subject.
+    """
 
     def __init__(self, consumers: Mapping[str, Consumer], failed_keys: FailedKeyGuard | None = None) -> None:
         self.failed_keys = failed_keys or FailedKeyGuard()
-        self.by_name = dict(consumers)
+        self.by_identity: dict[tuple[str | None, str], Consumer] = {}
         self.by_key: dict[str, tuple[str, Consumer]] = {}
         for consumer in consumers.values():
+            team, scoped, declared = consumer.name.partition(SEPARATOR)
+            self.by_identity[(team, declared) if scoped else (None, consumer.name)] = consumer
             for key_hash in consumer.api_keys:
                 digest = key_hash.removeprefix("sha256:")
                 self.by_key[digest] = (digest, consumer)
 
-    def identity_for(self, kind: str, name: str, **extra: Any) -> Identity:
-        consumer = self.by_name.get(name)
+    def find(self, route: str, identity: str) -> Consumer | None:
+        """The Consumer ``identity`` (as the caller presents it) names on ``route``, if any."""
+        team = team_of_name(route)
+        found = self.by_identity.get((team, identity)) if team is not None else None
+        return found if found is not None else self.by_identity.get((None, identity))
+
+    def identity_for(self, kind: str, route: str, name: str, **extra: Any) -> Identity:
+        consumer = self.find(route, name)
         roles = frozenset(consumer.roles) if consumer is not None else frozenset()
         roles |= frozenset(extra.pop("roles", ()))
+        # A Consumer found is named as everywhere else (api keys, quotas, analytics): its policy name.
+        name = consumer.name if consumer is not None else name
         return Identity(kind=kind, name=name, consumer=consumer, roles=roles, **extra)
 
 
@@ -299,6 +317,7 @@ def _jwt_source(spec: Any, keys: KeySet | RemoteKeySet, index: _Index) -> Source
         )
         return index.identity_for(
             "jwt",
+            request.route,
             subject,
             roles=roles,
             scopes=frozenset(str(s) for s in scopes),
@@ -323,14 +342,14 @@ def _mtls_source(index: _Index) -> Source:
         if not principal:
             return None
         name = principal
-        if principal not in index.by_name:
+        if index.find(request.route, principal) is None:
             # A certificate without SANs is reported by subject: its CN may name a Consumer.
             for part in principal.split(","):
                 key, _, value = part.strip().partition("=")
-                if key.upper() == "CN" and value in index.by_name:
+                if key.upper() == "CN" and index.find(request.route, value) is not None:
                     name = value
                     break
-        return index.identity_for("mtls", name)
+        return index.identity_for("mtls", request.route, name)
 
     return resolve
 
@@ -346,7 +365,7 @@ def _custom_source(plugin: str, function: Callable[..., Any], timeout_ms: int, i
                 result = await asyncio.wait_for(function(attributes), timeout)
             else:
                 result = await asyncio.wait_for(asyncio.to_thread(function, attributes), timeout)
-            return _plugin_resolution(result, index)
+            return _plugin_resolution(result, index, request.route)
         except TimeoutError:
             log.error("auth plugin timed out", plugin=plugin, route=request.route, timeout_ms=timeout_ms)
             return _Failure(500, "auth plugin timed out")
@@ -358,7 +377,7 @@ def _custom_source(plugin: str, function: Callable[..., Any], timeout_ms: int, i
     return resolve
 
 
-def _plugin_resolution(result: Any, index: _Index) -> Resolution:
+def _plugin_resolution(result: Any, index: _Index, route: str) -> Resolution:
     if result is None:
         return None
     if isinstance(result, Mapping):
@@ -372,7 +391,9 @@ def _plugin_resolution(result: Any, index: _Index) -> Resolution:
             result.status if result.status in (401, 403) else 403, result.reason or "denied by plugin"
         )
     headers = tuple((k.lower(), str(v)) for k, v in sorted(result.headers.items()))
-    return index.identity_for("custom", result.consumer or "anonymous", roles=result.roles, headers=headers)
+    return index.identity_for(
+        "custom", route, result.consumer or "anonymous", roles=result.roles, headers=headers
+    )
 
 
 # --- Rules --------------------------------------------------------------------------------------

@@ -155,3 +155,8 @@ document.querySelectorAll("[data-load]").forEach(async (root) => {
     say(error.message, false);
   }
 });
+
+// The catalog's team selector shows that team's APIs as soon as one is picked (the Show button
+// does the same without script).
+const teamFilter = document.getElementById("team-filter");
+if (teamFilter) teamFilter.querySelector("select").addEventListener("change", () => teamFilter.submit());
