@@ -33,7 +33,6 @@ LAYERS: dict[str, tuple[int, str]] = {
     "waypost.gitdiff": (4, "cli"),
     "waypost.gitdiff_help": (4, "cli"),
     "waypost.cli": (4, "cli"),
-    "waypost.cli_analytics": (4, "cli"),
     "waypost.demo": (4, "cli"),
     "waypost.__main__": (4, "cli"),
     "waypost": (4, "cli"),

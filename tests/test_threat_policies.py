@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from waypost.cli import _byte_size
+from waypost.cli.values import byte_size_arg as _byte_size
 from waypost.policies import PolicyError, load_policies
 from waypost.policies.request_schemas import compile_validation
 from waypost.policies.screening import RULES, SCREEN_CATEGORIES, native_regex, plain_regex
