@@ -77,4 +77,3 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"waypost: {exc}", file=sys.stderr)
         return 2
     return 2
-
