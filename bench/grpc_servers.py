@@ -72,7 +72,8 @@ def handlers(policies: Path) -> dict[str, Callable[[bytes], bytes | Awaitable[by
     policy = load_policies(policies)
     core = AuthzCore()
     core.apply(policy)
-    limiter = Limiter(lambda: policy, MemoryStore("fixed"))
+    limiter = Limiter(MemoryStore("fixed"))
+    limiter.apply(policy)
     return {CHECK: AuthzGrpcService(core).check, RLS: RateLimitService(limiter).answer_bytes}
 
 

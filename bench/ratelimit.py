@@ -8,8 +8,9 @@ Three figures, measured side by side in one run (the machine is shared; ratios m
    decision core alone (decode, decide, encode; no transport) in this process.
 2. Redis round trips per decision: EVALSHA calls (INFO commandstats) / decisions.
 3. Requests/s through Envoy (``--concurrency 1``, ``wrk``) on a route with a global limit that is
-   never reached, and on a route with API-key auth (HTTP ext_authz) plus a consumer limit never
-   reached, vs a bare route: alternating runs, same Envoy, same backend.
+   never reached, and on routes with API-key auth (with and without a consumer limit never
+   reached; once over HTTP ext_authz, once over gRPC, the default), vs a bare route: alternating
+   runs, same Envoy, same backend.
 
     .venv/bin/python bench/ratelimit.py [--seconds 5] [--rounds 2]
 """
@@ -58,7 +59,7 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def policy_text(gateway_port: int, echo_port: int) -> str:
+def policy_text(gateway_port: int, echo_port: int, grpc_port: int = 0) -> str:
     return f"""
 kind: Gateway
 name: bench
@@ -116,6 +117,26 @@ limits:
 kind: Consumer
 name: bench
 api_keys: ["sha256:{hashlib.sha256(BENCH_KEY.encode()).hexdigest()}"]
+---
+kind: Gateway
+name: bench-grpc
+port: {grpc_port or gateway_port + 1}
+address: 127.0.0.1
+---
+kind: Route
+name: auth-grpc
+gateway: bench-grpc
+match: {{prefix: /auth-only}}
+backend: echo
+auth: bench-keys
+---
+kind: Route
+name: auth-limited-grpc
+gateway: bench-grpc
+match: {{prefix: /auth-limited}}
+backend: echo
+auth: bench-keys
+rate_limit: per-consumer
 """
 
 
@@ -248,14 +269,14 @@ def wrk(port: int, path: str, seconds: float) -> float:
 
 
 @contextlib.contextmanager
-def envoy_stack(work: Path, src: Path) -> Iterator[tuple[int, int, int]]:
-    """waypost (from ``src``: xDS, RLS, HTTP ext_authz), an echo backend and one Envoy; yields the
-    gateway port and the pids of waypost and Envoy."""
+def envoy_stack(work: Path, src: Path) -> Iterator[tuple[dict[str, int], int, int]]:
+    """waypost (from ``src``: xDS, RLS, HTTP and gRPC ext_authz), an echo backend and one Envoy;
+    yields the gateway ports (by ext_authz transport) and the pids of waypost and Envoy."""
     work.mkdir()
-    gateway, echo_port, xds, admin, rls, authz_http = (free_port() for _ in range(6))
+    gateway, grpc_gateway, echo_port, xds, admin, rls, authz_http, authz = (free_port() for _ in range(8))
     policies = work / "envoy-policies"
     policies.mkdir()
-    (policies / "all.yaml").write_text(policy_text(gateway, echo_port))
+    (policies / "all.yaml").write_text(policy_text(gateway, echo_port, grpc_gateway))
     procs = [
         spawn(
             [sys.executable, "-m", "waypost.demo.echo", "--name", "echo", "--port", str(echo_port)],
@@ -279,6 +300,8 @@ def envoy_stack(work: Path, src: Path) -> Iterator[tuple[int, int, int]]:
                 str(rls),
                 "--authz-http-port",
                 str(authz_http),
+                "--authz-port",
+                str(authz),
                 "--no-watch",
                 "--log-level",
                 "warning",
@@ -315,16 +338,24 @@ def envoy_stack(work: Path, src: Path) -> Iterator[tuple[int, int, int]]:
         )
         wait_port(gateway)
         time.sleep(0.5)
+        wait_port(grpc_gateway)
+        ports = {"http": gateway, "grpc": grpc_gateway}
         for path in PATHS:
-            wrk(gateway, path, 1)
-        yield gateway, procs[1].pid, procs[2].pid
+            wrk(*_target(ports, path), 1)
+        yield ports, procs[1].pid, procs[2].pid
     finally:
         for proc in reversed(procs):
             proc.terminate()
             proc.wait(10)
 
 
-PATHS = ("/bare", "/limited", "/auth-only", "/auth-limited")
+PATHS = ("/bare", "/limited", "/auth-only", "/auth-limited", "grpc /auth-only", "grpc /auth-limited")
+"""The last two: the same auth routes on a Gateway whose ext_authz speaks gRPC (the default)."""
+
+
+def _target(ports: dict[str, int], path: str) -> tuple[int, str]:
+    transport, _, route_path = path.rpartition(" ")
+    return ports[transport or "http"], route_path
 
 
 def envoy_ratio(
@@ -343,7 +374,7 @@ def envoy_ratio(
             for path in PATHS:
                 for name, (gateway, waypost_pid, envoy_pid) in stacks.items():
                     before = cpu_seconds(waypost_pid), cpu_seconds(envoy_pid)
-                    rate = wrk(gateway, path, seconds)
+                    rate = wrk(*_target(gateway, path), seconds)
                     requests = rate * seconds
                     waypost_us = (cpu_seconds(waypost_pid) - before[0]) * 1e6 / requests
                     envoy_us = (cpu_seconds(envoy_pid) - before[1]) * 1e6 / requests

@@ -19,6 +19,7 @@ from authz_support import KEYS, PLUGIN_DIR, Signer, consumers_yaml, policy_yaml
 from waypost.cli import main as cli_main
 from waypost.filters.authz.core import AuthRequest, AuthzCore, Decision, hash_api_key, normalize_path
 from waypost.filters.authz.grpc_service import AuthzGrpcService, encode_decision
+from waypost.filters.authz.http_service import _Cache, encode_http
 from waypost.h2grpc import GrpcError, Status
 from waypost.policies.diagnostics import PolicyError
 from waypost.policies.loader import load_policies
@@ -169,6 +170,50 @@ def test_grpc_encoding_carries_metadata_contract() -> None:
     )
     assert denied.status.code == 16 and denied.denied_response.status.code == 401
     assert denied.denied_response.body == "{}"
+
+
+def test_grpc_answer_with_quota_headers_equals_one_encoded_message() -> None:
+    """The reused bytes of an allow plus the per-header suffixes parse as the whole answer."""
+    service = AuthzGrpcService(AuthzCore())
+    base = Decision(
+        status=200, reason="allowed", consumer="acme", plan="gold", headers=(("x-waypost-consumer", "acme"),)
+    )
+    for remaining in ("9", "8", "9"):
+        counted = Decision(
+            status=200,
+            reason="allowed",
+            consumer="acme",
+            plan="gold",
+            headers=base.headers,
+            client_headers=(
+                ("ratelimit-limit", "10"),
+                ("ratelimit-remaining", remaining),
+                ("ratelimit-reset", "1"),
+            ),
+        )
+        assert external_auth_pb2.CheckResponse.FromString(
+            service.encode(counted)
+        ) == external_auth_pb2.CheckResponse.FromString(encode_decision(counted))
+    assert service.encode(base) == encode_decision(base)
+
+
+@pytest.mark.parametrize("head", [False, True])
+def test_http_answer_with_quota_headers_has_every_header_once(head: bool) -> None:
+    cache = _Cache()
+    for remaining in ("9", "8"):
+        counted = Decision(
+            status=200,
+            reason="allowed",
+            consumer="acme",
+            headers=(("x-waypost-consumer", "acme"),),
+            client_headers=(("ratelimit-limit", "10"), ("ratelimit-remaining", remaining)),
+        )
+        answer = cache.get(counted, head=head)
+        assert answer.endswith(b"\r\n\r\n")
+        lines = answer[:-4].decode().split("\r\n")
+        assert lines[0] == "HTTP/1.1 200 OK"
+        assert sorted(lines[1:]) == sorted(encode_http(counted).decode()[:-4].split("\r\n")[1:])
+        assert f"ratelimit-remaining: {remaining}" in lines
 
 
 async def test_grpc_service_rejects_garbage_without_crashing() -> None:

@@ -261,13 +261,19 @@ async def test_limits_and_native_deny_rules(stack: Stack) -> None:
             await http.get(f"{stack.base}/plain/x", headers={"user-agent": "sqlmap/1.7"})
         ).status_code == 403
         assert (await http.get(f"{stack.base}/app/internal/keys")).status_code == 403  # route rule
+        # A route with rules of its own keeps the gateway's (one RBAC filter: its per-route
+        # config replaces the filter's rules, so it repeats them).
+        assert (
+            await http.get(f"{stack.base}/app/x", headers={"user-agent": "sqlmap/1.7"})
+        ).status_code == 403
+        assert (await http.delete(f"{stack.base}/app/x")).status_code == 403
         assert (await http.get(f"{stack.base}/plain/internal/keys")).status_code == 200  # not this route
         # An encoded slash cannot smuggle a path past a rule: Envoy redirects to the decoded path.
         encoded = await http.get(f"{stack.base}/app/x%2F..%2Finternal/keys")
         assert encoded.status_code in (307, 403)
         # Only the two allowed requests reached the backend: every refusal happened in Envoy.
         assert len(stack.alpha.requests) == seen + 2
-    assert (stack.envoy.stat("http.public.rbac.denied") or 0) >= 4
+    assert (stack.envoy.stat("http.public.rbac.denied") or 0) >= 6
 
     # A keep-alive connection left idle past limits.idle_timeout (500ms) is timed out by Envoy
     # (which then drains it: for HTTP/1.1 the socket closes after Envoy's drain period).

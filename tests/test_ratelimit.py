@@ -186,6 +186,25 @@ async def test_check_consumer_quota_shares_the_rls_counters(tmp_path: Path) -> N
     assert (await check_consumer_quota(limiter, "no-such-route", "acme")).allowed
 
 
+async def test_consumer_quota_follows_the_policy_version_and_the_plan(tmp_path: Path) -> None:
+    """What a quota counts is resolved once per version, route, consumer and plan: a new version's
+    limits apply from its first decision on, and a consumer's plan picks the plan's limit."""
+    policy = load(tmp_path)
+    limiter = limiter_for(policy, MemoryStore())
+    first = await check_consumer_quota(limiter, "orders", "acme")
+    assert dict(first.headers)["ratelimit-limit"] == "3"
+    assert (
+        dict((await check_consumer_quota(limiter, "orders", "acme", "gold")).headers)["ratelimit-limit"]
+        == "6"
+    )
+    limiter.apply(load(tmp_path, POLICY.replace("requests: 3, per: minute", "requests: 30, per: minute")))
+    again = await check_consumer_quota(limiter, "orders", "acme")
+    assert dict(again.headers)["ratelimit-limit"] == "30"
+    assert dict(again.headers)["ratelimit-remaining"] == "28"  # the same counter: 2 counted
+    limiter.apply(load(tmp_path, POLICY.replace("rate_limit: [standard, watch]", "rate_limit: watch")))
+    assert (await check_consumer_quota(limiter, "orders", "acme")).headers == ()
+
+
 def test_memory_store_fixed_and_sliding_windows() -> None:
     fixed = MemoryStore("fixed")
     assert [fixed.hit_now([("k", 60)], 1, 120.0 + i)[0].used for i in range(3)] == [1, 2, 3]

@@ -3,8 +3,10 @@
 Frames are parsed by hand from an asyncio Protocol (uvloop in waypost's processes); request header
 blocks are decoded with ``hpack``. A call is routed by ``:path`` to the method its service
 registered; a unary handler runs when the request's END_STREAM arrives and, when it answers
-inline, its reply leaves in one write (HEADERS + DATA + trailers). Streaming methods run as tasks
-fed by :mod:`waypost.h2grpc.calls`.
+inline, its reply (HEADERS + DATA + trailers) joins the others of the same read: everything
+``data_received`` answers leaves in one transport write, so a peer that sends many calls per
+read (Envoy multiplexes every ext_authz call of a worker on one connection) gets one write back
+instead of one per call. Streaming methods run as tasks fed by :mod:`waypost.h2grpc.calls`.
 
 Contracts: nothing the peer sends raises out of ``data_received``: a protocol violation (a
 malformed frame, an empty PADDED frame, a window overrun, a bad header block) is a connection
@@ -70,6 +72,7 @@ class H2Connection(asyncio.Protocol):
         self._resumed: asyncio.Future[None] | None = None
         self._paused_bytes = 0
         self._paused_control = 0
+        self._batch: list[bytes] | None = None  # writes held until data_received returns
 
     # ---- asyncio.Protocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -129,6 +132,13 @@ class H2Connection(asyncio.Protocol):
             resumed.set_result(None)
 
     def data_received(self, data: bytes) -> None:
+        self._batch = []
+        try:
+            self._received(data)
+        finally:
+            self._flush_batch()
+
+    def _received(self, data: bytes) -> None:
         buffer = self._buffer
         buffer += data
         try:
@@ -379,7 +389,15 @@ class H2Connection(asyncio.Protocol):
                 transport.abort()
                 self._transport = None
                 return
+        if self._batch is not None:
+            self._batch.append(data)
+            return
         transport.write(data)
+
+    def _flush_batch(self) -> None:
+        batch, self._batch = self._batch, None
+        if batch and self._transport is not None:
+            self._transport.write(b"".join(batch))
 
     def _control(self, data: bytes) -> None:
         if self._paused:
@@ -447,6 +465,7 @@ class H2Connection(asyncio.Protocol):
         if code != f.ErrorCode.NO_ERROR:
             log.warning("HTTP/2 connection error", code=code, reason=message)
         self._write_soon()
+        self._flush_batch()  # what was answered before the error still goes out, in order
         if self._transport is None:
             return  # dropped just now: its backlog was over the limit
         transport.write(f.goaway(self._last_stream, code, message.encode()))

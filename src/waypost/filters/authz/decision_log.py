@@ -6,10 +6,15 @@ decision itself. When logging is configured for JSON (production, see :mod:`wayp
 writes the same line the pipeline would (same keys, same timestamp format, through the
 configured structlog output) from a template with escaped values cached; otherwise (console
 logs, tests) it goes through the structlog logger as usual.
+
+On an event loop, the lines of one loop turn leave in one write, at the end of the turn (a write
+and a flush per decision cost a tenth of a gRPC Check's CPU); outside a loop each line is written
+at once. Each line keeps the timestamp of its decision.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
@@ -33,8 +38,10 @@ class DecisionLog:
         self._escaped: dict[str, str] = {}
         self._second = -1
         self._stamp_prefix = ""
+        self._pending: list[str] = []
 
     def _setup(self) -> None:
+        self._flush()  # lines of the old set-up go where it said
         self._generation = generation()
         config = structlog.get_config()
         probe = config["wrapper_class"](None, processors=[], context={})
@@ -63,11 +70,28 @@ class DecisionLog:
             )
             return
         esc = self._escape
-        out.msg(
+        self._emit(
             f'{{"route": {esc(route)}, "consumer": {esc(consumer)}, "decision": "{decision}", '
             f'"status": {status}, "reason": {esc(reason)}, "dry_run": {"true" if dry_run else "false"}, '
             f'"us": {us}, "event": "{_EVENT}", "level": "info", "timestamp": "{self._timestamp()}"}}'
         )
+
+    def _emit(self, line: str) -> None:
+        pending = self._pending
+        pending.append(line)
+        if len(pending) > 1:
+            return  # a flush is already scheduled for this turn
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            self._flush()
+            return
+        loop.call_soon(self._flush)
+
+    def _flush(self) -> None:
+        lines, self._pending = self._pending, []
+        if lines and self._out is not None:
+            self._out.msg("\n".join(lines))
 
     def _escape(self, text: str) -> str:
         escaped = self._escaped.get(text)

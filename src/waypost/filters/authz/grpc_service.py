@@ -3,6 +3,9 @@
 The handler takes the serialized CheckRequest and returns serialized CheckResponse bytes itself
 (no generated servicer), so each response is encoded once per distinct decision and reused:
 a denial or an allow for the same consumer on the same route is the same bytes every time.
+A counted quota's ``ratelimit-*`` headers differ on almost every answer, so they are not part of
+the reused bytes: each header is encoded once as a CheckResponse of its own, and the answer is the
+concatenation (protobuf merges concatenated messages, appending repeated fields in order).
 A decision made inline is answered inline (no task, no await): the lean server writes it at once.
 """
 
@@ -100,6 +103,7 @@ class AuthzGrpcService:
         # `check`; auth checks never carry that key.
         self.body_checks = body_checks
         self._encoded: dict[Decision, bytes] = {}
+        self._headers: dict[tuple[str, str], bytes] = {}
 
     def service(self) -> Service:
         """Healthy (SERVING) once the core holds a valid policy version."""
@@ -123,9 +127,30 @@ class AuthzGrpcService:
         return self.encode(await decision)
 
     def encode(self, decision: Decision) -> bytes:
+        extra = decision.client_headers
+        if extra:
+            base = Decision(
+                decision.status,
+                decision.reason,
+                decision.consumer,
+                decision.plan,
+                decision.headers,
+                decision.body,
+            )
+            return self.encode(base) + b"".join(map(self._client_header, extra))
         encoded = self._encoded.get(decision)
         if encoded is None:
             if len(self._encoded) >= _CACHE_LIMIT:
                 self._encoded.clear()
             encoded = self._encoded[decision] = encode_decision(decision)
+        return encoded
+
+    def _client_header(self, header: tuple[str, str]) -> bytes:
+        encoded = self._headers.get(header)
+        if encoded is None:
+            if len(self._headers) >= _CACHE_LIMIT:
+                self._headers.clear()
+            response = external_auth_pb2.CheckResponse()
+            response.ok_response.response_headers_to_add.extend(_options((header,)))
+            encoded = self._headers[header] = response.SerializeToString(deterministic=True)
         return encoded

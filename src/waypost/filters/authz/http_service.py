@@ -98,9 +98,24 @@ class _Cache:
         self.head: dict[Decision, bytes] = {}
 
     def get(self, decision: Decision, *, head: bool = False) -> bytes:
-        if decision.client_headers and not head:
-            # A counted quota's headers change with every request: nothing to reuse.
-            return encode_http(decision)
+        extra = decision.client_headers
+        if extra:
+            # A counted quota's headers change with almost every request: they are added to the
+            # reused answer without them, before its blank line (header order carries no meaning).
+            base = self.get(
+                Decision(
+                    decision.status,
+                    decision.reason,
+                    decision.consumer,
+                    decision.plan,
+                    decision.headers,
+                    decision.body,
+                ),
+                head=head,
+            )
+            cut = len(base) - (0 if head else len(decision.body)) - 2
+            lines = "".join(f"{name}: {value}\r\n" for name, value in extra).encode("latin-1")
+            return base[:cut] + lines + base[cut:]
         cache = self.head if head else self.encoded
         encoded = cache.get(decision)
         if encoded is None:

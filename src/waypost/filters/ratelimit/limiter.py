@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import inspect
 import time
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
@@ -41,6 +41,9 @@ log = get_logger("waypost.ratelimit")
 Entries = Sequence[tuple[str, str]]
 _Planned = tuple[int, LimitRule, int, str]
 """(descriptor index, rule, requests allowed, unit) of one counted descriptor."""
+_Prepared = tuple[int, list[_Planned], list[tuple[str, int]]]
+"""(descriptors, their counted plan, the counters and windows to hit) of one decision."""
+_QUOTA_PLANS = 10_000
 
 # Bound once: a labels() lookup per decision costs more than the decision's arithmetic.
 _DECIDED_OK = RATELIMIT_DECISIONS.labels("ok")
@@ -84,6 +87,9 @@ class Limiter:
         self._table: RateLimitTable | None = None
         self._store_down = False
         self._shadow_logged: dict[str, float] = {}
+        # (route, consumer, plan) -> what a consumer quota counts, for the table it was built from.
+        self._quota_plans: dict[tuple[str, str, str | None], _Prepared | None] = {}
+        self._quota_table: RateLimitTable | None = None
 
     @property
     def table(self) -> RateLimitTable | None:
@@ -100,14 +106,7 @@ class Limiter:
 
     async def decide(self, descriptors: Sequence[Entries], hits: int = 1) -> Verdict:
         plan, counters = self._plan(descriptors)
-        if not counters:
-            _DECIDED_OK.inc()
-            return Verdict(True, (_UNCOUNTED,) * len(descriptors))
-        try:
-            counts = await self.store.hit(counters, hits)
-        except StoreUnavailable as exc:
-            return self._store_failed(exc, len(descriptors))
-        return self._finish(plan, counts, len(descriptors))
+        return await self._count((len(descriptors), plan, counters), hits)
 
     def decide_now(self, descriptors: Sequence[Entries], hits: int = 1) -> Verdict | None:
         """:meth:`decide` without awaiting, for a store that counts synchronously (in process);
@@ -116,10 +115,60 @@ class Limiter:
         if hit_now is None:
             return None
         plan, counters = self._plan(descriptors)
+        return self._count_now(hit_now, (len(descriptors), plan, counters), hits)
+
+    def consumer_quota(
+        self, route: str, consumer: str, plan: str | None, hits: int = 1
+    ) -> Verdict | Awaitable[Verdict] | None:
+        """See :func:`consumer_quota`. What the quota counts is resolved once per policy version,
+        route, consumer and plan (the descriptors, their rules and counter keys), not per request."""
+        prepared = self._quota_plan(route, consumer, plan)
+        if prepared is None:
+            return None
+        hit_now = getattr(self.store, "hit_sync", None)
+        if hit_now is not None:
+            return self._count_now(hit_now, prepared, hits)
+        return self._count(prepared, hits)
+
+    def _quota_plan(self, route: str, consumer: str, plan: str | None) -> _Prepared | None:
+        table = self._table
+        if table is None:
+            return None
+        cache = self._quota_plans
+        if self._quota_table is not table:
+            cache.clear()
+            self._quota_table = table
+        key = (route, consumer, plan)
+        if key in cache:
+            return cache[key]
+        limits = table.consumer_limits.get(route)
+        prepared: _Prepared | None = None
+        if limits:
+            descriptors = [_consumer_entries(limit, consumer, plan) for limit in limits]
+            planned, counters = self._plan(descriptors)
+            prepared = (len(descriptors), planned, counters)
+        if len(cache) >= _QUOTA_PLANS:
+            cache.clear()
+        cache[key] = prepared
+        return prepared
+
+    def _count_now(self, hit_now: Callable[..., list[Count]], prepared: _Prepared, hits: int) -> Verdict:
+        size, plan, counters = prepared
         if not counters:
             _DECIDED_OK.inc()
-            return Verdict(True, (_UNCOUNTED,) * len(descriptors))
-        return self._finish(plan, hit_now(counters, hits), len(descriptors))
+            return Verdict(True, (_UNCOUNTED,) * size)
+        return self._finish(plan, hit_now(counters, hits), size)
+
+    async def _count(self, prepared: _Prepared, hits: int) -> Verdict:
+        size, plan, counters = prepared
+        if not counters:
+            _DECIDED_OK.inc()
+            return Verdict(True, (_UNCOUNTED,) * size)
+        try:
+            counts = await self.store.hit(counters, hits)
+        except StoreUnavailable as exc:
+            return self._store_failed(exc, size)
+        return self._finish(plan, counts, size)
 
     async def peek(self, descriptors: Sequence[Entries]) -> tuple[DescriptorResult, ...]:
         """Where each descriptor's counter stands, counting nothing (for usage pages, not
@@ -267,13 +316,7 @@ def consumer_quota(
     process, an awaitable of one when it needs I/O (Redis: one round trip), None when the route
     has no such limit.
     """
-    table = limiter.table
-    limits = table.consumer_limits.get(route) if table is not None else None
-    if not limits:
-        return None
-    descriptors = [_consumer_entries(limit, consumer, plan) for limit in limits]
-    verdict = limiter.decide_now(descriptors, hits)
-    return verdict if verdict is not None else limiter.decide(descriptors, hits)
+    return limiter.consumer_quota(route, consumer, plan, hits)
 
 
 def _consumer_entries(limit: str, consumer: str, plan: str | None) -> list[tuple[str, str]]:

@@ -27,8 +27,7 @@ from waypost.xds.compiler.jwt_native import JwtAuthnFeature, NativeRbacFeature, 
 from waypost.xds.compiler.observability import patch_hcm_observability, tracing_clusters
 from waypost.xds.compiler.protection import (
     BodyLimitFeature,
-    GatewayDenyFeature,
-    RouteDenyFeature,
+    DenyFeature,
     patch_hcm_limits,
 )
 from waypost.xds.compiler.ratelimit import GlobalRateLimitFeature, LocalRateLimitFeature
@@ -59,8 +58,7 @@ HTTP_FEATURES: tuple[HttpFeature, ...] = (
     # First, so nothing downstream (ext_authz included) ever sees a forged x-waypost-* header.
     IdentityHeadersFeature(),
     # Cheap refusals next: a denied or oversized request costs nothing further, no auth call.
-    GatewayDenyFeature(),
-    RouteDenyFeature(),
+    DenyFeature(),
     # Injection screening of path, query and headers: RE2 in Envoy, no call to waypost.
     ScreenFeature(),
     BodyLimitFeature(),

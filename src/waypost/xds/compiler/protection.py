@@ -3,15 +3,18 @@
 - ``Gateway.limits.max_request_bytes`` -> the buffer filter: a larger body gets 413.
 - ``Gateway.limits.max_request_headers_kb`` and the connection timeouts -> the HTTP connection
   manager itself (431 for oversized headers).
-- ``Gateway.limits.methods`` and ``Gateway.deny`` -> one RBAC filter with DENY policies; each
-  ``Route.deny`` -> a second RBAC filter configured per route. Two filters rather than one because
-  Envoy's per-route RBAC config replaces the filter's rules instead of adding to them: the gateway
-  rules stay in force on every route whatever the route adds.
+- ``Gateway.limits.methods``, ``Gateway.limits.user_agents``, ``Gateway.deny`` and ``Route.deny``
+  -> one RBAC filter with DENY policies, on every gateway. Its filter-level rules are the Gateway's
+  (so the listener depends on the Gateway alone, never on Routes: a route gaining ``deny`` binds
+  connections opened before the change too). Envoy's per-route RBAC config *replaces* the
+  filter's rules, so a route with ``deny`` carries the Gateway's rules and its own (``route-deny-N``)
+  in its per-route config: the gateway rules stay in force on every route. One filter, not one for
+  the Gateway and one for routes: each RBAC filter costs every request a pass of its own.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from envoy.config.core.v3 import protocol_pb2
 from envoy.config.rbac.v3 import rbac_pb2
@@ -22,21 +25,19 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import http_con
 from envoy.type.matcher.v3 import path_pb2, regex_pb2, string_pb2
 from google.protobuf import wrappers_pb2
 
-from waypost.policies.model import DenyRule, Gateway, Route, UserAgents
+from waypost.policies.model import DenyRule, Gateway, PolicySet, Route, UserAgents
 from waypost.xds.compiler.pb import duration, pack
 from waypost.xds.compiler.user_agents import user_agent_policies
 
 __all__ = [
     "BodyLimitFeature",
-    "GatewayDenyFeature",
-    "RouteDenyFeature",
+    "DenyFeature",
     "build_deny_rbac",
     "patch_hcm_limits",
 ]
 
 BUFFER_FILTER = "envoy.filters.http.buffer"
-GATEWAY_RBAC_FILTER = "envoy.filters.http.rbac"
-ROUTE_RBAC_FILTER = "envoy.filters.http.rbac.route"
+DENY_RBAC_FILTER = "envoy.filters.http.rbac"
 
 
 def patch_hcm_limits(gateway: Gateway, hcm: hcm_pb2.HttpConnectionManager) -> None:
@@ -105,9 +106,13 @@ def _any_principal() -> list[rbac_pb2.Principal]:
 
 
 def build_deny_rbac(
-    rules: Sequence[DenyRule], methods: Sequence[str] = (), user_agents: UserAgents | None = None
+    rules: Sequence[DenyRule],
+    methods: Sequence[str] = (),
+    user_agents: UserAgents | None = None,
+    route_rules: Sequence[DenyRule] = (),
 ) -> rbac_pb2.RBAC:
-    """A DENY-action RBAC config: one policy per rule, plus one for methods outside ``methods``."""
+    """A DENY-action RBAC config: one policy per rule (``deny-N``, then a route's ``route-deny-N``),
+    plus one for methods outside ``methods`` and the user-agent policies."""
     policies: dict[str, rbac_pb2.Policy] = {}
     if methods:
         allowed = sorted(set(methods))
@@ -123,28 +128,24 @@ def build_deny_rbac(
         )
     if user_agents is not None:
         policies.update(user_agent_policies(user_agents))
+    for index, rule in enumerate(route_rules):
+        policies[f"route-deny-{index}"] = rbac_pb2.Policy(
+            permissions=[_rule_permission(rule)], principals=_any_principal()
+        )
     return rbac_pb2.RBAC(action=rbac_pb2.RBAC.DENY, policies=policies)
 
 
-class GatewayDenyFeature:
-    filter_name = GATEWAY_RBAC_FILTER
+class DenyFeature:
+    """The deny RBAC filter: the Gateway's rules at the filter level, a route's added per route."""
 
-    def applies(self, gateway: Gateway, routes: Sequence[Route]) -> bool:
-        limits = gateway.limits
-        return bool(gateway.deny) or (limits is not None and bool(limits.methods or limits.user_agents))
+    filter_name = DENY_RBAC_FILTER
 
-    def http_filter(self, gateway: Gateway, routes: Sequence[Route]) -> hcm_pb2.HttpFilter:
-        methods = gateway.limits.methods if gateway.limits is not None else ()
-        agents = gateway.limits.user_agents if gateway.limits is not None else None
-        config = rbac_filter_pb2.RBAC(rules=build_deny_rbac(gateway.deny, methods, agents))
-        return hcm_pb2.HttpFilter(name=GATEWAY_RBAC_FILTER, typed_config=pack(config))
+    def __init__(self, policy: PolicySet | None = None) -> None:
+        self._gateways: Mapping[str, Gateway] = policy.gateways if policy is not None else {}
 
-    def patch_route(self, route: Route, xds_route: route_components_pb2.Route) -> None:
-        return None
-
-
-class RouteDenyFeature:
-    filter_name = ROUTE_RBAC_FILTER
+    def bind(self, policy: PolicySet) -> DenyFeature:
+        """Bound to a policy version: a route's per-route rules repeat its Gateway's."""
+        return DenyFeature(policy)
 
     def applies(self, gateway: Gateway, routes: Sequence[Route]) -> bool:
         # On every gateway: a route gaining `deny` must bind connections opened before the change
@@ -152,12 +153,30 @@ class RouteDenyFeature:
         return True
 
     def http_filter(self, gateway: Gateway, routes: Sequence[Route]) -> hcm_pb2.HttpFilter:
-        # No rules at the filter level: routes without `deny` pass untouched.
-        return hcm_pb2.HttpFilter(name=ROUTE_RBAC_FILTER, typed_config=pack(rbac_filter_pb2.RBAC()))
+        # No rules at the filter level on a gateway without any: its routes pass untouched.
+        rules = _gateway_rules(gateway)
+        config = rbac_filter_pb2.RBAC(rules=rules) if rules is not None else rbac_filter_pb2.RBAC()
+        return hcm_pb2.HttpFilter(name=DENY_RBAC_FILTER, typed_config=pack(config))
 
     def patch_route(self, route: Route, xds_route: route_components_pb2.Route) -> None:
-        if route.deny:
-            per_route = rbac_filter_pb2.RBACPerRoute(
-                rbac=rbac_filter_pb2.RBAC(rules=build_deny_rbac(route.deny))
-            )
-            xds_route.typed_per_filter_config[ROUTE_RBAC_FILTER].CopyFrom(pack(per_route))
+        if not route.deny:
+            return
+        gateway = self._gateways.get(route.gateway)
+        limits = gateway.limits if gateway is not None else None
+        rules = build_deny_rbac(
+            gateway.deny if gateway is not None else (),
+            limits.methods if limits is not None else (),
+            limits.user_agents if limits is not None else None,
+            route_rules=route.deny,
+        )
+        per_route = rbac_filter_pb2.RBACPerRoute(rbac=rbac_filter_pb2.RBAC(rules=rules))
+        xds_route.typed_per_filter_config[DENY_RBAC_FILTER].CopyFrom(pack(per_route))
+
+
+def _gateway_rules(gateway: Gateway) -> rbac_pb2.RBAC | None:
+    limits = gateway.limits
+    if not gateway.deny and (limits is None or not (limits.methods or limits.user_agents)):
+        return None
+    methods = limits.methods if limits is not None else ()
+    agents = limits.user_agents if limits is not None else None
+    return build_deny_rbac(gateway.deny, methods, agents)
