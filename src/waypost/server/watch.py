@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import signal
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
@@ -84,18 +85,26 @@ class PolicyWatcher(FileSystemEventHandler):
         self._loop.call_soon_threadsafe(self._schedule)
 
     def _ignored(self, path: str) -> bool:
-        resolved = Path(path).resolve()
+        # Events name paths under the resolved directories watched (start()): string prefixes
+        # classify them without a realpath per event, which a commit writing hundreds of
+        # objects would pay on the watchdog thread while the reload needs the GIL.
         for git_dir in self._git_dirs:
-            if resolved.is_relative_to(git_dir):
+            prefix = f"{git_dir}{os.sep}"
+            if path.startswith(prefix) or path == str(git_dir):
                 # Only what says which commit is checked out; objects and the index are noise.
-                name = resolved.relative_to(git_dir).as_posix().removesuffix(".lock")
+                name = path[len(prefix) :].replace(os.sep, "/").removesuffix(".lock")
                 return not (name in ("HEAD", "packed-refs") or name.startswith("refs/"))
-        try:
-            relative = resolved.relative_to(self._directory)
-        except ValueError:
-            return True
+        prefix = f"{self._directory}{os.sep}"
+        if not path.startswith(prefix):
+            resolved = str(Path(path).resolve())  # not under a watched path as given: rare
+            if resolved == path or not (resolved.startswith(prefix) or self._in_git(resolved)):
+                return True
+            return self._ignored(resolved)
         # Hidden entries (.git, editor swap files) are not policy; the loader skips them too.
-        return any(part.startswith(".") for part in relative.parts)
+        return any(part.startswith(".") for part in path[len(prefix) :].split(os.sep))
+
+    def _in_git(self, path: str) -> bool:
+        return any(path.startswith(f"{git_dir}{os.sep}") for git_dir in self._git_dirs)
 
     def _schedule(self) -> None:
         if self._timer is not None:
