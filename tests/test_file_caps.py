@@ -20,7 +20,8 @@ import pytest
 from support import WaypostProcess, wait_until
 from support.procs import SRC_DIR
 from waypost.policies.diagnostics import MAX_REPORTED_PER_FILE
-from waypost.policies.loader import MAX_DOCUMENTS, MAX_ENTRIES, MAX_FILE_BYTES
+from waypost.policies.loader import MAX_FILE_BYTES
+from waypost.policies.yaml_reader import MAX_DOCUMENTS, MAX_ENTRIES
 
 GOOD = "kind: Gateway\nname: edge\nport: 18080\naddress: 127.0.0.1\n"
 

@@ -11,9 +11,9 @@ import jsonschema
 import pytest
 
 from support import REPO_ROOT
-from waypost.policies.loader import _parse
 from waypost.policies.reference import NOTES, reference_markdown
 from waypost.policies.schema import policy_schema, schema_text
+from waypost.policies.yaml_reader import parse_documents
 
 SCHEMA_PATH = REPO_ROOT / "schema" / "waypost.schema.json"
 REFERENCE_PATH = REPO_ROOT / "docs" / "reference.md"
@@ -30,7 +30,7 @@ def _example_files() -> list[Path]:
 
 def _documents(path: Path) -> list[dict[str, Any]]:
     # The loader's YAML 1.2 reading (`on:` is a key, not `true`), as yaml-language-server does.
-    documents, problem = _parse(path.read_bytes())
+    documents, problem = parse_documents(path.read_bytes())
     assert problem is None, problem
     return [doc.value for doc in documents if doc.value is not None]
 
