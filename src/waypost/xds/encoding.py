@@ -9,7 +9,7 @@ the same files hand Envoy identical versions and a failover causes no churn.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Set
 from dataclasses import dataclass
 
 from envoy.config.route.v3 import route_pb2
@@ -131,10 +131,24 @@ class ResourceEncoder:
         type_url: TypeUrl,
         messages: Mapping[str, message.Message],
         encoded: Mapping[str, EncodedResource],
+        *,
+        but: Set[str] = frozenset(),
     ) -> None:
-        """Take over a whole type from an earlier snapshot whose messages are these very objects."""
-        self._done[type_url].update(encoded)
-        self._messages[type_url].update(messages)
+        """Take over a whole type from an earlier snapshot whose messages are these very objects,
+        except the names in ``but`` (moved since: :meth:`encode` gives them their new bytes)."""
+        done, messages_now = self._done[type_url], self._messages[type_url]
+        kept = {name: (done.get(name), messages_now.get(name)) for name in but}
+        done.update(encoded)
+        messages_now.update(messages)
+        # The moved names keep what this encoder had for them (another group may have encoded
+        # the new message already), or nothing.
+        for name, (had_done, had_message) in kept.items():
+            if had_done is None:
+                done.pop(name, None)
+                messages_now.pop(name, None)
+            else:
+                assert had_message is not None
+                done[name], messages_now[name] = had_done, had_message
 
     def references(self, type_url: TypeUrl, name: str, msg: message.Message) -> References:
         """The names ``msg`` refers to (walked once per message object)."""

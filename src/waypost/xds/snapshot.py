@@ -12,6 +12,8 @@ scratch.
 from __future__ import annotations
 
 import dataclasses
+import itertools
+import operator
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -132,11 +134,7 @@ class Snapshot:
                 kept.add(type_url)
             else:  # the same names, a few of them new objects: only those are encoded (or looked up)
                 patched = dict(previous.resources[type_url])  # name order, as built
-                encoder.adopt(
-                    type_url,
-                    {n: m for n, m in before.items() if n not in moved},
-                    {n: e for n, e in patched.items() if n not in moved},
-                )
+                encoder.adopt(type_url, before, patched, but=moved)
                 for name in moved:
                     patched[name] = encode(type_url, name, by_name[name])
                 encoded[type_url] = patched
@@ -202,8 +200,10 @@ def _moved(before: Mapping[str, message.Message], now: Mapping[str, message.Mess
     of ``before``, and they are few (an empty set: all the same); None otherwise."""
     if len(before) != len(now):
         return None
-    get = before.get
-    moved = {name for name, msg in now.items() if get(name) is not msg}
+    names = list(now)
+    # In C (map/compress), not a comprehension: this runs per type and group on every version.
+    unchanged = map(operator.is_, map(before.get, names), now.values())
+    moved = set(itertools.compress(names, map(operator.not_, unchanged)))
     if len(moved) * 4 > len(now) or any(name not in before for name in moved):
         return None  # other names, or most of them new: built whole
     return moved

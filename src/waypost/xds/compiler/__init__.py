@@ -118,14 +118,19 @@ class CompiledPolicy:
             cluster_names = sorted(set().union(*sets))
             if names_cache is not None:
                 names_cache[gateway_names] = (sets, cluster_names)
+        # Built with map/filter/zip rather than comprehensions: tens of thousands of names per
+        # group on every version, and these loops run in C.
+        assignments = self.load_assignments
+        with_endpoints = list(filter(assignments.__contains__, cluster_names))
+        with_secrets = filter(self.cluster_secrets.__contains__, cluster_names)
+        clusters = map(self.clusters.__getitem__, cluster_names)
+        endpoints = map(assignments.__getitem__, with_endpoints)
         return {
-            TypeUrl.CLUSTER: {name: self.clusters[name] for name in cluster_names},
-            TypeUrl.ENDPOINT: {
-                name: self.load_assignments[name] for name in cluster_names if name in self.load_assignments
-            },
+            TypeUrl.CLUSTER: dict(zip(cluster_names, clusters, strict=True)),
+            TypeUrl.ENDPOINT: dict(zip(with_endpoints, endpoints, strict=True)),
             TypeUrl.SECRET: {
                 **{secret.name: secret for gw in selected for secret in gw.secrets},
-                **{s.name: s for name in cluster_names for s in self.cluster_secrets.get(name, ())},
+                **{s.name: s for name in with_secrets for s in self.cluster_secrets[name]},
             },
             TypeUrl.LISTENER: {gw.listener.name: gw.listener for gw in selected},
             TypeUrl.ROUTE: {gw.route_config.name: gw.route_config for gw in selected},
