@@ -20,7 +20,7 @@ from typing import Any, Final
 import authlib.deprecate
 from starlette.requests import Request
 
-from waypost.filters.authz.core import hash_api_key
+from waypost.filters.authz.identity_sources import hash_api_key
 from waypost.filters.ratelimit.store import MemoryStore
 from waypost.policies.model import PortalOidc
 from waypost.portal.service import PortalError, PortalService, User

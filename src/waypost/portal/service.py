@@ -23,7 +23,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from waypost.filters.authz.core import hash_api_key
+from waypost.filters.authz.identity_sources import hash_api_key
 from waypost.filters.ratelimit.limiter import Limiter, consumer_usage
 from waypost.filters.ratelimit.store import StoreUnavailable
 from waypost.log import get_logger

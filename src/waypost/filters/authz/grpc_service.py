@@ -22,7 +22,8 @@ from google.protobuf.message import DecodeError
 from google.rpc import status_pb2
 
 from waypost.contract import AUTHZ_GRPC_SERVICE, METADATA_CONSUMER, METADATA_PLAN
-from waypost.filters.authz.core import AuthRequest, AuthzCore, Decision
+from waypost.filters.authz.core import AuthzCore
+from waypost.filters.authz.decision import AuthRequest, Decision
 from waypost.filters.protect.service import CHECK_EXTENSION, BodyChecks
 from waypost.h2grpc import GrpcError, Service, Status, UnaryMethod
 from waypost.log import get_logger

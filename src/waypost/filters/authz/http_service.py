@@ -28,7 +28,8 @@ from typing import Any, cast
 import httptools
 
 from waypost.contract import AUTHZ_HTTP_HEALTH_PATH, AUTHZ_HTTP_PATH_PREFIX, METADATA_CONSUMER, METADATA_PLAN
-from waypost.filters.authz.core import AuthRequest, AuthzCore, Decision
+from waypost.filters.authz.core import AuthzCore
+from waypost.filters.authz.decision import AuthRequest, Decision
 from waypost.h2grpc import Limits
 from waypost.h2grpc.conns import ConnectionSlots
 from waypost.log import get_logger

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import secrets
 
-from waypost.filters.authz.core import hash_api_key
+from waypost.filters.authz.identity_sources import hash_api_key
 
 __all__ = ["new_key"]
 

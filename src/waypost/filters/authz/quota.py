@@ -17,7 +17,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Awaitable
 
-from waypost.filters.authz.core import Decision
+from waypost.filters.authz.decision import Decision
 from waypost.filters.ratelimit.limiter import Limiter, Verdict, consumer_quota
 
 __all__ = ["ConsumerQuota", "limited"]

@@ -85,7 +85,7 @@ is looked up by filter name, so a shared name would let this route's rules repla
 PAYLOAD_KEY = "waypost_jwt"
 """jwt_authn files the verified payload under this key of its metadata namespace."""
 
-JWT_LEEWAY_S = 30  # waypost.filters.authz.core.JWT_LEEWAY_S
+JWT_LEEWAY_S = 30  # waypost.filters.authz.identity_sources.JWT_LEEWAY_S
 CHALLENGE = 'Bearer realm="waypost"'
 CHALLENGE_ERROR = 'Bearer realm="waypost", error="invalid_token"'
 
@@ -479,7 +479,7 @@ _ERRORS = {401: "unauthorized", 403: "forbidden"}
 
 
 def _mapper(expression: str, status: int, reason: str) -> hcm_pb2.ResponseMapper:
-    # The body is byte for byte the decision service's (waypost.filters.authz.core._deny).
+    # The body is byte for byte the decision service's (waypost.filters.authz.decision.deny).
     body = f'{{"error": "{_ERRORS[status]}", "reason": {json.dumps(reason)}}}'
     mapper = hcm_pb2.ResponseMapper(
         filter=accesslog_pb2.AccessLogFilter(
