@@ -141,3 +141,18 @@ async def test_claims_are_written_again_after_redis_lost_its_data(
         client.flushall()
     await _ticks(a, b, seconds=0.2)
     assert [node for node, _ in b.nodes()] == ["n1"]
+
+
+async def test_a_join_writes_only_the_new_claim(redis: RedisProcess, replicas: Replicas) -> None:
+    (a,) = replicas(1, 10.0)
+    a.registry.join(1, _claim("n1"))
+    await _ticks(a, seconds=0.1)
+    with redis.client() as client:
+        first = client.hgetall(REDIS_KEY)
+    a.registry.join(2, _claim("n2", "10.0.0.3"))
+    await _ticks(a, seconds=0.1)
+    with redis.client() as client:
+        now = client.hgetall(REDIS_KEY)
+    (n1,) = [field for field in first if field.startswith(b"orders|n1|")]
+    assert now[n1] == first[n1]  # n1 was not rewritten for n2's sake
+    assert len(now) == len(first) + 1

@@ -122,21 +122,21 @@ class RedisRegistrySync:
 
     def _due(self, now: float) -> tuple[dict[str, tuple[str, _Written]], list[str]]:
         claims = self._registry.local_claims()
-        # When one live claim needs renewing, all are renewed together: the counter then moves
+        # When one live claim nears its expiry, all are renewed together: the counter then moves
         # once per half-grace per replica, not at every tick of a large fleet's spread renewals.
-        renew = any(self._stale(claim, now) for claim in claims if claim.expires is None)
+        # A claim Redis lacks as it is (a join, a new address) is written on its own.
+        renew = any(self._expiring(claim, now) for claim in claims if claim.expires is None)
         writes: dict[str, tuple[str, _Written]] = {}
         current: set[str] = set()
         for claim in claims:
             field = self._field(claim)
             current.add(field)
             if claim.expires is None:
-                if not renew and not self._stale(claim, now):
+                if not renew and self._written_as(claim, live=True):
                     continue
                 expires = now + self._lifetime(claim)
             else:
-                before = self._written.get(field)
-                if before is not None and not before.live and before.claim == claim:
+                if self._written_as(claim, live=False):
                     continue
                 expires = claim.expires
             live = claim.expires is None
@@ -149,15 +149,17 @@ class RedisRegistrySync:
     def _lifetime(self, claim: Claim) -> float:
         return max(self._floor, self._registry.grace_for(claim.service))
 
-    def _stale(self, live: Claim, now: float) -> bool:
-        """Whether Redis lacks this live claim as it is, or holds it for less than half its life."""
+    def _written_as(self, claim: Claim, *, live: bool) -> bool:
+        """Whether Redis holds ``claim`` as it is now (a departing one: with its expiry too)."""
+        before = self._written.get(self._field(claim))
+        if before is None or before.live != live:
+            return False
+        return before.claim.same_endpoint(claim) if live else before.claim == claim
+
+    def _expiring(self, live: Claim, now: float) -> bool:
+        """Whether a live claim Redis holds has less than half its lifetime left there."""
         before = self._written.get(self._field(live))
-        return (
-            before is None
-            or not before.live
-            or not before.claim.same_endpoint(live)
-            or before.expires - now <= self._lifetime(live) / 2
-        )
+        return before is not None and before.live and before.expires - now <= self._lifetime(live) / 2
 
     async def _read(self, now: float, gen: int | None) -> None:
         # redis-py types HGETALL for both clients (a value or an awaitable): ours awaits.
