@@ -8,8 +8,9 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from waypost.cli.values import labels_arg
 
@@ -91,51 +92,47 @@ def render_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def _node_options(args: argparse.Namespace) -> dict[str, Any]:
+    """What :func:`~waypost.cli.flags.node_arguments` declares, as both renderers take it."""
+    host, port = args.xds
+    return {
+        "node_id": args.node_id,
+        "node_cluster": args.node_cluster,
+        "xds_host": host,
+        "xds_port": port,
+        "labels": labels_arg(args.label),
+        "xds_tls_ca": args.xds_tls_ca,
+        "xds_client_cert": args.xds_client_cert,
+        "xds_client_key": args.xds_client_key,
+        "register": args.register,
+    }
+
+
 def bootstrap_command(args: argparse.Namespace) -> int:
     from waypost.xds.bootstrap import render_bootstrap
 
-    host, port = args.xds
-    try:
-        text = render_bootstrap(
-            node_id=args.node_id,
-            node_cluster=args.node_cluster,
-            xds_host=host,
-            xds_port=port,
-            admin_port=args.admin_port,
-            admin_address=args.admin_address,
-            labels=labels_arg(args.label),
-            delta=args.delta,
-            xds_tls_ca=args.xds_tls_ca,
-            xds_client_cert=args.xds_client_cert,
-            xds_client_key=args.xds_client_key,
-            xds_sni=args.xds_sni,
-            max_connections=args.max_connections,
-            max_heap_bytes=args.max_heap,
-            register=args.register,
-        )
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-    sys.stdout.write(text)
-    return 0
+    return _print_rendered(
+        render_bootstrap,
+        **_node_options(args),
+        admin_port=args.admin_port,
+        admin_address=args.admin_address,
+        delta=args.delta,
+        xds_sni=args.xds_sni,
+        max_connections=args.max_connections,
+        max_heap_bytes=args.max_heap,
+    )
 
 
 def grpc_bootstrap_command(args: argparse.Namespace) -> int:
     from waypost.xds.grpc_bootstrap import render_grpc_bootstrap
 
-    host, port = args.xds
+    return _print_rendered(render_grpc_bootstrap, **_node_options(args))
+
+
+def _print_rendered(render: Callable[..., str], **options: Any) -> int:
     try:
-        text = render_grpc_bootstrap(
-            node_id=args.node_id,
-            node_cluster=args.node_cluster,
-            xds_host=host,
-            xds_port=port,
-            labels=labels_arg(args.label),
-            xds_tls_ca=args.xds_tls_ca,
-            xds_client_cert=args.xds_client_cert,
-            xds_client_key=args.xds_client_key,
-            register=args.register,
-        )
-    except ValueError as exc:
+        text = render(**options)
+    except ValueError as exc:  # a value the flags' types let through but the renderer refuses
         raise argparse.ArgumentTypeError(str(exc)) from None
     sys.stdout.write(text)
     return 0
